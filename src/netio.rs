@@ -1,0 +1,155 @@
+//! Blocking-style I/O on non-blocking sockets, for code that runs inside a
+//! request (the app writing its response, reading wsgi.input): try the
+//! syscall, and on EAGAIN wait in poll(2) with the GIL released, up to a
+//! deadline.
+
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use pyo3::Python;
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Waits until `fd` is readable (or writable) or `deadline` passes.
+fn wait(py: Option<Python<'_>>, fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
+        let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        let poll = || {
+            // SAFETY: `fd` is a socket owned by the connection for the whole request.
+            let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let mut fds = [PollFd::new(bfd, flags)];
+            nix::poll::poll(&mut fds, ms).map(|n| (n, fds[0].revents()))
+        };
+        let res = match py {
+            Some(py) => py.detach(poll),
+            None => poll(),
+        };
+        match res {
+            Ok((0, _)) => continue,
+            Ok((_, Some(rev))) if rev.intersects(PollFlags::POLLNVAL) => {
+                return Err(io::Error::from_raw_os_error(libc::EBADF))
+            }
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+}
+
+/// read(2) once; Ok(0) means end of stream.
+pub fn read_nb(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid writable slice of buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// write(2) once (MSG_NOSIGNAL semantics come from SIGPIPE being ignored).
+pub fn write_nb(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid readable slice of buf.len() bytes.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reads at least one byte into the spare capacity of `buf` (growing it by
+/// up to `chunk`), waiting up to `timeout`. Ok(0) is end of stream.
+pub fn read_blocking(
+    py: Option<Python<'_>>,
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    chunk: usize,
+    timeout: Duration,
+) -> io::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    let old = buf.len();
+    buf.resize(old + chunk, 0);
+    let res = loop {
+        match read_nb(fd, &mut buf[old..]) {
+            Err(e) if would_block(&e) => {
+                if let Err(e) = wait(py, fd, PollFlags::POLLIN, deadline) {
+                    break Err(e);
+                }
+            }
+            other => break other,
+        }
+    };
+    buf.truncate(old + *res.as_ref().unwrap_or(&0));
+    res
+}
+
+/// Writes all of `data`, waiting for the socket to drain as needed.
+pub fn write_all(py: Option<Python<'_>>, fd: RawFd, mut data: &[u8], timeout: Duration) -> io::Result<()> {
+    let mut deadline = None;
+    while !data.is_empty() {
+        match write_nb(fd, data) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed")),
+            Ok(n) => data = &data[n..],
+            Err(e) if would_block(&e) => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                wait(py, fd, PollFlags::POLLOUT, d)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// sendfile(2) `count` bytes of `file_fd` from `offset` to the socket.
+pub fn sendfile_all(
+    py: Option<Python<'_>>,
+    sock: RawFd,
+    file_fd: RawFd,
+    mut offset: i64,
+    mut count: u64,
+    timeout: Duration,
+) -> io::Result<()> {
+    let mut deadline = None;
+    while count > 0 {
+        let chunk = count.min(0x3FFF_FFFF) as usize;
+        // SAFETY: both fds are open for the duration of the call; offset is a
+        // valid pointer to a local.
+        let n = unsafe { libc::sendfile(sock, file_fd, &mut offset, chunk) };
+        if n > 0 {
+            count -= n as u64;
+            continue;
+        }
+        if n == 0 {
+            // The file is shorter than announced: the response is truncated.
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than Content-Length"));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                wait(py, sock, PollFlags::POLLOUT, d)?;
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}

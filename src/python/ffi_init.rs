@@ -1,0 +1,75 @@
+//! The two places where ferrocorn talks to CPython's C API directly:
+//! interpreter start-up with a `PyConfig` (so that signal handlers stay
+//! Rust's and the venv's executable drives sys.prefix) and `fork`.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use pyo3::ffi;
+
+/// Starts CPython as `python3` at `executable` would, minus signal handlers,
+/// then releases the GIL so that later code attaches with `Python::attach`.
+pub fn initialize(executable: &Path) -> Result<(), String> {
+    let exe = CString::new(executable.as_os_str().as_bytes())
+        .map_err(|_| format!("bad interpreter path {}", executable.display()))?;
+    // SAFETY: the PyConfig is initialised by PyConfig_InitPythonConfig before
+    // any field is read, lives on this stack frame for the whole sequence and
+    // is cleared exactly once; CPython is not yet initialised (checked) and
+    // this runs on the main thread, before any other thread exists.
+    unsafe {
+        if ffi::Py_IsInitialized() != 0 {
+            return Err("the Python interpreter is already initialised".into());
+        }
+        let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
+        ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
+        let cfg = config.as_mut_ptr();
+        (*cfg).install_signal_handlers = 0;
+        // Like `python3 -c`: an empty sys.path[0] entry is not added; the
+        // loader puts the working directory first as gunicorn does.
+        (*cfg).parse_argv = 0;
+        let status = ffi::PyConfig_SetBytesString(cfg, &mut (*cfg).program_name, exe.as_ptr());
+        if ffi::PyStatus_Exception(status) != 0 {
+            ffi::PyConfig_Clear(cfg);
+            return Err(status_message(status, "setting the interpreter path"));
+        }
+        let status = ffi::Py_InitializeFromConfig(cfg);
+        ffi::PyConfig_Clear(cfg);
+        if ffi::PyStatus_Exception(status) != 0 {
+            return Err(status_message(status, "initialising Python"));
+        }
+        // Py_InitializeFromConfig leaves this thread holding the GIL.
+        ffi::PyEval_SaveThread();
+    }
+    Ok(())
+}
+
+fn status_message(status: ffi::PyStatus, what: &str) -> String {
+    let msg = if status.err_msg.is_null() {
+        "unknown error".to_string()
+    } else {
+        // SAFETY: a non-null err_msg of a PyStatus is a static NUL-terminated C string.
+        unsafe { std::ffi::CStr::from_ptr(status.err_msg) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    format!("{what}: {msg}")
+}
+
+/// fork(2) wrapped in PyOS_BeforeFork / PyOS_AfterFork_{Parent,Child}.
+/// The caller must hold the GIL (it has a `Python` token).
+pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: the master is single-threaded (DESIGN.md) so no other thread can
+    // hold a lock across the fork; the GIL is held by the caller as
+    // PyOS_BeforeFork requires, and each branch calls the matching after-fork
+    // function before running any other Python code.
+    unsafe {
+        ffi::PyOS_BeforeFork();
+        let result = nix::unistd::fork();
+        match result {
+            Ok(nix::unistd::ForkResult::Child) => ffi::PyOS_AfterFork_Child(),
+            _ => ffi::PyOS_AfterFork_Parent(),
+        }
+        result
+    }
+}

@@ -1,0 +1,179 @@
+//! The embedded CPython interpreter: start-up inside the user's virtualenv,
+//! the fork protocol, and small helpers shared by the master and the workers.
+//!
+//! The interpreter is initialised once by the master, before any fork, with
+//! `install_signal_handlers = 0`: Rust owns every signal. Workers inherit it
+//! through `fork` and call [`after_fork_child`].
+
+mod ffi_init;
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use pyo3::prelude::*;
+use pyo3::types::PyModule;
+
+/// Python version ferrocorn was linked against ("3.11"), from build.rs.
+pub const BUILT_VERSION: &str = env!("FERROCORN_PYTHON_VERSION");
+
+const BOOT_SOURCE: &str = include_str!("boot.py");
+
+/// The interpreter the user expects: the active virtualenv, else the
+/// `python3` found on PATH. `executable` is what CPython's path calculation
+/// starts from, so the venv's site-packages import as they would under
+/// `gunicorn` run from that venv.
+#[derive(Debug)]
+pub struct Interpreter {
+    pub executable: PathBuf,
+    pub version: String,
+}
+
+/// Locates the interpreter and checks that its version is the one ferrocorn
+/// was built against (a mismatch would load the wrong stdlib and crash).
+pub fn locate() -> Result<Interpreter, String> {
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
+        let venv = PathBuf::from(venv);
+        let executable = ["python3", "python"]
+            .iter()
+            .map(|n| venv.join("bin").join(n))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                format!(
+                    "VIRTUAL_ENV={} has no bin/python3; activate a valid virtualenv",
+                    venv.display()
+                )
+            })?;
+        let version = venv_version(&venv.join("pyvenv.cfg"))
+            .map_or_else(|| probe(&executable).map(|(_, v)| v), Ok)?;
+        return check(Interpreter {
+            executable,
+            version,
+        });
+    }
+    let (executable, version) = probe(Path::new("python3"))?;
+    check(Interpreter {
+        executable,
+        version,
+    })
+}
+
+fn check(interp: Interpreter) -> Result<Interpreter, String> {
+    if interp.version != BUILT_VERSION {
+        return Err(format!(
+            "Python version mismatch: {} is Python {}, but this ferrocorn was built against Python {}. \
+             Rebuild it for that interpreter: PYO3_PYTHON={} cargo build --release",
+            interp.executable.display(),
+            interp.version,
+            BUILT_VERSION,
+            interp.executable.display()
+        ));
+    }
+    Ok(interp)
+}
+
+/// "3.11" from a venv's pyvenv.cfg (`version = 3.11.7` or `version_info = 3.11.7.final.0`).
+fn venv_version(cfg: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(cfg).ok()?;
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        if !matches!(key.trim(), "version" | "version_info") {
+            return None;
+        }
+        let mut parts = value.trim().split('.');
+        Some(format!("{}.{}", parts.next()?, parts.next()?))
+    })
+}
+
+/// Asks a python binary (it may be a pyenv shim) for its real executable and version.
+fn probe(python: &Path) -> Result<(PathBuf, String), String> {
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])",
+        ])
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run {} to locate the Python environment: {e}; set VIRTUAL_ENV or put python3 on PATH",
+                python.display()
+            )
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    match (lines.next(), lines.next()) {
+        (Some(exe), Some(ver)) if out.status.success() => Ok((PathBuf::from(exe), ver.to_string())),
+        _ => Err(format!(
+            "{} did not report its version: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// Initialises the interpreter for `interp` and loads the boot module. The
+/// calling thread does not hold the GIL afterwards; use `Python::attach`.
+pub fn init(interp: &Interpreter) -> Result<(), String> {
+    ffi_init::initialize(&interp.executable)?;
+    Python::attach(|py| -> Result<(), String> {
+        let code = CString::new(BOOT_SOURCE).map_err(|e| e.to_string())?;
+        let module = PyModule::from_code(py, &code, c"<ferrocorn boot>", c"_ferrocorn_boot")
+            .map_err(|e| format!("loading ferrocorn's boot module: {}", format_err(py, &e)))?;
+        let modules = py
+            .import("sys")
+            .and_then(|sys| sys.getattr("modules"))
+            .map_err(|e| format_err(py, &e))?;
+        modules
+            .set_item("_ferrocorn_boot", module)
+            .map_err(|e| format_err(py, &e))?;
+        Ok(())
+    })
+}
+
+/// The boot module (see boot.py).
+pub fn boot(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    py.import("_ferrocorn_boot")
+}
+
+/// A Python exception as the multi-line text of its traceback.
+pub fn format_err(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = boot(py).and_then(|b| {
+        b.getattr("format_exception")?
+            .call1((err.value(py),))?
+            .extract::<String>()
+    });
+    formatted.unwrap_or_else(|_| err.to_string())
+}
+
+/// True when `err` is boot.AppImportError (gunicorn's APP_LOAD_ERROR case).
+pub fn is_app_import_error(py: Python<'_>, err: &PyErr) -> bool {
+    boot(py)
+        .and_then(|b| b.getattr("AppImportError"))
+        .map(|cls| err.value(py).is_instance(&cls).unwrap_or(false))
+        .unwrap_or(false)
+}
+
+/// gunicorn's working-directory and --pythonpath handling, before any app import.
+pub fn prepare_paths(py: Python<'_>, chdir: Option<&str>, pythonpath: &[String]) -> PyResult<()> {
+    boot(py)?
+        .getattr("prepare_paths")?
+        .call1((chdir, pythonpath.to_vec()))?;
+    Ok(())
+}
+
+/// Imports the WSGI/ASGI application named by `uri`.
+pub fn import_app(py: Python<'_>, uri: &str) -> PyResult<Py<PyAny>> {
+    Ok(boot(py)?.getattr("import_app")?.call1((uri,))?.unbind())
+}
+
+/// Sets os.environ[key] = value (and so the process environment).
+pub fn set_environ(py: Python<'_>, key: &str, value: &str) -> PyResult<()> {
+    py.import("os")?.getattr("environ")?.set_item(key, value)
+}
+
+/// Runs `f` around a fork with CPython's fork protocol: the GIL is held
+/// across the fork and the interpreter's locks are reset in the child.
+/// Returns the fork result.
+pub fn fork(py: Python<'_>) -> nix::Result<nix::unistd::ForkResult> {
+    let _ = py; // the caller holds the GIL, as PyOS_BeforeFork requires
+    ffi_init::fork()
+}

@@ -1,0 +1,84 @@
+//! Worker processes: what every worker kind does after the fork (signals,
+//! loading the app, exit codes), then the kind's own loop.
+
+pub mod sync;
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use pyo3::prelude::*;
+
+use crate::config::Config;
+use crate::sock::{ListenKind, Listener};
+
+/// gunicorn's exit codes, which the master acts on.
+pub const WORKER_BOOT_ERROR: i32 = 3;
+pub const APP_LOAD_ERROR: i32 = 4;
+
+/// What the master hands a new worker.
+pub struct Spawn<'a> {
+    pub cfg: &'a Config,
+    pub listeners: &'a [Listener],
+    /// gunicorn's `worker.age`: a counter the master increments per spawn.
+    pub age: u64,
+    /// The app, when --preload loaded it in the master.
+    pub app: Option<Py<PyAny>>,
+}
+
+/// A listener as a worker sees it.
+pub struct WorkerListener {
+    pub fd: RawFd,
+    pub kind: ListenKind,
+}
+
+/// Runs a worker to completion; the return value is the process exit code.
+pub fn run(spawn: Spawn<'_>) -> i32 {
+    let pid = std::process::id();
+    crate::log_info!("Booting worker with pid: {pid}");
+    let code = Python::attach(|py| {
+        let app = match spawn.app {
+            Some(app) => app,
+            None => match load_app(py, spawn.cfg) {
+                Ok(app) => app,
+                Err(code) => return code,
+            },
+        };
+        let listeners: Vec<WorkerListener> = spawn
+            .listeners
+            .iter()
+            .map(|l| WorkerListener {
+                fd: l.fd.as_raw_fd(),
+                kind: l.kind.clone(),
+            })
+            .collect();
+        match sync::SyncWorker::new(py, spawn.cfg, listeners, app) {
+            Ok(mut w) => w.run(py),
+            Err(e) => {
+                crate::log_error!("Exception in worker process: {e}");
+                WORKER_BOOT_ERROR
+            }
+        }
+    });
+    crate::log_info!("Worker exiting (pid: {pid})");
+    code
+}
+
+/// Imports the app; on failure logs as gunicorn does and returns the exit code.
+pub fn load_app(py: Python<'_>, cfg: &Config) -> Result<Py<PyAny>, i32> {
+    let Some(uri) = cfg.app_uri() else {
+        crate::log_error!("No application module specified.");
+        return Err(APP_LOAD_ERROR);
+    };
+    crate::python::import_app(py, uri).map_err(|e| {
+        if crate::python::is_app_import_error(py, &e) {
+            crate::log_debug!(
+                "Exception while loading the application: {}",
+                crate::python::format_err(py, &e)
+            );
+            crate::log_error!("{}", e.value(py));
+            APP_LOAD_ERROR
+        } else {
+            crate::log_error!("Exception in worker process\n{}", crate::python::format_err(py, &e));
+            WORKER_BOOT_ERROR
+        }
+    })
+}

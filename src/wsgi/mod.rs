@@ -1,0 +1,658 @@
+//! WSGI (PEP 3333) with gunicorn's environ: building the environ in Rust
+//! from interned keys and a per-worker template, calling the app, and
+//! streaming its result through [`response::Response`].
+
+pub mod file_wrapper;
+pub mod input;
+pub mod response;
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::allowlist::AllowList;
+use crate::http::proxy::ProxyInfo;
+use crate::http::{BodyKind, RequestHead};
+use file_wrapper::FileWrapper;
+use input::{BodyState, Input, InputState};
+use response::StartResponse;
+
+/// Header names whose environ key was already computed, bounded so that a
+/// client sending random names cannot grow it without limit.
+const HEADER_KEY_CACHE: usize = 512;
+
+/// Environ keys and constant values, created once per worker.
+struct Keys {
+    request_method: Py<PyString>,
+    query_string: Py<PyString>,
+    raw_uri: Py<PyString>,
+    server_protocol: Py<PyString>,
+    path_info: Py<PyString>,
+    script_name: Py<PyString>,
+    content_type: Py<PyString>,
+    content_length: Py<PyString>,
+    remote_addr: Py<PyString>,
+    remote_port: Py<PyString>,
+    server_name: Py<PyString>,
+    server_port: Py<PyString>,
+    url_scheme: Py<PyString>,
+    input: Py<PyString>,
+    socket: Py<PyString>,
+    early_hints: Py<PyString>,
+    proxy_protocol: Py<PyString>,
+    proxy_addr: Py<PyString>,
+    proxy_port: Py<PyString>,
+    http10: Py<PyString>,
+    http11: Py<PyString>,
+    https: Py<PyString>,
+    write: Py<PyString>,
+    close: Py<PyString>,
+}
+
+impl Keys {
+    fn new(py: Python<'_>) -> Keys {
+        let k = |s: &str| PyString::intern(py, s).unbind();
+        Keys {
+            request_method: k("REQUEST_METHOD"),
+            query_string: k("QUERY_STRING"),
+            raw_uri: k("RAW_URI"),
+            server_protocol: k("SERVER_PROTOCOL"),
+            path_info: k("PATH_INFO"),
+            script_name: k("SCRIPT_NAME"),
+            content_type: k("CONTENT_TYPE"),
+            content_length: k("CONTENT_LENGTH"),
+            remote_addr: k("REMOTE_ADDR"),
+            remote_port: k("REMOTE_PORT"),
+            server_name: k("SERVER_NAME"),
+            server_port: k("SERVER_PORT"),
+            url_scheme: k("wsgi.url_scheme"),
+            input: k("wsgi.input"),
+            socket: k("gunicorn.socket"),
+            early_hints: k("wsgi.early_hints"),
+            proxy_protocol: k("PROXY_PROTOCOL"),
+            proxy_addr: k("PROXY_ADDR"),
+            proxy_port: k("PROXY_PORT"),
+            http10: k("HTTP/1.0"),
+            http11: k("HTTP/1.1"),
+            https: k("https"),
+            write: k("write"),
+            close: k("close"),
+        }
+    }
+}
+
+/// What the worker knows about the listener a connection came from.
+pub struct ServerAddr {
+    /// (SERVER_NAME, SERVER_PORT) for TCP listeners; None for unix sockets,
+    /// where gunicorn derives them from the Host header.
+    pub tcp: Option<(Py<PyString>, Py<PyString>)>,
+}
+
+/// Per-connection Python values, created once per connection.
+pub struct Peer {
+    /// REMOTE_ADDR and REMOTE_PORT (unix sockets: "" and no port).
+    pub addr: Py<PyString>,
+    pub port: Option<Py<PyString>>,
+    pub ip: Option<std::net::IpAddr>,
+    /// `gunicorn.socket`, created on the connection's first request.
+    pub socket: Option<Py<LazySocket>>,
+}
+
+/// Settings the environ depends on.
+pub struct WsgiSettings {
+    pub workers: usize,
+    pub script_name: String,
+    pub secure_scheme_headers: Vec<(String, String)>,
+    pub forwarded_allow: AllowList,
+    pub io_timeout: Duration,
+    pub multithread: bool,
+}
+
+pub struct Wsgi {
+    app: Py<PyAny>,
+    template: Py<PyDict>,
+    keys: Keys,
+    header_keys: HashMap<Vec<u8>, Py<PyString>>,
+    settings: WsgiSettings,
+}
+
+/// What happened to a request, for keep-alive, logs and metrics.
+pub struct Outcome {
+    pub status: u16,
+    pub sent: u64,
+    pub keep_alive: bool,
+    /// The connection's read buffer, with pipelined bytes after the body.
+    pub leftover: Option<(Vec<u8>, usize)>,
+    pub response_headers: Vec<(String, String)>,
+    pub app_error: bool,
+}
+
+/// Decodes bytes as latin-1, as PEP 3333 "native strings".
+pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+    match std::str::from_utf8(b) {
+        Ok(s) if s.is_ascii() => PyString::new(py, s),
+        _ => {
+            let s: String = b.iter().map(|&c| c as char).collect();
+            PyString::new(py, &s)
+        }
+    }
+}
+
+/// gunicorn's unquote_to_wsgi_str: percent-decode to bytes, then latin-1.
+fn unquote<'py>(py: Python<'py>, path: &[u8]) -> Bound<'py, PyString> {
+    if !path.contains(&b'%') {
+        return latin1(py, path);
+    }
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' && i + 2 < path.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(path[i]);
+        i += 1;
+    }
+    latin1(py, &out)
+}
+
+/// A request the app cannot be given (400-class), found while building the environ.
+pub struct EnvironError {
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Wsgi {
+    pub fn new(py: Python<'_>, app: Py<PyAny>, settings: WsgiSettings) -> PyResult<Wsgi> {
+        let template = PyDict::new(py);
+        let sys = py.import("sys")?;
+        template.set_item("wsgi.errors", sys.getattr("stderr")?)?;
+        template.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
+        template.set_item("wsgi.multithread", settings.multithread)?;
+        template.set_item("wsgi.multiprocess", settings.workers > 1)?;
+        template.set_item("wsgi.run_once", false)?;
+        template.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
+        template.set_item("wsgi.input_terminated", true)?;
+        template.set_item("wsgi.url_scheme", "http")?;
+        template.set_item(
+            "SERVER_SOFTWARE",
+            concat!("ferrocorn/", env!("CARGO_PKG_VERSION")),
+        )?;
+        template.set_item("SCRIPT_NAME", settings.script_name.as_str())?;
+        Ok(Wsgi {
+            app,
+            template: template.unbind(),
+            keys: Keys::new(py),
+            header_keys: HashMap::new(),
+            settings,
+        })
+    }
+
+    pub fn forwarded_allow(&self) -> &AllowList {
+        &self.settings.forwarded_allow
+    }
+
+}
+
+/// The environ key for a header name (`HTTP_` + upper-case, '-' → '_'),
+/// cached per worker.
+fn header_key<'py>(
+    cache: &mut HashMap<Vec<u8>, Py<PyString>>,
+    py: Python<'py>,
+    name: &[u8],
+) -> Bound<'py, PyString> {
+    {
+        if let Some(k) = cache.get(name) {
+            return k.bind(py).clone();
+        }
+        let mut key = String::with_capacity(name.len() + 5);
+        key.push_str("HTTP_");
+        key.extend(name.iter().map(|&c| match c {
+            b'-' => '_',
+            c => c.to_ascii_uppercase() as char,
+        }));
+        let k = PyString::intern(py, &key);
+        if cache.len() < HEADER_KEY_CACHE {
+            cache.insert(name.to_vec(), k.clone().unbind());
+        }
+        k
+    }
+}
+
+impl Wsgi {
+    /// Builds the environ for `head`, as gunicorn's wsgi.create does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn environ<'py>(
+        &mut self,
+        py: Python<'py>,
+        head: &RequestHead<'_>,
+        server: &ServerAddr,
+        peer: &Peer,
+        proxy: Option<&ProxyInfo>,
+        trusted: bool,
+    ) -> Result<Bound<'py, PyDict>, EnvironError> {
+        let py_err = |e: PyErr| EnvironError {
+            status: 500,
+            reason: "Internal Server Error",
+            message: e.to_string(),
+        };
+        let env = self.template.bind(py).copy().map_err(py_err)?;
+        let k = &self.keys;
+        let set = |key: &Py<PyString>, v: Bound<'py, PyAny>| env.set_item(key.bind(py), v).map_err(py_err);
+        set(&k.request_method, PyString::new(py, &head.method).into_any())?;
+        set(&k.query_string, latin1(py, head.query).into_any())?;
+        set(&k.raw_uri, latin1(py, head.uri).into_any())?;
+        let proto = match head.version {
+            (1, 0) => k.http10.bind(py).clone(),
+            (1, 1) => k.http11.bind(py).clone(),
+            (a, b) => PyString::new(py, &format!("HTTP/{a}.{b}")),
+        };
+        set(&k.server_protocol, proto.into_any())?;
+
+        let mut host: Option<&[u8]> = None;
+        let mut script_name: Option<&[u8]> = None;
+        let mut scheme: Option<bool> = None; // Some(true) = https
+        let mut repeated: Vec<(Bound<'py, PyString>, Vec<u8>)> = Vec::new();
+        for h in &head.headers {
+            let name = h.name;
+            let value: &[u8] = &h.value;
+            if trusted && !self.settings.secure_scheme_headers.is_empty() {
+                if let Some((_, secure)) = self
+                    .settings
+                    .secure_scheme_headers
+                    .iter()
+                    .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+                {
+                    let https = value == secure.as_bytes();
+                    match scheme {
+                        Some(prev) if prev != https => {
+                            return Err(EnvironError {
+                                status: 400,
+                                reason: "Bad Request",
+                                message: "Contradictory scheme headers".into(),
+                            })
+                        }
+                        _ => scheme = Some(https),
+                    }
+                }
+            }
+            if name.eq_ignore_ascii_case(b"host") {
+                host = Some(value);
+            } else if name.eq_ignore_ascii_case(b"script_name") {
+                script_name = Some(value);
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                set(&self.keys.content_type, latin1(py, value).into_any())?;
+                continue;
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                set(&self.keys.content_length, latin1(py, value).into_any())?;
+                continue;
+            }
+            let key = header_key(&mut self.header_keys, py, name);
+            if env.contains(&key).map_err(py_err)? {
+                match repeated.iter_mut().find(|(k, _)| k.is(&key)) {
+                    Some((_, joined)) => {
+                        joined.push(b',');
+                        joined.extend_from_slice(value);
+                    }
+                    None => {
+                        let first = env.get_item(&key).map_err(py_err)?;
+                        let mut joined: Vec<u8> = match first {
+                            Some(f) => f
+                                .extract::<String>()
+                                .map(|s| s.chars().map(|c| c as u32 as u8).collect())
+                                .unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        joined.push(b',');
+                        joined.extend_from_slice(value);
+                        repeated.push((key, joined));
+                    }
+                }
+            } else {
+                env.set_item(&key, latin1(py, value)).map_err(py_err)?;
+            }
+        }
+        for (key, joined) in repeated {
+            env.set_item(key, latin1(py, &joined)).map_err(py_err)?;
+        }
+        let https = scheme == Some(true);
+        if https {
+            set(&k.url_scheme, k.https.bind(py).clone().into_any())?;
+        }
+
+        set(&k.remote_addr, peer.addr.bind(py).clone().into_any())?;
+        if let Some(port) = &peer.port {
+            set(&k.remote_port, port.bind(py).clone().into_any())?;
+        }
+
+        match &server.tcp {
+            Some((name, port)) => {
+                set(&k.server_name, name.bind(py).clone().into_any())?;
+                set(&k.server_port, port.bind(py).clone().into_any())?;
+            }
+            None => {
+                // Unix socket: SERVER_* from the Host header, as gunicorn.
+                let (name, port) = match host {
+                    Some(h) => {
+                        let h = latin1(py, h).to_string();
+                        let mut parts = h.split(':');
+                        let name = parts.next().unwrap_or("").to_string();
+                        let port = match parts.next() {
+                            Some(p) => p.to_string(),
+                            None if https => "443".into(),
+                            None => "80".into(),
+                        };
+                        (name, port)
+                    }
+                    None => (String::new(), String::new()),
+                };
+                set(&k.server_name, PyString::new(py, &name).into_any())?;
+                set(&k.server_port, PyString::new(py, &port).into_any())?;
+            }
+        }
+
+        let mut path = head.path;
+        if let Some(sn) = script_name {
+            set(&k.script_name, latin1(py, sn).into_any())?;
+        }
+        let sn: &[u8] = script_name.unwrap_or(self.settings.script_name.as_bytes());
+        if !sn.is_empty() {
+            if !path.starts_with(sn) {
+                return Err(EnvironError {
+                    status: 500,
+                    reason: "Internal Server Error",
+                    message: format!(
+                        "Request path {:?} does not start with SCRIPT_NAME {:?}",
+                        String::from_utf8_lossy(path),
+                        String::from_utf8_lossy(sn)
+                    ),
+                });
+            }
+            path = &path[sn.len()..];
+        }
+        set(&k.path_info, unquote(py, path).into_any())?;
+
+        if let Some(p) = proxy {
+            // gunicorn: addresses as received (None for LOCAL/UNSPEC), ports
+            // as strings ("None" when absent).
+            let host = |h: &Option<String>| match h {
+                Some(h) => PyString::new(py, h).into_any(),
+                None => py.None().into_bound(py),
+            };
+            let port = |a: &Option<std::net::SocketAddr>| {
+                PyString::new(py, &a.map_or_else(|| "None".to_string(), |a| a.port().to_string())).into_any()
+            };
+            set(&k.proxy_protocol, PyString::new(py, &p.proto).into_any())?;
+            set(&k.remote_addr, host(&p.client_host))?;
+            set(&k.remote_port, port(&p.client_addr))?;
+            set(&k.proxy_addr, host(&p.proxy_host))?;
+            set(&k.proxy_port, port(&p.proxy_addr))?;
+        }
+        Ok(env)
+    }
+
+    /// Runs the app for one request and writes its response.
+    #[allow(clippy::too_many_arguments)]
+    pub fn serve<'py>(
+        &mut self,
+        py: Python<'py>,
+        env: Bound<'py, PyDict>,
+        fd: RawFd,
+        peer: &mut Peer,
+        version: (u8, u8),
+        is_head: bool,
+        must_close: bool,
+        body: &BodyKind,
+        raw: Vec<u8>,
+        pos: usize,
+        max_chunk_trailers: (usize, usize),
+    ) -> Outcome {
+        let timeout = self.settings.io_timeout;
+        let body_state = match body {
+            BodyKind::None => BodyState::Done,
+            BodyKind::Length(n) => BodyState::Length(*n),
+            BodyKind::Chunked => BodyState::Chunked(Box::new(crate::http::chunked::ChunkedDecoder::new(
+                max_chunk_trailers.0,
+                max_chunk_trailers.1,
+            ))),
+        };
+        let input = Bound::new(
+            py,
+            Input {
+                state: Some(InputState::new(fd, timeout, raw, pos, body_state)),
+            },
+        );
+        let sr = Bound::new(
+            py,
+            StartResponse {
+                resp: response::Response::new(fd, timeout, version, is_head, must_close),
+            },
+        );
+        let (input, sr) = match (input, sr) {
+            (Ok(i), Ok(s)) => (i, s),
+            (Err(e), _) | (_, Err(e)) => {
+                crate::log_error!("Error handling request: {}", crate::python::format_err(py, &e));
+                return self.failed(0, None);
+            }
+        };
+        let k = &self.keys;
+        let setup = (|| -> PyResult<()> {
+            env.set_item(k.input.bind(py), &input)?;
+            env.set_item(k.socket.bind(py), peer.socket(py, fd)?)?;
+            if let Ok(early) = sr.getattr("early_hints") {
+                env.set_item(k.early_hints.bind(py), early)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = setup {
+            crate::log_error!("Error handling request: {}", crate::python::format_err(py, &e));
+            return self.failed(0, None);
+        }
+        let result = self.app.bind(py).call1((env.clone(), sr.clone()));
+        let mut app_error = false;
+        let run = match result {
+            Ok(iterable) => {
+                let r = self.write_result(py, &sr, &iterable);
+                // PEP 3333: close() is always called on the iterable.
+                if let Ok(true) = iterable.hasattr(k.close.bind(py)) {
+                    if let Err(e) = iterable.call_method0(k.close.bind(py)) {
+                        crate::log_error!("Error closing response iterable: {}", crate::python::format_err(py, &e));
+                    }
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let mut resp_guard = sr.borrow_mut();
+        let resp = &mut resp_guard.resp;
+        if let Err(e) = run {
+            app_error = true;
+            if resp.broken {
+                crate::log_debug!("client went away: {e}");
+            } else {
+                crate::log_error!("Error handling request {}", crate::python::format_err(py, &e));
+            }
+            if !resp.headers_sent && !resp.broken {
+                // Nothing was sent yet: answer 500 like gunicorn's handle_error.
+                let body = error_body("Internal Server Error", "");
+                let msg = error_response(500, "Internal Server Error", &body);
+                let _ = crate::netio::write_all(Some(py), fd, &msg, timeout);
+                resp.status_code = 500;
+                resp.sent = body.len() as u64;
+            }
+            resp.must_close = true;
+        }
+        let status = resp.status_code;
+        let sent = resp.sent;
+        let mut keep_alive = !resp.should_close() && !app_error;
+        let response_headers = std::mem::take(&mut resp.headers);
+        drop(resp_guard);
+        let state = input.borrow_mut().take_state();
+        let leftover = match state {
+            Some(mut st) if keep_alive => {
+                if st.discard_rest(1 << 20) {
+                    Some((std::mem::take(&mut st.raw), st.pos))
+                } else {
+                    keep_alive = false;
+                    None
+                }
+            }
+            _ => None,
+        };
+        Outcome {
+            status,
+            sent,
+            keep_alive,
+            leftover,
+            response_headers,
+            app_error,
+        }
+    }
+
+    fn failed(&self, status: u16, _e: Option<PyErr>) -> Outcome {
+        Outcome {
+            status,
+            sent: 0,
+            keep_alive: false,
+            leftover: None,
+            response_headers: Vec::new(),
+            app_error: true,
+        }
+    }
+
+    /// Streams the app's iterable: lists and tuples are queued and written at
+    /// once; other iterables are written chunk by chunk as they are produced.
+    fn write_result(
+        &self,
+        py: Python<'_>,
+        sr: &Bound<'_, StartResponse>,
+        iterable: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        if let Ok(fw) = iterable.cast::<FileWrapper>() {
+            let fd = fw.borrow().fileno(py);
+            if let Some(fd) = fd {
+                let mut s = sr.borrow_mut();
+                if s.resp.status.is_none() {
+                    return Err(pyo3::exceptions::PyAssertionError::new_err(
+                        "start_response() was not called",
+                    ));
+                }
+                if s.resp.sendfile(py, fd)? {
+                    return s.resp.finish(py);
+                }
+            }
+        }
+        let buffered = iterable.is_instance_of::<PyList>() || iterable.is_instance_of::<PyTuple>();
+        for item in iterable.try_iter()? {
+            let item = item?;
+            let bytes = item.cast::<PyBytes>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err(format!(
+                    "{} is not a byte",
+                    item.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?;
+            let mut s = sr.borrow_mut();
+            s.resp.write_body(py, bytes.as_bytes(), !buffered)?;
+        }
+        let mut s = sr.borrow_mut();
+        if s.resp.status.is_none() {
+            return Err(pyo3::exceptions::PyAssertionError::new_err(
+                "start_response() was not called",
+            ));
+        }
+        s.resp.finish(py)
+    }
+}
+
+/// `gunicorn.socket`: stands in for the connection's Python socket and
+/// creates the real one (over a dup of the fd) only when the app first
+/// touches it, so requests that never use it pay one small allocation per
+/// connection instead of a dup(2) and a socket object.
+#[pyclass(module = "ferrocorn", name = "socket")]
+pub struct LazySocket {
+    fd: RawFd,
+    closed: bool,
+    real: Option<Py<PyAny>>,
+}
+
+impl LazySocket {
+    fn real<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(s) = &self.real {
+            return Ok(s.bind(py).clone());
+        }
+        if self.closed {
+            return Err(pyo3::exceptions::PyOSError::new_err("the connection is closed"));
+        }
+        let dup = py.import("os")?.getattr("dup")?.call1((self.fd,))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("fileno", dup)?;
+        let sock = py.import("socket")?.getattr("socket")?.call((), Some(&kwargs))?;
+        self.real = Some(sock.clone().unbind());
+        Ok(sock)
+    }
+}
+
+#[pymethods]
+impl LazySocket {
+    fn fileno(&self) -> i32 {
+        if self.closed {
+            -1
+        } else {
+            self.fd
+        }
+    }
+
+    fn __getattr__<'py>(&mut self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        self.real(py)?.getattr(name)
+    }
+}
+
+impl Peer {
+    /// The connection's `gunicorn.socket` object, made on its first request.
+    fn socket<'py>(&mut self, py: Python<'py>, fd: RawFd) -> PyResult<Bound<'py, LazySocket>> {
+        if let Some(s) = &self.socket {
+            return Ok(s.bind(py).clone());
+        }
+        let s = Bound::new(py, LazySocket { fd, closed: false, real: None })?;
+        self.socket = Some(s.clone().unbind());
+        Ok(s)
+    }
+
+    /// Called when the connection closes: a later use of gunicorn.socket
+    /// must not dup whatever fd number is reused next.
+    pub fn close(&mut self, py: Python<'_>) {
+        if let Some(s) = self.socket.take() {
+            s.bind(py).borrow_mut().closed = true;
+        }
+    }
+}
+
+/// gunicorn's util.write_error HTML body.
+pub fn error_body(reason: &str, mesg: &str) -> String {
+    let esc = mesg
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#x27;");
+    format!(
+        "<html>\n  <head>\n    <title>{reason}</title>\n  </head>\n  <body>\n    <h1><p>{reason}</p></h1>\n    {esc}\n  </body>\n</html>\n"
+    )
+}
+
+/// A complete error response with gunicorn's framing (always closes).
+pub fn error_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}

@@ -1,0 +1,101 @@
+"""Plain WSGI app used by the integration tests (no framework in the way).
+
+Routes:
+  /                 "Hello, World!" with Content-Length
+  /echo             reads the whole body (wsgi.input.read()), answers JSON
+  /environ          the environ as JSON (str() of non-JSON values)
+  /osenv?k=NAME     os.environ[NAME] (or "<unset>")
+  /stream?n=&size=  generator without Content-Length
+  /status/CODE      that status; tries to send a body anyway
+  /sleep?s=         sleeps, then answers
+  /error            raises
+  /noread           answers without reading the body
+  /headers          sets response headers used by the access-log tests
+  /pid              the worker's pid
+"""
+import hashlib
+import json
+import os
+import time
+from urllib.parse import parse_qs
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _send(start_response, body, status="200 OK", ctype="text/plain", extra=()):
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    start_response(status, [("Content-Type", ctype),
+                            ("Content-Length", str(len(body)))] + list(extra))
+    return [body]
+
+
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    qs = parse_qs(environ.get("QUERY_STRING", ""))
+
+    if path == "/":
+        return _send(start_response, b"Hello, World!")
+
+    if path == "/echo":
+        body = environ["wsgi.input"].read()
+        out = {
+            "method": environ["REQUEST_METHOD"],
+            "path": path,
+            "query": environ.get("QUERY_STRING", ""),
+            "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+            "content_length": environ.get("CONTENT_LENGTH"),
+            "content_type": environ.get("CONTENT_TYPE"),
+            "size": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "body": body.decode("latin-1"),
+        }
+        return _send(start_response, json.dumps(out), ctype="application/json")
+
+    if path == "/environ" or path.startswith("/environ/"):
+        env = {k: _jsonable(v) for k, v in environ.items()}
+        return _send(start_response, json.dumps(env, sort_keys=True), ctype="application/json")
+
+    if path == "/osenv":
+        name = qs.get("k", [""])[0]
+        return _send(start_response, os.environ.get(name, "<unset>"))
+
+    if path == "/stream":
+        n = int(qs.get("n", ["5"])[0])
+        size = int(qs.get("size", ["10"])[0])
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return ((b"%c" % (ord("a") + i % 26)) * size for i in range(n))
+
+    if path.startswith("/status/"):
+        code = int(path.rsplit("/", 1)[1])
+        start_response("%d Whatever" % code, [("Content-Type", "text/plain")])
+        return [b"this body must not be sent"]
+
+    if path == "/sleep":
+        s = float(qs.get("s", ["1"])[0])
+        time.sleep(s)
+        return _send(start_response, "slept %s" % s)
+
+    if path == "/error":
+        raise RuntimeError("intentional error from /error")
+
+    if path == "/noread":
+        return _send(start_response, b"did not read the body")
+
+    if path == "/headers":
+        return _send(start_response, b"with headers",
+                     extra=[("X-Resp", "resp-value"), ("X-Other", "o")])
+
+    if path == "/pid":
+        return _send(start_response, str(os.getpid()))
+
+    return _send(start_response, b"not found", status="404 Not Found")
+
+
+application = app
