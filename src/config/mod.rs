@@ -91,6 +91,7 @@ struct Env {
     cmd_args: Option<String>,
     web_concurrency: Option<String>,
     port: Option<String>,
+    forwarded_allow_ips: Option<String>,
     cwd: PathBuf,
 }
 
@@ -101,6 +102,7 @@ impl Env {
             cmd_args: var("GUNICORN_CMD_ARGS"),
             web_concurrency: var("WEB_CONCURRENCY"),
             port: var("PORT"),
+            forwarded_allow_ips: var("FORWARDED_ALLOW_IPS"),
             cwd: value::getcwd(),
         }
     }
@@ -203,6 +205,15 @@ impl Config {
                 ConfigError(format!("invalid value for WEB_CONCURRENCY (workers): {e}"))
             })?;
             cfg.values[i] = v;
+            cfg.origins[i] = Origin::Environment;
+        }
+        if let Some(ips) = &env.forwarded_allow_ips {
+            let i = idx("forwarded_allow_ips");
+            cfg.values[i] = value::validate(&SETTINGS[i], Value::Str(ips.clone())).map_err(|e| {
+                ConfigError(format!(
+                    "invalid value for FORWARDED_ALLOW_IPS (forwarded_allow_ips): {e}"
+                ))
+            })?;
             cfg.origins[i] = Origin::Environment;
         }
         if let Some(port) = &env.port {

@@ -235,6 +235,7 @@ fn precedence_default_env_file_cmdargs_cli() {
         cmd_args: cmd.map(str::to_owned),
         web_concurrency: Some("2".into()),
         port: Some("9000".into()),
+        forwarded_allow_ips: None,
         cwd: dir.clone(),
     };
 

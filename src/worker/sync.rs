@@ -496,7 +496,7 @@ impl SyncWorker {
             let env = match self.wsgi.environ(py, &head, server, &conn.peer, conn.proxy.as_ref(), conn.trusted) {
                 Ok(env) => env,
                 Err(e) => {
-                    if e.status == 500 {
+                    if e.reason == "Internal Server Error" {
                         crate::log_error!("Error handling request {}: {}", String::from_utf8_lossy(head.uri), e.message);
                     } else {
                         crate::log_warning!("Invalid request from ip={}: {}", peer_ip(&conn.peer), e.message);

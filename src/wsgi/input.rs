@@ -37,6 +37,9 @@ pub struct InputState {
     pub broken: bool,
     /// Total body bytes handed out (for the request-size metric and logs).
     pub consumed: u64,
+    /// A malformed chunked body: the request is answered with this error
+    /// (400) instead of a 500 for the exception it raised in the app.
+    pub bad_request: Option<crate::http::HttpError>,
 }
 
 impl InputState {
@@ -51,6 +54,7 @@ impl InputState {
             dpos: 0,
             broken: false,
             consumed: 0,
+            bad_request: None,
         }
     }
 
@@ -89,9 +93,15 @@ impl InputState {
                     self.decoded.clear();
                     self.dpos = 0;
                     if self.pos < self.raw.len() {
-                        let used = dec
-                            .decode(&self.raw[self.pos..], &mut self.decoded)
-                            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.detail))?;
+                        let used = match dec.decode(&self.raw[self.pos..], &mut self.decoded) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                let err = std::io::Error::new(std::io::ErrorKind::InvalidData, e.detail.clone());
+                                self.bad_request = Some(e);
+                                self.broken = true;
+                                return Err(err);
+                            }
+                        };
                         self.pos += used;
                         if dec.is_done() {
                             self.body = BodyState::Done;
@@ -105,8 +115,13 @@ impl InputState {
                         }
                     }
                     if !self.fill_raw(py)? {
+                        // gunicorn's ChunkedReader raises NoMoreData here.
                         self.broken = true;
                         self.body = BodyState::Done;
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "client closed the connection before the chunked body ended",
+                        ));
                     }
                 }
             }

@@ -366,9 +366,11 @@ impl Wsgi {
         let sn: &[u8] = script_name.unwrap_or(self.settings.script_name.as_bytes());
         if !sn.is_empty() {
             if !path.starts_with(sn) {
+                // gunicorn's ConfigurationProblem: a client error answered
+                // with status 500 and reason "Bad Request".
                 return Err(EnvironError {
                     status: 500,
-                    reason: "Internal Server Error",
+                    reason: "Bad Request",
                     message: format!(
                         "Request path {:?} does not start with SCRIPT_NAME {:?}",
                         String::from_utf8_lossy(path),
@@ -471,9 +473,20 @@ impl Wsgi {
             }
             Err(e) => Err(e),
         };
+        let bad_request = match &run {
+            Err(_) => input.borrow_mut().state.as_mut().and_then(|st| st.bad_request.take()),
+            Ok(_) => None,
+        };
         let mut resp_guard = sr.borrow_mut();
         let resp = &mut resp_guard.resp;
-        if let Err(e) = run {
+        if let (Some(bad), false) = (&bad_request, resp.headers_sent) {
+            // The client sent a malformed body: a client error, as gunicorn.
+            crate::log_warning!("Invalid request from ip={}: {}", peer.ip.map(|i| i.to_string()).unwrap_or_default(), bad.detail);
+            let _ = crate::netio::write_all(Some(py), fd, &bad.response_bytes(), timeout);
+            resp.status_code = bad.status;
+            resp.must_close = true;
+            app_error = true;
+        } else if let Err(e) = run {
             app_error = true;
             if resp.broken {
                 crate::log_debug!("client went away: {e}");
