@@ -9,7 +9,8 @@ fn main() {
     }
     println!(
         "cargo:rustc-env=FERROCORN_PYTHON_VERSION={}.{}",
-        cfg.version().major, cfg.version().minor
+        cfg.version().major,
+        cfg.version().minor
     );
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
 }

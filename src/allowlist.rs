@@ -22,7 +22,9 @@ impl AllowList {
                 Some((ip, bits)) => (ip, Some(bits)),
                 None => (e, None),
             };
-            let ip: IpAddr = ip.parse().map_err(|_| format!("{e:?} is not an IP address or network"))?;
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| format!("{e:?} is not an IP address or network"))?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let bits = match bits {
                 Some(b) => b
@@ -35,10 +37,6 @@ impl AllowList {
             list.nets.push((ip, bits));
         }
         Ok(list)
-    }
-
-    pub fn allows_any(&self) -> bool {
-        self.any
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -46,7 +46,11 @@ struct Halt {
 }
 
 impl Arbiter {
-    pub fn new(cfg: Config, listeners: Vec<Listener>, app: Option<Py<PyAny>>) -> Result<Arbiter, String> {
+    pub fn new(
+        cfg: Config,
+        listeners: Vec<Listener>,
+        app: Option<Py<PyAny>>,
+    ) -> Result<Arbiter, String> {
         let poll = Poll::new().map_err(|e| format!("creating the master's event loop: {e}"))?;
         let mut signals = Signals::new([
             SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH,
@@ -105,7 +109,11 @@ impl Arbiter {
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     crate::log_error!("master event loop failed: {e}");
-                    return Halt { reason: None, status: 1, graceful: false };
+                    return Halt {
+                        reason: None,
+                        status: 1,
+                        graceful: false,
+                    };
                 }
             }
             let pending: Vec<i32> = match self.signals.as_mut() {
@@ -114,17 +122,28 @@ impl Arbiter {
             };
             for sig in pending {
                 if sig != SIGCHLD {
-                    crate::log_info!("Handling signal: {}", signal_name(sig).to_lowercase().trim_start_matches("sig"));
+                    crate::log_info!(
+                        "Handling signal: {}",
+                        signal_name(sig).to_lowercase().trim_start_matches("sig")
+                    );
                 }
                 match sig {
-                    SIGTERM => return Halt { reason: None, status: 0, graceful: true },
-                    SIGINT | SIGQUIT => return Halt { reason: None, status: 0, graceful: false },
-                    SIGTTIN => self.num_workers += 1,
-                    SIGTTOU => {
-                        if self.num_workers > 1 {
-                            self.num_workers -= 1;
+                    SIGTERM => {
+                        return Halt {
+                            reason: None,
+                            status: 0,
+                            graceful: true,
                         }
                     }
+                    SIGINT | SIGQUIT => {
+                        return Halt {
+                            reason: None,
+                            status: 0,
+                            graceful: false,
+                        }
+                    }
+                    SIGTTIN => self.num_workers += 1,
+                    SIGTTOU if self.num_workers > 1 => self.num_workers -= 1,
                     SIGUSR1 => {
                         if let Err(e) = crate::log::reopen() {
                             crate::log_error!("reopening log files: {e}");
@@ -181,7 +200,9 @@ impl Arbiter {
                         continue;
                     }
                     if sig == Signal::SIGKILL {
-                        crate::log_error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
+                        crate::log_error!(
+                            "Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?"
+                        );
                     } else {
                         crate::log_error!("Worker (pid:{pid}) was sent {}!", sig.as_str());
                     }
@@ -204,7 +225,11 @@ impl Arbiter {
         }
         while self.workers.len() > self.num_workers {
             // The oldest worker goes first, as gunicorn.
-            let oldest = self.workers.iter().min_by_key(|(_, w)| w.age).map(|(p, _)| *p);
+            let oldest = self
+                .workers
+                .iter()
+                .min_by_key(|(_, w)| w.age)
+                .map(|(p, _)| *p);
             if let Some(pid) = oldest {
                 let _ = kill(pid, Signal::SIGTERM);
                 self.workers.remove(&pid);
@@ -226,7 +251,6 @@ impl Arbiter {
                 let code = worker::run(worker::Spawn {
                     cfg: &self.cfg,
                     listeners: &self.listeners,
-                    age,
                     app,
                 });
                 flush_python_stdio(py);
@@ -242,7 +266,11 @@ impl Arbiter {
             Ok(nix::unistd::ForkResult::Child) => unreachable_child(),
             Err(e) => {
                 crate::log_error!("fork failed: {e}");
-                Err(Halt { reason: Some(format!("fork failed: {e}")), status: 1, graceful: true })
+                Err(Halt {
+                    reason: Some(format!("fork failed: {e}")),
+                    status: 1,
+                    graceful: true,
+                })
             }
         }
     }
@@ -257,7 +285,11 @@ impl Arbiter {
     /// wait up to --graceful-timeout, then SIGKILL what is left.
     fn stop(&mut self, graceful: bool) {
         crate::log_info!("Shutting down: Master");
-        let sig = if graceful { Signal::SIGTERM } else { Signal::SIGQUIT };
+        let sig = if graceful {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGQUIT
+        };
         self.kill_workers(sig);
         let limit = Instant::now() + Duration::from_secs(self.cfg.graceful_timeout());
         while !self.workers.is_empty() && Instant::now() < limit {
@@ -311,5 +343,7 @@ fn flush_python_stdio(py: Python<'_>) {
 }
 
 fn signal_name(sig: i32) -> &'static str {
-    Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("SIGUNKNOWN")
+    Signal::try_from(sig)
+        .map(|s| s.as_str())
+        .unwrap_or("SIGUNKNOWN")
 }

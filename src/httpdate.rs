@@ -64,6 +64,9 @@ mod tests {
     fn formats_imf_fixdate() {
         assert_eq!(super::format(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(super::format(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(super::format(1_795_244_000), "Fri, 21 Nov 2026 03:33:20 GMT");
+        assert_eq!(
+            super::format(1_795_244_000),
+            "Sat, 21 Nov 2026 06:53:20 GMT"
+        );
     }
 }

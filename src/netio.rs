@@ -102,11 +102,21 @@ pub fn read_blocking(
 }
 
 /// Writes all of `data`, waiting for the socket to drain as needed.
-pub fn write_all(py: Option<Python<'_>>, fd: RawFd, mut data: &[u8], timeout: Duration) -> io::Result<()> {
+pub fn write_all(
+    py: Option<Python<'_>>,
+    fd: RawFd,
+    mut data: &[u8],
+    timeout: Duration,
+) -> io::Result<()> {
     let mut deadline = None;
     while !data.is_empty() {
         match write_nb(fd, data) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "connection closed",
+                ))
+            }
             Ok(n) => data = &data[n..],
             Err(e) if would_block(&e) => {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
@@ -139,7 +149,10 @@ pub fn sendfile_all(
         }
         if n == 0 {
             // The file is shorter than announced: the response is truncated.
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than Content-Length"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than Content-Length",
+            ));
         }
         let e = io::Error::last_os_error();
         match e.kind() {

@@ -74,11 +74,6 @@ impl Listener {
             ListenKind::Unix(p) => format!("unix:{}", p.display()),
         }
     }
-
-    /// gunicorn's `listener.getsockname()` as a string, used for SERVER_NAME/PORT.
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
 }
 
 /// Creates every listener in `binds`, retrying a busy address as gunicorn
@@ -191,7 +186,8 @@ pub fn from_fd(raw: RawFd) -> Result<Listener, String> {
         .map_err(|e| format!("fd://{raw}: {e}"))?;
     // SAFETY: see above; from here on the Listener owns the descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let ss: SockaddrStorage = getsockname(fd.as_raw_fd()).map_err(|e| format!("fd://{raw}: {e}"))?;
+    let ss: SockaddrStorage =
+        getsockname(fd.as_raw_fd()).map_err(|e| format!("fd://{raw}: {e}"))?;
     let kind = if let Some(u) = ss.as_unix_addr() {
         ListenKind::Unix(u.path().map(PathBuf::from).unwrap_or_default())
     } else if let Some(a) = local_tcp_addr(fd.as_raw_fd()) {
@@ -235,14 +231,29 @@ mod tests {
 
     #[test]
     fn parses_gunicorn_bind_forms() {
-        assert_eq!(parse_bind("127.0.0.1:9000"), Ok(BindAddr::Tcp("127.0.0.1".into(), 9000)));
-        assert_eq!(parse_bind("localhost"), Ok(BindAddr::Tcp("localhost".into(), 8000)));
+        assert_eq!(
+            parse_bind("127.0.0.1:9000"),
+            Ok(BindAddr::Tcp("127.0.0.1".into(), 9000))
+        );
+        assert_eq!(
+            parse_bind("localhost"),
+            Ok(BindAddr::Tcp("localhost".into(), 8000))
+        );
         assert_eq!(parse_bind("[::1]:81"), Ok(BindAddr::Tcp("::1".into(), 81)));
         assert_eq!(parse_bind("[::1]"), Ok(BindAddr::Tcp("::1".into(), 8000)));
-        assert_eq!(parse_bind("unix:/tmp/a.sock"), Ok(BindAddr::Unix("/tmp/a.sock".into())));
-        assert_eq!(parse_bind("unix:///tmp/a.sock"), Ok(BindAddr::Unix("/tmp/a.sock".into())));
+        assert_eq!(
+            parse_bind("unix:/tmp/a.sock"),
+            Ok(BindAddr::Unix("/tmp/a.sock".into()))
+        );
+        assert_eq!(
+            parse_bind("unix:///tmp/a.sock"),
+            Ok(BindAddr::Unix("/tmp/a.sock".into()))
+        );
         assert_eq!(parse_bind("fd://3"), Ok(BindAddr::Fd(3)));
-        assert_eq!(parse_bind("tcp://Example.COM:1"), Ok(BindAddr::Tcp("example.com".into(), 1)));
+        assert_eq!(
+            parse_bind("tcp://Example.COM:1"),
+            Ok(BindAddr::Tcp("example.com".into(), 1))
+        );
         assert!(parse_bind("fd://x").is_err());
         assert!(parse_bind("host:notaport").is_err());
     }

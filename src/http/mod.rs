@@ -40,7 +40,7 @@ pub mod chunked;
 pub mod proxy;
 mod request;
 
-pub use request::{parse_request, Header, Parsed, RequestHead};
+pub use request::{parse_request, Parsed, RequestHead};
 
 /// What to do with header names containing `_` (gunicorn `header_map`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

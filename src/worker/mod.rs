@@ -18,8 +18,6 @@ pub const APP_LOAD_ERROR: i32 = 4;
 pub struct Spawn<'a> {
     pub cfg: &'a Config,
     pub listeners: &'a [Listener],
-    /// gunicorn's `worker.age`: a counter the master increments per spawn.
-    pub age: u64,
     /// The app, when --preload loaded it in the master.
     pub app: Option<Py<PyAny>>,
 }
@@ -77,7 +75,10 @@ pub fn load_app(py: Python<'_>, cfg: &Config) -> Result<Py<PyAny>, i32> {
             crate::log_error!("{}", e.value(py));
             APP_LOAD_ERROR
         } else {
-            crate::log_error!("Exception in worker process\n{}", crate::python::format_err(py, &e));
+            crate::log_error!(
+                "Exception in worker process\n{}",
+                crate::python::format_err(py, &e)
+            );
             WORKER_BOOT_ERROR
         }
     })

@@ -19,7 +19,9 @@ use slab::Slab;
 use super::WorkerListener;
 use crate::allowlist::AllowList;
 use crate::config::Config;
-use crate::http::proxy::{detect_proxy, parse_proxy, ProxyDetect, ProxyInfo, ProxyMode, ProxyParsed};
+use crate::http::proxy::{
+    detect_proxy, parse_proxy, ProxyDetect, ProxyInfo, ProxyMode, ProxyParsed,
+};
 use crate::http::{parse_request, HeaderMap, HttpError, Parsed, ParserConfig};
 use crate::log::access::{AccessLog, AccessRecord};
 use crate::netio;
@@ -89,14 +91,19 @@ impl SyncWorker {
         app: Py<PyAny>,
     ) -> Result<SyncWorker, String> {
         let poll = Poll::new().map_err(|e| setup_err("creating the event loop", e))?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP, SIGWINCH, SIGABRT])
-            .map_err(|e| setup_err("installing signal handlers", e))?;
+        let mut signals =
+            Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP, SIGWINCH, SIGABRT])
+                .map_err(|e| setup_err("installing signal handlers", e))?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(|e| setup_err("registering signals", e))?;
         for (i, l) in listeners.iter().enumerate() {
             poll.registry()
-                .register(&mut SourceFd(&l.fd), Token(LISTENER_BASE + i), Interest::READABLE)
+                .register(
+                    &mut SourceFd(&l.fd),
+                    Token(LISTENER_BASE + i),
+                    Interest::READABLE,
+                )
                 .map_err(|e| setup_err("registering a listener", e))?;
             set_nonblocking(l.fd);
         }
@@ -136,9 +143,10 @@ impl SyncWorker {
             "auto" => ProxyMode::Auto,
             _ => ProxyMode::Off,
         };
-        let proxy_allow = AllowList::parse(&cfg.proxy_allow_ips()).map_err(|e| setup_err("proxy_allow_ips", e))?;
-        let forwarded_allow =
-            AllowList::parse(&cfg.forwarded_allow_ips()).map_err(|e| setup_err("forwarded_allow_ips", e))?;
+        let proxy_allow = AllowList::parse(&cfg.proxy_allow_ips())
+            .map_err(|e| setup_err("proxy_allow_ips", e))?;
+        let forwarded_allow = AllowList::parse(&cfg.forwarded_allow_ips())
+            .map_err(|e| setup_err("forwarded_allow_ips", e))?;
         let secure_scheme_headers = cfg
             .secure_scheme_headers()
             .into_iter()
@@ -158,7 +166,12 @@ impl SyncWorker {
                 multithread: false,
             },
         )
-        .map_err(|e| setup_err("preparing the WSGI environ", crate::python::format_err(py, &e)))?;
+        .map_err(|e| {
+            setup_err(
+                "preparing the WSGI environ",
+                crate::python::format_err(py, &e),
+            )
+        })?;
         let access = match cfg.accesslog() {
             Some(target) => Some(AccessLog::new(&target, &cfg.access_log_format())?),
             None => None,
@@ -263,7 +276,9 @@ impl SyncWorker {
     }
 
     fn accept(&mut self, py: Python<'_>, idx: usize) {
-        let Some(l) = self.listeners.get(idx) else { return };
+        let Some(l) = self.listeners.get(idx) else {
+            return;
+        };
         let lfd = l.fd;
         let is_tcp = matches!(l.kind, ListenKind::Tcp(_));
         loop {
@@ -289,7 +304,8 @@ impl SyncWorker {
                 None
             };
             let peer = Peer {
-                addr: PyString::new(py, &addr.map(|a| a.ip().to_string()).unwrap_or_default()).unbind(),
+                addr: PyString::new(py, &addr.map(|a| a.ip().to_string()).unwrap_or_default())
+                    .unbind(),
                 port: addr.map(|a| PyString::new(py, &a.port().to_string()).unbind()),
                 ip: addr.map(|a| a.ip()),
                 socket: None,
@@ -308,10 +324,10 @@ impl SyncWorker {
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             let raw = fd.as_raw_fd();
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut SourceFd(&raw), Token(key), Interest::READABLE)
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&raw), Token(key), Interest::READABLE)
             {
                 crate::log_error!("registering a connection: {e}");
                 continue;
@@ -353,10 +369,11 @@ impl SyncWorker {
         }
         self.accepting = true;
         for (i, l) in self.listeners.iter().enumerate() {
-            let _ = self
-                .poll
-                .registry()
-                .register(&mut SourceFd(&l.fd), Token(LISTENER_BASE + i), Interest::READABLE);
+            let _ = self.poll.registry().register(
+                &mut SourceFd(&l.fd),
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            );
         }
     }
 
@@ -387,7 +404,9 @@ impl SyncWorker {
     /// Reads what the socket has and serves every complete request in it.
     fn on_readable(&mut self, py: Python<'_>, key: usize) -> Next {
         loop {
-            let Some(conn) = self.conns.get_mut(key) else { return Next::Close };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return Next::Close;
+            };
             if conn.start > 0 && conn.start == conn.buf.len() {
                 conn.buf.clear();
                 conn.start = 0;
@@ -420,7 +439,9 @@ impl SyncWorker {
             if !self.alive {
                 return Next::Close;
             }
-            let Some(conn) = self.conns.get_mut(key) else { return Next::Close };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return Next::Close;
+            };
             let fd = conn.fd.as_raw_fd();
             if conn.start == conn.buf.len() {
                 conn.deadline = Instant::now() + self.keepalive;
@@ -490,26 +511,51 @@ impl SyncWorker {
             }
             let must_close = !head.keep_alive || self.keepalive.is_zero() || !self.alive;
             if head.expect_continue {
-                let _ = netio::write_all(Some(py), fd, b"HTTP/1.1 100 Continue\r\n\r\n", self.request_timeout);
+                let _ = netio::write_all(
+                    Some(py),
+                    fd,
+                    b"HTTP/1.1 100 Continue\r\n\r\n",
+                    self.request_timeout,
+                );
             }
             let server = &self.servers[conn.listener];
-            let env = match self.wsgi.environ(py, &head, server, &conn.peer, conn.proxy.as_ref(), conn.trusted) {
+            let env = match self.wsgi.environ(
+                py,
+                &head,
+                server,
+                &conn.peer,
+                conn.proxy.as_ref(),
+                conn.trusted,
+            ) {
                 Ok(env) => env,
                 Err(e) => {
                     if e.reason == "Internal Server Error" {
-                        crate::log_error!("Error handling request {}: {}", String::from_utf8_lossy(head.uri), e.message);
+                        crate::log_error!(
+                            "Error handling request {}: {}",
+                            String::from_utf8_lossy(head.uri),
+                            e.message
+                        );
                     } else {
-                        crate::log_warning!("Invalid request from ip={}: {}", peer_ip(&conn.peer), e.message);
+                        crate::log_warning!(
+                            "Invalid request from ip={}: {}",
+                            peer_ip(&conn.peer),
+                            e.message
+                        );
                     }
                     let body = error_body(e.reason, &e.message);
-                    let _ = netio::write_all(None, fd, &error_response(e.status, e.reason, &body), self.request_timeout);
+                    let _ = netio::write_all(
+                        None,
+                        fd,
+                        &error_response(e.status, e.reason, &body),
+                        self.request_timeout,
+                    );
                     return Next::Close;
                 }
             };
             let log_info = self.access.as_ref().map(|_| RequestLog::capture(&head));
             let version = head.version;
             let is_head = head.method == "HEAD";
-            let body = head.body.clone();
+            let body = head.body;
             drop(head);
             let raw = std::mem::take(&mut conn.buf);
             let pos = conn.start + consumed;
@@ -525,7 +571,10 @@ impl SyncWorker {
                 &body,
                 raw,
                 pos,
-                (self.parser.limit_request_fields, self.parser.limit_request_field_size),
+                (
+                    self.parser.limit_request_fields,
+                    self.parser.limit_request_field_size,
+                ),
             );
             if let (Some(access), Some(info)) = (&self.access, log_info) {
                 let peer = peer_ip(&conn.peer);
@@ -560,13 +609,32 @@ impl RequestLog {
             path: String::from_utf8_lossy(head.path).into_owned(),
             query: String::from_utf8_lossy(head.query).into_owned(),
             version: head.version,
-            headers: head.headers.iter().map(|h| (h.name.to_vec(), h.value.to_vec())).collect(),
+            headers: head
+                .headers
+                .iter()
+                .map(|h| (h.name.to_vec(), h.value.to_vec()))
+                .collect(),
         }
     }
 
-    fn log(self, access: &AccessLog, peer: &str, out: &crate::wsgi::Outcome, start: SystemTime, took: Duration) {
-        let req_headers: Vec<(&[u8], &[u8])> = self.headers.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
-        let resp_headers: Vec<(&str, &str)> = out.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    fn log(
+        self,
+        access: &AccessLog,
+        peer: &str,
+        out: &crate::wsgi::Outcome,
+        start: SystemTime,
+        took: Duration,
+    ) {
+        let req_headers: Vec<(&[u8], &[u8])> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        let resp_headers: Vec<(&str, &str)> = out
+            .response_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         access.log(&AccessRecord {
             remote_addr: peer,
             method: &self.method,
@@ -601,7 +669,8 @@ fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
     if let Some(a) = ss.as_sockaddr_in() {
         return Some(SocketAddr::new(IpAddr::V4(a.ip()), a.port()));
     }
-    ss.as_sockaddr_in6().map(|a| SocketAddr::new(IpAddr::V6(a.ip()), a.port()))
+    ss.as_sockaddr_in6()
+        .map(|a| SocketAddr::new(IpAddr::V6(a.ip()), a.port()))
 }
 
 fn set_nonblocking(fd: RawFd) {

@@ -96,7 +96,10 @@ impl InputState {
                         let used = match dec.decode(&self.raw[self.pos..], &mut self.decoded) {
                             Ok(n) => n,
                             Err(e) => {
-                                let err = std::io::Error::new(std::io::ErrorKind::InvalidData, e.detail.clone());
+                                let err = std::io::Error::new(
+                                    std::io::ErrorKind::InvalidData,
+                                    e.detail.clone(),
+                                );
                                 self.bad_request = Some(e);
                                 self.broken = true;
                                 return Err(err);
@@ -150,7 +153,11 @@ impl InputState {
     }
 
     /// Reads up to `size` bytes (all when None).
-    pub fn read(&mut self, py: Option<Python<'_>>, size: Option<usize>) -> std::io::Result<Vec<u8>> {
+    pub fn read(
+        &mut self,
+        py: Option<Python<'_>>,
+        size: Option<usize>,
+    ) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
         let mut want = size.unwrap_or(usize::MAX);
         while want > 0 && self.ensure(py)? {
@@ -160,7 +167,11 @@ impl InputState {
     }
 
     /// Reads a line (through b'\n'), at most `size` bytes.
-    pub fn readline(&mut self, py: Option<Python<'_>>, size: Option<usize>) -> std::io::Result<Vec<u8>> {
+    pub fn readline(
+        &mut self,
+        py: Option<Python<'_>>,
+        size: Option<usize>,
+    ) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
         let mut want = size.unwrap_or(usize::MAX);
         while want > 0 && self.ensure(py)? {
@@ -237,7 +248,11 @@ impl Input {
     }
 
     #[pyo3(signature = (size=None))]
-    fn readline<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+    fn readline<'py>(
+        &mut self,
+        py: Python<'py>,
+        size: Option<i64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let data = match self.state.as_mut() {
             Some(st) => st.readline(Some(py), size_arg(size)).map_err(io_err)?,
             None => Vec::new(),
@@ -246,7 +261,11 @@ impl Input {
     }
 
     #[pyo3(signature = (hint=None))]
-    fn readlines<'py>(&mut self, py: Python<'py>, hint: Option<i64>) -> PyResult<Bound<'py, PyList>> {
+    fn readlines<'py>(
+        &mut self,
+        py: Python<'py>,
+        hint: Option<i64>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
         let hint = size_arg(hint).filter(|h| *h > 0);
         let mut total = 0usize;
@@ -270,6 +289,10 @@ impl Input {
 
     fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let line = self.readline(py, None)?;
-        Ok(if line.as_bytes().is_empty() { None } else { Some(line) })
+        Ok(if line.as_bytes().is_empty() {
+            None
+        } else {
+            Some(line)
+        })
     }
 }

@@ -48,7 +48,6 @@ struct Keys {
     http10: Py<PyString>,
     http11: Py<PyString>,
     https: Py<PyString>,
-    write: Py<PyString>,
     close: Py<PyString>,
 }
 
@@ -78,7 +77,6 @@ impl Keys {
             http10: k("HTTP/1.0"),
             http11: k("HTTP/1.1"),
             https: k("https"),
-            write: k("write"),
             close: k("close"),
         }
     }
@@ -127,17 +125,13 @@ pub struct Outcome {
     /// The connection's read buffer, with pipelined bytes after the body.
     pub leftover: Option<(Vec<u8>, usize)>,
     pub response_headers: Vec<(String, String)>,
-    pub app_error: bool,
 }
 
 /// Decodes bytes as latin-1, as PEP 3333 "native strings".
 pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
     match std::str::from_utf8(b) {
         Ok(s) if s.is_ascii() => PyString::new(py, s),
-        _ => {
-            let s: String = b.iter().map(|&c| c as char).collect();
-            PyString::new(py, &s)
-        }
+        _ => PyString::new(py, &crate::http::latin1_to_string(b)),
     }
 }
 
@@ -146,21 +140,7 @@ fn unquote<'py>(py: Python<'py>, path: &[u8]) -> Bound<'py, PyString> {
     if !path.contains(&b'%') {
         return latin1(py, path);
     }
-    let mut out = Vec::with_capacity(path.len());
-    let mut i = 0;
-    while i < path.len() {
-        if path[i] == b'%' && i + 2 < path.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(path[i]);
-        i += 1;
-    }
-    latin1(py, &out)
+    latin1(py, &crate::http::percent_decode_path(path))
 }
 
 /// A request the app cannot be given (400-class), found while building the environ.
@@ -199,7 +179,6 @@ impl Wsgi {
     pub fn forwarded_allow(&self) -> &AllowList {
         &self.settings.forwarded_allow
     }
-
 }
 
 /// The environ key for a header name (`HTTP_` + upper-case, '-' → '_'),
@@ -246,8 +225,13 @@ impl Wsgi {
         };
         let env = self.template.bind(py).copy().map_err(py_err)?;
         let k = &self.keys;
-        let set = |key: &Py<PyString>, v: Bound<'py, PyAny>| env.set_item(key.bind(py), v).map_err(py_err);
-        set(&k.request_method, PyString::new(py, &head.method).into_any())?;
+        let set = |key: &Py<PyString>, v: Bound<'py, PyAny>| {
+            env.set_item(key.bind(py), v).map_err(py_err)
+        };
+        set(
+            &k.request_method,
+            PyString::new(py, &head.method).into_any(),
+        )?;
         set(&k.query_string, latin1(py, head.query).into_any())?;
         set(&k.raw_uri, latin1(py, head.uri).into_any())?;
         let proto = match head.version {
@@ -390,7 +374,11 @@ impl Wsgi {
                 None => py.None().into_bound(py),
             };
             let port = |a: &Option<std::net::SocketAddr>| {
-                PyString::new(py, &a.map_or_else(|| "None".to_string(), |a| a.port().to_string())).into_any()
+                PyString::new(
+                    py,
+                    &a.map_or_else(|| "None".to_string(), |a| a.port().to_string()),
+                )
+                .into_any()
             };
             set(&k.proxy_protocol, PyString::new(py, &p.proto).into_any())?;
             set(&k.remote_addr, host(&p.client_host))?;
@@ -421,10 +409,12 @@ impl Wsgi {
         let body_state = match body {
             BodyKind::None => BodyState::Done,
             BodyKind::Length(n) => BodyState::Length(*n),
-            BodyKind::Chunked => BodyState::Chunked(Box::new(crate::http::chunked::ChunkedDecoder::new(
-                max_chunk_trailers.0,
-                max_chunk_trailers.1,
-            ))),
+            BodyKind::Chunked => {
+                BodyState::Chunked(Box::new(crate::http::chunked::ChunkedDecoder::new(
+                    max_chunk_trailers.0,
+                    max_chunk_trailers.1,
+                )))
+            }
         };
         let input = Bound::new(
             py,
@@ -441,7 +431,10 @@ impl Wsgi {
         let (input, sr) = match (input, sr) {
             (Ok(i), Ok(s)) => (i, s),
             (Err(e), _) | (_, Err(e)) => {
-                crate::log_error!("Error handling request: {}", crate::python::format_err(py, &e));
+                crate::log_error!(
+                    "Error handling request: {}",
+                    crate::python::format_err(py, &e)
+                );
                 return self.failed(0, None);
             }
         };
@@ -455,7 +448,10 @@ impl Wsgi {
             Ok(())
         })();
         if let Err(e) = setup {
-            crate::log_error!("Error handling request: {}", crate::python::format_err(py, &e));
+            crate::log_error!(
+                "Error handling request: {}",
+                crate::python::format_err(py, &e)
+            );
             return self.failed(0, None);
         }
         let result = self.app.bind(py).call1((env.clone(), sr.clone()));
@@ -466,7 +462,10 @@ impl Wsgi {
                 // PEP 3333: close() is always called on the iterable.
                 if let Ok(true) = iterable.hasattr(k.close.bind(py)) {
                     if let Err(e) = iterable.call_method0(k.close.bind(py)) {
-                        crate::log_error!("Error closing response iterable: {}", crate::python::format_err(py, &e));
+                        crate::log_error!(
+                            "Error closing response iterable: {}",
+                            crate::python::format_err(py, &e)
+                        );
                     }
                 }
                 r
@@ -474,14 +473,22 @@ impl Wsgi {
             Err(e) => Err(e),
         };
         let bad_request = match &run {
-            Err(_) => input.borrow_mut().state.as_mut().and_then(|st| st.bad_request.take()),
+            Err(_) => input
+                .borrow_mut()
+                .state
+                .as_mut()
+                .and_then(|st| st.bad_request.take()),
             Ok(_) => None,
         };
         let mut resp_guard = sr.borrow_mut();
         let resp = &mut resp_guard.resp;
         if let (Some(bad), false) = (&bad_request, resp.headers_sent) {
             // The client sent a malformed body: a client error, as gunicorn.
-            crate::log_warning!("Invalid request from ip={}: {}", peer.ip.map(|i| i.to_string()).unwrap_or_default(), bad.detail);
+            crate::log_warning!(
+                "Invalid request from ip={}: {}",
+                peer.ip.map(|i| i.to_string()).unwrap_or_default(),
+                bad.detail
+            );
             let _ = crate::netio::write_all(Some(py), fd, &bad.response_bytes(), timeout);
             resp.status_code = bad.status;
             resp.must_close = true;
@@ -491,7 +498,10 @@ impl Wsgi {
             if resp.broken {
                 crate::log_debug!("client went away: {e}");
             } else {
-                crate::log_error!("Error handling request {}", crate::python::format_err(py, &e));
+                crate::log_error!(
+                    "Error handling request {}",
+                    crate::python::format_err(py, &e)
+                );
             }
             if !resp.headers_sent && !resp.broken {
                 // Nothing was sent yet: answer 500 like gunicorn's handle_error.
@@ -526,7 +536,6 @@ impl Wsgi {
             keep_alive,
             leftover,
             response_headers,
-            app_error,
         }
     }
 
@@ -537,7 +546,6 @@ impl Wsgi {
             keep_alive: false,
             leftover: None,
             response_headers: Vec::new(),
-            app_error: true,
         }
     }
 
@@ -602,12 +610,17 @@ impl LazySocket {
             return Ok(s.bind(py).clone());
         }
         if self.closed {
-            return Err(pyo3::exceptions::PyOSError::new_err("the connection is closed"));
+            return Err(pyo3::exceptions::PyOSError::new_err(
+                "the connection is closed",
+            ));
         }
         let dup = py.import("os")?.getattr("dup")?.call1((self.fd,))?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("fileno", dup)?;
-        let sock = py.import("socket")?.getattr("socket")?.call((), Some(&kwargs))?;
+        let sock = py
+            .import("socket")?
+            .getattr("socket")?
+            .call((), Some(&kwargs))?;
         self.real = Some(sock.clone().unbind());
         Ok(sock)
     }
@@ -634,7 +647,14 @@ impl Peer {
         if let Some(s) = &self.socket {
             return Ok(s.bind(py).clone());
         }
-        let s = Bound::new(py, LazySocket { fd, closed: false, real: None })?;
+        let s = Bound::new(
+            py,
+            LazySocket {
+                fd,
+                closed: false,
+                real: None,
+            },
+        )?;
         self.socket = Some(s.clone().unbind());
         Ok(s)
     }

@@ -51,8 +51,12 @@ fn is_token(s: &str) -> bool {
 
 /// HTAB / SP / VCHAR / obs-text, as chars (the str is later latin-1 encoded).
 fn is_field_value(s: &str) -> bool {
-    s.chars()
-        .all(|c| c == ' ' || c == '\t' || ('\x21'..='\x7e').contains(&c) || ('\u{80}'..='\u{ff}').contains(&c))
+    s.chars().all(|c| {
+        c == ' '
+            || c == '\t'
+            || ('\x21'..='\x7e').contains(&c)
+            || ('\u{80}'..='\u{ff}').contains(&c)
+    })
 }
 
 fn is_status(s: &str) -> bool {
@@ -87,7 +91,13 @@ fn push_latin1(out: &mut Vec<u8>, s: &str) {
 }
 
 impl Response {
-    pub fn new(fd: RawFd, io_timeout: Duration, version: (u8, u8), is_head: bool, must_close: bool) -> Self {
+    pub fn new(
+        fd: RawFd,
+        io_timeout: Duration,
+        version: (u8, u8),
+        is_head: bool,
+        must_close: bool,
+    ) -> Self {
         Response {
             fd,
             io_timeout,
@@ -126,7 +136,10 @@ impl Response {
             .map_err(|_| PyTypeError::new_err(format!("{} is not a string", repr(status))))?
             .to_str()?;
         if !is_status(status_str) {
-            return Err(PyValueError::new_err(format!("Invalid status {}", repr(status))));
+            return Err(PyValueError::new_err(format!(
+                "Invalid status {}",
+                repr(status)
+            )));
         }
         let code: u16 = status_str[..3].parse().unwrap_or(0);
         let mut list = Vec::new();
@@ -135,7 +148,10 @@ impl Response {
         for item in headers.try_iter()? {
             let item = item?;
             let pair = item.cast::<PyTuple>().map_err(|_| {
-                PyTypeError::new_err(format!("header {} is not a (name, value) tuple", repr(&item)))
+                PyTypeError::new_err(format!(
+                    "header {} is not a (name, value) tuple",
+                    repr(&item)
+                ))
             })?;
             if pair.len() != 2 {
                 return Err(PyTypeError::new_err(format!(
@@ -204,8 +220,17 @@ impl Response {
             "keep-alive"
         };
         let out = &mut self.out;
-        out.extend_from_slice(if self.version == (1, 0) { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-        push_latin1(out, self.status.as_deref().unwrap_or("500 Internal Server Error"));
+        out.extend_from_slice(if self.version == (1, 0) {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
+        push_latin1(
+            out,
+            self.status
+                .as_deref()
+                .unwrap_or("500 Internal Server Error"),
+        );
         out.extend_from_slice(b"\r\nServer: ferrocorn\r\nDate: ");
         crate::httpdate::append_now(out);
         out.extend_from_slice(b"\r\nConnection: ");
@@ -251,7 +276,8 @@ impl Response {
         if !data.is_empty() {
             self.sent += data.len() as u64;
             if self.chunked {
-                self.out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                self.out
+                    .extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
                 self.out.extend_from_slice(data);
                 self.out.extend_from_slice(b"\r\n");
             } else {
@@ -317,14 +343,16 @@ impl Response {
             return self.flush(py).map(|_| true);
         }
         if self.chunked {
-            self.out.extend_from_slice(format!("{nbytes:X}\r\n").as_bytes());
+            self.out
+                .extend_from_slice(format!("{nbytes:X}\r\n").as_bytes());
         }
         self.flush(py)?;
         if nbytes > 0 {
-            netio::sendfile_all(Some(py), self.fd, file_fd, offset, nbytes, self.io_timeout).map_err(|e| {
-                self.broken = true;
-                PyErr::from(e)
-            })?;
+            netio::sendfile_all(Some(py), self.fd, file_fd, offset, nbytes, self.io_timeout)
+                .map_err(|e| {
+                    self.broken = true;
+                    PyErr::from(e)
+                })?;
             self.sent += nbytes;
         }
         if self.chunked {
@@ -360,7 +388,9 @@ impl Response {
 }
 
 fn repr(obj: &Bound<'_, PyAny>) -> String {
-    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<object>".into())
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<object>".into())
 }
 
 fn invalid_header_name(name: &str) -> PyErr {
@@ -391,13 +421,11 @@ impl StartResponse {
             let mut this = slf.borrow_mut();
             let resp = &mut this.resp;
             match exc_info.filter(|e| !e.is_none()) {
-                Some(info) => {
-                    if resp.status.is_some() && resp.headers_sent {
-                        // PEP 3333: too late to change the response; re-raise.
-                        let value = info.get_item(1)?;
-                        return Err(PyErr::from_value(value));
-                    }
+                // PEP 3333: too late to change the response; re-raise.
+                Some(info) if resp.status.is_some() && resp.headers_sent => {
+                    return Err(PyErr::from_value(info.get_item(1)?));
                 }
+                Some(_) => {}
                 None if resp.status.is_some() => {
                     return Err(PyAssertionError::new_err("Response headers already set!"));
                 }
