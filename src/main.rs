@@ -57,6 +57,14 @@ fn real_main() -> i32 {
     for w in cfg.warnings() {
         log_warning!("{w}");
     }
+    match worker::kind::resolve(&cfg.worker_class()) {
+        Ok((_, Some(warning))) => log_warning!("{warning}"),
+        Ok((_, None)) => {}
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    }
     let prepared = Python::attach(|py| prepare(py, &cfg));
     let app = match prepared {
         Ok(Some(app)) => Some(app),

@@ -1,6 +1,7 @@
 //! Worker processes: what every worker kind does after the fork (signals,
 //! loading the app, exit codes), then the kind's own loop.
 
+pub mod kind;
 pub mod sync;
 
 use std::os::fd::{AsRawFd, RawFd};

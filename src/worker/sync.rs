@@ -11,7 +11,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{accept4, getpeername, setsockopt, sockopt, SockFlag, SockaddrStorage};
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyDict, PyString};
 use signal_hook::consts::{SIGABRT, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGWINCH};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -164,6 +164,7 @@ impl SyncWorker {
                 forwarded_allow,
                 io_timeout,
                 multithread: false,
+                sendfile: cfg.sendfile(),
             },
         )
         .map_err(|e| {
@@ -553,6 +554,10 @@ impl SyncWorker {
                 }
             };
             let log_info = self.access.as_ref().map(|_| RequestLog::capture(&head));
+            let log_env = match &self.access {
+                Some(a) if a.needs_environ() => Some(env.clone()),
+                _ => None,
+            };
             let version = head.version;
             let is_head = head.method == "HEAD";
             let body = head.body;
@@ -578,7 +583,8 @@ impl SyncWorker {
             );
             if let (Some(access), Some(info)) = (&self.access, log_info) {
                 let peer = peer_ip(&conn.peer);
-                info.log(access, &peer, &out, request_start, started.elapsed());
+                let took = started.elapsed();
+                info.log(access, &peer, &out, request_start, took, log_env.as_ref());
             }
             if !out.keep_alive {
                 return Next::Close;
@@ -624,7 +630,19 @@ impl RequestLog {
         out: &crate::wsgi::Outcome,
         start: SystemTime,
         took: Duration,
+        environ: Option<&Bound<'_, PyDict>>,
     ) {
+        // `{NAME}e` atoms: environ keys, matched case-insensitively as gunicorn.
+        let lookup = |name: &str| -> Option<String> {
+            environ?.iter().find_map(|(k, v)| {
+                let k = k.extract::<String>().ok()?;
+                if k.eq_ignore_ascii_case(name) {
+                    v.str().map(|s| s.to_string()).ok()
+                } else {
+                    None
+                }
+            })
+        };
         let req_headers: Vec<(&[u8], &[u8])> = self
             .headers
             .iter()
@@ -649,7 +667,7 @@ impl RequestLog {
             request_start: start,
             request_time: took,
             pid: std::process::id(),
-            environ: None,
+            environ: environ.map(|_| &lookup as &dyn Fn(&str) -> Option<String>),
         });
     }
 }

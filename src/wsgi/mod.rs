@@ -107,6 +107,8 @@ pub struct WsgiSettings {
     pub forwarded_allow: AllowList,
     pub io_timeout: Duration,
     pub multithread: bool,
+    /// --no-sendfile / SENDFILE: file_wrapper bodies are iterated instead.
+    pub sendfile: bool,
 }
 
 pub struct Wsgi {
@@ -557,7 +559,7 @@ impl Wsgi {
         sr: &Bound<'_, StartResponse>,
         iterable: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        if let Ok(fw) = iterable.cast::<FileWrapper>() {
+        if let (true, Ok(fw)) = (self.settings.sendfile, iterable.cast::<FileWrapper>()) {
             let fd = fw.borrow().fileno(py);
             if let Some(fd) = fd {
                 let mut s = sr.borrow_mut();

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# ferrocorn vs gunicorn / granian / bjoern: hello-world benchmark, RUNS interleaved repetitions.
+#
+#   bench/run.sh                          # set up (idempotent) + RUNS=3 full runs (~11 min of load) + report
+#   RUNS=2 bench/run.sh                   # fewer repetitions
+#   ONLY='ferrocorn|bjoern' bench/run.sh  # only configs whose name matches the regex
+#   CORE_ONLY=1 bench/run.sh              # skip the optional rows (ferrocorn -w 2, Flask)
+#   SKIP_SETUP=1 WRK_DURATION=3s RUNS=1 bench/run.sh   # quick smoke run
+#
+# Knobs (defaults in brackets):
+#   RUNS [3]                repetitions; each repetition runs every config once, in a rotated order
+#   WRK_DURATION [10s]      per wrk run (keep-alive and Connection: close); WRK_WARMUP [2s]
+#   WRK_THREADS [1] WRK_CONNS [50]
+#   ONLY [.]                regex on the server name (ferrocorn, gunicorn-sync, granian-wsgi, bjoern,
+#                           flask@ferrocorn, ...)
+#   CORE_ONLY [0]           1 = only the four target configs
+#   SKIP_SETUP [0]          1 = no apt / pip / cargo (the binary must already be built)
+#   APPEND [0]              1 = keep earlier records in the JSONL file
+#   QUIET_BUSY_PCT [20]     before each config, wait (up to QUIET_WAIT [90] s) until the machine's CPU
+#                           use from other processes is below this (% of all cores); recorded either way
+#   ANCHORS [/work/shared/bench-anchors]   the shared harness (lib/bench_one.sh, apps/)
+#   VENV [/tmp/bench-venv]  anchor venv (gunicorn, granian, bjoern, flask), shared with run_anchors.sh
+#   FERRO_VENV [<repo>/.venv]   VIRTUAL_ENV given to ferrocorn (CPython 3.11, the one it was built with)
+#   FERROCORN_BIN           use this binary instead of building target/release/ferrocorn
+#   BENCH_OUT [bench/results/ferrocorn.jsonl]   raw records; BENCH_REPORT [bench/results.md]
+#
+# Every server is started by the shared lib/bench_one.sh in its own process group and
+# stopped by its own PID; this script kills nothing itself.  All on 127.0.0.1, ports 18600+.
+set -u -o pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$BENCH_DIR")"
+ANCHORS="${ANCHORS:-/work/shared/bench-anchors}"
+APPS="$ANCHORS/apps"
+BENCH_ONE="$ANCHORS/lib/bench_one.sh"
+RESULTS="$BENCH_DIR/results"
+PYBASE="${PYBASE:-$(command -v python3.11 || command -v python3)}"
+VENV="${VENV:-/tmp/bench-venv}"
+FERRO_VENV="${FERRO_VENV:-$ROOT/.venv}"
+RUNS="${RUNS:-3}"
+ONLY="${ONLY:-.}"
+CORE_ONLY="${CORE_ONLY:-0}"
+QUIET_BUSY_PCT="${QUIET_BUSY_PCT:-20}"
+QUIET_WAIT="${QUIET_WAIT:-90}"
+BENCH_OUT="${BENCH_OUT:-$RESULTS/ferrocorn.jsonl}"
+BENCH_REPORT="${BENCH_REPORT:-$BENCH_DIR/results.md}"
+BENCH_VERSIONS="$(dirname "$BENCH_OUT")/versions.txt"
+LOGROOT="$RESULTS/logs"
+export WRK_THREADS="${WRK_THREADS:-1}" WRK_CONNS="${WRK_CONNS:-50}"
+export WRK_DURATION="${WRK_DURATION:-10s}" WRK_WARMUP="${WRK_WARMUP:-2s}"
+export BENCH_PY="$VENV/bin/python"
+
+say() { echo "[bench] $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- setup ----
+setup() {
+  local need_apt=()
+  command -v wrk >/dev/null || need_apt+=(wrk)
+  command -v curl >/dev/null || need_apt+=(curl)
+  command -v gcc >/dev/null || need_apt+=(build-essential)
+  [[ -e /usr/include/ev.h ]] || need_apt+=(libev-dev)      # bjoern
+  if [[ ${#need_apt[@]} -gt 0 ]]; then
+    say "apt-get install ${need_apt[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null; } \
+      || say "apt-get failed for: ${need_apt[*]}"
+  fi
+  command -v wrk >/dev/null || die "wrk is required"
+
+  # Anchor venv: same pins as the shared anchors (plus bjoern, best effort).
+  [[ -x "$VENV/bin/python" ]] || "$PYBASE" -m venv "$VENV" || die "venv $VENV"
+  if ! "$VENV/bin/python" -c 'import gunicorn, granian, flask' 2>/dev/null \
+     || [[ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("gunicorn"), m.version("granian"))' 2>/dev/null)" != "27.0.1 2.8.7" ]]; then
+    say "pip install -r $ANCHORS/requirements-anchors.txt into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ANCHORS/requirements-anchors.txt" \
+      || die "pip install of the anchors failed"
+  fi
+  "$VENV/bin/python" -c 'import bjoern' 2>/dev/null \
+    || "$VENV/bin/pip" install -q --disable-pip-version-check 'bjoern==3.2.2' \
+    || say "bjoern install failed (its rows will be skipped)"
+
+  # ferrocorn: the project's own idempotent set-up (Debian packages, .venv, cargo build --release).
+  if [[ -z "${FERROCORN_BIN:-}" ]]; then
+    (unset FERROCORN_SKIP_BUILD; "$ROOT/scripts/setup.sh") || die "scripts/setup.sh failed"
+  fi
+}
+
+# Snapshot the binary: other people may rebuild target/release/ferrocorn while this runs,
+# and every run of one benchmark must use the same build.
+snapshot_binary() {
+  local src="${FERROCORN_BIN:-$ROOT/target/release/ferrocorn}"
+  [[ -x "$src" ]] || die "$src not found (run without SKIP_SETUP=1, or set FERROCORN_BIN)"
+  mkdir -p "$RESULTS/bin"
+  cp -f "$src" "$RESULTS/bin/ferrocorn.new" && mv -f "$RESULTS/bin/ferrocorn.new" "$RESULTS/bin/ferrocorn"
+  FERRO="$RESULTS/bin/ferrocorn"
+  FERRO_SRC="$src"
+}
+
+record_versions() {
+  local f="$BENCH_VERSIONS" rev dirty
+  rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  dirty="$(git -C "$ROOT" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock build.rs 2>/dev/null | wc -l)"
+  {
+    echo "date_utc: $(date -u +%FT%TZ)"
+    echo "kernel: $(uname -srm)"
+    echo "cpu: $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo) x $(nproc) online"
+    echo "memory: $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+    echo "wrk: $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}') (-t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION, warm-up $WRK_WARMUP)"
+    echo "ferrocorn: $("$FERRO" --version 2>&1 | head -1), git $rev$( [[ "$dirty" != 0 ]] && echo " (+$dirty uncommitted changes in src/Cargo)"), binary $FERRO_SRC built $(date -u -r "$FERRO_SRC" +%FT%TZ), sha256 $(sha256sum "$FERRO" | cut -c1-12)"
+    echo "ferrocorn VIRTUAL_ENV: $FERRO_VENV ($("$FERRO_VENV/bin/python" -V 2>&1))"
+    echo "anchor venv: $VENV ($("$VENV/bin/python" -V 2>&1))"
+    "$VENV/bin/pip" list --format=freeze 2>/dev/null | grep -iE '^(gunicorn|granian|bjoern|flask|werkzeug)==' | sed 's/^/  /'
+    echo "runs: $RUNS, interleaved (order rotated each run)"
+  } >"$f"
+  cat "$f" >&2
+}
+
+# ------------------------------------------------------------ quietness ----
+# Busy % of the whole machine (all cores) over ~1 s, from /proc/stat.
+cpu_busy_pct() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+  awk -v a="${a[*]}" -v b="${b[*]}" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " "); tot = 0; idle = 0
+    for (i = 2; i <= n; i++) tot += y[i] - x[i]
+    idle = (y[5] - x[5]) + (y[6] - x[6])
+    printf "%.0f", tot > 0 ? 100 * (tot - idle) / tot : 0 }'
+}
+
+# Wait (bounded) for other load (builds, tests) to calm down; echo the last reading.
+wait_quiet() {
+  local busy t0=$SECONDS warned=0
+  while :; do
+    busy="$(cpu_busy_pct)"
+    (( busy < QUIET_BUSY_PCT )) && break
+    if (( SECONDS - t0 >= QUIET_WAIT )); then say "machine still ${busy}% busy after ${QUIET_WAIT}s; measuring anyway"; break; fi
+    (( warned )) || { say "machine ${busy}% busy (other processes); waiting up to ${QUIET_WAIT}s"; warned=1; }
+  done
+  echo "$busy"
+}
+
+# ----------------------------------------------------------------- runs ----
+G="$VENV/bin/gunicorn"; GR="$VENV/bin/granian"
+# Config table: index|name|config|workers|command ({PORT} is substituted).  Index fixes the port.
+configs() {
+  echo "0|ferrocorn|w1 sync|1|env VIRTUAL_ENV=$FERRO_VENV $FERRO -w 1 -b 127.0.0.1:{PORT} hello_wsgi:app"
+  echo "1|gunicorn-sync|w1|1|$G -w1 -k sync -b 127.0.0.1:{PORT} hello_wsgi:app"
+  echo "2|granian-wsgi|w1 blocking-threads=1|1|$GR --interface wsgi --workers 1 --blocking-threads 1 --host 127.0.0.1 --port {PORT} --log-level warning hello_wsgi:app"
+  echo "3|bjoern|1 proc|1|$VENV/bin/python bjoern_server.py 127.0.0.1 {PORT}"
+  [[ "$CORE_ONLY" == 1 ]] && return
+  echo "4|ferrocorn|w2 sync|2|env VIRTUAL_ENV=$FERRO_VENV $FERRO -w 2 -b 127.0.0.1:{PORT} hello_wsgi:app"
+  echo "5|flask@ferrocorn|w1 sync|1|env VIRTUAL_ENV=$FERRO_VENV $FERRO -w 1 -b 127.0.0.1:{PORT} hello_flask:app"
+  echo "6|flask@gunicorn-sync|w1|1|$G -w1 -k sync -b 127.0.0.1:{PORT} hello_flask:app"
+  echo "7|flask@granian-wsgi|w1 blocking-threads=1|1|$GR --interface wsgi --workers 1 --blocking-threads 1 --host 127.0.0.1 --port {PORT} --log-level warning hello_flask:app"
+}
+
+# bench RUN IDX NAME CONFIG WORKERS CMD-STRING -> one record appended to $BENCH_OUT (+ run, busy_before_pct)
+bench() {
+  local run="$1" idx="$2" name="$3" config="$4" workers="$5" cmdstr="$6"
+  local port=$((18600 + 10 * run + idx)) tmp busy cmd
+  if [[ "$name" == bjoern ]] && ! "$VENV/bin/python" -c 'import bjoern' 2>/dev/null; then
+    "$BENCH_PY" -c 'import json,sys; print(json.dumps({"name":sys.argv[1],"config":sys.argv[2],"run":int(sys.argv[3]),"status":"skipped: bjoern not installed"}))' \
+      "$name" "$config" "$run" >>"$BENCH_OUT"
+    return 0
+  fi
+  read -r -a cmd <<<"${cmdstr//\{PORT\}/$port}"
+  busy="$(wait_quiet)"
+  tmp="$(mktemp /tmp/ferrocorn-bench.XXXXXX)"
+  (cd "$APPS" && BENCH_OUT="$tmp" BENCH_LOGDIR="$LOGROOT/run$run" "$BENCH_ONE" --name "$name" --config "$config" \
+      --port "$port" --workers "$workers" -- "${cmd[@]}") || say "$name ($config) run $run failed"
+  "$BENCH_PY" - "$tmp" "$run" "$busy" "$(cut -d' ' -f1 /proc/loadavg)" >>"$BENCH_OUT" <<'PY'
+import json, sys
+path, run, busy, load = sys.argv[1:5]
+for line in open(path):
+    if line.strip():
+        rec = json.loads(line)
+        rec.update(run=int(run), busy_before_pct=float(busy), loadavg1_before=float(load))
+        print(json.dumps(rec, sort_keys=True))
+PY
+  rm -f "$tmp"
+}
+
+run_all() {
+  local list=() n r k i line idx name config workers cmdstr
+  mapfile -t list < <(configs)
+  n=${#list[@]}
+  for r in $(seq 1 "$RUNS"); do
+    say "=== run $r/$RUNS"
+    for k in $(seq 0 $((n - 1))); do
+      i=$(( (k + r - 1) % n ))          # rotate the order so that no config always goes first
+      line="${list[$i]}"
+      IFS='|' read -r idx name config workers cmdstr <<<"$line"
+      [[ "$name" =~ $ONLY ]] || continue
+      bench "$r" "$idx" "$name" "$config" "$workers" "$cmdstr"
+    done
+  done
+}
+
+main() {
+  mkdir -p "$RESULTS" "$LOGROOT" "$(dirname "$BENCH_OUT")"
+  [[ -x "$BENCH_ONE" ]] || die "$BENCH_ONE not found (set ANCHORS)"
+  [[ "${SKIP_SETUP:-0}" == 1 ]] || setup
+  [[ -x "$BENCH_PY" ]] || die "$BENCH_PY missing (run without SKIP_SETUP=1)"
+  [[ -x "$FERRO_VENV/bin/python" ]] || die "FERRO_VENV=$FERRO_VENV is not a venv"
+  snapshot_binary
+  if [[ "${APPEND:-0}" != 1 ]]; then : >"$BENCH_OUT"; rm -rf -- "$LOGROOT"/run*; fi
+  record_versions
+  local t0=$SECONDS
+  run_all
+  say "runs took $((SECONDS - t0)) s"
+  "$BENCH_PY" "$BENCH_DIR/report.py" "$BENCH_OUT" "$BENCH_VERSIONS" "$BENCH_REPORT"
+}
+
+main "$@"
