@@ -17,6 +17,7 @@ use signal_hook::consts::{
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::Config;
+use crate::shm::{ExitReason, Shm};
 use crate::sock::Listener;
 use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
@@ -24,7 +25,17 @@ const SIGNAL_TOKEN: Token = Token(0);
 
 struct WorkerProc {
     age: u64,
+    /// Index of the worker's slot in shared memory.
+    slot: usize,
+    /// SIGABRT was sent for a timeout; the next timeout check sends SIGKILL.
+    aborted: bool,
+    /// The master retired this worker (TTOU, reload): its exit is expected.
+    retired: Option<&'static str>,
 }
+
+/// Slots in the shared region: far above any worker count ferrocorn is run
+/// with; unused slots cost no memory (MAP_NORESERVE).
+const SHM_SLOTS: usize = 1024;
 
 pub struct Arbiter {
     cfg: Config,
@@ -36,6 +47,9 @@ pub struct Arbiter {
     poll: Poll,
     signals: Option<Signals>,
     pidfile: Option<String>,
+    shm: &'static Shm,
+    /// Reaped workers by exit cause (exported by the metrics issue).
+    restarts: BTreeMap<String, u64>,
 }
 
 /// Why the master is stopping, and the exit status it stops with.
@@ -61,6 +75,7 @@ impl Arbiter {
             .map_err(|e| format!("registering signals: {e}"))?;
         let num_workers = cfg.workers().max(1);
         let pidfile = cfg.pidfile();
+        let shm = crate::shm::init(SHM_SLOTS)?;
         Ok(Arbiter {
             cfg,
             listeners,
@@ -71,6 +86,8 @@ impl Arbiter {
             poll,
             signals: Some(signals),
             pidfile,
+            shm,
+            restarts: BTreeMap::new(),
         })
     }
 
@@ -162,85 +179,158 @@ impl Arbiter {
             if let Err(h) = self.reap() {
                 return h;
             }
+            self.murder_workers();
             if let Err(h) = self.manage_workers() {
                 return h;
             }
         }
     }
 
-    /// Collects exited workers; a boot or app-load failure stops the master
-    /// instead of respawning forever.
+    /// Collects exited workers and records why each left; a boot or
+    /// app-load failure stops the master instead of respawning forever.
     fn reap(&mut self) -> Result<(), Halt> {
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => {
-                    if self.workers.remove(&pid).is_none() {
-                        continue;
-                    }
-                    if code != 0 {
-                        crate::log_error!("Worker (pid:{pid}) exited with code {code}.");
-                    }
-                    if code == WORKER_BOOT_ERROR {
-                        return Err(Halt {
-                            reason: Some("Worker failed to boot.".into()),
-                            status: WORKER_BOOT_ERROR,
-                            graceful: true,
-                        });
-                    }
-                    if code == APP_LOAD_ERROR {
-                        return Err(Halt {
-                            reason: Some("App failed to load.".into()),
-                            status: APP_LOAD_ERROR,
-                            graceful: true,
-                        });
-                    }
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    if self.workers.remove(&pid).is_none() {
-                        continue;
-                    }
-                    if sig == Signal::SIGKILL {
-                        crate::log_error!(
-                            "Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?"
-                        );
-                    } else {
-                        crate::log_error!("Worker (pid:{pid}) was sent {}!", sig.as_str());
-                    }
-                }
+            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Ok(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Err(sig)),
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(()),
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     crate::log_error!("waitpid failed: {e}");
                     return Ok(());
                 }
+            };
+            let Some(w) = self.workers.remove(&pid) else {
+                continue;
+            };
+            let reason = self.exit_cause(pid, &w, status);
+            self.shm.release(w.slot);
+            *self.restarts.entry(reason).or_default() += 1;
+            match status {
+                Ok(WORKER_BOOT_ERROR) => {
+                    return Err(Halt {
+                        reason: Some("Worker failed to boot.".into()),
+                        status: WORKER_BOOT_ERROR,
+                        graceful: true,
+                    })
+                }
+                Ok(APP_LOAD_ERROR) => {
+                    return Err(Halt {
+                        reason: Some("App failed to load.".into()),
+                        status: APP_LOAD_ERROR,
+                        graceful: true,
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The cause of a worker's exit, logged as gunicorn does and returned as
+    /// the `reason` label of gunicorn_master_worker_restarts_total.
+    fn exit_cause(&self, pid: Pid, w: &WorkerProc, status: Result<i32, Signal>) -> String {
+        let slot_reason = self.shm.slot(w.slot).map(|s| s.exit_reason());
+        match status {
+            Err(Signal::SIGKILL) if w.aborted => {
+                crate::log_error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
+                "timeout".into()
+            }
+            Err(Signal::SIGKILL) => {
+                crate::log_error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
+                "SIGKILL".into()
+            }
+            Err(sig) => {
+                crate::log_error!("Worker (pid:{pid}) was sent {}!", sig.as_str());
+                if w.aborted {
+                    "timeout".into()
+                } else {
+                    sig.as_str().into()
+                }
+            }
+            Ok(code) if w.aborted => {
+                crate::log_info!("Worker (pid:{pid}) exited after a timeout abort (code {code}).");
+                "timeout".into()
+            }
+            Ok(0) if slot_reason == Some(ExitReason::MaxRequests) => {
+                crate::log_info!("Worker (pid:{pid}) exited after max_requests.");
+                "max_requests".into()
+            }
+            Ok(0) => match w.retired {
+                Some(r) => r.into(),
+                None => {
+                    crate::log_info!("Worker (pid:{pid}) exited.");
+                    "exit".into()
+                }
+            },
+            Ok(code) => {
+                crate::log_error!("Worker (pid:{pid}) exited with code {code}.");
+                "exit_code".into()
+            }
+        }
+    }
+
+    /// gunicorn's murder_workers: SIGABRT to a worker silent past --timeout,
+    /// SIGKILL if it is still silent at the next check.
+    fn murder_workers(&mut self) {
+        let timeout_ms = self.cfg.timeout().saturating_mul(1000);
+        if timeout_ms == 0 {
+            return;
+        }
+        for (pid, w) in self.workers.iter_mut() {
+            let silent = self.shm.slot(w.slot).map_or(0, |s| s.silent_for_ms());
+            if silent <= timeout_ms {
+                continue;
+            }
+            if !w.aborted {
+                crate::log_critical!("WORKER TIMEOUT (pid:{pid})");
+                w.aborted = true;
+                let _ = kill(*pid, Signal::SIGABRT);
+            } else {
+                let _ = kill(*pid, Signal::SIGKILL);
             }
         }
     }
 
     /// Spawns or retires workers until their number is `num_workers`.
     fn manage_workers(&mut self) -> Result<(), Halt> {
-        while self.workers.len() < self.num_workers {
+        while self.active_workers() < self.num_workers {
             self.spawn_worker()?;
         }
-        while self.workers.len() > self.num_workers {
-            // The oldest worker goes first, as gunicorn.
-            let oldest = self
-                .workers
-                .iter()
-                .min_by_key(|(_, w)| w.age)
-                .map(|(p, _)| *p);
-            if let Some(pid) = oldest {
-                let _ = kill(pid, Signal::SIGTERM);
-                self.workers.remove(&pid);
-            }
+        while self.active_workers() > self.num_workers {
+            self.retire_oldest("ttou");
         }
         Ok(())
+    }
+
+    /// Workers not already told to leave.
+    fn active_workers(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.retired.is_none())
+            .count()
+    }
+
+    /// Gracefully stops the oldest active worker, as gunicorn does for TTOU
+    /// and after a reload; it stays in the table until it is reaped.
+    fn retire_oldest(&mut self, why: &'static str) {
+        let oldest = self
+            .workers
+            .iter_mut()
+            .filter(|(_, w)| w.retired.is_none())
+            .min_by_key(|(_, w)| w.age);
+        if let Some((pid, w)) = oldest {
+            w.retired = Some(why);
+            let _ = kill(*pid, Signal::SIGTERM);
+        }
     }
 
     fn spawn_worker(&mut self) -> Result<(), Halt> {
         self.age += 1;
         let age = self.age;
+        let Some(slot_idx) = self.shm.claim() else {
+            crate::log_error!("no free worker slot in shared memory ({SHM_SLOTS} workers at most)");
+            return Ok(());
+        };
         let forked = Python::attach(|py| {
             let res = crate::python::fork(py);
             if let Ok(nix::unistd::ForkResult::Child) = res {
@@ -248,10 +338,14 @@ impl Arbiter {
                 // unregisters signal-hook's actions and the self-pipe.
                 drop(self.signals.take());
                 let app = self.app.as_ref().map(|a| a.clone_ref(py));
+                let Some(slot) = self.shm.slot(slot_idx) else {
+                    std::process::exit(WORKER_BOOT_ERROR);
+                };
                 let code = worker::run(worker::Spawn {
                     cfg: &self.cfg,
                     listeners: &self.listeners,
                     app,
+                    slot,
                 });
                 flush_python_stdio(py);
                 std::process::exit(code);
@@ -260,11 +354,20 @@ impl Arbiter {
         });
         match forked {
             Ok(nix::unistd::ForkResult::Parent { child }) => {
-                self.workers.insert(child, WorkerProc { age });
+                self.workers.insert(
+                    child,
+                    WorkerProc {
+                        age,
+                        slot: slot_idx,
+                        aborted: false,
+                        retired: None,
+                    },
+                );
                 Ok(())
             }
             Ok(nix::unistd::ForkResult::Child) => unreachable_child(),
             Err(e) => {
+                self.shm.release(slot_idx);
                 crate::log_error!("fork failed: {e}");
                 Err(Halt {
                     reason: Some(format!("fork failed: {e}")),

@@ -9,6 +9,7 @@ mod httpdate;
 mod log;
 mod netio;
 mod python;
+mod shm;
 mod sock;
 mod worker;
 mod wsgi;

@@ -347,8 +347,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Int(30),
         env: None,
         help: "Workers silent for more than this many seconds are killed and restarted.",
-        support: Support::NotYet,
-        note: "the heartbeat kill of silent workers is not implemented yet; the value bounds socket reads and writes inside a request",
+        support: Support::Supported,
+        note: "heartbeat in shared memory; a silent worker gets SIGABRT (SystemExit in the app), then SIGKILL",
     },
     Setting {
         name: "graceful_timeout",

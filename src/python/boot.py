@@ -96,3 +96,15 @@ def prepare_paths(chdir, pythonpath):
 
 def format_exception(exc):
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip("\n")
+
+
+def install_abort_handler(on_abort):
+    """gunicorn's handle_abort: SIGABRT from the master (worker timeout) ends
+    the worker with SystemExit(1), raised wherever Python code is running."""
+    import signal
+
+    def handle_abort(sig, frame):
+        on_abort()
+        sys.exit(1)
+
+    signal.signal(signal.SIGABRT, handle_abort)

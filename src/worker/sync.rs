@@ -12,7 +12,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{accept4, getpeername, setsockopt, sockopt, SockFlag, SockaddrStorage};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use signal_hook::consts::{SIGABRT, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGWINCH};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGWINCH};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -25,6 +25,7 @@ use crate::http::proxy::{
 use crate::http::{parse_request, HeaderMap, HttpError, Parsed, ParserConfig};
 use crate::log::access::{AccessLog, AccessRecord};
 use crate::netio;
+use crate::shm::{ExitReason, Slot, State};
 use crate::sock::ListenKind;
 use crate::wsgi::{error_body, error_response, Peer, ServerAddr, Wsgi, WsgiSettings};
 
@@ -77,6 +78,9 @@ pub struct SyncWorker {
     quick_exit: bool,
     nr: u64,
     max_requests: u64,
+    slot: &'static Slot,
+    /// Set when Python asked the worker to exit (SystemExit, e.g. on abort).
+    exit_code: i32,
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
@@ -89,11 +93,11 @@ impl SyncWorker {
         cfg: &Config,
         listeners: Vec<WorkerListener>,
         app: Py<PyAny>,
+        slot: &'static Slot,
     ) -> Result<SyncWorker, String> {
         let poll = Poll::new().map_err(|e| setup_err("creating the event loop", e))?;
-        let mut signals =
-            Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP, SIGWINCH, SIGABRT])
-                .map_err(|e| setup_err("installing signal handlers", e))?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP, SIGWINCH])
+            .map_err(|e| setup_err("installing signal handlers", e))?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(|e| setup_err("registering signals", e))?;
@@ -208,6 +212,8 @@ impl SyncWorker {
             quick_exit: false,
             nr: 0,
             max_requests,
+            slot,
+            exit_code: 0,
         })
     }
 
@@ -216,12 +222,18 @@ impl SyncWorker {
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now() + Duration::from_secs(1);
         while self.alive {
+            self.slot.set_state(State::Idle);
             let res = py.detach(|| self.poll.poll(&mut events, Some(Duration::from_secs(1))));
+            self.slot.beat();
             if let Err(e) = res {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     crate::log_error!("event loop failed: {e}");
                     return 1;
                 }
+            }
+            // Runs Python-level signal handlers (SIGABRT on timeout).
+            if let Err(e) = py.check_signals() {
+                return super::system_exit_code(py, &e).unwrap_or(1);
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -250,7 +262,7 @@ impl SyncWorker {
             self.close(py, k);
         }
         let _ = self.quick_exit;
-        0
+        self.exit_code
     }
 
     fn handle_signals(&mut self) {
@@ -508,8 +520,13 @@ impl SyncWorker {
             self.nr += 1;
             if self.nr >= self.max_requests {
                 crate::log_info!("Autorestarting worker after current request.");
+                self.slot.set_exit_reason(ExitReason::MaxRequests);
                 self.alive = false;
             }
+            self.slot.set_state(State::Busy);
+            self.slot
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let must_close = !head.keep_alive || self.keepalive.is_zero() || !self.alive;
             if head.expect_continue {
                 let _ = netio::write_all(
@@ -585,6 +602,12 @@ impl SyncWorker {
                 let peer = peer_ip(&conn.peer);
                 let took = started.elapsed();
                 info.log(access, &peer, &out, request_start, took, log_env.as_ref());
+            }
+            self.slot.set_state(State::Idle);
+            if let Some(code) = out.exit {
+                self.exit_code = code;
+                self.alive = false;
+                return Next::Close;
             }
             if !out.keep_alive {
                 return Next::Close;

@@ -127,6 +127,9 @@ pub struct Outcome {
     /// The connection's read buffer, with pipelined bytes after the body.
     pub leftover: Option<(Vec<u8>, usize)>,
     pub response_headers: Vec<(String, String)>,
+    /// The app raised SystemExit (e.g. the timeout abort): the worker exits
+    /// with this code once the connection is closed.
+    pub exit: Option<i32>,
 }
 
 /// Decodes bytes as latin-1, as PEP 3333 "native strings".
@@ -474,6 +477,10 @@ impl Wsgi {
             }
             Err(e) => Err(e),
         };
+        let exit = match &run {
+            Err(e) => crate::worker::system_exit_code(py, e),
+            Ok(_) => None,
+        };
         let bad_request = match &run {
             Err(_) => input
                 .borrow_mut()
@@ -493,6 +500,18 @@ impl Wsgi {
             );
             let _ = crate::netio::write_all(Some(py), fd, &bad.response_bytes(), timeout);
             resp.status_code = bad.status;
+            resp.must_close = true;
+            app_error = true;
+        } else if let (Err(e), Some(code)) = (&run, exit) {
+            // gunicorn: a SystemExit (the timeout abort) after the response
+            // started is logged; before it, the worker just exits.
+            if resp.headers_sent {
+                crate::log_error!(
+                    "Error handling request {}",
+                    crate::python::format_err(py, e)
+                );
+            }
+            crate::log_debug!("worker exiting with code {code}");
             resp.must_close = true;
             app_error = true;
         } else if let Err(e) = run {
@@ -538,6 +557,7 @@ impl Wsgi {
             keep_alive,
             leftover,
             response_headers,
+            exit,
         }
     }
 
@@ -548,6 +568,7 @@ impl Wsgi {
             keep_alive: false,
             leftover: None,
             response_headers: Vec::new(),
+            exit: None,
         }
     }
 
