@@ -250,10 +250,22 @@ def main():
     if busy:
         L.append("## Machine quietness")
         L.append("")
-        L.append(f"CPU use of the whole machine (all cores) in the second before each config started: "
-                 f"median {statistics.median(busy):.0f} %, max {max(busy):.0f} % over {len(busy)} configs "
-                 "(run.sh waits up to QUIET_WAIT s for it to drop below QUIET_BUSY_PCT). Other work on the box "
-                 "during a measurement (builds, tests) is not excluded; compare the per-run ranges.")
+        L.append(f"Before each config, the whole machine's CPU use over one second was median "
+                 f"{statistics.median(busy):.0f} %, max {max(busy):.0f} % of all cores ({len(busy)} starts; run.sh "
+                 "waits up to QUIET_WAIT s for it to drop below QUIET_BUSY_PCT). Work by other processes during a "
+                 "measurement is not excluded. As a check, `machine CPU` below is the CPU use of the whole box "
+                 "while each config ran (start-up, warm-up, both wrk runs; 100 % = one core, like the server "
+                 "column): server + wrk (up to ~100) + anything else. A run far above its neighbours was "
+                 "disturbed.")
+        L.append("")
+        L.append("| server | config | machine CPU % per run | server CPU % KA per run |")
+        L.append("|---|---|---|---|")
+        for g in groups:
+            runs = sorted(g.all, key=lambda r: r.get("run") or 0)
+            L.append("| {n} | {c} | {m} | {s} |".format(
+                n=g.key[0], c=g.key[1],
+                m=", ".join(fnum(r.get("machine_cpu_during_pct")) for r in runs),
+                s=", ".join(fnum(r.get("ka_server_cpu_pct")) for r in runs)))
         L.append("")
 
     if failed or warnings:

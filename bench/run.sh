@@ -45,7 +45,7 @@ QUIET_WAIT="${QUIET_WAIT:-90}"
 BENCH_OUT="${BENCH_OUT:-$RESULTS/ferrocorn.jsonl}"
 BENCH_REPORT="${BENCH_REPORT:-$BENCH_DIR/results.md}"
 BENCH_VERSIONS="$(dirname "$BENCH_OUT")/versions.txt"
-LOGROOT="$RESULTS/logs"
+LOGROOT="$(dirname "$BENCH_OUT")/logs"
 export WRK_THREADS="${WRK_THREADS:-1}" WRK_CONNS="${WRK_CONNS:-50}"
 export WRK_DURATION="${WRK_DURATION:-10s}" WRK_WARMUP="${WRK_WARMUP:-2s}"
 export BENCH_PY="$VENV/bin/python"
@@ -124,7 +124,7 @@ cpu_busy_pct() {
     n = split(a, x, " "); split(b, y, " "); tot = 0; idle = 0
     for (i = 2; i <= n; i++) tot += y[i] - x[i]
     idle = (y[5] - x[5]) + (y[6] - x[6])
-    printf "%.0f", tot > 0 ? 100 * (tot - idle) / tot : 0 }'
+    printf "%.0f", (tot > 0 ? 100 * (tot - idle) / tot : 0) }'
 }
 
 # Wait (bounded) for other load (builds, tests) to calm down; echo the last reading.
@@ -166,15 +166,26 @@ bench() {
   read -r -a cmd <<<"${cmdstr//\{PORT\}/$port}"
   busy="$(wait_quiet)"
   tmp="$(mktemp /tmp/ferrocorn-bench.XXXXXX)"
+  local st0 st1
+  st0="$(head -1 /proc/stat)"
   (cd "$APPS" && BENCH_OUT="$tmp" BENCH_LOGDIR="$LOGROOT/run$run" "$BENCH_ONE" --name "$name" --config "$config" \
       --port "$port" --workers "$workers" -- "${cmd[@]}") || say "$name ($config) run $run failed"
-  "$BENCH_PY" - "$tmp" "$run" "$busy" "$(cut -d' ' -f1 /proc/loadavg)" >>"$BENCH_OUT" <<'PY'
+  st1="$(head -1 /proc/stat)"
+  "$BENCH_PY" - "$tmp" "$run" "$busy" "$(cut -d' ' -f1 /proc/loadavg)" "$st0" "$st1" "$(nproc)" >>"$BENCH_OUT" <<'PY'
 import json, sys
-path, run, busy, load = sys.argv[1:5]
+path, run, busy, load, st0, st1, ncpu = sys.argv[1:8]
+num = lambda v: float(v) if v.strip() else None
+a, b = [int(x) for x in st0.split()[1:9]], [int(x) for x in st1.split()[1:9]]  # user..steal
+tot = sum(b) - sum(a)
+idle = (b[3] - a[3]) + (b[4] - a[4])
+# CPU use of the whole machine while bench_one ran (start-up, warm-up, both wrk runs, stop),
+# in % of one core like the server CPU %: server + wrk (<= ~100) + anything else on the box.
+during = round(100.0 * int(ncpu) * (tot - idle) / tot, 1) if tot > 0 else None
 for line in open(path):
     if line.strip():
         rec = json.loads(line)
-        rec.update(run=int(run), busy_before_pct=float(busy), loadavg1_before=float(load))
+        rec.update(run=int(run), busy_before_pct=num(busy), loadavg1_before=num(load),
+                   machine_cpu_during_pct=during)
         print(json.dumps(rec, sort_keys=True))
 PY
   rm -f "$tmp"

@@ -12,6 +12,7 @@ die() { printf '==> setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages --------------------------------------------------------
 # command name -> Debian package
+# (redis-server and prometheus join this list when the tests need them)
 declare -A NEED=([curl]=curl [wrk]=wrk)
 missing=()
 for cmd in "${!NEED[@]}"; do

@@ -17,7 +17,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --release -- -D warnings"
-cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release -- -D warnings
 
 step "cargo nextest run --release"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -99,6 +99,11 @@ impl Arbiter {
             crate::log_info!("Listening at: {} ({pid})", l.url());
         }
         crate::log_info!("Using worker: {}", self.cfg.worker_class());
+        if crate::log::enabled(crate::log::Level::Debug) {
+            Python::attach(|py| {
+                crate::log_debug!("Current configuration:\n{}", self.cfg.print_config(py));
+            });
+        }
         if let Some(p) = &self.pidfile {
             if let Err(e) = std::fs::write(p, format!("{pid}\n")) {
                 crate::log_error!("cannot write pidfile {p}: {e}");
@@ -113,7 +118,6 @@ impl Arbiter {
         if let Some(p) = &self.pidfile {
             let _ = std::fs::remove_file(p);
         }
-        crate::sock::unlink_owned(&self.listeners);
         halt.status
     }
 
@@ -122,6 +126,7 @@ impl Arbiter {
         if let Err(h) = self.manage_workers() {
             return h;
         }
+        crate::log_debug!("Arbiter booted");
         loop {
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -138,11 +143,12 @@ impl Arbiter {
                 None => Vec::new(),
             };
             for sig in pending {
-                if sig != SIGCHLD {
-                    crate::log_info!(
-                        "Handling signal: {}",
-                        signal_name(sig).to_lowercase().trim_start_matches("sig")
-                    );
+                let name = signal_name(sig).to_lowercase();
+                let name = name.trim_start_matches("sig");
+                if sig == SIGCHLD {
+                    crate::log_debug!("Handling signal: {name}");
+                } else {
+                    crate::log_info!("Handling signal: {name}");
                 }
                 match sig {
                     SIGTERM => {
@@ -388,6 +394,10 @@ impl Arbiter {
     /// wait up to --graceful-timeout, then SIGKILL what is left.
     fn stop(&mut self, graceful: bool) {
         crate::log_info!("Shutting down: Master");
+        // Close the listeners first, as gunicorn: connections still queued
+        // in the backlog are refused once the workers let go too.
+        crate::sock::unlink_owned(&self.listeners);
+        self.listeners.clear();
         let sig = if graceful {
             Signal::SIGTERM
         } else {

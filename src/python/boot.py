@@ -108,3 +108,16 @@ def install_abort_handler(on_abort):
         sys.exit(1)
 
     signal.signal(signal.SIGABRT, handle_abort)
+
+
+def install_quit_handler(on_quit):
+    """gunicorn's handle_quit for SIGINT and SIGQUIT in a worker: a quick
+    exit, interrupting the app if it is running (SystemExit(0))."""
+    import signal
+
+    def handle_quit(sig, frame):
+        on_quit(sig)
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, handle_quit)
+    signal.signal(signal.SIGQUIT, handle_quit)

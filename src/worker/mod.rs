@@ -78,16 +78,20 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
     code
 }
 
-/// gunicorn's worker.handle_abort: the master sends SIGABRT to a worker
-/// silent past --timeout. A Python-level handler runs at the next bytecode
-/// boundary, even inside the app, and ends the worker with SystemExit(1).
+/// gunicorn's worker.handle_abort and handle_quit: the master sends SIGABRT
+/// to a worker silent past --timeout, and SIGQUIT (or the user SIGINT) for a
+/// quick stop. Python-level handlers run at the next bytecode boundary, even
+/// inside the app, and end the worker with SystemExit (1, resp. 0).
 fn install_abort_handler(py: Python<'_>, slot: &'static Slot) -> PyResult<()> {
     let on_abort = pyo3::types::PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
         slot.set_state(State::Aborting);
     })?;
-    crate::python::boot(py)?
-        .getattr("install_abort_handler")?
-        .call1((on_abort,))?;
+    let on_quit = pyo3::types::PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
+        slot.set_state(State::Quitting);
+    })?;
+    let boot = crate::python::boot(py)?;
+    boot.getattr("install_abort_handler")?.call1((on_abort,))?;
+    boot.getattr("install_quit_handler")?.call1((on_quit,))?;
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::unix::SourceFd;
@@ -12,7 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{accept4, getpeername, setsockopt, sockopt, SockFlag, SockaddrStorage};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGWINCH};
+use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1, SIGWINCH};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -75,12 +77,12 @@ pub struct SyncWorker {
     max_conns: usize,
     accepting: bool,
     alive: bool,
-    quick_exit: bool,
     nr: u64,
     max_requests: u64,
     slot: &'static Slot,
     /// Set when Python asked the worker to exit (SystemExit, e.g. on abort).
     exit_code: i32,
+    term: Arc<AtomicBool>,
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
@@ -96,11 +98,16 @@ impl SyncWorker {
         slot: &'static Slot,
     ) -> Result<SyncWorker, String> {
         let poll = Poll::new().map_err(|e| setup_err("creating the event loop", e))?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP, SIGWINCH])
+        let mut signals = Signals::new([SIGTERM, SIGUSR1, SIGHUP, SIGWINCH])
             .map_err(|e| setup_err("installing signal handlers", e))?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(|e| setup_err("registering signals", e))?;
+        // The pipe wakes the loop; the flag is read between requests, so a
+        // TERM stops the worker after its current request, as gunicorn's.
+        let term = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(SIGTERM, Arc::clone(&term))
+            .map_err(|e| setup_err("installing the TERM handler", e))?;
         for (i, l) in listeners.iter().enumerate() {
             poll.registry()
                 .register(
@@ -209,11 +216,11 @@ impl SyncWorker {
             max_conns: cfg.worker_connections().max(1),
             accepting: true,
             alive: true,
-            quick_exit: false,
             nr: 0,
             max_requests,
             slot,
             exit_code: 0,
+            term,
         })
     }
 
@@ -261,7 +268,6 @@ impl SyncWorker {
         for k in keys {
             self.close(py, k);
         }
-        let _ = self.quick_exit;
         self.exit_code
     }
 
@@ -269,10 +275,6 @@ impl SyncWorker {
         for sig in self.signals.pending() {
             match sig {
                 SIGTERM => self.alive = false,
-                SIGINT | SIGQUIT => {
-                    self.quick_exit = true;
-                    self.alive = false;
-                }
                 SIGUSR1 => {
                     if let Err(e) = crate::log::reopen() {
                         crate::log_error!("reopening log files: {e}");
@@ -449,6 +451,9 @@ impl SyncWorker {
     /// Serves the complete requests buffered on a connection.
     fn process(&mut self, py: Python<'_>, key: usize) -> Next {
         loop {
+            if self.term.load(Ordering::Relaxed) {
+                self.alive = false;
+            }
             if !self.alive {
                 return Next::Close;
             }
