@@ -202,8 +202,13 @@ def main():
     warnings = []
     for g in groups:
         for r in g.all:
+            if str(r.get("status", "")).startswith("disturbed"):
+                continue          # re-measured; shown in the quietness section
             if r.get("status") != "ok":
                 failed.append(r)
+            elif r.get("disturbed"):
+                warnings.append(f"{g.key[0]} ({g.key[1]}) run {r.get('run')}: other processes used "
+                                f"{r.get('foreign_cpu_pct'):.0f} % of a core during the measurement (after all retries)")
             elif r.get("alive_after_load") == "no":
                 warnings.append(f"{g.key[0]} ({g.key[1]}) run {r.get('run')}: server was not alive after the load")
             if r.get("server_log_tracebacks"):
@@ -246,26 +251,30 @@ def main():
         L.append("")
 
     # ---- noise / machine state
-    busy = [r.get("busy_before_pct") for r in recs if r.get("busy_before_pct") is not None]
-    if busy:
+    kept = [r for r in recs if r.get("foreign_cpu_pct") is not None and r.get("status") == "ok"]
+    redone = [r for r in recs if str(r.get("status", "")).startswith("disturbed")]
+    if kept:
         L.append("## Machine quietness")
         L.append("")
-        L.append(f"Before each config, the whole machine's CPU use over one second was median "
-                 f"{statistics.median(busy):.0f} %, max {max(busy):.0f} % of all cores ({len(busy)} starts; run.sh "
-                 "waits up to QUIET_WAIT s for it to drop below QUIET_BUSY_PCT). Work by other processes during a "
-                 "measurement is not excluded. As a check, `machine CPU` below is the CPU use of the whole box "
-                 "while each config ran (start-up, warm-up, both wrk runs; 100 % = one core, like the server "
-                 "column): server + wrk (up to ~100) + anything else. A run far above its neighbours was "
-                 "disturbed.")
+        L.append("The box is shared: CPU used by processes this script did not start steals from the two cores "
+                 "the server and wrk need. For every config, run.sh computes `other CPU` = the machine's busy "
+                 "time while the config ran minus the CPU time (rusage) of bench_one, wrk and the server, in % of "
+                 "one core (a quiet box gives 0–5 %). An attempt above MAX_FOREIGN_PCT is discarded and measured "
+                 f"again (up to RETRIES times). Discarded attempts in this report: {len(redone)}.")
         L.append("")
-        L.append("| server | config | machine CPU % per run | server CPU % KA per run |")
-        L.append("|---|---|---|---|")
+        L.append("| server | config | other CPU % per kept run | machine CPU % per kept run | server CPU % KA per kept run "
+                 "| discarded attempts |")
+        L.append("|---|---|---|---|---|---:|")
         for g in groups:
-            runs = sorted(g.all, key=lambda r: r.get("run") or 0)
-            L.append("| {n} | {c} | {m} | {s} |".format(
+            runs = sorted((r for r in g.all if r.get("status") == "ok"), key=lambda r: r.get("run") or 0)
+            L.append("| {n} | {c} | {f} | {m} | {s} | {d} |".format(
                 n=g.key[0], c=g.key[1],
+                f=", ".join(fnum(r.get("foreign_cpu_pct")) + ("(!)" if r.get("disturbed") else "") for r in runs),
                 m=", ".join(fnum(r.get("machine_cpu_during_pct")) for r in runs),
-                s=", ".join(fnum(r.get("ka_server_cpu_pct")) for r in runs)))
+                s=", ".join(fnum(r.get("ka_server_cpu_pct")) for r in runs),
+                d=sum(1 for r in g.all if str(r.get("status", "")).startswith("disturbed"))))
+        L.append("")
+        L.append("(!) = still disturbed after the last retry; kept, but read that run with care.")
         L.append("")
 
     if failed or warnings:

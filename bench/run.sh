@@ -18,6 +18,8 @@
 #   APPEND [0]              1 = keep earlier records in the JSONL file
 #   QUIET_BUSY_PCT [20]     before each config, wait (up to QUIET_WAIT [90] s) until the machine's CPU
 #                           use from other processes is below this (% of all cores); recorded either way
+#   MAX_FOREIGN_PCT [12]    a config during which other processes used more than this (% of one core)
+#                           is recorded as "disturbed" and measured again, up to RETRIES [2] more times
 #   ANCHORS [/work/shared/bench-anchors]   the shared harness (lib/bench_one.sh, apps/)
 #   VENV [/tmp/bench-venv]  anchor venv (gunicorn, granian, bjoern, flask), shared with run_anchors.sh
 #   FERRO_VENV [<repo>/.venv]   VIRTUAL_ENV given to ferrocorn (CPython 3.11, the one it was built with)
@@ -42,6 +44,8 @@ ONLY="${ONLY:-.}"
 CORE_ONLY="${CORE_ONLY:-0}"
 QUIET_BUSY_PCT="${QUIET_BUSY_PCT:-20}"
 QUIET_WAIT="${QUIET_WAIT:-90}"
+MAX_FOREIGN_PCT="${MAX_FOREIGN_PCT:-12}"
+RETRIES="${RETRIES:-2}"
 BENCH_OUT="${BENCH_OUT:-$RESULTS/ferrocorn.jsonl}"
 BENCH_REPORT="${BENCH_REPORT:-$BENCH_DIR/results.md}"
 BENCH_VERSIONS="$(dirname "$BENCH_OUT")/versions.txt"
@@ -154,41 +158,79 @@ configs() {
   echo "7|flask@granian-wsgi|w1 blocking-threads=1|1|$GR --interface wsgi --workers 1 --blocking-threads 1 --host 127.0.0.1 --port {PORT} --log-level warning hello_flask:app"
 }
 
-# bench RUN IDX NAME CONFIG WORKERS CMD-STRING -> one record appended to $BENCH_OUT (+ run, busy_before_pct)
+# Seconds of CPU used so far by this shell's reaped children (bench_one, wrk, the server and
+# its workers, all waited for): the second line of the `times` builtin, user + sys.  `times`
+# must run in this shell (not in a $(...) subshell), hence the file.
+TIMES_F="$(mktemp /tmp/ferrocorn-bench-times.XXXXXX)"
+trap 'rm -f "$TIMES_F"' EXIT
+children_cpu_s() {
+  times >"$TIMES_F"
+  CHILD_CPU="$(tail -1 "$TIMES_F" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, p, /m|s/); t += p[1] * 60 + p[2] }; printf "%.3f", t }')"
+}
+
+# bench RUN IDX NAME CONFIG WORKERS CMD-STRING -> one record appended to $BENCH_OUT.
+# Each record gets: run, attempt, busy_before_pct, machine_cpu_during_pct and foreign_cpu_pct
+# (CPU used on the box by processes this script did not start, while the config ran, in % of
+# one core).  A config whose foreign CPU exceeds MAX_FOREIGN_PCT is recorded with status
+# "disturbed: ..." and measured again (up to RETRIES more times; the last attempt is kept as ok,
+# flagged "disturbed": true).
 bench() {
   local run="$1" idx="$2" name="$3" config="$4" workers="$5" cmdstr="$6"
-  local port=$((18600 + 10 * run + idx)) tmp busy cmd
+  local attempt port tmp busy cmd st0 st1 c0 c1 foreign last
   if [[ "$name" == bjoern ]] && ! "$VENV/bin/python" -c 'import bjoern' 2>/dev/null; then
     "$BENCH_PY" -c 'import json,sys; print(json.dumps({"name":sys.argv[1],"config":sys.argv[2],"run":int(sys.argv[3]),"status":"skipped: bjoern not installed"}))' \
       "$name" "$config" "$run" >>"$BENCH_OUT"
     return 0
   fi
-  read -r -a cmd <<<"${cmdstr//\{PORT\}/$port}"
-  busy="$(wait_quiet)"
-  tmp="$(mktemp /tmp/ferrocorn-bench.XXXXXX)"
-  local st0 st1
-  st0="$(head -1 /proc/stat)"
-  (cd "$APPS" && BENCH_OUT="$tmp" BENCH_LOGDIR="$LOGROOT/run$run" "$BENCH_ONE" --name "$name" --config "$config" \
-      --port "$port" --workers "$workers" -- "${cmd[@]}") || say "$name ($config) run $run failed"
-  st1="$(head -1 /proc/stat)"
-  "$BENCH_PY" - "$tmp" "$run" "$busy" "$(cut -d' ' -f1 /proc/loadavg)" "$st0" "$st1" "$(nproc)" >>"$BENCH_OUT" <<'PY'
+  for attempt in $(seq 1 $((RETRIES + 1))); do
+    port=$((18600 + 100 * (attempt - 1) + 10 * run + idx))
+    last=0; (( attempt == RETRIES + 1 )) && last=1
+    read -r -a cmd <<<"${cmdstr//\{PORT\}/$port}"
+    busy="$(wait_quiet)"
+    tmp="$(mktemp /tmp/ferrocorn-bench.XXXXXX)"
+    st0="$(head -1 /proc/stat)"; children_cpu_s; c0="$CHILD_CPU"
+    (cd "$APPS" && BENCH_OUT="$tmp" BENCH_LOGDIR="$LOGROOT/run$run" "$BENCH_ONE" --name "$name" --config "$config" \
+        --port "$port" --workers "$workers" -- "${cmd[@]}") || say "$name ($config) run $run failed"
+    st1="$(head -1 /proc/stat)"; children_cpu_s; c1="$CHILD_CPU"
+    foreign="$("$BENCH_PY" - "$tmp" "$BENCH_OUT" "$run" "$attempt" "$last" "$busy" "$st0" "$st1" "$c0" "$c1" \
+               "$(nproc)" "$(getconf CLK_TCK)" "$MAX_FOREIGN_PCT" <<'PY'
 import json, sys
-path, run, busy, load, st0, st1, ncpu = sys.argv[1:8]
+tmp, out, run, attempt, last, busy, st0, st1, c0, c1, ncpu, hz, maxf = sys.argv[1:14]
 num = lambda v: float(v) if v.strip() else None
-a, b = [int(x) for x in st0.split()[1:9]], [int(x) for x in st1.split()[1:9]]  # user..steal
-tot = sum(b) - sum(a)
-idle = (b[3] - a[3]) + (b[4] - a[4])
-# CPU use of the whole machine while bench_one ran (start-up, warm-up, both wrk runs, stop),
-# in % of one core like the server CPU %: server + wrk (<= ~100) + anything else on the box.
-during = round(100.0 * int(ncpu) * (tot - idle) / tot, 1) if tot > 0 else None
-for line in open(path):
-    if line.strip():
-        rec = json.loads(line)
-        rec.update(run=int(run), busy_before_pct=num(busy), loadavg1_before=num(load),
-                   machine_cpu_during_pct=during)
-        print(json.dumps(rec, sort_keys=True))
+# /proc/stat cpu line: user nice system idle iowait irq softirq steal (ticks, summed over cores)
+a = [int(x) for x in st0.split()[1:9]]
+b = [int(x) for x in st1.split()[1:9]]
+d = [y - x for x, y in zip(a, b)]
+wall = sum(d) / int(ncpu) / int(hz)                       # seconds
+busy = (sum(d) - d[3] - d[4]) / int(hz)                   # everything but idle/iowait, incl. irq/softirq/steal
+mine = float(c1) - float(c0)                              # bench_one + wrk + server group (rusage)
+pct = lambda s: round(100.0 * s / wall, 1) if wall > 0 else None
+# rusage of our processes already includes the softirq time of their own loopback traffic
+# (tick accounting), so what is left of the machine's busy time is other processes' work
+# (+ a few % of unattributed kernel time on a quiet box).
+foreign = pct(max(0.0, busy - mine))
+during = pct(busy)
+recs = [json.loads(l) for l in open(tmp) if l.strip()]
+for rec in recs:
+    rec.update(run=int(run), attempt=int(attempt), busy_before_pct=num(busy), machine_cpu_during_pct=during,
+               own_cpu_pct=pct(mine), foreign_cpu_pct=foreign, irq_cpu_pct=pct((d[5] + d[6]) / int(hz)))
+    if rec.get("status") == "ok" and foreign is not None and foreign > float(maxf):
+        if last == "1":
+            rec["disturbed"] = True
+        else:
+            rec["status"] = f"disturbed: {foreign:.0f}% of a core used by other processes (> {maxf})"
+with open(out, "a") as f:
+    for rec in recs:
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
+print(foreign if foreign is not None else 0)
 PY
-  rm -f "$tmp"
+)"
+    rm -f "$tmp"
+    if [[ "$last" == 1 ]] || awk -v f="$foreign" -v m="$MAX_FOREIGN_PCT" 'BEGIN { exit !(f <= m) }'; then
+      break
+    fi
+    say "$name ($config) run $run: ${foreign}% of a core used by other processes during the measurement; measuring again"
+  done
 }
 
 run_all() {

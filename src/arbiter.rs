@@ -1,9 +1,13 @@
 //! The master process ("arbiter" in gunicorn's words): owns the listening
 //! sockets and the signals, forks workers and keeps their number right,
-//! reaps them, and stops the server. It never starts a second thread
-//! (DESIGN.md: forking a multi-threaded process deadlocks).
+//! reaps them, reloads (HUP), re-executes itself (USR2) and stops the
+//! server. It never starts a second thread (DESIGN.md: forking a
+//! multi-threaded process deadlocks).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
@@ -16,12 +20,23 @@ use signal_hook::consts::{
 };
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::Config;
-use crate::shm::{ExitReason, Shm};
+use crate::config::{Config, Loaded};
+use crate::hooks::{HookError, Hooks, ListenerView, ServerView, WorkerView};
+use crate::process::pidfile::Pidfile;
+use crate::process::reexec::{self, StartCtx};
+use crate::process::{systemd, title};
+use crate::shm::{ExitReason, Shm, State};
 use crate::sock::Listener;
 use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
 const SIGNAL_TOKEN: Token = Token(0);
+
+/// Slots in the shared region: far above any worker count ferrocorn is run
+/// with; unused slots cost no memory (MAP_NORESERVE).
+const SHM_SLOTS: usize = 1024;
+
+/// gunicorn's exit status when a hook or the main loop fails.
+const MAIN_LOOP_FAILURE: i32 = 255;
 
 struct WorkerProc {
     age: u64,
@@ -33,20 +48,36 @@ struct WorkerProc {
     retired: Option<&'static str>,
 }
 
-/// Slots in the shared region: far above any worker count ferrocorn is run
-/// with; unused slots cost no memory (MAP_NORESERVE).
-const SHM_SLOTS: usize = 1024;
+/// Everything the master needs from `main`.
+pub struct Start {
+    pub cfg: Config,
+    pub argv: Vec<OsString>,
+    pub ctx: StartCtx,
+    pub hooks: Hooks,
+}
 
 pub struct Arbiter {
     cfg: Config,
+    argv: Vec<OsString>,
+    ctx: StartCtx,
+    hooks: Arc<Hooks>,
     listeners: Vec<Listener>,
+    /// The listeners came from systemd socket activation.
+    systemd: bool,
     app: Option<Py<PyAny>>,
     workers: BTreeMap<Pid, WorkerProc>,
     num_workers: usize,
     age: u64,
+    pid: u32,
     poll: Poll,
     signals: Option<Signals>,
-    pidfile: Option<String>,
+    pidfile: Option<Pidfile>,
+    /// Set in a master started by USR2 (gunicorn's GUNICORN_PID): the old
+    /// master, until it exits and this one promotes itself.
+    master_pid: Option<i32>,
+    /// The new master this one started on USR2, while it runs.
+    reexec_pid: Option<Pid>,
+    proc_name: String,
     shm: &'static Shm,
     /// Reaped workers by exit cause (exported by the metrics issue).
     restarts: BTreeMap<String, u64>,
@@ -59,33 +90,43 @@ struct Halt {
     graceful: bool,
 }
 
+impl Halt {
+    fn with(status: i32, reason: Option<String>) -> Halt {
+        Halt {
+            reason,
+            status,
+            graceful: false,
+        }
+    }
+}
+
 impl Arbiter {
-    pub fn new(
-        cfg: Config,
-        listeners: Vec<Listener>,
-        app: Option<Py<PyAny>>,
-    ) -> Result<Arbiter, String> {
+    pub fn new(start: Start) -> Result<Arbiter, String> {
         let poll = Poll::new().map_err(|e| format!("creating the master's event loop: {e}"))?;
-        let mut signals = Signals::new([
-            SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH,
-        ])
-        .map_err(|e| format!("installing the master's signal handlers: {e}"))?;
-        poll.registry()
-            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
-            .map_err(|e| format!("registering signals: {e}"))?;
-        let num_workers = cfg.workers().max(1);
-        let pidfile = cfg.pidfile();
         let shm = crate::shm::init(SHM_SLOTS)?;
+        let master_pid = reexec::master_pid()?;
+        let mut proc_name = start.cfg.proc_name();
+        if master_pid.is_some() {
+            proc_name.push_str(".2");
+        }
         Ok(Arbiter {
-            cfg,
-            listeners,
-            app,
+            num_workers: start.cfg.workers().max(1),
+            cfg: start.cfg,
+            argv: start.argv,
+            ctx: start.ctx,
+            hooks: Arc::new(start.hooks),
+            listeners: Vec::new(),
+            systemd: false,
+            app: None,
             workers: BTreeMap::new(),
-            num_workers,
             age: 0,
+            pid: std::process::id(),
             poll,
-            signals: Some(signals),
-            pidfile,
+            signals: None,
+            pidfile: None,
+            master_pid,
+            reexec_pid: None,
+            proc_name,
             shm,
             restarts: BTreeMap::new(),
         })
@@ -93,32 +134,106 @@ impl Arbiter {
 
     /// Runs the master until it stops; returns the process exit status.
     pub fn run(mut self) -> i32 {
-        let pid = std::process::id();
-        crate::log_info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
-        for l in &self.listeners {
-            crate::log_info!("Listening at: {} ({pid})", l.url());
+        let halt = match self.start() {
+            Ok(()) => self.main_loop(),
+            Err(h) => h,
+        };
+        self.halt(halt)
+    }
+
+    /// gunicorn's Arbiter.setup() and start(), in its order.
+    fn start(&mut self) -> Result<(), Halt> {
+        self.hook_result(|h, py, sv| h.nworkers_changed(py, sv, sv.num_workers, None))?;
+        if self.cfg.preload_app() {
+            let app = Python::attach(|py| {
+                worker::load_app(py, &self.cfg).inspect(|app| self.hooks.set_wsgi(py, app.bind(py)))
+            });
+            match app {
+                Ok(app) => self.app = Some(app),
+                Err(code) => return Err(Halt::with(code, None)),
+            }
         }
+        crate::log_info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
+        if let Some(path) = self.cfg.pidfile() {
+            let path = if self.master_pid.is_some() {
+                format!("{path}.2")
+            } else {
+                path
+            };
+            let mut pf = Pidfile::new(path);
+            if let Err(e) = pf.create(self.pid as i32) {
+                crate::log_error!("{e}");
+                return Err(Halt::with(1, None));
+            }
+            self.pidfile = Some(pf);
+        }
+        self.hook_result(|h, py, sv| h.on_starting(py, sv))?;
+        self.init_signals().map_err(|e| {
+            crate::log_error!("{e}");
+            Halt::with(1, None)
+        })?;
+        self.listeners = self.create_listeners().map_err(|e| {
+            crate::log_error!("{e}");
+            Halt::with(1, None)
+        })?;
+        crate::log_debug!("Arbiter booted");
+        let urls: Vec<String> = self.listeners.iter().map(Listener::url).collect();
+        crate::log_info!("Listening at: {} ({})", urls.join(","), self.pid);
         crate::log_info!("Using worker: {}", self.cfg.worker_class());
         if crate::log::enabled(crate::log::Level::Debug) {
             Python::attach(|py| {
                 crate::log_debug!("Current configuration:\n{}", self.cfg.print_config(py));
             });
         }
-        if let Some(p) = &self.pidfile {
-            if let Err(e) = std::fs::write(p, format!("{pid}\n")) {
-                crate::log_error!("cannot write pidfile {p}: {e}");
-                return 1;
-            }
+        if let Err(e) = systemd::sd_notify("READY=1\nSTATUS=ferrocorn arbiter booted", false) {
+            crate::log_debug!("sd_notify failed: {e}");
         }
-        let halt = self.main_loop();
-        self.stop(halt.graceful);
-        if let Some(reason) = &halt.reason {
-            crate::log_info!("Reason: {reason}");
+        self.set_title();
+        self.hook_result(|h, py, sv| h.when_ready(py, sv))?;
+        Ok(())
+    }
+
+    fn init_signals(&mut self) -> Result<(), String> {
+        let mut signals = Signals::new([
+            SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH,
+        ])
+        .map_err(|e| format!("installing the master's signal handlers: {e}"))?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
+            .map_err(|e| format!("registering signals: {e}"))?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Listening sockets: systemd's (LISTEN_FDS), a parent master's
+    /// (GUNICORN_FD, after USR2), else bound from --bind.
+    fn create_listeners(&mut self) -> Result<Vec<Listener>, String> {
+        let n = systemd::listen_fds(true)?;
+        if n > 0 {
+            self.systemd = true;
+            return systemd::listen_fds_range(n)
+                .map(crate::sock::from_fd)
+                .collect();
         }
-        if let Some(p) = &self.pidfile {
-            let _ = std::fs::remove_file(p);
+        if let Some(fds) = reexec::inherited_fds()? {
+            return fds.into_iter().map(crate::sock::from_fd).collect();
         }
-        halt.status
+        crate::sock::create_listeners(&self.cfg.bind(), &self.bind_options())
+    }
+
+    fn bind_options(&self) -> crate::sock::BindOptions {
+        crate::sock::BindOptions {
+            backlog: self.cfg.backlog(),
+            reuse_port: self.cfg.reuse_port(),
+            umask: self.cfg.umask(),
+            uid: self.cfg.uid(),
+            gid: self.cfg.gid(),
+        }
+    }
+
+    fn set_title(&self) {
+        title::set_title(&format!("ferrocorn: master [{}]", self.proc_name));
     }
 
     fn main_loop(&mut self) -> Halt {
@@ -126,60 +241,21 @@ impl Arbiter {
         if let Err(h) = self.manage_workers() {
             return h;
         }
-        crate::log_debug!("Arbiter booted");
         loop {
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     crate::log_error!("master event loop failed: {e}");
-                    return Halt {
-                        reason: None,
-                        status: 1,
-                        graceful: false,
-                    };
+                    return Halt::with(1, None);
                 }
             }
+            self.maybe_promote();
             let pending: Vec<i32> = match self.signals.as_mut() {
                 Some(s) => s.pending().collect(),
                 None => Vec::new(),
             };
             for sig in pending {
-                let name = signal_name(sig).to_lowercase();
-                let name = name.trim_start_matches("sig");
-                if sig == SIGCHLD {
-                    crate::log_debug!("Handling signal: {name}");
-                } else {
-                    crate::log_info!("Handling signal: {name}");
-                }
-                match sig {
-                    SIGTERM => {
-                        return Halt {
-                            reason: None,
-                            status: 0,
-                            graceful: true,
-                        }
-                    }
-                    SIGINT | SIGQUIT => {
-                        return Halt {
-                            reason: None,
-                            status: 0,
-                            graceful: false,
-                        }
-                    }
-                    SIGTTIN => self.num_workers += 1,
-                    SIGTTOU if self.num_workers > 1 => self.num_workers -= 1,
-                    SIGUSR1 => {
-                        if let Err(e) = crate::log::reopen() {
-                            crate::log_error!("reopening log files: {e}");
-                        }
-                        self.kill_workers(Signal::SIGUSR1);
-                    }
-                    SIGHUP | SIGUSR2 | SIGWINCH => {
-                        crate::log_warning!(
-                            "{} is not implemented yet in ferrocorn; ignoring it",
-                            signal_name(sig)
-                        );
-                    }
-                    _ => {}
+                if let Some(h) = self.handle_signal(sig) {
+                    return h;
                 }
             }
             if let Err(h) = self.reap() {
@@ -190,6 +266,225 @@ impl Arbiter {
                 return h;
             }
         }
+    }
+
+    /// One signal, as gunicorn's handle_* methods. Returns a Halt to stop.
+    fn handle_signal(&mut self, sig: i32) -> Option<Halt> {
+        let name = signal_name(sig).to_lowercase();
+        let name = name.trim_start_matches("sig");
+        if sig == SIGCHLD {
+            crate::log_debug!("Handling signal: {name}");
+        } else {
+            crate::log_info!("Handling signal: {name}");
+        }
+        match sig {
+            SIGTERM => {
+                return Some(Halt {
+                    reason: None,
+                    status: 0,
+                    graceful: true,
+                })
+            }
+            SIGINT | SIGQUIT => return Some(Halt::with(0, None)),
+            SIGTTIN => return self.change_workers(self.num_workers + 1).err(),
+            SIGTTOU if self.num_workers > 1 => {
+                return self.change_workers(self.num_workers - 1).err()
+            }
+            SIGUSR1 => {
+                if let Err(e) = crate::log::reopen() {
+                    crate::log_error!("reopening log files: {e}");
+                }
+                self.kill_workers(Signal::SIGUSR1);
+            }
+            SIGHUP => return self.reload().err(),
+            SIGUSR2 => self.reexec(),
+            SIGWINCH => {
+                if self.cfg.daemon() {
+                    crate::log_info!("graceful stop of workers");
+                    if let Err(h) = self.change_workers(0) {
+                        return Some(h);
+                    }
+                } else {
+                    crate::log_debug!("SIGWINCH ignored. Not daemonized");
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn change_workers(&mut self, n: usize) -> Result<(), Halt> {
+        let old = self.num_workers;
+        self.num_workers = n;
+        self.hook_result(|h, py, sv| h.nworkers_changed(py, sv, n, Some(old)))
+    }
+
+    /// gunicorn's reload(): re-read the configuration, reopen logs, rebind
+    /// if the addresses changed, on_reload, new pidfile, then new workers;
+    /// the old ones are retired gracefully once the new ones are spawned.
+    fn reload(&mut self) -> Result<(), Halt> {
+        let loaded = Python::attach(|py| {
+            // Undo the previous -e/raw_env so removed variables disappear.
+            for (k, _) in self.cfg.raw_env() {
+                match self
+                    .ctx
+                    .env_orig
+                    .iter()
+                    .find(|(n, _)| n.to_str() == Some(k.as_str()))
+                {
+                    Some((_, v)) => std::env::set_var(&k, v),
+                    None => std::env::remove_var(&k),
+                }
+            }
+            Config::load(py, self.argv.clone())
+        });
+        let cfg = match loaded {
+            Ok(Loaded::Run(cfg)) => cfg,
+            Ok(Loaded::Exit(_)) => return Ok(()),
+            Err(e) => {
+                crate::log_error!("reload failed, keeping the current configuration: {e}");
+                return Ok(());
+            }
+        };
+        let old_binds = self.cfg.bind();
+        let old_workers = self.num_workers;
+        self.cfg = cfg;
+        Python::attach(|py| {
+            for (k, v) in self.cfg.raw_env() {
+                let _ = crate::python::set_environ(py, &k, &v);
+            }
+            if let Some(h) = Arc::get_mut(&mut self.hooks) {
+                if let Err(e) = h.update_config(py, &self.cfg) {
+                    crate::log_error!("reload: {}", crate::python::format_err(py, &e));
+                }
+            }
+        });
+        for w in self.cfg.warnings() {
+            crate::log_warning!("{w}");
+        }
+        self.num_workers = self.cfg.workers().max(1);
+        let (n, old) = (self.num_workers, old_workers);
+        self.hook_result(|h, py, sv| h.nworkers_changed(py, sv, n, Some(old)))?;
+        if let Err(e) = crate::log::reopen() {
+            crate::log_error!("reopening log files: {e}");
+        }
+        if old_binds != self.cfg.bind() && !self.systemd {
+            match crate::sock::create_listeners(&self.cfg.bind(), &self.bind_options()) {
+                Ok(new) => {
+                    crate::sock::unlink_owned(&self.listeners);
+                    self.listeners = new;
+                    let urls: Vec<String> = self.listeners.iter().map(Listener::url).collect();
+                    crate::log_info!("Listening at: {}", urls.join(","));
+                }
+                Err(e) => crate::log_error!("reload: keeping the old listeners: {e}"),
+            }
+        }
+        self.hook_result(|h, py, sv| h.on_reload(py, sv))?;
+        if let Some(pf) = &self.pidfile {
+            pf.unlink();
+        }
+        self.pidfile = None;
+        if let Some(path) = self.cfg.pidfile() {
+            let mut pf = Pidfile::new(path);
+            match pf.create(self.pid as i32) {
+                Ok(()) => self.pidfile = Some(pf),
+                Err(e) => crate::log_error!("{e}"),
+            }
+        }
+        self.proc_name = self.cfg.proc_name();
+        self.set_title();
+        // Retire every current worker once replacements are forked.
+        let old: Vec<Pid> = self.workers.keys().copied().collect();
+        for _ in 0..self.num_workers {
+            self.spawn_worker()?;
+        }
+        for pid in old {
+            if let Some(w) = self.workers.get_mut(&pid) {
+                if w.retired.is_none() {
+                    w.retired = Some("reload");
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// gunicorn's reexec(): fork a child that runs pre_exec and execs this
+    /// binary with the listening sockets inherited (GUNICORN_FD).
+    fn reexec(&mut self) {
+        if self.reexec_pid.is_some() {
+            crate::log_warning!("USR2 signal ignored. Child exists.");
+            return;
+        }
+        if self.master_pid.is_some() {
+            crate::log_warning!("USR2 signal ignored. Parent exists.");
+            return;
+        }
+        if let Some(pf) = &mut self.pidfile {
+            let old = format!("{}.oldbin", pf.path().display());
+            if let Err(e) = pf.rename(old) {
+                crate::log_error!("{e}");
+            }
+        }
+        let forked = Python::attach(|py| {
+            let res = crate::python::fork(py);
+            if let Ok(nix::unistd::ForkResult::Child) = res {
+                drop(self.signals.take());
+                let code = self.exec_new_master(py);
+                std::process::exit(code);
+            }
+            res
+        });
+        match forked {
+            Ok(nix::unistd::ForkResult::Parent { child }) => self.reexec_pid = Some(child),
+            Ok(nix::unistd::ForkResult::Child) => std::process::exit(1),
+            Err(e) => crate::log_error!("fork for USR2 failed: {e}"),
+        }
+    }
+
+    /// In the USR2 child: pre_exec, then execve. Returns only on failure.
+    fn exec_new_master(&self, py: Python<'_>) -> i32 {
+        let failed = self.with_server(|sv| self.hooks.pre_exec(py, sv)).is_err();
+        if failed {
+            return MAIN_LOOP_FAILURE;
+        }
+        let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+        let env = reexec::reexec_env(
+            &self.ctx.env_orig,
+            self.pid,
+            &fds,
+            self.systemd,
+            std::process::id(),
+        );
+        if let Err(e) = reexec::prepare_inherit(&fds) {
+            crate::log_error!("{e}");
+            return 1;
+        }
+        match reexec::exec_self(&self.ctx, &env) {
+            Ok(never) => match never {},
+            Err(e) => {
+                crate::log_error!("{e}");
+                1
+            }
+        }
+    }
+
+    /// A master started by USR2 takes over once the old one has exited.
+    fn maybe_promote(&mut self) {
+        let Some(old) = self.master_pid else { return };
+        if !reexec::promoted(old) {
+            return;
+        }
+        crate::log_info!("Master has been promoted.");
+        reexec::forget_master_pid();
+        self.master_pid = None;
+        self.proc_name = self.cfg.proc_name();
+        if let (Some(pf), Some(path)) = (&mut self.pidfile, self.cfg.pidfile()) {
+            if let Err(e) = pf.rename(path) {
+                crate::log_error!("{e}");
+            }
+        }
+        self.set_title();
     }
 
     /// Collects exited workers and records why each left; a boot or
@@ -206,10 +501,20 @@ impl Arbiter {
                     return Ok(());
                 }
             };
+            if Some(pid) == self.reexec_pid {
+                // The new master died: this one stays in charge.
+                crate::log_error!("New master (pid:{pid}) exited: {status:?}");
+                self.reexec_pid = None;
+                if let (Some(pf), Some(path)) = (&mut self.pidfile, self.cfg.pidfile()) {
+                    let _ = pf.rename(path);
+                }
+                continue;
+            }
             let Some(w) = self.workers.remove(&pid) else {
                 continue;
             };
             let reason = self.exit_cause(pid, &w, status);
+            let view = self.worker_view(pid, &w);
             self.shm.release(w.slot);
             *self.restarts.entry(reason).or_default() += 1;
             match status {
@@ -229,6 +534,7 @@ impl Arbiter {
                 }
                 _ => {}
             }
+            self.hook_result(|h, py, sv| h.child_exit(py, sv, &view))?;
         }
     }
 
@@ -237,13 +543,13 @@ impl Arbiter {
     fn exit_cause(&self, pid: Pid, w: &WorkerProc, status: Result<i32, Signal>) -> String {
         let slot_reason = self.shm.slot(w.slot).map(|s| s.exit_reason());
         match status {
-            Err(Signal::SIGKILL) if w.aborted => {
-                crate::log_error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
-                "timeout".into()
-            }
             Err(Signal::SIGKILL) => {
                 crate::log_error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
-                "SIGKILL".into()
+                if w.aborted {
+                    "timeout".into()
+                } else {
+                    "SIGKILL".into()
+                }
             }
             Err(sig) => {
                 crate::log_error!("Worker (pid:{pid}) was sent {}!", sig.as_str());
@@ -316,8 +622,8 @@ impl Arbiter {
             .count()
     }
 
-    /// Gracefully stops the oldest active worker, as gunicorn does for TTOU
-    /// and after a reload; it stays in the table until it is reaped.
+    /// Gracefully stops the oldest active worker, as gunicorn does for TTOU;
+    /// it stays in the table until it is reaped.
     fn retire_oldest(&mut self, why: &'static str) {
         let oldest = self
             .workers
@@ -337,22 +643,18 @@ impl Arbiter {
             crate::log_error!("no free worker slot in shared memory ({SHM_SLOTS} workers at most)");
             return Ok(());
         };
+        let booting = self.new_worker_view(0, age);
+        if let Err(h) = self.hook_result(|h, py, sv| h.pre_fork(py, sv, &booting)) {
+            self.shm.release(slot_idx);
+            return Err(h);
+        }
         let forked = Python::attach(|py| {
             let res = crate::python::fork(py);
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 // The child must not see the master's signals: dropping them
                 // unregisters signal-hook's actions and the self-pipe.
                 drop(self.signals.take());
-                let app = self.app.as_ref().map(|a| a.clone_ref(py));
-                let Some(slot) = self.shm.slot(slot_idx) else {
-                    std::process::exit(WORKER_BOOT_ERROR);
-                };
-                let code = worker::run(worker::Spawn {
-                    cfg: &self.cfg,
-                    listeners: &self.listeners,
-                    app,
-                    slot,
-                });
+                let code = self.run_worker(py, slot_idx, age);
                 flush_python_stdio(py);
                 std::process::exit(code);
             }
@@ -371,17 +673,49 @@ impl Arbiter {
                 );
                 Ok(())
             }
-            Ok(nix::unistd::ForkResult::Child) => unreachable_child(),
+            Ok(nix::unistd::ForkResult::Child) => std::process::exit(1),
             Err(e) => {
                 self.shm.release(slot_idx);
                 crate::log_error!("fork failed: {e}");
-                Err(Halt {
-                    reason: Some(format!("fork failed: {e}")),
-                    status: 1,
-                    graceful: true,
-                })
+                Err(Halt::with(1, Some(format!("fork failed: {e}"))))
             }
         }
+    }
+
+    /// The worker side of a fork: title, user switch, post_fork, then the
+    /// worker proper. Returns the exit code.
+    fn run_worker(&self, py: Python<'_>, slot_idx: usize, age: u64) -> i32 {
+        title::set_title(&format!("ferrocorn: worker [{}]", self.proc_name));
+        let Some(slot) = self.shm.slot(slot_idx) else {
+            return WORKER_BOOT_ERROR;
+        };
+        let me = self.new_worker_view(std::process::id(), age);
+        crate::log_info!("Booting worker with pid: {}", me.pid);
+        let post_fork = self.with_server(|sv| self.hooks.post_fork(py, sv, &me));
+        if let Err(e) = post_fork {
+            return e.system_exit.unwrap_or(WORKER_BOOT_ERROR);
+        }
+        // gunicorn's init_process: switch user/group (only when they differ).
+        let (uid, gid) = (self.cfg.uid(), self.cfg.gid());
+        if let Err(e) = crate::process::user::set_owner_process(uid, gid, self.cfg.initgroups()) {
+            crate::log_error!("Exception in worker process: {e}");
+            return WORKER_BOOT_ERROR;
+        }
+        let app = self.app.as_ref().map(|a| a.clone_ref(py));
+        let code = worker::run(worker::Spawn {
+            cfg: &self.cfg,
+            listeners: &self.listeners,
+            app,
+            slot,
+            hooks: Arc::clone(&self.hooks),
+            view: me,
+        });
+        let mut done = me;
+        done.alive = false;
+        done.booted = slot.state() != State::Booting;
+        done.nr = slot.requests.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = self.with_server(|sv| self.hooks.worker_exit(py, sv, &done));
+        code
     }
 
     fn kill_workers(&self, sig: Signal) {
@@ -390,14 +724,34 @@ impl Arbiter {
         }
     }
 
+    /// Stops everything and returns the exit status (gunicorn's halt()).
+    fn halt(&mut self, halt: Halt) -> i32 {
+        self.stop(halt.graceful);
+        crate::log_debug!("worker exits by cause: {:?}", self.restarts);
+        if let Some(reason) = &halt.reason {
+            crate::log_info!("Reason: {reason}");
+        }
+        if let Some(pf) = &self.pidfile {
+            pf.unlink();
+        }
+        let on_exit = self.with_server(|sv| Python::attach(|py| self.hooks.on_exit(py, sv)));
+        match (halt.status, on_exit) {
+            (0, Err(e)) => e.system_exit.unwrap_or(1),
+            (status, _) => status,
+        }
+    }
+
     /// gunicorn's stop(): TERM (graceful) or QUIT (quick) to every worker,
     /// wait up to --graceful-timeout, then SIGKILL what is left.
     fn stop(&mut self, graceful: bool) {
-        crate::log_info!("Shutting down: Master");
         // Close the listeners first, as gunicorn: connections still queued
-        // in the backlog are refused once the workers let go too.
-        crate::sock::unlink_owned(&self.listeners);
+        // in the backlog are refused once the workers let go too. A new
+        // master started by USR2 keeps using the sockets: leave their files.
+        if self.reexec_pid.is_none() && self.master_pid.is_none() {
+            crate::sock::unlink_owned(&self.listeners);
+        }
         self.listeners.clear();
+        crate::log_info!("Shutting down: Master");
         let sig = if graceful {
             Signal::SIGTERM
         } else {
@@ -406,7 +760,7 @@ impl Arbiter {
         self.kill_workers(sig);
         let limit = Instant::now() + Duration::from_secs(self.cfg.graceful_timeout());
         while !self.workers.is_empty() && Instant::now() < limit {
-            let _ = self.reap_quietly();
+            self.reap_quietly();
             if self.workers.is_empty() {
                 break;
             }
@@ -426,11 +780,12 @@ impl Arbiter {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
-                    self.workers.remove(&pid);
+                    if let Some(w) = self.workers.remove(&pid) {
+                        self.shm.release(w.slot);
+                    }
                 }
                 Ok(WaitStatus::StillAlive) => return true,
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => {}
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(_) => {
                     self.workers.clear();
                     return false;
@@ -438,11 +793,86 @@ impl Arbiter {
             }
         }
     }
-}
 
-/// The child branch of fork never returns from spawn_worker's closure.
-fn unreachable_child() -> Result<(), Halt> {
-    std::process::exit(1)
+    // -- hooks ----------------------------------------------------------------
+
+    fn new_worker_view(&self, pid: u32, age: u64) -> WorkerView {
+        WorkerView {
+            pid,
+            ppid: self.pid,
+            age,
+            nr: 0,
+            alive: true,
+            booted: false,
+            aborted: false,
+            max_requests: self.cfg.max_requests(),
+            timeout: self.cfg.timeout(),
+        }
+    }
+
+    fn worker_view(&self, pid: Pid, w: &WorkerProc) -> WorkerView {
+        let slot = self.shm.slot(w.slot);
+        WorkerView {
+            pid: pid.as_raw() as u32,
+            nr: slot.map_or(0, |s| s.requests.load(std::sync::atomic::Ordering::Relaxed)),
+            alive: w.retired.is_none(),
+            booted: slot.is_some_and(|s| !matches!(s.state(), State::Booting | State::Free)),
+            aborted: w.aborted,
+            ..self.new_worker_view(pid.as_raw() as u32, w.age)
+        }
+    }
+
+    /// Builds gunicorn's `server` view for a hook call.
+    fn with_server<R>(&self, f: impl FnOnce(&ServerView<'_>) -> R) -> R {
+        let workers: Vec<WorkerView> = self
+            .workers
+            .iter()
+            .map(|(p, w)| self.worker_view(*p, w))
+            .collect();
+        let urls: Vec<String> = self.listeners.iter().map(Listener::url).collect();
+        let listeners: Vec<ListenerView<'_>> = self
+            .listeners
+            .iter()
+            .zip(&urls)
+            .map(|(l, u)| ListenerView {
+                fd: l.fd.as_raw_fd(),
+                url: u,
+            })
+            .collect();
+        let pidfile = self
+            .pidfile
+            .as_ref()
+            .map(|p| p.path().to_string_lossy().into_owned());
+        f(&ServerView {
+            pid: self.pid,
+            num_workers: self.num_workers,
+            workers: &workers,
+            pidfile: pidfile.as_deref(),
+            proc_name: &self.proc_name,
+            listeners: &listeners,
+        })
+    }
+
+    /// Calls a master hook; a failing one stops the master as it would stop
+    /// gunicorn's (the hooks module logged it). A hook may also set
+    /// `server.num_workers`.
+    fn hook_result(
+        &mut self,
+        call: impl FnOnce(&Hooks, Python<'_>, &ServerView<'_>) -> Result<(), HookError>,
+    ) -> Result<(), Halt> {
+        let hooks = Arc::clone(&self.hooks);
+        let (res, asked) = Python::attach(|py| {
+            let res = self.with_server(|sv| call(&hooks, py, sv));
+            (res, hooks.take_num_workers(py))
+        });
+        if let Some(n) = asked {
+            self.num_workers = n;
+        }
+        res.map_err(|e| match e.system_exit {
+            Some(code) => Halt::with(code, None),
+            None => Halt::with(MAIN_LOOP_FAILURE, None),
+        })
+    }
 }
 
 fn flush_python_stdio(py: Python<'_>) {

@@ -4,10 +4,12 @@
 mod allowlist;
 mod arbiter;
 mod config;
+mod hooks;
 mod http;
 mod httpdate;
 mod log;
 mod netio;
+mod process;
 mod python;
 mod shm;
 mod sock;
@@ -30,6 +32,15 @@ fn real_main() -> i32 {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    // First, before anything changes the environment: USR2 re-exec needs
+    // the original argv, environment and executable.
+    let mut ctx = match process::reexec::StartCtx::capture() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    };
     let interp = match python::locate() {
         Ok(i) => i,
         Err(e) => {
@@ -42,7 +53,7 @@ fn real_main() -> i32 {
         return 1;
     }
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let loaded = Python::attach(|py| Config::load(py, argv));
+    let loaded = Python::attach(|py| Config::load(py, argv.clone()));
     let cfg = match loaded {
         Ok(Loaded::Run(cfg)) => cfg,
         Ok(Loaded::Exit(code)) => return code,
@@ -51,6 +62,26 @@ fn real_main() -> i32 {
             return 1;
         }
     };
+    if let Err(e) = worker::kind::resolve(&cfg.worker_class()) {
+        eprintln!("Error: {e}");
+        return 1;
+    }
+    if let Err(code) = Python::attach(|py| prepare(py, &cfg)) {
+        return code;
+    }
+    if cfg.print_config_requested() || cfg.check_config() {
+        return 0;
+    }
+    if cfg.daemon() {
+        if let Err(e) = python::daemonize(cfg.bool("enable_stdio_inheritance")) {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    }
+    // gunicorn re-executes in the directory it runs in after --chdir.
+    if let Ok(cwd) = process::reexec::getcwd() {
+        ctx.cwd = cwd;
+    }
     if let Err(e) = log::init(&cfg.loglevel(), &cfg.errorlog(), cfg.capture_output()) {
         eprintln!("Error: {e}");
         return 1;
@@ -58,31 +89,25 @@ fn real_main() -> i32 {
     for w in cfg.warnings() {
         log_warning!("{w}");
     }
-    match worker::kind::resolve(&cfg.worker_class()) {
-        Ok((_, Some(warning))) => log_warning!("{warning}"),
-        Ok((_, None)) => {}
-        Err(e) => {
-            eprintln!("Error: {e}");
-            return 1;
-        }
+    if let Ok((_, Some(warning))) = worker::kind::resolve(&cfg.worker_class()) {
+        log_warning!("{warning}");
     }
-    let prepared = Python::attach(|py| prepare(py, &cfg));
-    let app = match prepared {
-        Ok(Some(app)) => Some(app),
-        Ok(None) => None,
-        Err(code) => return code,
-    };
-    if cfg.print_config_requested() || cfg.check_config() {
-        return 0;
-    }
-    let listeners = match sock::create_listeners(&cfg.bind(), cfg.backlog(), cfg.reuse_port()) {
-        Ok(l) => l,
+    let hooks = match Python::attach(|py| {
+        hooks::Hooks::new(py, &cfg).map_err(|e| python::format_err(py, &e))
+    }) {
+        Ok(h) => h,
         Err(e) => {
-            log_error!("{e}");
+            log_error!("preparing the server hooks: {e}");
             return 1;
         }
     };
-    match arbiter::Arbiter::new(cfg, listeners, app) {
+    let start = arbiter::Start {
+        cfg,
+        argv,
+        ctx,
+        hooks,
+    };
+    match arbiter::Arbiter::new(start) {
         Ok(a) => a.run(),
         Err(e) => {
             log_error!("{e}");
@@ -91,18 +116,18 @@ fn real_main() -> i32 {
     }
 }
 
-/// Everything the master does with Python before binding: the environment
-/// (-e), sys.path (--chdir, --pythonpath), --print-config, --check-config and
-/// --preload. Returns the preloaded app, or the exit code to stop with.
-fn prepare(py: Python<'_>, cfg: &Config) -> Result<Option<Py<PyAny>>, i32> {
+/// What the master does with Python before the arbiter starts: the
+/// environment (-e), sys.path (--chdir, --pythonpath), --print-config and
+/// --check-config. Returns the exit code to stop with.
+fn prepare(py: Python<'_>, cfg: &Config) -> Result<(), i32> {
     for (k, v) in cfg.raw_env() {
         if let Err(e) = python::set_environ(py, &k, &v) {
-            log_error!("cannot set {k}: {e}");
+            eprintln!("Error: cannot set {k}: {e}");
             return Err(1);
         }
     }
     if let Err(e) = python::prepare_paths(py, cfg.chdir().as_deref(), &cfg.pythonpath()) {
-        log_error!("{}", python::format_err(py, &e));
+        eprintln!("{}", python::format_err(py, &e));
         return Err(1);
     }
     if cfg.print_config_requested() {
@@ -115,13 +140,7 @@ fn prepare(py: Python<'_>, cfg: &Config) -> Result<Option<Py<PyAny>>, i32> {
     // gunicorn loads the app for --print-config and --check-config too, so
     // that a broken app fails the check.
     if cfg.print_config_requested() || cfg.check_config() {
-        return match worker::load_app(py, cfg) {
-            Ok(_) => Ok(None),
-            Err(_) => Err(1),
-        };
+        return worker::load_app(py, cfg).map(|_| ()).map_err(|_| 1);
     }
-    if cfg.preload_app() {
-        return worker::load_app(py, cfg).map(Some);
-    }
-    Ok(None)
+    Ok(())
 }

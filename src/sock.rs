@@ -76,20 +76,26 @@ impl Listener {
     }
 }
 
+/// How sockets are created (--backlog, --reuse-port; unix sockets are bound
+/// under --umask and chowned to --user/--group, as gunicorn).
+pub struct BindOptions {
+    pub backlog: i32,
+    pub reuse_port: bool,
+    pub umask: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Creates every listener in `binds`, retrying a busy address as gunicorn
 /// does (5 tries, 1 s apart).
-pub fn create_listeners(
-    binds: &[String],
-    backlog: i32,
-    reuse_port: bool,
-) -> Result<Vec<Listener>, String> {
+pub fn create_listeners(binds: &[String], opts: &BindOptions) -> Result<Vec<Listener>, String> {
     let mut out = Vec::with_capacity(binds.len());
     for b in binds {
         let addr = parse_bind(b).map_err(|e| format!("invalid bind {b:?}: {e}"))?;
         let mut last_err = String::new();
         let mut bound = None;
         for attempt in 0..5 {
-            match bind_one(&addr, backlog, reuse_port) {
+            match bind_one(&addr, opts) {
                 Ok(l) => {
                     bound = Some(l);
                     break;
@@ -112,8 +118,8 @@ pub fn create_listeners(
     Ok(out)
 }
 
-fn bind_one(addr: &BindAddr, backlog: i32, reuse_port: bool) -> Result<Listener, String> {
-    let backlog = Backlog::new(backlog.max(1)).unwrap_or(Backlog::MAXCONN);
+fn bind_one(addr: &BindAddr, opts: &BindOptions) -> Result<Listener, String> {
+    let backlog = Backlog::new(opts.backlog.max(1)).unwrap_or(Backlog::MAXCONN);
     match addr {
         BindAddr::Tcp(host, port) => {
             let sa = (host.as_str(), *port)
@@ -129,7 +135,7 @@ fn bind_one(addr: &BindAddr, backlog: i32, reuse_port: bool) -> Result<Listener,
             let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
                 .map_err(|e| e.to_string())?;
             setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| e.to_string())?;
-            if reuse_port {
+            if opts.reuse_port {
                 setsockopt(&fd, sockopt::ReusePort, &true).map_err(|e| e.to_string())?;
             }
             if sa.is_ipv6() {
@@ -165,7 +171,11 @@ fn bind_one(addr: &BindAddr, backlog: i32, reuse_port: bool) -> Result<Listener,
             )
             .map_err(|e| e.to_string())?;
             let ua = UnixAddr::new(path).map_err(|e| e.to_string())?;
-            bind(fd.as_raw_fd(), &ua).map_err(|e| e.desc().to_string())?;
+            let old_umask = crate::process::user::set_umask(opts.umask);
+            let bound = bind(fd.as_raw_fd(), &ua).map_err(|e| e.desc().to_string());
+            crate::process::user::set_umask(old_umask);
+            bound?;
+            crate::process::user::chown(path, opts.uid, opts.gid)?;
             listen(&fd, backlog).map_err(|e| e.to_string())?;
             Ok(Listener {
                 fd,

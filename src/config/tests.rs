@@ -134,8 +134,8 @@ fn support_states() {
         ("disable_redirect_access_to_syslog", Ignored),
         ("paste", NotYet),
         ("statsd_host", NotYet),
-        ("on_starting", NotYet),
-        ("post_request", NotYet),
+        ("on_starting", Supported),
+        ("post_request", Supported),
         ("ssl_context", NotYet),
         ("certfile", NotYet),
     ] {

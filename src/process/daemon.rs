@@ -33,6 +33,7 @@ use super::sys::{self, Forked};
 /// Buffered Rust stdout/stderr are flushed before forking. Use
 /// [`daemonize_with_hooks`] when an initialised CPython must be told about
 /// the forks.
+#[cfg(test)]
 pub fn daemonize(keep_stdio: bool) -> Result<(), String> {
     daemonize_with_hooks(keep_stdio, &mut || {}, &mut || {})
 }

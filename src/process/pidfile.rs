@@ -40,6 +40,7 @@ impl Pidfile {
     }
 
     /// The pid written by the last successful [`Pidfile::create`].
+    #[cfg(test)]
     pub fn pid(&self) -> Option<i32> {
         self.pid
     }

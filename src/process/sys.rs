@@ -222,6 +222,7 @@ fn prepare_area() -> Option<Area> {
 
 /// Bytes available for a title in the argv+environ area (including the
 /// terminating NUL), or None when that area is unknown (non-glibc).
+#[cfg(test)]
 pub(crate) fn title_capacity() -> Option<usize> {
     AREA.get_or_init(prepare_area).map(|a| a.len)
 }

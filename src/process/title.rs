@@ -51,6 +51,7 @@ pub fn set_title(title: &str) -> bool {
 
 /// Bytes available for a command-line title (the original argv + environ
 /// strings), or None where they cannot be rewritten.
+#[cfg(test)]
 pub fn capacity() -> Option<usize> {
     super::sys::title_capacity().map(|n| n.saturating_sub(1))
 }

@@ -73,3 +73,17 @@ pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
         result
     }
 }
+
+/// `--daemon`: detaches with CPython's fork protocol around both forks.
+pub fn daemonize(keep_stdio: bool) -> Result<(), String> {
+    pyo3::Python::attach(|_py| {
+        crate::process::daemon::daemonize_with_hooks(
+            keep_stdio,
+            // SAFETY: the GIL is held (attach) and the process is
+            // single-threaded, as PyOS_BeforeFork requires.
+            &mut || unsafe { ffi::PyOS_BeforeFork() },
+            // SAFETY: runs in the new child right after fork, GIL held.
+            &mut || unsafe { ffi::PyOS_AfterFork_Child() },
+        )
+    })
+}

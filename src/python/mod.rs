@@ -177,3 +177,8 @@ pub fn fork(py: Python<'_>) -> nix::Result<nix::unistd::ForkResult> {
     let _ = py; // the caller holds the GIL, as PyOS_BeforeFork requires
     ffi_init::fork()
 }
+
+/// Detaches the process (`--daemon`) with the interpreter's fork protocol.
+pub fn daemonize(keep_stdio: bool) -> Result<(), String> {
+    ffi_init::daemonize(keep_stdio)
+}

@@ -5,10 +5,13 @@ pub mod kind;
 pub mod sync;
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 
 use crate::config::Config;
+use crate::hooks::{Hooks, WorkerView};
 use crate::shm::{ExitReason, Slot, State};
 use crate::sock::{ListenKind, Listener};
 
@@ -24,6 +27,28 @@ pub struct Spawn<'a> {
     pub app: Option<Py<PyAny>>,
     /// This worker's slot in shared memory (heartbeat, state).
     pub slot: &'static Slot,
+    pub hooks: Arc<Hooks>,
+    /// The worker as hooks see it at boot (pid, age, ...).
+    pub view: WorkerView,
+}
+
+/// What every worker kind receives besides the config and the app.
+pub struct Context {
+    pub slot: &'static Slot,
+    pub hooks: Arc<Hooks>,
+    pub view: WorkerView,
+    /// Set by SIGTERM (registered right after the fork).
+    pub term: Arc<AtomicBool>,
+}
+
+/// The worker's live view for a hook: counters from its shared-memory slot.
+pub fn live_view(base: &WorkerView, slot: &Slot, alive: bool, booted: bool) -> WorkerView {
+    WorkerView {
+        nr: slot.requests.load(Ordering::Relaxed),
+        alive,
+        booted,
+        ..*base
+    }
 }
 
 /// A listener as a worker sees it.
@@ -36,11 +61,21 @@ pub struct WorkerListener {
 pub fn run(spawn: Spawn<'_>) -> i32 {
     let pid = std::process::id();
     let slot = spawn.slot;
-    slot.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+    slot.pid.store(pid, Ordering::Relaxed);
     slot.set_state(State::Booting);
-    crate::log_info!("Booting worker with pid: {pid}");
+    let hooks = spawn.hooks;
+    let base = spawn.view;
+    // TERM is caught from the first moment (the master's handlers were just
+    // dropped): the pipe in the loop wakes it later; the flag is read between
+    // requests, so a TERM stops the worker after its current request, and a
+    // TERM during boot right after the app is loaded.
+    let term = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&term)) {
+        crate::log_error!("Exception in worker process: installing the TERM handler: {e}");
+        return WORKER_BOOT_ERROR;
+    }
     let code = Python::attach(|py| {
-        if let Err(e) = install_abort_handler(py, slot) {
+        if let Err(e) = install_signal_handlers(py, slot, &hooks, base) {
             crate::log_error!(
                 "Exception in worker process: {}",
                 crate::python::format_err(py, &e)
@@ -54,6 +89,10 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
                 Err(code) => return code,
             },
         };
+        hooks.set_wsgi(py, app.bind(py));
+        if let Err(e) = hooks.post_worker_init(py, &live_view(&base, slot, true, false)) {
+            return e.system_exit.unwrap_or(WORKER_BOOT_ERROR);
+        }
         let listeners: Vec<WorkerListener> = spawn
             .listeners
             .iter()
@@ -62,7 +101,18 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
                 kind: l.kind.clone(),
             })
             .collect();
-        match sync::SyncWorker::new(py, spawn.cfg, listeners, app, slot) {
+        match sync::SyncWorker::new(
+            py,
+            spawn.cfg,
+            listeners,
+            app,
+            Context {
+                slot,
+                hooks: Arc::clone(&hooks),
+                view: base,
+                term,
+            },
+        ) {
             Ok(mut w) => w.run(py),
             Err(e) => {
                 crate::log_error!("Exception in worker process: {e}");
@@ -81,30 +131,32 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
 /// gunicorn's worker.handle_abort and handle_quit: the master sends SIGABRT
 /// to a worker silent past --timeout, and SIGQUIT (or the user SIGINT) for a
 /// quick stop. Python-level handlers run at the next bytecode boundary, even
-/// inside the app, and end the worker with SystemExit (1, resp. 0).
-fn install_abort_handler(py: Python<'_>, slot: &'static Slot) -> PyResult<()> {
-    let on_abort = pyo3::types::PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
+/// inside the app: they call worker_abort / worker_int, then end the worker
+/// with SystemExit (1, resp. 0).
+fn install_signal_handlers(
+    py: Python<'_>,
+    slot: &'static Slot,
+    hooks: &Arc<Hooks>,
+    base: WorkerView,
+) -> PyResult<()> {
+    let h = Arc::clone(hooks);
+    let on_abort = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
         slot.set_state(State::Aborting);
+        let view = WorkerView {
+            aborted: true,
+            ..live_view(&base, slot, false, true)
+        };
+        let _ = h.worker_abort(args.py(), &view);
     })?;
-    let on_quit = pyo3::types::PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
+    let h = Arc::clone(hooks);
+    let on_quit = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
         slot.set_state(State::Quitting);
+        let _ = h.worker_int(args.py(), &live_view(&base, slot, false, true));
     })?;
     let boot = crate::python::boot(py)?;
     boot.getattr("install_abort_handler")?.call1((on_abort,))?;
     boot.getattr("install_quit_handler")?.call1((on_quit,))?;
     Ok(())
-}
-
-/// The exit code a SystemExit asks for, if `e` is one.
-pub fn system_exit_code(py: Python<'_>, e: &PyErr) -> Option<i32> {
-    if !e.is_instance_of::<pyo3::exceptions::PySystemExit>(py) {
-        return None;
-    }
-    let code = e.value(py).getattr("code").ok()?;
-    if code.is_none() {
-        return Some(0);
-    }
-    Some(code.extract::<i32>().unwrap_or(1))
 }
 
 /// Imports the app; on failure logs as gunicorn does and returns the exit code.
@@ -133,4 +185,16 @@ pub fn load_app(py: Python<'_>, cfg: &Config) -> Result<Py<PyAny>, i32> {
             WORKER_BOOT_ERROR
         }
     })
+}
+
+/// The exit code a SystemExit asks for, if `e` is one.
+pub fn system_exit_code(py: Python<'_>, e: &PyErr) -> Option<i32> {
+    if !e.is_instance_of::<pyo3::exceptions::PySystemExit>(py) {
+        return None;
+    }
+    let code = e.value(py).getattr("code").ok()?;
+    if code.is_none() {
+        return Some(0);
+    }
+    Some(code.extract::<i32>().unwrap_or(1))
 }

@@ -21,6 +21,7 @@ use slab::Slab;
 use super::WorkerListener;
 use crate::allowlist::AllowList;
 use crate::config::Config;
+use crate::hooks::{Hooks, RequestView, ResponseView, WorkerView};
 use crate::http::proxy::{
     detect_proxy, parse_proxy, ProxyDetect, ProxyInfo, ProxyMode, ProxyParsed,
 };
@@ -46,6 +47,9 @@ struct Conn {
     proxy_state: ProxyState,
     proxy: Option<ProxyInfo>,
     trusted: bool,
+    /// Requests served on this connection (gunicorn's req_number).
+    nreq: u64,
+    peer_addr: Option<SocketAddr>,
 }
 
 /// Whether a PROXY protocol header may still come first on a connection.
@@ -83,6 +87,11 @@ pub struct SyncWorker {
     /// Set when Python asked the worker to exit (SystemExit, e.g. on abort).
     exit_code: i32,
     term: Arc<AtomicBool>,
+    hooks: Arc<Hooks>,
+    /// pre_request or post_request is set: build `req` objects.
+    request_hooks: bool,
+    /// The worker as hooks see it (counters filled in per call).
+    view: WorkerView,
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
@@ -95,19 +104,20 @@ impl SyncWorker {
         cfg: &Config,
         listeners: Vec<WorkerListener>,
         app: Py<PyAny>,
-        slot: &'static Slot,
+        ctx: super::Context,
     ) -> Result<SyncWorker, String> {
+        let super::Context {
+            slot,
+            hooks,
+            view,
+            term,
+        } = ctx;
         let poll = Poll::new().map_err(|e| setup_err("creating the event loop", e))?;
         let mut signals = Signals::new([SIGTERM, SIGUSR1, SIGHUP, SIGWINCH])
             .map_err(|e| setup_err("installing signal handlers", e))?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(|e| setup_err("registering signals", e))?;
-        // The pipe wakes the loop; the flag is read between requests, so a
-        // TERM stops the worker after its current request, as gunicorn's.
-        let term = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(SIGTERM, Arc::clone(&term))
-            .map_err(|e| setup_err("installing the TERM handler", e))?;
         for (i, l) in listeners.iter().enumerate() {
             poll.registry()
                 .register(
@@ -221,6 +231,16 @@ impl SyncWorker {
             slot,
             exit_code: 0,
             term,
+            request_hooks: hooks.has("pre_request") || hooks.has("post_request"),
+            hooks,
+            view: WorkerView {
+                max_requests: if max_requests == u64::MAX {
+                    0
+                } else {
+                    max_requests
+                },
+                ..view
+            },
         })
     }
 
@@ -229,6 +249,9 @@ impl SyncWorker {
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now() + Duration::from_secs(1);
         while self.alive {
+            if self.term.load(Ordering::Relaxed) {
+                break;
+            }
             self.slot.set_state(State::Idle);
             let res = py.detach(|| self.poll.poll(&mut events, Some(Duration::from_secs(1))));
             self.slot.beat();
@@ -357,6 +380,8 @@ impl SyncWorker {
                 proxy_state,
                 proxy: None,
                 trusted,
+                nreq: 0,
+                peer_addr: addr,
             });
             // The first request usually arrives with the connection: read it now.
             if let Next::Close = self.on_readable(py, key) {
@@ -522,6 +547,41 @@ impl SyncWorker {
             };
             let request_start = SystemTime::now();
             let started = Instant::now();
+            conn.nreq += 1;
+            let hook_req = if self.request_hooks {
+                let headers: Vec<(&[u8], &[u8])> =
+                    head.headers.iter().map(|h| (h.name, &*h.value)).collect();
+                let rv = RequestView {
+                    method: &head.method,
+                    uri: head.uri,
+                    path: head.path,
+                    query: head.query,
+                    fragment: head.fragment,
+                    version: head.version,
+                    headers: &headers,
+                    scheme: "http",
+                    peer: conn.peer_addr,
+                    req_number: conn.nreq,
+                };
+                let r = self.hooks.request(py, &rv);
+                let view = live_view(&self.view, self.slot, self.alive);
+                if let Err(e) = self.hooks.pre_request(py, &view, &r) {
+                    // gunicorn: a 500, the connection closed, nr not counted;
+                    // post_request still runs with {} and no response.
+                    if let Some(code) = e.system_exit {
+                        self.exit_code = code;
+                        self.alive = false;
+                    }
+                    let body = error_body("Internal Server Error", "");
+                    let msg = error_response(500, "Internal Server Error", &body);
+                    let _ = netio::write_all(None, fd, &msg, self.request_timeout);
+                    let _ = self.hooks.post_request(py, &view, &r, None, None);
+                    return Next::Close;
+                }
+                Some(r)
+            } else {
+                None
+            };
             self.nr += 1;
             if self.nr >= self.max_requests {
                 crate::log_info!("Autorestarting worker after current request.");
@@ -580,6 +640,7 @@ impl SyncWorker {
                 Some(a) if a.needs_environ() => Some(env.clone()),
                 _ => None,
             };
+            let hook_env = hook_req.as_ref().map(|_| env.clone());
             let version = head.version;
             let is_head = head.method == "HEAD";
             let body = head.body;
@@ -608,13 +669,31 @@ impl SyncWorker {
                 let took = started.elapsed();
                 info.log(access, &peer, &out, request_start, took, log_env.as_ref());
             }
+            if let (Some(r), Some(env)) = (&hook_req, &hook_env) {
+                let rv = ResponseView {
+                    status: out.status_line.as_deref(),
+                    status_code: out.status_line.as_ref().map(|_| out.status),
+                    headers: &out.response_headers,
+                    sent: out.sent,
+                    response_length: out.response_length,
+                    headers_sent: out.headers_sent,
+                };
+                let view = live_view(&self.view, self.slot, self.alive);
+                if let Err(e) = self.hooks.post_request(py, &view, r, Some(env), Some(&rv)) {
+                    if let Some(code) = e.system_exit {
+                        self.exit_code = code;
+                        self.alive = false;
+                    }
+                }
+            }
+            let hook_close = hook_req.as_ref().is_some_and(|r| r.must_close(py));
             self.slot.set_state(State::Idle);
             if let Some(code) = out.exit {
                 self.exit_code = code;
                 self.alive = false;
                 return Next::Close;
             }
-            if !out.keep_alive {
+            if !out.keep_alive || hook_close || !self.alive {
                 return Next::Close;
             }
             if let Some((raw, pos)) = out.leftover {
@@ -623,6 +702,11 @@ impl SyncWorker {
             }
         }
     }
+}
+
+/// The worker as a hook sees it now (counters from the shared slot).
+fn live_view(base: &WorkerView, slot: &Slot, alive: bool) -> WorkerView {
+    super::live_view(base, slot, alive, true)
 }
 
 /// The request fields the access log needs after the head's buffer is gone.

@@ -127,6 +127,10 @@ pub struct Outcome {
     /// The connection's read buffer, with pipelined bytes after the body.
     pub leftover: Option<(Vec<u8>, usize)>,
     pub response_headers: Vec<(String, String)>,
+    /// The status line the app gave start_response (for post_request).
+    pub status_line: Option<String>,
+    pub response_length: Option<u64>,
+    pub headers_sent: bool,
     /// The app raised SystemExit (e.g. the timeout abort): the worker exits
     /// with this code once the connection is closed.
     pub exit: Option<i32>,
@@ -538,6 +542,8 @@ impl Wsgi {
         let sent = resp.sent;
         let mut keep_alive = !resp.should_close() && !app_error;
         let response_headers = std::mem::take(&mut resp.headers);
+        let status_line = resp.status.take();
+        let (response_length, headers_sent) = (resp.response_length, resp.headers_sent);
         drop(resp_guard);
         let state = input.borrow_mut().take_state();
         let leftover = match state {
@@ -557,6 +563,9 @@ impl Wsgi {
             keep_alive,
             leftover,
             response_headers,
+            status_line,
+            response_length,
+            headers_sent,
             exit,
         }
     }
@@ -568,6 +577,9 @@ impl Wsgi {
             keep_alive: false,
             leftover: None,
             response_headers: Vec::new(),
+            status_line: None,
+            response_length: None,
+            headers_sent: false,
             exit: None,
         }
     }
