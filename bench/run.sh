@@ -202,14 +202,14 @@ a = [int(x) for x in st0.split()[1:9]]
 b = [int(x) for x in st1.split()[1:9]]
 d = [y - x for x, y in zip(a, b)]
 wall = sum(d) / int(ncpu) / int(hz)                       # seconds
-busy = (sum(d) - d[3] - d[4]) / int(hz)                   # everything but idle/iowait, incl. irq/softirq/steal
+busy_s = (sum(d) - d[3] - d[4]) / int(hz)                 # everything but idle/iowait, incl. irq/softirq/steal
 mine = float(c1) - float(c0)                              # bench_one + wrk + server group (rusage)
 pct = lambda s: round(100.0 * s / wall, 1) if wall > 0 else None
 # rusage of our processes already includes the softirq time of their own loopback traffic
 # (tick accounting), so what is left of the machine's busy time is other processes' work
 # (+ a few % of unattributed kernel time on a quiet box).
-foreign = pct(max(0.0, busy - mine))
-during = pct(busy)
+foreign = pct(max(0.0, busy_s - mine))
+during = pct(busy_s)
 recs = [json.loads(l) for l in open(tmp) if l.strip()]
 for rec in recs:
     rec.update(run=int(run), attempt=int(attempt), busy_before_pct=num(busy), machine_cpu_during_pct=during,

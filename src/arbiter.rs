@@ -232,6 +232,15 @@ impl Arbiter {
         }
     }
 
+    /// gunicorn's master_name: "Master", or "Master.2" for a USR2 child.
+    fn master_name(&self) -> &'static str {
+        if self.master_pid.is_some() {
+            "Master.2"
+        } else {
+            "Master"
+        }
+    }
+
     fn set_title(&self) {
         title::set_title(&format!("ferrocorn: master [{}]", self.proc_name));
     }
@@ -296,7 +305,10 @@ impl Arbiter {
                 }
                 self.kill_workers(Signal::SIGUSR1);
             }
-            SIGHUP => return self.reload().err(),
+            SIGHUP => {
+                crate::log_info!("Hang up: {}", self.master_name());
+                return self.reload().err();
+            }
             SIGUSR2 => self.reexec(),
             SIGWINCH => {
                 if self.cfg.daemon() {
@@ -420,12 +432,6 @@ impl Arbiter {
             crate::log_warning!("USR2 signal ignored. Parent exists.");
             return;
         }
-        if let Some(pf) = &mut self.pidfile {
-            let old = format!("{}.oldbin", pf.path().display());
-            if let Err(e) = pf.rename(old) {
-                crate::log_error!("{e}");
-            }
-        }
         let forked = Python::attach(|py| {
             let res = crate::python::fork(py);
             if let Ok(nix::unistd::ForkResult::Child) = res {
@@ -490,6 +496,12 @@ impl Arbiter {
     /// Collects exited workers and records why each left; a boot or
     /// app-load failure stops the master instead of respawning forever.
     fn reap(&mut self) -> Result<(), Halt> {
+        self.reap_workers(false)
+    }
+
+    /// gunicorn's reap_workers; while `stopping`, exit codes no longer halt
+    /// (the master is already stopping) but child_exit still runs.
+    fn reap_workers(&mut self, stopping: bool) -> Result<(), Halt> {
         loop {
             let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, Ok(code)),
@@ -505,9 +517,6 @@ impl Arbiter {
                 // The new master died: this one stays in charge.
                 crate::log_error!("New master (pid:{pid}) exited: {status:?}");
                 self.reexec_pid = None;
-                if let (Some(pf), Some(path)) = (&mut self.pidfile, self.cfg.pidfile()) {
-                    let _ = pf.rename(path);
-                }
                 continue;
             }
             let Some(w) = self.workers.remove(&pid) else {
@@ -518,6 +527,7 @@ impl Arbiter {
             self.shm.release(w.slot);
             *self.restarts.entry(reason).or_default() += 1;
             match status {
+                _ if stopping => {}
                 Ok(WORKER_BOOT_ERROR) => {
                     return Err(Halt {
                         reason: Some("Worker failed to boot.".into()),
@@ -760,37 +770,17 @@ impl Arbiter {
         self.kill_workers(sig);
         let limit = Instant::now() + Duration::from_secs(self.cfg.graceful_timeout());
         while !self.workers.is_empty() && Instant::now() < limit {
-            self.reap_quietly();
+            let _ = self.reap_workers(true);
             if self.workers.is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.kill_workers(Signal::SIGKILL);
-        while !self.workers.is_empty() {
-            if !self.reap_quietly() {
-                break;
-            }
-        }
-    }
-
-    /// Reaps without acting on exit codes (used while stopping). Returns
-    /// false when there is nothing left to wait for.
-    fn reap_quietly(&mut self) -> bool {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
-                    if let Some(w) = self.workers.remove(&pid) {
-                        self.shm.release(w.slot);
-                    }
-                }
-                Ok(WaitStatus::StillAlive) => return true,
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => {
-                    self.workers.clear();
-                    return false;
-                }
-            }
+        let limit = Instant::now() + Duration::from_secs(5);
+        while !self.workers.is_empty() && Instant::now() < limit {
+            let _ = self.reap_workers(true);
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -35,6 +35,9 @@ use crate::wsgi::{error_body, error_response, Peer, ServerAddr, Wsgi, WsgiSettin
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const LISTENER_BASE: usize = usize::MAX / 2;
 const READ_SIZE: usize = 16 * 1024;
+/// How long a stopping worker keeps an idle connection open for a request
+/// the client may already have sent (at most --keep-alive).
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 struct Conn {
     fd: OwnedFd,
@@ -84,9 +87,13 @@ pub struct SyncWorker {
     nr: u64,
     max_requests: u64,
     slot: &'static Slot,
-    /// Set when Python asked the worker to exit (SystemExit, e.g. on abort).
-    exit_code: i32,
+    /// Set when Python asked the worker to exit now (SystemExit, e.g. the
+    /// timeout abort or a hook): the exit code.
+    exit: Option<i32>,
     term: Arc<AtomicBool>,
+    /// Set once the worker stops gracefully: the time it exits at the latest.
+    draining: Option<Instant>,
+    graceful_timeout: Duration,
     hooks: Arc<Hooks>,
     /// pre_request or post_request is set: build `req` objects.
     request_hooks: bool,
@@ -229,8 +236,10 @@ impl SyncWorker {
             nr: 0,
             max_requests,
             slot,
-            exit_code: 0,
+            exit: None,
             term,
+            draining: None,
+            graceful_timeout: Duration::from_secs(cfg.graceful_timeout()),
             request_hooks: hooks.has("pre_request") || hooks.has("post_request"),
             hooks,
             view: WorkerView {
@@ -248,12 +257,24 @@ impl SyncWorker {
     pub fn run(&mut self, py: Python<'_>) -> i32 {
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now() + Duration::from_secs(1);
-        while self.alive {
-            if self.term.load(Ordering::Relaxed) {
-                break;
+        loop {
+            if self.term.load(Ordering::Relaxed) || !self.alive {
+                self.stop_gracefully();
+            }
+            if let Some(limit) = self.draining {
+                if self.conns.is_empty() || Instant::now() >= limit {
+                    break;
+                }
             }
             self.slot.set_state(State::Idle);
-            let res = py.detach(|| self.poll.poll(&mut events, Some(Duration::from_secs(1))));
+            // While draining, wake often enough to close idle connections
+            // at their (short) deadlines.
+            let wait = if self.draining.is_some() {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(1)
+            };
+            let res = py.detach(|| self.poll.poll(&mut events, Some(wait)));
             self.slot.beat();
             if let Err(e) = res {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -275,29 +296,31 @@ impl SyncWorker {
                         }
                     }
                 }
-                if !self.alive {
+                if self.exit.is_some() {
                     break;
                 }
             }
+            if self.exit.is_some() {
+                break;
+            }
             let now = Instant::now();
-            if now >= next_sweep {
+            if now >= next_sweep || self.draining.is_some() {
                 next_sweep = now + Duration::from_secs(1);
                 self.sweep(py, now);
             }
         }
-        // gunicorn's sync worker exits once its current request is done; the
-        // idle keep-alive connections are closed.
+        // Whatever is left (idle past the drain deadline) is closed.
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.close(py, k);
         }
-        self.exit_code
+        self.exit.unwrap_or(0)
     }
 
     fn handle_signals(&mut self) {
         for sig in self.signals.pending() {
             match sig {
-                SIGTERM => self.alive = false,
+                SIGTERM => self.stop_gracefully(),
                 SIGUSR1 => {
                     if let Err(e) = crate::log::reopen() {
                         crate::log_error!("reopening log files: {e}");
@@ -314,6 +337,12 @@ impl SyncWorker {
     }
 
     fn accept(&mut self, py: Python<'_>, idx: usize) {
+        if self.term.load(Ordering::Relaxed) {
+            self.stop_gracefully();
+        }
+        if !self.alive {
+            return;
+        }
         let Some(l) = self.listeners.get(idx) else {
             return;
         };
@@ -390,6 +419,24 @@ impl SyncWorker {
             if !self.alive {
                 return;
             }
+        }
+    }
+
+    /// Graceful exit (TERM, max_requests): accept nothing new, answer every
+    /// request already on an accepted connection with `Connection: close`,
+    /// give idle connections a short grace for a request already on its way,
+    /// then exit; bounded by --graceful-timeout.
+    fn stop_gracefully(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.alive = false;
+        let now = Instant::now();
+        self.draining = Some(now + self.graceful_timeout);
+        self.pause_accepting();
+        let grace = now + self.keepalive.min(DRAIN_IDLE_GRACE);
+        for (_, c) in self.conns.iter_mut() {
+            c.deadline = c.deadline.min(grace);
         }
     }
 
@@ -476,10 +523,10 @@ impl SyncWorker {
     /// Serves the complete requests buffered on a connection.
     fn process(&mut self, py: Python<'_>, key: usize) -> Next {
         loop {
-            if self.term.load(Ordering::Relaxed) {
-                self.alive = false;
+            if self.term.load(Ordering::Relaxed) || !self.alive {
+                self.stop_gracefully();
             }
-            if !self.alive {
+            if self.exit.is_some() {
                 return Next::Close;
             }
             let Some(conn) = self.conns.get_mut(key) else {
@@ -569,8 +616,7 @@ impl SyncWorker {
                     // gunicorn: a 500, the connection closed, nr not counted;
                     // post_request still runs with {} and no response.
                     if let Some(code) = e.system_exit {
-                        self.exit_code = code;
-                        self.alive = false;
+                        self.exit = Some(code);
                     }
                     let body = error_body("Internal Server Error", "");
                     let msg = error_response(500, "Internal Server Error", &body);
@@ -586,6 +632,8 @@ impl SyncWorker {
             if self.nr >= self.max_requests {
                 crate::log_info!("Autorestarting worker after current request.");
                 self.slot.set_exit_reason(ExitReason::MaxRequests);
+                // This response says Connection: close; the drain starts
+                // once it is written.
                 self.alive = false;
             }
             self.slot.set_state(State::Busy);
@@ -681,16 +729,14 @@ impl SyncWorker {
                 let view = live_view(&self.view, self.slot, self.alive);
                 if let Err(e) = self.hooks.post_request(py, &view, r, Some(env), Some(&rv)) {
                     if let Some(code) = e.system_exit {
-                        self.exit_code = code;
-                        self.alive = false;
+                        self.exit = Some(code);
                     }
                 }
             }
             let hook_close = hook_req.as_ref().is_some_and(|r| r.must_close(py));
             self.slot.set_state(State::Idle);
             if let Some(code) = out.exit {
-                self.exit_code = code;
-                self.alive = false;
+                self.exit = Some(code);
                 return Next::Close;
             }
             if !out.keep_alive || hook_close || !self.alive {

@@ -506,25 +506,24 @@ impl Wsgi {
             resp.status_code = bad.status;
             resp.must_close = true;
             app_error = true;
-        } else if let (Err(e), Some(code)) = (&run, exit) {
-            // gunicorn: a SystemExit (the timeout abort) after the response
-            // started is logged; before it, the worker just exits.
-            if resp.headers_sent {
-                crate::log_error!(
-                    "Error handling request {}",
-                    crate::python::format_err(py, e)
-                );
-            }
-            crate::log_debug!("worker exiting with code {code}");
-            resp.must_close = true;
-            app_error = true;
         } else if let Err(e) = run {
             app_error = true;
             if resp.broken {
                 crate::log_debug!("client went away: {e}");
             } else {
+                // gunicorn: "Error handling request METHOD URI" + traceback;
+                // a SystemExit (the timeout abort) is answered the same way.
+                let item = |k: &str| {
+                    env.get_item(k)
+                        .ok()
+                        .flatten()
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                };
                 crate::log_error!(
-                    "Error handling request {}",
+                    "Error handling request {} {}\n{}",
+                    item("REQUEST_METHOD"),
+                    item("RAW_URI"),
                     crate::python::format_err(py, &e)
                 );
             }
