@@ -166,3 +166,65 @@ pub fn sendfile_all(
     }
     Ok(())
 }
+
+/// accept4(2) a non-blocking, close-on-exec connection. Ok(None) when no
+/// connection is waiting.
+pub fn accept(listener: RawFd) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    loop {
+        // SAFETY: null address pointers are allowed (peer fetched separately).
+        let fd = unsafe {
+            libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+            return Ok(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) | Some(libc::ECONNABORTED) => continue,
+            Some(libc::EAGAIN) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Sets O_NONBLOCK on a descriptor the process keeps open.
+pub fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on an open descriptor with valid commands.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// The current offset of an open file (None if it cannot seek).
+pub fn file_position(fd: RawFd) -> Option<i64> {
+    // SAFETY: lseek on a descriptor the caller keeps open.
+    let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+    (off >= 0).then_some(off)
+}
+
+/// Moves an open file's offset.
+pub fn seek(fd: RawFd, offset: i64) {
+    // SAFETY: lseek on a descriptor the caller keeps open.
+    unsafe { libc::lseek(fd, offset, libc::SEEK_SET) };
+}
+
+/// The size of an open file.
+pub fn file_size(fd: RawFd) -> Option<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: st is a valid out-pointer for fstat.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so st is initialised.
+    Some(unsafe { st.assume_init() }.st_size)
+}

@@ -4,14 +4,14 @@
 //! closed after every response.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::socket::{accept4, getpeername, setsockopt, sockopt, SockFlag, SockaddrStorage};
+use nix::sys::socket::{getpeername, setsockopt, sockopt, SockaddrStorage};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1, SIGWINCH};
@@ -133,7 +133,7 @@ impl SyncWorker {
                     Interest::READABLE,
                 )
                 .map_err(|e| setup_err("registering a listener", e))?;
-            set_nonblocking(l.fd);
+            netio::set_nonblocking(l.fd);
         }
         let servers = listeners
             .iter()
@@ -353,17 +353,14 @@ impl SyncWorker {
                 self.pause_accepting();
                 return;
             }
-            let fd = match accept4(lfd, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
-                Ok(fd) => fd,
-                Err(nix::errno::Errno::EAGAIN) => return,
-                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+            let fd = match netio::accept(lfd) {
+                Ok(Some(fd)) => fd,
+                Ok(None) => return,
                 Err(e) => {
                     crate::log_error!("accept() failed: {e}");
                     return;
                 }
             };
-            // SAFETY: accept4 just returned this descriptor; nothing else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             let addr = if is_tcp {
                 let _ = setsockopt(&fd, sockopt::TcpNoDelay, &true);
                 peer_addr(fd.as_raw_fd())
@@ -847,14 +844,4 @@ fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
     }
     ss.as_sockaddr_in6()
         .map(|a| SocketAddr::new(IpAddr::V6(a.ip()), a.port()))
-}
-
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on a listening socket the worker inherited and keeps open.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
-    }
 }

@@ -319,24 +319,15 @@ impl Response {
     /// Sends a file with sendfile(2) as gunicorn's Response.sendfile does.
     /// Returns false when the caller must fall back to iterating.
     pub fn sendfile(&mut self, py: Python<'_>, file_fd: RawFd) -> PyResult<bool> {
-        // SAFETY: lseek/fstat on a descriptor the app's file object owns and
-        // keeps open while we use it.
-        let offset = unsafe { libc::lseek(file_fd, 0, libc::SEEK_CUR) };
-        if offset < 0 {
+        let Some(offset) = netio::file_position(file_fd) else {
             return Ok(false);
-        }
+        };
         let nbytes = match self.response_length {
             Some(n) => n,
-            None => {
-                let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-                // SAFETY: st is a valid out-pointer for fstat.
-                if unsafe { libc::fstat(file_fd, st.as_mut_ptr()) } != 0 {
-                    return Ok(false);
-                }
-                // SAFETY: fstat succeeded, so st is initialised.
-                let size = unsafe { st.assume_init() }.st_size;
-                (size - offset).max(0) as u64
-            }
+            None => match netio::file_size(file_fd) {
+                Some(size) => (size - offset).max(0) as u64,
+                None => return Ok(false),
+            },
         };
         self.queue_head();
         if self.omits_body {
@@ -358,8 +349,8 @@ impl Response {
         if self.chunked {
             self.out.extend_from_slice(b"\r\n");
         }
-        // SAFETY: as above; restores the file position as gunicorn does.
-        unsafe { libc::lseek(file_fd, offset, libc::SEEK_SET) };
+        // Restores the file position, as gunicorn does.
+        netio::seek(file_fd, offset);
         Ok(true)
     }
 
