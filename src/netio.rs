@@ -45,11 +45,11 @@ fn wait(py: Option<Python<'_>>, fd: RawFd, flags: PollFlags, deadline: Instant) 
     }
 }
 
-/// read(2) once; Ok(0) means end of stream.
-pub fn read_nb(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+/// write(2) once (MSG_NOSIGNAL semantics come from SIGPIPE being ignored).
+pub fn write_nb(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     loop {
-        // SAFETY: buf is a valid writable slice of buf.len() bytes.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: buf is a valid readable slice of buf.len() bytes.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -60,13 +60,21 @@ pub fn read_nb(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// write(2) once (MSG_NOSIGNAL semantics come from SIGPIPE being ignored).
-pub fn write_nb(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+/// read(2) once, appending up to `max` bytes to `buf` without zeroing the
+/// space first (this runs once per request). Ok(0) means end of stream.
+pub fn read_append(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
     loop {
-        // SAFETY: buf is a valid readable slice of buf.len() bytes.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        let spare = buf.spare_capacity_mut();
+        let len = spare.len().min(max);
+        // SAFETY: the pointer and length describe the vector's spare
+        // capacity, which read(2) may fill with any bytes.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), len) };
         if n >= 0 {
-            return Ok(n as usize);
+            let n = n as usize;
+            // SAFETY: read(2) initialised exactly n bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -85,20 +93,12 @@ pub fn read_blocking(
     timeout: Duration,
 ) -> io::Result<usize> {
     let deadline = Instant::now() + timeout;
-    let old = buf.len();
-    buf.resize(old + chunk, 0);
-    let res = loop {
-        match read_nb(fd, &mut buf[old..]) {
-            Err(e) if would_block(&e) => {
-                if let Err(e) = wait(py, fd, PollFlags::POLLIN, deadline) {
-                    break Err(e);
-                }
-            }
-            other => break other,
+    loop {
+        match read_append(fd, buf, chunk) {
+            Err(e) if would_block(&e) => wait(py, fd, PollFlags::POLLIN, deadline)?,
+            other => return other,
         }
-    };
-    buf.truncate(old + *res.as_ref().unwrap_or(&0));
-    res
+    }
 }
 
 /// Writes all of `data`, waiting for the socket to drain as needed.

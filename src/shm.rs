@@ -5,7 +5,6 @@
 //! no syscalls, no Python.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Worker states, as exported later by `gunicorn_worker_state`.
 #[repr(u32)]
@@ -53,7 +52,8 @@ pub struct Slot {
     /// CLOCK_MONOTONIC milliseconds of the last sign of life (system-wide
     /// clock, so master and workers compare the same time base).
     heartbeat_ms: AtomicU64,
-    /// Wall-clock seconds when the worker entered its current state.
+    /// CLOCK_MONOTONIC milliseconds when the worker entered its current
+    /// state (the exporter converts it to wall-clock time).
     state_since: AtomicU64,
     pub requests: AtomicU64,
     exit_reason: AtomicU32,
@@ -66,11 +66,12 @@ impl Slot {
 
     /// Records a state change (and its wall-clock time) plus a heartbeat.
     pub fn set_state(&self, s: State) {
+        let now = monotonic_ms();
         if self.state.load(Ordering::Relaxed) != s as u32 {
-            self.state_since.store(wall_secs(), Ordering::Relaxed);
+            self.state_since.store(now, Ordering::Relaxed);
             self.state.store(s as u32, Ordering::Release);
         }
-        self.beat();
+        self.heartbeat_ms.store(now, Ordering::Relaxed);
     }
 
     #[allow(dead_code)] // read by the exporter (gunicorn_worker_state's timestamp label)
@@ -104,13 +105,6 @@ impl Slot {
 pub fn monotonic_ms() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC);
     ts.map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
-        .unwrap_or(0)
-}
-
-fn wall_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 

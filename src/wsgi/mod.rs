@@ -469,7 +469,10 @@ impl Wsgi {
             Ok(iterable) => {
                 let r = self.write_result(py, &sr, &iterable);
                 // PEP 3333: close() is always called on the iterable.
-                if let Ok(true) = iterable.hasattr(k.close.bind(py)) {
+                // (lists and tuples have none: skip the failing lookup)
+                let plain = iterable.is_exact_instance_of::<PyList>()
+                    || iterable.is_exact_instance_of::<PyTuple>();
+                if !plain && iterable.hasattr(k.close.bind(py)).unwrap_or(false) {
                     if let Err(e) = iterable.call_method0(k.close.bind(py)) {
                         crate::log_error!(
                             "Error closing response iterable: {}",
