@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ferrocorn vs gunicorn / granian / bjoern: hello-world benchmark, RUNS interleaved repetitions.
 #
-#   bench/run.sh                          # set up (idempotent) + RUNS=3 full runs (~11 min of load) + report
+#   bench/run.sh                          # set up (idempotent) + RUNS=3 runs (~11 min on a quiet box) + report
 #   RUNS=2 bench/run.sh                   # fewer repetitions
 #   ONLY='ferrocorn|bjoern' bench/run.sh  # only configs whose name matches the regex
 #   CORE_ONLY=1 bench/run.sh              # skip the optional rows (ferrocorn -w 2, Flask)

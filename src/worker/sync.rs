@@ -38,6 +38,8 @@ const READ_SIZE: usize = 16 * 1024;
 /// How long a stopping worker keeps an idle connection open for a request
 /// the client may already have sent (at most --keep-alive).
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// Connections accepted per listener before the loop looks at the others.
+const ACCEPT_BATCH: usize = 16;
 
 struct Conn {
     fd: OwnedFd,
@@ -93,6 +95,8 @@ pub struct SyncWorker {
     term: Arc<AtomicBool>,
     /// Set once the worker stops gracefully: the time it exits at the latest.
     draining: Option<Instant>,
+    /// Listeners whose accept batch was cut short (see `accept`).
+    accept_pending: Vec<usize>,
     graceful_timeout: Duration,
     hooks: Arc<Hooks>,
     /// pre_request or post_request is set: build `req` objects.
@@ -239,6 +243,7 @@ impl SyncWorker {
             exit: None,
             term,
             draining: None,
+            accept_pending: Vec::new(),
             graceful_timeout: Duration::from_secs(cfg.graceful_timeout()),
             request_hooks: hooks.has("pre_request") || hooks.has("post_request"),
             hooks,
@@ -269,7 +274,11 @@ impl SyncWorker {
             self.slot.set_state(State::Idle);
             // While draining, wake often enough to close idle connections
             // at their (short) deadlines.
-            let wait = if self.draining.is_some() {
+            let wait = if !self.accept_pending.is_empty() {
+                // Listeners with connections left over from the last batch:
+                // just collect ready events, then accept more.
+                Duration::ZERO
+            } else if self.draining.is_some() {
                 Duration::from_millis(50)
             } else {
                 Duration::from_secs(1)
@@ -299,6 +308,9 @@ impl SyncWorker {
                 if self.exit.is_some() {
                     break;
                 }
+            }
+            for idx in std::mem::take(&mut self.accept_pending) {
+                self.accept(py, idx);
             }
             if self.exit.is_some() {
                 break;
@@ -348,7 +360,7 @@ impl SyncWorker {
         };
         let lfd = l.fd;
         let is_tcp = matches!(l.kind, ListenKind::Tcp(_));
-        loop {
+        for _ in 0..ACCEPT_BATCH {
             if self.conns.len() >= self.max_conns {
                 self.pause_accepting();
                 return;
@@ -416,6 +428,12 @@ impl SyncWorker {
             if !self.alive {
                 return;
             }
+        }
+        // More may be queued: the listener is edge-triggered, so remember
+        // it, and serve what is already accepted before accepting more
+        // (otherwise a steady stream of new connections starves them).
+        if !self.accept_pending.contains(&idx) {
+            self.accept_pending.push(idx);
         }
     }
 
