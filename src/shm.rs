@@ -64,7 +64,19 @@ impl Slot {
         State::from_u32(self.state.load(Ordering::Acquire))
     }
 
-    /// Records a state change (and its wall-clock time) plus a heartbeat.
+    /// Marks the worker busy (a request started) or idle: a heartbeat and
+    /// the state, without moving the state's entry time (requests flip
+    /// these constantly; the exporter shows time in the booting/quitting
+    /// states, not per request).
+    pub fn set_busy(&self, busy: bool) {
+        let s = if busy { State::Busy } else { State::Idle };
+        self.state.store(s as u32, Ordering::Release);
+        if busy {
+            self.beat();
+        }
+    }
+
+    /// Records a state change (and its time) plus a heartbeat.
     pub fn set_state(&self, s: State) {
         let now = monotonic_ms();
         if self.state.load(Ordering::Relaxed) != s as u32 {

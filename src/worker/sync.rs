@@ -262,6 +262,7 @@ impl SyncWorker {
     pub fn run(&mut self, py: Python<'_>) -> i32 {
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now() + Duration::from_secs(1);
+        self.slot.set_state(State::Idle);
         loop {
             if self.term.load(Ordering::Relaxed) || !self.alive {
                 self.stop_gracefully();
@@ -271,7 +272,7 @@ impl SyncWorker {
                     break;
                 }
             }
-            self.slot.set_state(State::Idle);
+            self.slot.set_busy(false);
             // While draining, wake often enough to close idle connections
             // at their (short) deadlines.
             let wait = if !self.accept_pending.is_empty() {
@@ -651,7 +652,7 @@ impl SyncWorker {
                 // once it is written.
                 self.alive = false;
             }
-            self.slot.set_state(State::Busy);
+            self.slot.set_busy(true);
             self.slot
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -751,7 +752,7 @@ impl SyncWorker {
                 }
             }
             let hook_close = hook_req.as_ref().is_some_and(|r| r.must_close(py));
-            self.slot.set_state(State::Idle);
+            self.slot.set_busy(false);
             if let Some(code) = out.exit {
                 self.exit = Some(code);
                 return Next::Close;

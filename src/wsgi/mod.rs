@@ -24,6 +24,8 @@ use response::StartResponse;
 /// client sending random names cannot grow it without limit.
 const HEADER_KEY_CACHE: usize = 512;
 
+const METHODS: [&str; 7] = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"];
+
 /// Environ keys and constant values, created once per worker.
 struct Keys {
     request_method: Py<PyString>,
@@ -48,6 +50,8 @@ struct Keys {
     http10: Py<PyString>,
     http11: Py<PyString>,
     https: Py<PyString>,
+    /// The common methods, so a request reuses one string object.
+    methods: [Py<PyString>; 7],
     close: Py<PyString>,
 }
 
@@ -77,6 +81,7 @@ impl Keys {
             http10: k("HTTP/1.0"),
             http11: k("HTTP/1.1"),
             https: k("https"),
+            methods: METHODS.map(k),
             close: k("close"),
         }
     }
@@ -176,6 +181,24 @@ impl Wsgi {
             concat!("ferrocorn/", env!("CARGO_PKG_VERSION")),
         )?;
         template.set_item("SCRIPT_NAME", settings.script_name.as_str())?;
+        // Keys every request sets, present from the start: the per-request
+        // copy is then a clone of a table already sized for them, and the
+        // request only replaces values (no insertion, no resize).
+        for key in [
+            "REQUEST_METHOD",
+            "QUERY_STRING",
+            "RAW_URI",
+            "SERVER_PROTOCOL",
+            "REMOTE_ADDR",
+            "SERVER_NAME",
+            "SERVER_PORT",
+            "PATH_INFO",
+            "wsgi.input",
+            "gunicorn.socket",
+            "wsgi.early_hints",
+        ] {
+            template.set_item(PyString::intern(py, key), py.None())?;
+        }
         Ok(Wsgi {
             app,
             template: template.unbind(),
@@ -237,10 +260,11 @@ impl Wsgi {
         let set = |key: &Py<PyString>, v: Bound<'py, PyAny>| {
             env.set_item(key.bind(py), v).map_err(py_err)
         };
-        set(
-            &k.request_method,
-            PyString::new(py, &head.method).into_any(),
-        )?;
+        let method = match METHODS.iter().position(|m| *m == head.method) {
+            Some(i) => k.methods[i].bind(py).clone(),
+            None => PyString::new(py, &head.method),
+        };
+        set(&k.request_method, method.into_any())?;
         set(&k.query_string, latin1(py, head.query).into_any())?;
         set(&k.raw_uri, latin1(py, head.uri).into_any())?;
         let proto = match head.version {

@@ -66,18 +66,19 @@ fn is_status(s: &str) -> bool {
         && (b.len() == 3 || (b[3] == b' ' && is_field_value(&s[4..])))
 }
 
-fn is_hop_by_hop(lname: &str) -> bool {
-    matches!(
-        lname,
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailers"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Appends `s` encoded as latin-1 (chars above U+00FF cannot occur: they
@@ -175,15 +176,15 @@ impl Response {
                 return Err(invalid_header(name));
             }
             let value = value.trim_matches(|c| c == ' ' || c == '\t');
-            let lname = name.to_ascii_lowercase();
-            if lname == "content-length" {
+            let is = |n: &str| name.eq_ignore_ascii_case(n);
+            if is("content-length") {
                 length = Some(value.parse::<u64>().map_err(|_| {
                     PyValueError::new_err(format!("invalid literal for Content-Length: {value:?}"))
                 })?);
-            } else if is_hop_by_hop(&lname) {
-                if lname == "connection" && value.eq_ignore_ascii_case("upgrade") {
+            } else if is_hop_by_hop(name) {
+                if is("connection") && value.eq_ignore_ascii_case("upgrade") {
                     upgrade = true;
-                } else if lname == "upgrade" && value.eq_ignore_ascii_case("websocket") {
+                } else if is("upgrade") && value.eq_ignore_ascii_case("websocket") {
                     list.push((name.to_string(), value.to_string()));
                 }
                 continue;
