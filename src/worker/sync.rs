@@ -646,12 +646,12 @@ impl SyncWorker {
                 None
             };
             self.nr += 1;
-            // Wind down before max_requests: once the requests left are no
-            // more than the open connections, stop as for TERM (accept
+            // Wind down before max_requests: once the requests left are fewer
+            // than the open connections (each other one may bring one more), stop as for TERM (accept
             // nothing new, close each connection after its next response),
             // so the worker never serves more than max_requests and drops
             // no request it accepted.
-            if self.alive && self.max_requests.saturating_sub(self.nr) <= open as u64 {
+            if self.alive && self.max_requests.saturating_sub(self.nr) < open as u64 {
                 crate::log_info!("Autorestarting worker after current request.");
                 self.slot.set_exit_reason(ExitReason::MaxRequests);
                 // This response says Connection: close; the drain starts
