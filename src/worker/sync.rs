@@ -362,7 +362,7 @@ impl SyncWorker {
         let lfd = l.fd;
         let is_tcp = matches!(l.kind, ListenKind::Tcp(_));
         for _ in 0..ACCEPT_BATCH {
-            if self.conns.len() >= self.max_conns {
+            if self.conns.len() >= self.conn_limit() {
                 self.pause_accepting();
                 return;
             }
@@ -438,6 +438,14 @@ impl SyncWorker {
         }
     }
 
+    /// Connections the worker may hold: --worker-connections, and no more
+    /// than the requests it has left before max_requests.
+    fn conn_limit(&self) -> usize {
+        let left = self.max_requests.saturating_sub(self.nr);
+        self.max_conns
+            .min(usize::try_from(left).unwrap_or(usize::MAX))
+    }
+
     /// Graceful exit (TERM, max_requests): accept nothing new, answer every
     /// request already on an accepted connection with `Connection: close`,
     /// give idle connections a short grace for a request already on its way,
@@ -486,7 +494,7 @@ impl SyncWorker {
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
             c.peer.close(py);
         }
-        if self.conns.len() < self.max_conns {
+        if self.conns.len() < self.conn_limit() {
             self.resume_accepting();
         }
     }
@@ -646,12 +654,13 @@ impl SyncWorker {
                 None
             };
             self.nr += 1;
-            // Wind down before max_requests: once the requests left are fewer
-            // than the open connections (each other one may bring one more), stop as for TERM (accept
-            // nothing new, close each connection after its next response),
-            // so the worker never serves more than max_requests and drops
-            // no request it accepted.
-            if self.alive && self.max_requests.saturating_sub(self.nr) < open as u64 {
+            // max_requests: the worker never holds more connections than
+            // it has requests left (see `conn_limit`), and a response closes
+            // its connection when keeping it would break that; so no request
+            // it accepted is dropped and it never serves more than its limit.
+            let left = self.max_requests.saturating_sub(self.nr);
+            let over_budget = open as u64 > left;
+            if self.alive && left == 0 {
                 crate::log_info!("Autorestarting worker after current request.");
                 self.slot.set_exit_reason(ExitReason::MaxRequests);
                 // This response says Connection: close; the drain starts
@@ -662,7 +671,8 @@ impl SyncWorker {
             self.slot
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let must_close = !head.keep_alive || self.keepalive.is_zero() || !self.alive;
+            let must_close =
+                !head.keep_alive || self.keepalive.is_zero() || !self.alive || over_budget;
             if head.expect_continue {
                 let _ = netio::write_all(
                     Some(py),
