@@ -1,0 +1,115 @@
+"""Process settings: --daemon with --pid, process titles (-n), WINCH when
+daemonized, and systemd socket activation (LISTEN_FDS)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+from conftest import APPS, IS_GUNICORN, SERVER_BIN, free_port, server_env
+
+
+def wait_for(pred, timeout, msg):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + msg)
+
+
+def read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def cmdline(pid):
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        return f.read().replace(b"\0", b" ").decode().strip()
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_daemon_pidfile_titles_and_winch():
+    d = tempfile.mkdtemp(prefix="fc-daemon-")
+    pidfile = os.path.join(d, "app.pid")
+    port = free_port()
+    env = server_env(tmpdir=d)
+    # --daemon returns at once; the daemonized master writes the pidfile.
+    r = subprocess.run(
+        [SERVER_BIN, "-D", "-p", pidfile, "-n", "myapp", "-w", "2", "-b", "127.0.0.1:%d" % port,
+         "--error-logfile", os.path.join(d, "error.log"), "wsgiapp:app"],
+        cwd=APPS, env=env, timeout=20, capture_output=True)
+    assert r.returncode == 0, r
+    master = wait_for(lambda: read_pid(pidfile), 10, "the pidfile")
+    try:
+        assert os.getsid(master) != os.getsid(0), "the daemon runs in its own session"
+        wait_for(lambda: requests.get("http://127.0.0.1:%d/" % port, timeout=5).status_code == 200,
+                 10, "the daemon to answer")
+        workers = wait_for(lambda: len(children(master)) == 2 and children(master), 10, "2 workers")
+        if not IS_GUNICORN:
+            assert cmdline(master) == "ferrocorn: master [myapp]"
+            for w in workers:
+                assert cmdline(w) == "ferrocorn: worker [myapp]"
+        # WINCH on a daemonized master stops all workers gracefully.
+        os.kill(master, signal.SIGWINCH)
+        wait_for(lambda: children(master) == [], 10, "WINCH to stop the workers")
+        assert alive(master)
+    finally:
+        os.kill(master, signal.SIGTERM)
+        wait_for(lambda: not alive(master), 15, "the daemon to exit")
+    assert not os.path.exists(pidfile), "the pidfile is removed at exit"
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate is not installed")
+def test_systemd_socket_activation():
+    d = tempfile.mkdtemp(prefix="fc-sd-")
+    port = free_port()
+    log = open(os.path.join(d, "out.log"), "wb")
+    # systemd-socket-activate binds the port and execs the server with
+    # LISTEN_FDS=1 / LISTEN_PID set; no --bind is given to the server.
+    p = subprocess.Popen(
+        ["systemd-socket-activate", "-l", "127.0.0.1:%d" % port, SERVER_BIN, "-w", "1", "wsgiapp:app"],
+        cwd=APPS, env=server_env(tmpdir=d), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        r = wait_for(lambda: _get(port), 20, "the activated server to answer")
+        assert r.status_code == 200
+        with open(os.path.join(d, "out.log")) as f:
+            text = f.read()
+        assert "Listening at: http://127.0.0.1:%d" % port in text, text
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def _get(port):
+    try:
+        return requests.get("http://127.0.0.1:%d/" % port, timeout=5)
+    except requests.ConnectionError:
+        return None
