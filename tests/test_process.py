@@ -113,3 +113,18 @@ def _get(port):
         return requests.get("http://127.0.0.1:%d/" % port, timeout=5)
     except requests.ConnectionError:
         return None
+
+
+@pytest.mark.skipif(IS_GUNICORN, reason="ferrocorn embeds one Python version")
+def test_venv_with_another_python_version_is_refused():
+    d = tempfile.mkdtemp(prefix="fc-venv-")
+    os.makedirs(os.path.join(d, "bin"))
+    os.symlink(os.path.join(server_env()["VIRTUAL_ENV"], "bin", "python3"), os.path.join(d, "bin", "python3"))
+    with open(os.path.join(d, "pyvenv.cfg"), "w") as f:
+        f.write("home = /usr/bin\nversion = 3.99.1\n")
+    r = subprocess.run([SERVER_BIN, "wsgiapp:app"], cwd=APPS, env=server_env({"VIRTUAL_ENV": d}),
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "3.99" in lines[0] and "3.11" in lines[0] and "PYO3_PYTHON=" in lines[0], lines[0]
