@@ -821,7 +821,8 @@ fn module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
         .map(|m| m.bind(py).clone())
 }
 
-/// A raised exception as the text `logging` prints for it.
+/// A raised exception as the text `logging` prints for it (the hooks
+/// module's own formatter: it is loaded even where the boot module is not).
 fn format_exc(py: Python<'_>, e: &PyErr) -> String {
     // The traceback is passed explicitly: on Python < 3.12 the exception
     // value of a fetched error does not carry `__traceback__`.

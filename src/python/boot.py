@@ -94,8 +94,11 @@ def prepare_paths(chdir, pythonpath):
             sys.path.insert(0, entry)
 
 
-def format_exception(exc):
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip("\n")
+def format_exception(exc, tb=None):
+    """The traceback text of `exc`. `tb` is passed explicitly because on
+    Python < 3.12 a fetched exception value may not carry __traceback__."""
+    tb = tb if tb is not None else exc.__traceback__
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n")
 
 
 def install_abort_handler(on_abort):

@@ -138,7 +138,7 @@ pub fn boot(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
 pub fn format_err(py: Python<'_>, err: &PyErr) -> String {
     let formatted = boot(py).and_then(|b| {
         b.getattr("format_exception")?
-            .call1((err.value(py),))?
+            .call1((err.value(py), err.traceback(py)))?
             .extract::<String>()
     });
     formatted.unwrap_or_else(|_| err.to_string())
