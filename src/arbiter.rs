@@ -696,7 +696,8 @@ impl Arbiter {
     /// worker proper. Returns the exit code.
     fn run_worker(&self, py: Python<'_>, slot_idx: usize, age: u64) -> i32 {
         title::set_title(&format!("ferrocorn: worker [{}]", self.proc_name));
-        let Some(slot) = self.shm.slot(slot_idx) else {
+        let (Some(slot), Some(metrics)) = (self.shm.slot(slot_idx), self.shm.metrics(slot_idx))
+        else {
             return WORKER_BOOT_ERROR;
         };
         let me = self.new_worker_view(std::process::id(), age);
@@ -717,6 +718,7 @@ impl Arbiter {
             listeners: &self.listeners,
             app,
             slot,
+            metrics,
             hooks: Arc::clone(&self.hooks),
             view: me,
         });
@@ -738,6 +740,9 @@ impl Arbiter {
     fn halt(&mut self, halt: Halt) -> i32 {
         self.stop(halt.graceful);
         crate::log_debug!("worker exits by cause: {:?}", self.restarts);
+        if let Some(retired) = self.shm.retired() {
+            crate::log_debug!("requests served by all workers: {}", retired.requests());
+        }
         if let Some(reason) = &halt.reason {
             crate::log_info!("Reason: {reason}");
         }

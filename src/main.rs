@@ -8,6 +8,7 @@ mod hooks;
 mod http;
 mod httpdate;
 mod log;
+mod metrics;
 mod netio;
 mod process;
 mod python;

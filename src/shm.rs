@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::metrics::store::WorkerMetrics;
+
 /// Worker states, as exported later by `gunicorn_worker_state`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,50 +122,88 @@ pub fn monotonic_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The shared region: `slots` worker slots.
-pub struct Shm {
-    base: std::ptr::NonNull<Slot>,
-    slots: usize,
+/// An anonymous shared mapping of `len` zeroed `T`s, inherited by every
+/// child forked after it was made. `T` must consist of atomics only (all-zero
+/// bytes are a valid value and shared access needs no lock).
+struct Mapping<T> {
+    base: std::ptr::NonNull<T>,
+    len: usize,
 }
 
-impl Shm {
-    /// Maps `slots` zeroed slots shared with every future child. Pages are
-    /// touched only when a slot is used (MAP_NORESERVE).
-    pub fn new(slots: usize) -> Result<Shm, String> {
-        let len = slots
-            .checked_mul(std::mem::size_of::<Slot>())
+impl<T> Mapping<T> {
+    fn new(len: usize) -> Result<Mapping<T>, String> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
             .and_then(std::num::NonZeroUsize::new)
             .ok_or("shared memory size overflow")?;
         // SAFETY: an anonymous shared mapping with no address hint; the
-        // kernel returns zeroed, page-aligned memory (valid all-zero Slots:
-        // atomics are plain integers) that lives until munmap in Drop.
+        // kernel returns zeroed, page-aligned memory (valid all-zero values:
+        // T holds only atomics) that lives until munmap in Drop. Pages are
+        // only backed once touched (MAP_NORESERVE).
         let ptr = unsafe {
             nix::sys::mman::mmap_anonymous(
                 None,
-                len,
+                bytes,
                 nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
                 nix::sys::mman::MapFlags::MAP_SHARED | nix::sys::mman::MapFlags::MAP_NORESERVE,
             )
         }
-        .map_err(|e| format!("mapping {} bytes of shared memory: {e}", len.get()))?;
-        Ok(Shm {
+        .map_err(|e| format!("mapping {} bytes of shared memory: {e}", bytes.get()))?;
+        Ok(Mapping {
             base: ptr.cast(),
-            slots,
+            len,
+        })
+    }
+
+    fn get(&self, i: usize) -> Option<&T> {
+        // SAFETY: i is in bounds of the mapping, which outlives &self; T holds
+        // only atomics, so shared references across processes are sound.
+        (i < self.len).then(|| unsafe { &*self.base.as_ptr().add(i) })
+    }
+}
+
+impl<T> Drop for Mapping<T> {
+    fn drop(&mut self) {
+        let bytes = self.len * std::mem::size_of::<T>();
+        // SAFETY: base/len are exactly what mmap returned; no reference into
+        // the mapping outlives it (get() borrows &self).
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), bytes) };
+    }
+}
+
+/// The shared region: `slots` worker slots, their request metrics, and the
+/// retired accumulator (metrics of reaped workers, folded by the master).
+pub struct Shm {
+    slots: Mapping<Slot>,
+    /// One per slot, then the retired accumulator at index `slots`.
+    metrics: Mapping<WorkerMetrics>,
+}
+
+impl Shm {
+    pub fn new(slots: usize) -> Result<Shm, String> {
+        Ok(Shm {
+            slots: Mapping::new(slots)?,
+            metrics: Mapping::new(slots + 1)?,
         })
     }
 
     pub fn slot(&self, i: usize) -> Option<&Slot> {
-        if i >= self.slots {
-            return None;
-        }
-        // SAFETY: i is in bounds of the mapping, which outlives &self; Slot
-        // holds only atomics, so shared references across processes are sound.
-        Some(unsafe { &*self.base.as_ptr().add(i) })
+        self.slots.get(i)
+    }
+
+    /// The request metrics of slot `i`.
+    pub fn metrics(&self, i: usize) -> Option<&WorkerMetrics> {
+        (i < self.slots.len).then(|| self.metrics.get(i)).flatten()
+    }
+
+    /// Metrics of every worker reaped so far.
+    pub fn retired(&self) -> Option<&WorkerMetrics> {
+        self.metrics.get(self.slots.len)
     }
 
     /// Hands a free slot to a new worker (master only). Returns its index.
     pub fn claim(&self) -> Option<usize> {
-        (0..self.slots).find(|&i| {
+        (0..self.slots.len).find(|&i| {
             self.slot(i).is_some_and(|s| {
                 if s.state() != State::Free {
                     return false;
@@ -178,8 +218,13 @@ impl Shm {
         })
     }
 
-    /// Returns a reaped worker's slot to the pool (master only).
+    /// Returns a reaped worker's slot to the pool (master only), folding its
+    /// metrics into the retired accumulator first so totals stay monotonic.
     pub fn release(&self, i: usize) {
+        if let (Some(m), Some(retired)) = (self.metrics(i), self.metrics.get(self.slots.len)) {
+            m.fold_into(retired);
+            m.clear();
+        }
         if let Some(s) = self.slot(i) {
             s.pid.store(0, Ordering::Relaxed);
             s.state.store(State::Free as u32, Ordering::Release);
@@ -203,15 +248,6 @@ pub fn init(slots: usize) -> Result<&'static Shm, String> {
     }
     let shm = Shm::new(slots)?;
     Ok(GLOBAL.get_or_init(|| shm))
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        let len = self.slots * std::mem::size_of::<Slot>();
-        // SAFETY: base/len are exactly what mmap returned; no reference to a
-        // slot outlives the Shm (slot() borrows &self).
-        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), len) };
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 
 use crate::config::Config;
 use crate::hooks::{Hooks, WorkerView};
+use crate::metrics::store::WorkerMetrics;
 use crate::shm::{ExitReason, Slot, State};
 use crate::sock::{ListenKind, Listener};
 
@@ -27,6 +28,7 @@ pub struct Spawn<'a> {
     pub app: Option<Py<PyAny>>,
     /// This worker's slot in shared memory (heartbeat, state).
     pub slot: &'static Slot,
+    pub metrics: &'static WorkerMetrics,
     pub hooks: Arc<Hooks>,
     /// The worker as hooks see it at boot (pid, age, ...).
     pub view: WorkerView,
@@ -35,6 +37,8 @@ pub struct Spawn<'a> {
 /// What every worker kind receives besides the config and the app.
 pub struct Context {
     pub slot: &'static Slot,
+    /// The slot's request metrics in shared memory.
+    pub metrics: &'static WorkerMetrics,
     pub hooks: Arc<Hooks>,
     pub view: WorkerView,
     /// Set by SIGTERM (registered right after the fork).
@@ -108,6 +112,7 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
             app,
             Context {
                 slot,
+                metrics: spawn.metrics,
                 hooks: Arc::clone(&hooks),
                 view: base,
                 term,

@@ -27,6 +27,7 @@ use crate::http::proxy::{
 };
 use crate::http::{parse_request, HeaderMap, HttpError, Parsed, ParserConfig};
 use crate::log::access::{AccessLog, AccessRecord};
+use crate::metrics::store::{method_index, Observation, WorkerMetrics};
 use crate::netio;
 use crate::shm::{ExitReason, Slot, State};
 use crate::sock::ListenKind;
@@ -89,6 +90,7 @@ pub struct SyncWorker {
     nr: u64,
     max_requests: u64,
     slot: &'static Slot,
+    metrics: &'static WorkerMetrics,
     /// Set when Python asked the worker to exit now (SystemExit, e.g. the
     /// timeout abort or a hook): the exit code.
     exit: Option<i32>,
@@ -119,6 +121,7 @@ impl SyncWorker {
     ) -> Result<SyncWorker, String> {
         let super::Context {
             slot,
+            metrics,
             hooks,
             view,
             term,
@@ -240,6 +243,7 @@ impl SyncWorker {
             nr: 0,
             max_requests,
             slot,
+            metrics,
             exit: None,
             term,
             draining: None,
@@ -671,6 +675,8 @@ impl SyncWorker {
             self.slot
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let t0 = Instant::now();
+            self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
             let must_close =
                 !head.keep_alive || self.keepalive.is_zero() || !self.alive || over_budget;
             if head.expect_continue {
@@ -722,6 +728,7 @@ impl SyncWorker {
             };
             let hook_env = hook_req.as_ref().map(|_| env.clone());
             let version = head.version;
+            let method = method_index(&head.method);
             let is_head = head.method == "HEAD";
             let body = head.body;
             drop(head);
@@ -768,6 +775,14 @@ impl SyncWorker {
                 }
             }
             let hook_close = hook_req.as_ref().is_some_and(|r| r.must_close(py));
+            self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.record(&Observation {
+                method,
+                status: out.status,
+                seconds: t0.elapsed().as_secs_f64(),
+                request_bytes: consumed as u64 + out.request_body,
+                response_bytes: out.sent,
+            });
             self.slot.set_busy(false);
             if let Some(code) = out.exit {
                 self.exit = Some(code);

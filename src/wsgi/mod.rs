@@ -136,6 +136,8 @@ pub struct Outcome {
     pub status_line: Option<String>,
     pub response_length: Option<u64>,
     pub headers_sent: bool,
+    /// Request body bytes the app read (or that were discarded after it).
+    pub request_body: u64,
     /// The app raised SystemExit (e.g. the timeout abort): the worker exits
     /// with this code once the connection is closed.
     pub exit: Option<i32>,
@@ -572,16 +574,23 @@ impl Wsgi {
         let (response_length, headers_sent) = (resp.response_length, resp.headers_sent);
         drop(resp_guard);
         let state = input.borrow_mut().take_state();
+        let mut request_body = 0;
         let leftover = match state {
             Some(mut st) if keep_alive => {
-                if st.discard_rest(1 << 20) {
+                let clean = st.discard_rest(1 << 20);
+                request_body = st.consumed;
+                if clean {
                     Some((std::mem::take(&mut st.raw), st.pos))
                 } else {
                     keep_alive = false;
                     None
                 }
             }
-            _ => None,
+            Some(st) => {
+                request_body = st.consumed;
+                None
+            }
+            None => None,
         };
         Outcome {
             status,
@@ -592,6 +601,7 @@ impl Wsgi {
             status_line,
             response_length,
             headers_sent,
+            request_body,
             exit,
         }
     }
@@ -606,6 +616,7 @@ impl Wsgi {
             status_line: None,
             response_length: None,
             headers_sent: false,
+            request_body: 0,
             exit: None,
         }
     }

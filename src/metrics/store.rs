@@ -1,0 +1,242 @@
+//! Request metrics in shared memory: one [`WorkerMetrics`] per worker slot,
+//! written only by that worker with relaxed atomic adds (no locks, no
+//! syscalls, no Python), read by the exporter, and folded by the master into
+//! a retired accumulator when it reaps the worker, so that server-wide
+//! counters stay monotonic across restarts (DESIGN.md, Shared memory).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// prometheus_client's default buckets united with gunicorn-prometheus-exporter's.
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0,
+];
+
+/// Request and response body sizes, in bytes.
+pub const SIZE_BUCKETS: [f64; 7] = [
+    100.0,
+    1_000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+    100_000_000.0,
+];
+
+/// Method label values; anything else is `OTHER`.
+pub const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+/// Status codes 100..=599 are counted individually.
+const STATUS_MIN: u16 = 100;
+const STATUSES: usize = 500;
+
+pub fn method_index(method: &str) -> usize {
+    METHODS[..9]
+        .iter()
+        .position(|m| *m == method)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// A fixed-bucket histogram: per-bucket (non-cumulative) counts, one
+/// overflow bucket for +Inf, and the sum in micro-units (µs or bytes).
+#[repr(C)]
+pub struct Histogram<const N: usize> {
+    counts: [AtomicU64; N],
+    overflow: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    pub fn observe(&self, bounds: &[f64; N], value: f64) {
+        let i = bounds.iter().position(|b| value <= *b);
+        match i {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_micros
+            .fetch_add((value * 1e6).max(0.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative (le, count) pairs for the finite bounds, the total count
+    /// and the sum, as the exposition wants them.
+    pub fn snapshot(&self, bounds: &[f64; N]) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut cumulative = 0;
+        let buckets = bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(b, c)| {
+                cumulative += c.load(Ordering::Relaxed);
+                (*b, cumulative)
+            })
+            .collect();
+        let count = cumulative + self.overflow.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, count, sum)
+    }
+
+    fn add_into(&self, into: &Self) {
+        for (a, b) in self.counts.iter().zip(&into.counts) {
+            b.fetch_add(a.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        into.overflow
+            .fetch_add(self.overflow.load(Ordering::Relaxed), Ordering::Relaxed);
+        into.sum_micros
+            .fetch_add(self.sum_micros.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        for c in &self.counts {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.overflow.store(0, Ordering::Relaxed);
+        self.sum_micros.store(0, Ordering::Relaxed);
+    }
+}
+
+/// One worker's request metrics (also the layout of the retired accumulator).
+#[repr(C)]
+pub struct WorkerMetrics {
+    pub duration: Histogram<16>,
+    pub request_size: Histogram<7>,
+    pub response_size: Histogram<7>,
+    /// Server-wide families: duration by method, requests by method and status.
+    pub method_duration: [Histogram<16>; 10],
+    by_status: [[AtomicU64; STATUSES]; 10],
+    /// Status codes outside 100..=599 (cannot happen from the app: the
+    /// status line is validated; kept so that nothing is lost silently).
+    odd_status: [AtomicU64; 10],
+    pub in_flight: AtomicU64,
+}
+
+/// What the worker records once a request is answered.
+pub struct Observation {
+    pub method: usize,
+    pub status: u16,
+    pub seconds: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+impl WorkerMetrics {
+    pub fn record(&self, o: &Observation) {
+        self.duration.observe(&DURATION_BUCKETS, o.seconds);
+        self.method_duration[o.method].observe(&DURATION_BUCKETS, o.seconds);
+        self.request_size
+            .observe(&SIZE_BUCKETS, o.request_bytes as f64);
+        self.response_size
+            .observe(&SIZE_BUCKETS, o.response_bytes as f64);
+        match o.status.checked_sub(STATUS_MIN).map(usize::from) {
+            Some(i) if i < STATUSES => self.by_status[o.method][i].fetch_add(1, Ordering::Relaxed),
+            _ => self.odd_status[o.method].fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Requests per (method, status); status 0 stands for codes outside 100..=599.
+    #[allow(dead_code)] // read by the exporter (metrics issue)
+    pub fn requests_by_status(&self) -> Vec<(usize, u16, u64)> {
+        let mut out = Vec::new();
+        for (m, row) in self.by_status.iter().enumerate() {
+            for (i, c) in row.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    out.push((m, STATUS_MIN + i as u16, n));
+                }
+            }
+            let odd = self.odd_status[m].load(Ordering::Relaxed);
+            if odd > 0 {
+                out.push((m, 0, odd));
+            }
+        }
+        out
+    }
+
+    /// Total requests recorded.
+    pub fn requests(&self) -> u64 {
+        self.duration.snapshot(&DURATION_BUCKETS).1
+    }
+
+    /// Adds everything into `into` (the master's retired accumulator).
+    pub fn fold_into(&self, into: &WorkerMetrics) {
+        self.duration.add_into(&into.duration);
+        self.request_size.add_into(&into.request_size);
+        self.response_size.add_into(&into.response_size);
+        for (a, b) in self.method_duration.iter().zip(&into.method_duration) {
+            a.add_into(b);
+        }
+        for (ra, rb) in self.by_status.iter().zip(&into.by_status) {
+            for (a, b) in ra.iter().zip(rb) {
+                let n = a.load(Ordering::Relaxed);
+                if n > 0 {
+                    b.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }
+        for (a, b) in self.odd_status.iter().zip(&into.odd_status) {
+            b.fetch_add(a.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    /// Zeroes a slot for its next worker (master, after folding).
+    pub fn clear(&self) {
+        self.duration.clear();
+        self.request_size.clear();
+        self.response_size.clear();
+        for h in &self.method_duration {
+            h.clear();
+        }
+        for row in &self.by_status {
+            for c in row {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
+        for c in &self.odd_status {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.in_flight.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zeroed() -> Box<WorkerMetrics> {
+        // SAFETY: WorkerMetrics holds only atomics, for which all-zero bytes
+        // are valid values (this is what a fresh shared mapping contains).
+        unsafe { Box::new(std::mem::zeroed()) }
+    }
+
+    #[test]
+    fn records_and_folds() {
+        let w = zeroed();
+        let retired = zeroed();
+        let obs = |method, status, seconds| Observation {
+            method,
+            status,
+            seconds,
+            request_bytes: 10,
+            response_bytes: 5000,
+        };
+        w.record(&obs(method_index("GET"), 200, 0.003));
+        w.record(&obs(method_index("GET"), 200, 0.2));
+        w.record(&obs(method_index("BREW"), 418, 100.0));
+        assert_eq!(w.requests(), 3);
+        let (buckets, count, sum) = w.duration.snapshot(&DURATION_BUCKETS);
+        assert_eq!(count, 3);
+        assert_eq!(buckets[0], (0.005, 1));
+        assert_eq!(buckets.last(), Some(&(60.0, 2)));
+        assert!((sum - 100.203).abs() < 1e-6);
+        let mut by = w.requests_by_status();
+        by.sort();
+        assert_eq!(by, vec![(0, 200, 2), (9, 418, 1)]);
+        w.fold_into(&retired);
+        w.clear();
+        assert_eq!(w.requests(), 0);
+        assert_eq!(retired.requests(), 3);
+        assert_eq!(
+            retired.response_size.snapshot(&SIZE_BUCKETS).0[2],
+            (10_000.0, 3)
+        );
+    }
+}
