@@ -9,6 +9,7 @@ mod http;
 mod httpdate;
 mod log;
 mod metrics;
+mod mpfiles;
 mod netio;
 mod process;
 mod python;

@@ -1,0 +1,173 @@
+//! Native reader, merger and compactor for prometheus_client's multiprocess
+//! `.db` files (`PROMETHEUS_MULTIPROC_DIR`), matching prometheus_client 0.26.0.
+//!
+//! - [`read_dir`]: every `*.db` file of a directory, parsed (robust to files
+//!   being appended to, truncated or corrupt).
+//! - [`collect`] / [`Collector::collect`]: exactly what
+//!   `MultiProcessCollector(registry, path).collect()` yields, with `live*`
+//!   gauge files of dead pids left out.
+//! - [`compact_dead`]: folds a dead worker's files into archive files in the
+//!   same format (`counter_archive.db`, `gauge_max_archive.db`, ...) and
+//!   removes them; prometheus_client reading the directory computes the same
+//!   values as before.
+//! - [`cleanup_dir`]: `CLEANUP_DB_FILES=true`, empty the directory at start.
+
+// API surface for the exporter and the master; not every entry point is used.
+#![allow(dead_code, unused_imports)]
+
+mod compact;
+mod format;
+mod merge;
+
+use std::collections::HashSet;
+use std::io;
+use std::path::Path;
+
+pub use compact::{cleanup_dir, compact_dead, compact_dead_with, AllMode, CompactReport};
+pub use format::{Entry, FileData, FileName, ARCHIVE_PID};
+pub use merge::KeyCache;
+
+/// Metric type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+}
+
+/// One metric family: the exporter's model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub name: String,
+    pub help: String,
+    pub kind: Kind,
+    pub samples: Vec<RawSample>,
+}
+
+/// One sample of a family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawSample {
+    /// Full sample name, e.g. `x_total`, `x_bucket`.
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+    pub timestamp: Option<f64>,
+}
+
+/// How often a directory listing is re-read when a listed file vanished while
+/// reading it (a compaction or `mark_process_dead` ran meanwhile).
+const READ_ATTEMPTS: usize = 3;
+
+/// Reads every `*.db` file of `dir` (the files prometheus_client's collector
+/// globs), sorted by file name.
+///
+/// A file being appended to by a live worker is read up to its used-size
+/// header. A truncated or corrupt file yields the entries before the damage and
+/// sets [`FileData::error`]; a file that is not a `.db` file of a known shape
+/// is skipped. The view is consistent with compaction: a file that an archive
+/// says it already holds is left out, and when a listed file vanishes while
+/// being read the directory is read again (a few times at most).
+pub fn read_dir(dir: &Path) -> Result<Vec<FileData>, String> {
+    let mut last = Vec::new();
+    for _ in 0..READ_ATTEMPTS {
+        let (files, vanished) = read_dir_once(dir)?;
+        last = files;
+        if !vanished {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+fn read_dir_once(dir: &Path) -> Result<(Vec<FileData>, bool), String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    let mut names = Vec::new();
+    for ent in rd {
+        let Ok(ent) = ent else { continue };
+        let Ok(file_name) = ent.file_name().into_string() else {
+            continue;
+        };
+        if let Some(name) = FileName::parse(&file_name) {
+            names.push((file_name, name));
+        }
+    }
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut files = Vec::with_capacity(names.len());
+    let mut vanished = false;
+    for (file_name, name) in names {
+        match format::read_file_io(&dir.join(&file_name), name) {
+            Ok(f) => files.push(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => vanished = true,
+            Err(_) => {}
+        }
+    }
+    // Files an archive already holds (the short window of a compaction
+    // between renaming the archive and deleting them, or a crash inside it).
+    let folded: HashSet<format::FileIdent> = files
+        .iter()
+        .flat_map(|f| f.folded.iter().cloned())
+        .collect();
+    if !folded.is_empty() {
+        files.retain(|f| !folded.contains(&f.ident));
+    }
+    Ok((files, vanished))
+}
+
+/// Whether prometheus_client would show this file: a `live*` gauge file of a
+/// pid that is not alive is left out (prometheus_client relies on
+/// `mark_process_dead` deleting it; this does not need it).
+fn shown(f: &FileData, live_pids: &dyn Fn(u32) -> bool) -> bool {
+    if f.name.typ == "gauge"
+        && f.name
+            .mode
+            .as_deref()
+            .is_some_and(|m| m.starts_with("live"))
+    {
+        if let Some(pid) = f.name.pid_u32() {
+            return live_pids(pid);
+        }
+    }
+    true
+}
+
+/// Merges already read files as `MultiProcessCollector.merge(files)` does, in
+/// the order given, leaving out `live*` gauge files of dead pids.
+pub fn merge_files(
+    files: &[FileData],
+    live_pids: &dyn Fn(u32) -> bool,
+    cache: &mut KeyCache,
+) -> Vec<Family> {
+    let shown: Vec<&FileData> = files.iter().filter(|f| shown(f, live_pids)).collect();
+    merge::merge(&shown, cache)
+}
+
+/// A collector that keeps parsed keys between scrapes.
+#[derive(Default)]
+pub struct Collector {
+    cache: KeyCache,
+}
+
+impl Collector {
+    pub fn new() -> Collector {
+        Collector::default()
+    }
+
+    /// What `MultiProcessCollector(registry, dir).collect()` yields (files
+    /// taken in name order), with `live*` gauges limited to `live_pids`.
+    /// An unreadable directory yields no families.
+    pub fn collect(&mut self, dir: &Path, live_pids: &dyn Fn(u32) -> bool) -> Vec<Family> {
+        match read_dir(dir) {
+            Ok(files) => merge_files(&files, live_pids, &mut self.cache),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// [`Collector::collect`] without a key cache kept between calls.
+pub fn collect(dir: &Path, live_pids: &dyn Fn(u32) -> bool) -> Vec<Family> {
+    Collector::new().collect(dir, live_pids)
+}
+
+#[cfg(test)]
+mod tests;
