@@ -4,6 +4,7 @@
 mod allowlist;
 mod arbiter;
 mod config;
+mod exporter;
 mod hooks;
 mod http;
 mod httpdate;
