@@ -170,11 +170,10 @@ pub fn set_environ(py: Python<'_>, key: &str, value: &str) -> PyResult<()> {
     py.import("os")?.getattr("environ")?.set_item(key, value)
 }
 
-/// Runs `f` around a fork with CPython's fork protocol: the GIL is held
-/// across the fork and the interpreter's locks are reset in the child.
-/// Returns the fork result.
-pub fn fork(py: Python<'_>) -> nix::Result<nix::unistd::ForkResult> {
-    let _ = py; // the caller holds the GIL, as PyOS_BeforeFork requires
+/// fork(2) with CPython's fork protocol: the GIL is held across the fork
+/// (the `Python` token proves it) and the interpreter's locks are reset in
+/// the child.
+pub fn fork(_gil: Python<'_>) -> nix::Result<nix::unistd::ForkResult> {
     ffi_init::fork()
 }
 

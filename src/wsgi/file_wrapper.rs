@@ -2,7 +2,6 @@
 //! sees one with a real file descriptor it uses sendfile(2) instead.
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 
 #[pyclass(module = "ferrocorn", name = "FileWrapper")]
 pub struct FileWrapper {
@@ -59,7 +58,3 @@ impl FileWrapper {
         Some(fd)
     }
 }
-
-/// Keeps `PyBytes` imported for readers of this module's signature docs.
-#[allow(dead_code)]
-type Chunk = Py<PyBytes>;

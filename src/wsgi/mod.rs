@@ -124,7 +124,9 @@ pub struct Wsgi {
     settings: WsgiSettings,
 }
 
-/// What happened to a request, for keep-alive, logs and metrics.
+/// What happened to a request, for keep-alive, logs and metrics. The
+/// default is a request that failed before the app ran (close the connection).
+#[derive(Default)]
 pub struct Outcome {
     pub status: u16,
     pub sent: u64,
@@ -470,7 +472,7 @@ impl Wsgi {
                     "Error handling request: {}",
                     crate::python::format_err(py, &e)
                 );
-                return self.failed(0, None);
+                return Outcome::default();
             }
         };
         let k = &self.keys;
@@ -487,7 +489,7 @@ impl Wsgi {
                 "Error handling request: {}",
                 crate::python::format_err(py, &e)
             );
-            return self.failed(0, None);
+            return Outcome::default();
         }
         let result = self.app.bind(py).call1((env.clone(), sr.clone()));
         let mut app_error = false;
@@ -603,21 +605,6 @@ impl Wsgi {
             headers_sent,
             request_body,
             exit,
-        }
-    }
-
-    fn failed(&self, status: u16, _e: Option<PyErr>) -> Outcome {
-        Outcome {
-            status,
-            sent: 0,
-            keep_alive: false,
-            leftover: None,
-            response_headers: Vec::new(),
-            status_line: None,
-            response_length: None,
-            headers_sent: false,
-            request_body: 0,
-            exit: None,
         }
     }
 
