@@ -12,8 +12,9 @@ die() { printf '==> setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages --------------------------------------------------------
 # command name -> Debian package
-# (redis-server and prometheus join this list when the tests need them)
-declare -A NEED=([curl]=curl [wrk]=wrk)
+# (redis-server joins this list when the tests need it; prometheus and
+# promtool scrape and check the metrics exporter in tests/test_metrics_*.py)
+declare -A NEED=([curl]=curl [wrk]=wrk [prometheus]=prometheus [promtool]=prometheus)
 missing=()
 for cmd in "${!NEED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
@@ -30,7 +31,7 @@ if ((${#missing[@]})); then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
         || die "apt-get install ${missing[*]} failed"
 else
-    say "system packages present (curl, wrk)"
+    say "system packages present (curl, wrk, prometheus)"
 fi
 
 # --- Python virtualenv ------------------------------------------------------

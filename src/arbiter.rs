@@ -21,7 +21,9 @@ use signal_hook::consts::{
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, Loaded};
+use crate::exporter::config::EnvConfig;
 use crate::hooks::{HookError, Hooks, ListenerView, ServerView, WorkerView};
+use crate::metrics::appdir::AppDir;
 use crate::process::pidfile::Pidfile;
 use crate::process::reexec::{self, StartCtx};
 use crate::process::{systemd, title};
@@ -79,8 +81,32 @@ pub struct Arbiter {
     reexec_pid: Option<Pid>,
     proc_name: String,
     shm: &'static Shm,
-    /// Reaped workers by exit cause (exported by the metrics issue).
+    /// Reaped workers by exit cause (logged at exit in debug).
     restarts: BTreeMap<String, u64>,
+    /// The metrics exporter's settings; `None` with --no-metrics.
+    exporter_cfg: Option<EnvConfig>,
+    /// The metrics exporter child while it runs, and when it was forked.
+    exporter: Option<(Pid, Instant)>,
+    /// Do not fork the exporter again before this (it died right away).
+    exporter_not_before: Option<Instant>,
+    /// The exporter was told to stop for a reload: start it again at once.
+    exporter_restart: bool,
+    /// prometheus_client's multiprocess directory (metrics on).
+    app_dir: Option<AppDir>,
+    /// `3.11.7`: the `python` label of ferrocorn_build_info.
+    python_version: String,
+}
+
+/// An exporter that dies sooner than this after its start is restarted
+/// only after [`EXPORTER_RESPAWN_DELAY`], so a crash loop cannot spin.
+const EXPORTER_MIN_LIFE: Duration = Duration::from_secs(5);
+const EXPORTER_RESPAWN_DELAY: Duration = Duration::from_secs(1);
+
+/// A worker exit's cause: one of `shm::RESTART_REASONS`, a signal the
+/// master did not send, or a shutdown exit (not a restart).
+enum Cause {
+    Reason(&'static str),
+    Killed(Signal),
 }
 
 /// Why the master is stopping, and the exit status it stops with.
@@ -129,6 +155,12 @@ impl Arbiter {
             proc_name,
             shm,
             restarts: BTreeMap::new(),
+            exporter_cfg: None,
+            exporter: None,
+            exporter_not_before: None,
+            exporter_restart: false,
+            app_dir: None,
+            python_version: String::new(),
         })
     }
 
@@ -143,6 +175,10 @@ impl Arbiter {
 
     /// gunicorn's Arbiter.setup() and start(), in its order.
     fn start(&mut self) -> Result<(), Halt> {
+        self.setup_metrics().map_err(|e| {
+            crate::log_error!("{e}");
+            Halt::with(1, None)
+        })?;
         self.hook_result(|h, py, sv| h.nworkers_changed(py, sv, sv.num_workers, None))?;
         if self.cfg.preload_app() {
             let app = Python::attach(|py| {
@@ -189,8 +225,160 @@ impl Arbiter {
             crate::log_debug!("sd_notify failed: {e}");
         }
         self.set_title();
+        self.spawn_exporter();
         self.hook_result(|h, py, sv| h.when_ready(py, sv))?;
         Ok(())
+    }
+
+    // -- metrics ----------------------------------------------------------------
+
+    /// Before anything imports the app: the histogram bounds, the exporter's
+    /// settings (a bad value or unreadable TLS file stops the start with a
+    /// clear error) and PROMETHEUS_MULTIPROC_DIR.
+    fn setup_metrics(&mut self) -> Result<(), String> {
+        let bounds = self.cfg.metrics_duration_buckets().map_err(|e| e.0)?;
+        crate::metrics::store::set_duration_bounds(bounds);
+        self.python_version = Python::attach(|py| {
+            let v = py.version_info();
+            format!("{}.{}.{}", v.major, v.minor, v.patch)
+        });
+        if !self.cfg.metrics() {
+            return Ok(());
+        }
+        self.exporter_cfg = Some(self.exporter_settings()?);
+        let (uid, gid) = (self.cfg.uid(), self.cfg.gid());
+        let owner = (uid != nix::unistd::geteuid().as_raw()
+            || gid != nix::unistd::getegid().as_raw())
+        .then_some((uid, gid));
+        let dir = self.cfg.str("prometheus_multiproc_dir").map(str::to_owned);
+        let cleanup = self.cfg.bool("cleanup_db_files");
+        let app_dir = Python::attach(|py| {
+            crate::metrics::appdir::prepare(py, dir.as_deref(), cleanup, owner)
+        })
+        .map_err(|e| format!("metrics: {e}"))?;
+        self.app_dir = Some(app_dir);
+        Ok(())
+    }
+
+    /// The exporter's settings from the configuration, TLS files checked.
+    fn exporter_settings(&self) -> Result<EnvConfig, String> {
+        let c = crate::exporter::config::config_from_settings(&self.cfg)
+            .map_err(|e| format!("metrics: {e}"))?;
+        if let Some(tls) = &c.tls {
+            crate::exporter::tls::validate(tls).map_err(|e| format!("metrics: {e}"))?;
+        }
+        Ok(c)
+    }
+
+    /// Forks the exporter process (metrics on, none running).
+    fn spawn_exporter(&mut self) {
+        let Some(cfg) = self.exporter_cfg.clone() else {
+            return;
+        };
+        if self.exporter.is_some() {
+            return;
+        }
+        let source = crate::metrics::collect::Source {
+            shm: self.shm,
+            tcp_listeners: self
+                .listeners
+                .iter()
+                .filter(|l| matches!(l.kind, crate::sock::ListenKind::Tcp(_)))
+                .map(|l| (l.fd.as_raw_fd(), l.url()))
+                .collect(),
+            multiproc_dir: self.app_dir.as_ref().map(|d| d.path.clone()),
+            version: env!("CARGO_PKG_VERSION"),
+            python: self.python_version.clone(),
+        };
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        let shown = if cfg.bind_address.contains(':') && !cfg.bind_address.starts_with('[') {
+            format!("[{}]:{}", cfg.bind_address, cfg.port)
+        } else {
+            format!("{}:{}", cfg.bind_address, cfg.port)
+        };
+        let master_pid = self.pid;
+        let forked = Python::attach(|py| {
+            let res = crate::python::fork(py);
+            if let Ok(nix::unistd::ForkResult::Child) = res {
+                drop(self.signals.take());
+                title::set_title(&format!("ferrocorn: exporter [{}]", self.proc_name));
+                let code = crate::exporter::child::run(cfg, master_pid, source);
+                std::process::exit(code);
+            }
+            res
+        });
+        match forked {
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                crate::log_info!("Serving metrics at {scheme}://{shown}/metrics (pid: {child})");
+                self.exporter = Some((child, Instant::now()));
+            }
+            Ok(nix::unistd::ForkResult::Child) => std::process::exit(1),
+            Err(e) => {
+                crate::log_error!("cannot fork the metrics exporter: {e}");
+                self.exporter_not_before = Some(Instant::now() + EXPORTER_RESPAWN_DELAY);
+            }
+        }
+    }
+
+    /// Restarts the exporter if it died (not before its respawn delay).
+    fn manage_exporter(&mut self) {
+        if self.exporter.is_some() || self.exporter_cfg.is_none() {
+            return;
+        }
+        if self.exporter_not_before.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.exporter_not_before = None;
+        self.spawn_exporter();
+    }
+
+    /// The exporter `pid` was reaped.
+    fn exporter_exited(&mut self, started: Instant, status: Result<i32, Signal>, stopping: bool) {
+        self.exporter = None;
+        if stopping || std::mem::take(&mut self.exporter_restart) {
+            return;
+        }
+        match status {
+            Ok(code) => {
+                crate::log_error!("metrics exporter exited with code {code}; restarting it")
+            }
+            Err(sig) => {
+                crate::log_error!(
+                    "metrics exporter was killed by {}; restarting it",
+                    sig.as_str()
+                )
+            }
+        }
+        if started.elapsed() < EXPORTER_MIN_LIFE {
+            self.exporter_not_before = Some(Instant::now() + EXPORTER_RESPAWN_DELAY);
+        }
+    }
+
+    /// HUP: the exporter restarts with the new settings (the multiprocess
+    /// directory and histogram bounds stay those of the start).
+    fn reload_exporter(&mut self) {
+        self.exporter_cfg = if self.cfg.metrics() {
+            match self.exporter_settings() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    crate::log_error!("reload: {e}; metrics are off until fixed");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some((pid, _)) = self.exporter {
+            self.exporter_restart = true;
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// Asks the exporter to stop (it is reaped with the workers).
+    fn stop_exporter(&self) {
+        if let Some((pid, _)) = self.exporter {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
     }
 
     fn init_signals(&mut self) -> Result<(), String> {
@@ -274,11 +462,15 @@ impl Arbiter {
             if let Err(h) = self.manage_workers() {
                 return h;
             }
+            self.manage_exporter();
         }
     }
 
     /// One signal, as gunicorn's handle_* methods. Returns a Halt to stop.
     fn handle_signal(&mut self, sig: i32) -> Option<Halt> {
+        if let Some(m) = self.shm.master() {
+            m.count_signal(sig);
+        }
         let name = signal_name(sig).to_lowercase();
         let name = name.trim_start_matches("sig");
         if sig == SIGCHLD {
@@ -365,6 +557,9 @@ impl Arbiter {
             for (k, v) in self.cfg.raw_env() {
                 let _ = crate::python::set_environ(py, &k, &v);
             }
+            if let Err(e) = self.cfg.apply_env_sources() {
+                crate::log_error!("reload: {e}");
+            }
             if let Some(h) = Arc::get_mut(&mut self.hooks) {
                 if let Err(e) = h.update_config(py, &self.cfg) {
                     crate::log_error!("reload: {}", crate::python::format_err(py, &e));
@@ -405,6 +600,7 @@ impl Arbiter {
         }
         self.proc_name = self.cfg.proc_name();
         self.set_title();
+        self.reload_exporter();
         // Retire every current worker once replacements are forked.
         let old: Vec<Pid> = self.workers.keys().copied().collect();
         for _ in 0..self.num_workers {
@@ -519,13 +715,31 @@ impl Arbiter {
                 self.reexec_pid = None;
                 continue;
             }
+            if let Some((exporter, started)) = self.exporter.filter(|(p, _)| *p == pid) {
+                let _ = exporter;
+                self.exporter_exited(started, status, stopping);
+                continue;
+            }
             let Some(w) = self.workers.remove(&pid) else {
                 continue;
             };
-            let reason = self.exit_cause(pid, &w, status);
+            let cause = self.exit_cause(pid, &w, status);
             let view = self.worker_view(pid, &w);
             self.shm.release(w.slot);
-            *self.restarts.entry(reason).or_default() += 1;
+            if let Some(dir) = &self.app_dir {
+                dir.compact(pid.as_raw() as u32);
+            }
+            let label = match &cause {
+                Cause::Reason(r) => (*r).to_owned(),
+                Cause::Killed(sig) => sig.as_str().to_owned(),
+            };
+            *self.restarts.entry(label).or_default() += 1;
+            if let (false, Some(m)) = (stopping, self.shm.master()) {
+                match cause {
+                    Cause::Reason(r) => m.count_restart(r),
+                    Cause::Killed(sig) => m.count_killed_by(sig as i32),
+                }
+            }
             match status {
                 _ if stopping => {}
                 Ok(WORKER_BOOT_ERROR) => {
@@ -548,45 +762,47 @@ impl Arbiter {
         }
     }
 
-    /// The cause of a worker's exit, logged as gunicorn does and returned as
+    /// The cause of a worker's exit, logged as gunicorn does and returned for
     /// the `reason` label of gunicorn_master_worker_restarts_total.
-    fn exit_cause(&self, pid: Pid, w: &WorkerProc, status: Result<i32, Signal>) -> String {
+    fn exit_cause(&self, pid: Pid, w: &WorkerProc, status: Result<i32, Signal>) -> Cause {
         let slot_reason = self.shm.slot(w.slot).map(|s| s.exit_reason());
         match status {
-            Err(Signal::SIGKILL) => {
-                crate::log_error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
-                if w.aborted {
-                    "timeout".into()
-                } else {
-                    "SIGKILL".into()
-                }
-            }
             Err(sig) => {
-                crate::log_error!("Worker (pid:{pid}) was sent {}!", sig.as_str());
-                if w.aborted {
-                    "timeout".into()
+                if sig == Signal::SIGKILL {
+                    crate::log_error!(
+                        "Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?"
+                    );
                 } else {
-                    sig.as_str().into()
+                    crate::log_error!("Worker (pid:{pid}) was sent {}!", sig.as_str());
+                }
+                match sig {
+                    _ if w.aborted => Cause::Reason("timeout"),
+                    Signal::SIGSEGV
+                    | Signal::SIGBUS
+                    | Signal::SIGILL
+                    | Signal::SIGFPE
+                    | Signal::SIGABRT => Cause::Reason("crash"),
+                    _ => Cause::Killed(sig),
                 }
             }
             Ok(code) if w.aborted => {
                 crate::log_info!("Worker (pid:{pid}) exited after a timeout abort (code {code}).");
-                "timeout".into()
+                Cause::Reason("timeout")
             }
             Ok(0) if slot_reason == Some(ExitReason::MaxRequests) => {
                 crate::log_info!("Worker (pid:{pid}) exited after max_requests.");
-                "max_requests".into()
+                Cause::Reason("max_requests")
             }
             Ok(0) => match w.retired {
-                Some(r) => r.into(),
+                Some(r) => Cause::Reason(r),
                 None => {
                     crate::log_info!("Worker (pid:{pid}) exited.");
-                    "exit".into()
+                    Cause::Reason("exit")
                 }
             },
             Ok(code) => {
                 crate::log_error!("Worker (pid:{pid}) exited with code {code}.");
-                "exit_code".into()
+                Cause::Reason("exit_code")
             }
         }
     }
@@ -649,7 +865,7 @@ impl Arbiter {
     fn spawn_worker(&mut self) -> Result<(), Halt> {
         self.age += 1;
         let age = self.age;
-        let Some(slot_idx) = self.shm.claim() else {
+        let Some(slot_idx) = self.shm.claim(age) else {
             crate::log_error!("no free worker slot in shared memory ({SHM_SLOTS} workers at most)");
             return Ok(());
         };
@@ -672,6 +888,12 @@ impl Arbiter {
         });
         match forked {
             Ok(nix::unistd::ForkResult::Parent { child }) => {
+                if let Some(slot) = self.shm.slot(slot_idx) {
+                    // Visible to the exporter from the fork on (the
+                    // worker stores it too, first thing).
+                    slot.pid
+                        .store(child.as_raw() as u32, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.workers.insert(
                     child,
                     WorkerProc {
@@ -696,8 +918,11 @@ impl Arbiter {
     /// worker proper. Returns the exit code.
     fn run_worker(&self, py: Python<'_>, slot_idx: usize, age: u64) -> i32 {
         title::set_title(&format!("ferrocorn: worker [{}]", self.proc_name));
-        let (Some(slot), Some(metrics)) = (self.shm.slot(slot_idx), self.shm.metrics(slot_idx))
-        else {
+        let (Some(slot), Some(metrics), Some(errors)) = (
+            self.shm.slot(slot_idx),
+            self.shm.metrics(slot_idx),
+            self.shm.errors(slot_idx),
+        ) else {
             return WORKER_BOOT_ERROR;
         };
         let me = self.new_worker_view(std::process::id(), age);
@@ -719,6 +944,7 @@ impl Arbiter {
             app,
             slot,
             metrics,
+            errors,
             hooks: Arc::clone(&self.hooks),
             view: me,
         });
@@ -749,6 +975,10 @@ impl Arbiter {
         if let Some(pf) = &self.pidfile {
             pf.unlink();
         }
+        // A new master started by USR2 carries on with the directory.
+        if let (Some(dir), None) = (&self.app_dir, self.reexec_pid) {
+            dir.remove();
+        }
         let on_exit = self.with_server(|sv| Python::attach(|py| self.hooks.on_exit(py, sv)));
         match (halt.status, on_exit) {
             (0, Err(e)) => e.system_exit.unwrap_or(1),
@@ -766,6 +996,7 @@ impl Arbiter {
             crate::sock::unlink_owned(&self.listeners);
         }
         self.listeners.clear();
+        self.stop_exporter();
         crate::log_info!("Shutting down: Master");
         let sig = if graceful {
             Signal::SIGTERM
@@ -782,8 +1013,11 @@ impl Arbiter {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.kill_workers(Signal::SIGKILL);
+        if let Some((pid, _)) = self.exporter {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
         let limit = Instant::now() + Duration::from_secs(5);
-        while !self.workers.is_empty() && Instant::now() < limit {
+        while (!self.workers.is_empty() || self.exporter.is_some()) && Instant::now() < limit {
             let _ = self.reap_workers(true);
             std::thread::sleep(Duration::from_millis(10));
         }

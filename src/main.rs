@@ -57,7 +57,7 @@ fn real_main() -> i32 {
     }
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let loaded = Python::attach(|py| Config::load(py, argv.clone()));
-    let cfg = match loaded {
+    let mut cfg = match loaded {
         Ok(Loaded::Run(cfg)) => cfg,
         Ok(Loaded::Exit(code)) => return code,
         Err(e) => {
@@ -69,7 +69,7 @@ fn real_main() -> i32 {
         eprintln!("Error: {e}");
         return 1;
     }
-    if let Err(code) = Python::attach(|py| prepare(py, &cfg)) {
+    if let Err(code) = Python::attach(|py| prepare(py, &mut cfg)) {
         return code;
     }
     if cfg.print_config_requested() || cfg.check_config() {
@@ -120,14 +120,19 @@ fn real_main() -> i32 {
 }
 
 /// What the master does with Python before the arbiter starts: the
-/// environment (-e), sys.path (--chdir, --pythonpath), --print-config and
-/// --check-config. Returns the exit code to stop with.
-fn prepare(py: Python<'_>, cfg: &Config) -> Result<(), i32> {
+/// environment (-e) and the settings it feeds (PROMETHEUS_*), sys.path
+/// (--chdir, --pythonpath), --print-config and --check-config. Returns the
+/// exit code to stop with.
+fn prepare(py: Python<'_>, cfg: &mut Config) -> Result<(), i32> {
     for (k, v) in cfg.raw_env() {
         if let Err(e) = python::set_environ(py, &k, &v) {
             eprintln!("Error: cannot set {k}: {e}");
             return Err(1);
         }
+    }
+    if let Err(e) = cfg.apply_env_sources() {
+        eprintln!("{e}");
+        return Err(1);
     }
     if let Err(e) = python::prepare_paths(py, cfg.chdir().as_deref(), &cfg.pythonpath()) {
         eprintln!("{}", python::format_err(py, &e));

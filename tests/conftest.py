@@ -69,6 +69,10 @@ def server_env(extra=None, tmpdir=None):
     if tmpdir:
         # gunicorn 27 opens a control socket under $XDG_RUNTIME_DIR: one per test.
         env["XDG_RUNTIME_DIR"] = tmpdir
+    # ferrocorn serves metrics on 0.0.0.0:9090 by default: every test server
+    # gets its own loopback port instead (a test may override both).
+    env["PROMETHEUS_BIND_ADDRESS"] = "127.0.0.1"
+    env["PROMETHEUS_METRICS_PORT"] = str(free_port())
     if extra:
         for k, v in extra.items():
             if v is None:
@@ -121,6 +125,15 @@ def _probe_tcp(addr):
         return False
 
 
+def is_exporter(pid):
+    """Whether pid is a ferrocorn metrics exporter (by its process title)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().startswith(b"ferrocorn: exporter")
+    except OSError:
+        return False
+
+
 class Server:
     """A running server process. `.port`, `.url`, `.proc`, `.log()`."""
 
@@ -150,6 +163,8 @@ class Server:
             pre = ["-c", self.config_path] + pre
         self.cmd = [SERVER_BIN] + pre + self.args
         self.env = server_env(env, self.tmpdir)
+        port = self.env.get("PROMETHEUS_METRICS_PORT")
+        self.metrics_port = int(port) if port and port.isdigit() else None
         self._out_path = os.path.join(self.tmpdir, "stdout.log")
         self._err_path = os.path.join(self.tmpdir, "stderr.log")
         self._out = open(self._out_path, "wb")
@@ -238,8 +253,8 @@ class Server:
                 pids.append(int(d))
         return pids
 
-    def children(self):
-        """PIDs of the master's live child processes."""
+    def all_children(self):
+        """PIDs of the master's live child processes (exporter included)."""
         out = []
         for pid in self.group_pids():
             try:
@@ -247,9 +262,18 @@ class Server:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == self.proc.pid:
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
                 out.append(pid)
         return out
+
+    def children(self):
+        """PIDs of the master's live workers (the metrics exporter left out)."""
+        return [p for p in self.all_children() if not is_exporter(p)]
+
+    def exporter_pid(self):
+        """PID of the metrics exporter process, or None."""
+        found = [p for p in self.all_children() if is_exporter(p)]
+        return found[0] if found else None
 
     def kill(self):
         try:

@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from conftest import APPS
+from conftest import APPS, is_exporter
 
 HOOKS_CONF = os.path.join(APPS, "lc_hooks.py")
 
@@ -117,7 +117,7 @@ def children_of(ppid):
         if not d.isdigit():
             continue
         st = proc_stat(int(d))
-        if st and st[1] == ppid and st[0] != "Z":
+        if st and st[1] == ppid and st[0] != "Z" and not is_exporter(int(d)):
             out.append(int(d))
     return sorted(out)
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, IS_GUNICORN, SERVER_BIN, free_port, server_env
+from conftest import APPS, IS_GUNICORN, SERVER_BIN, free_port, is_exporter, server_env
 
 
 def wait_for(pred, timeout, msg):
@@ -33,8 +33,9 @@ def read_pid(path):
 
 
 def children(pid):
+    """Workers of master `pid` (its metrics exporter left out)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    return [int(p) for p in out.stdout.split() if not is_exporter(int(p))]
 
 
 def cmdline(pid):
@@ -71,6 +72,10 @@ def test_daemon_pidfile_titles_and_winch():
             assert cmdline(master) == "ferrocorn: master [myapp]"
             for w in workers:
                 assert cmdline(w) == "ferrocorn: worker [myapp]"
+            out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)],
+                                 capture_output=True, text=True)
+            titles = [cmdline(int(p)) for p in out.stdout.split()]
+            assert "ferrocorn: exporter [myapp]" in titles, titles
         # WINCH on a daemonized master stops all workers gracefully.
         os.kill(master, signal.SIGWINCH)
         wait_for(lambda: children(master) == [], 10, "WINCH to stop the workers")

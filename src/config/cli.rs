@@ -58,7 +58,7 @@ fn default_text(s: &Setting) -> String {
 fn help_text(s: &Setting) -> String {
     let mut h = format!("{} [{}]", s.help, default_text(s));
     match s.support {
-        Support::Supported => {}
+        Support::Supported | Support::Extension => {}
         Support::Ignored => h.push_str(" (ignored by ferrocorn)"),
         Support::NotYet => h.push_str(" (not implemented yet in ferrocorn)"),
     }

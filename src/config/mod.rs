@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use pyo3::prelude::*;
 
 pub use settings::{Setting, Support};
-pub use value::Value;
+pub use value::{env_bool, Value};
 
 use settings::{DefaultValue, SETTINGS};
 use value::CliRaw;
@@ -365,6 +365,56 @@ impl Config {
         Ok(())
     }
 
+    /// Reads the environment variables that feed the metrics settings
+    /// (PROMETHEUS_METRICS_PORT, ...) into the settings still at their
+    /// defaults. Called after the config file ran and `raw_env` was applied,
+    /// because gunicorn-prometheus-exporter configs set these variables with
+    /// `os.environ.setdefault`. A setting given in the config file or on the
+    /// command line wins over its variable; an empty variable counts as unset.
+    pub fn apply_env_sources(&mut self) -> Result<(), ConfigError> {
+        self.apply_env_sources_from(|k| std::env::var_os(k))
+    }
+
+    fn apply_env_sources_from(
+        &mut self,
+        get: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<(), ConfigError> {
+        for (i, s) in SETTINGS.iter().enumerate() {
+            let Some(var) = s.env else { continue };
+            if s.support != Support::Extension
+                || !matches!(self.origins[i], Origin::Default | Origin::Environment)
+            {
+                continue;
+            }
+            let Some(raw) = get(var) else { continue };
+            let bad = |e: String| ConfigError(format!("invalid value for {var} ({}): {e}", s.name));
+            let text = raw
+                .into_string()
+                .map_err(|v| bad(format!("{v:?} is not valid UTF-8")))?;
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            let v = match s.kind {
+                // gunicorn-prometheus-exporter's booleans; anything else is
+                // an error so that a typo never turns client auth off.
+                settings::Kind::Flag | settings::Kind::NoFlag => match value::env_bool(text) {
+                    Some(b) => Value::Bool(b),
+                    None => {
+                        return Err(bad(format!(
+                            "{} is not a boolean (true/false, 1/0, yes/no, on/off)",
+                            value::py_repr_str(text)
+                        )))
+                    }
+                },
+                _ => value::validate(s, Value::Str(text.to_owned())).map_err(bad)?,
+            };
+            self.values[i] = v;
+            self.origins[i] = Origin::Environment;
+        }
+        Ok(())
+    }
+
     /// The value of a setting; the default when unset. Unknown names give
     /// `Value::None`.
     pub fn get(&self, name: &str) -> &Value {
@@ -411,7 +461,7 @@ impl Config {
         let cwd = value::getcwd();
         let mut out = Vec::new();
         for (i, s) in SETTINGS.iter().enumerate() {
-            if s.support == Support::Supported
+            if matches!(s.support, Support::Supported | Support::Extension)
                 || !self.origins[i].explicit()
                 || self.values[i] == default_value(s, &cwd)
             {
@@ -769,6 +819,62 @@ impl Config {
         self.list("forwarder_headers")
     }
 
+    // -- metrics (ferrocorn settings) ------------------------------------------
+
+    /// Whether the built-in metrics are on (`--no-metrics` turns them off).
+    pub fn metrics(&self) -> bool {
+        self.get("metrics").as_bool().unwrap_or(true)
+    }
+
+    /// The value of the metrics setting fed by environment variable `var`
+    /// (PROMETHEUS_METRICS_PORT, ...), as that variable's text; `None` when
+    /// unset. Lets the exporter's settings be parsed by one set of rules
+    /// whichever source they came from.
+    pub fn metrics_var(&self, var: &str) -> Option<OsString> {
+        let s = SETTINGS
+            .iter()
+            .find(|s| s.env == Some(var) && s.support == Support::Extension)?;
+        match self.get(s.name) {
+            Value::None => None,
+            Value::Bool(b) => Some(OsString::from(if *b { "true" } else { "false" })),
+            Value::Int(i) => Some(OsString::from(i.to_string())),
+            Value::Str(t) => Some(OsString::from(t)),
+            _ => None,
+        }
+    }
+
+    /// The request duration histogram's upper bounds: finite, ascending,
+    /// 1 to 32 of them.
+    pub fn metrics_duration_buckets(&self) -> Result<Vec<f64>, ConfigError> {
+        let bad = |why: String| {
+            ConfigError(format!(
+                "invalid value for --metrics-duration-buckets (metrics_duration_buckets): {why}"
+            ))
+        };
+        let mut out = Vec::new();
+        for t in self.list("metrics_duration_buckets") {
+            match t.trim().parse::<f64>() {
+                Ok(b) if b.is_finite() => out.push(b),
+                _ => {
+                    return Err(bad(format!(
+                        "{} is not a number of seconds",
+                        value::py_repr_str(&t)
+                    )))
+                }
+            }
+        }
+        if out.is_empty() || out.len() > crate::metrics::store::MAX_DURATION_BUCKETS {
+            return Err(bad(format!(
+                "give 1 to {} bounds",
+                crate::metrics::store::MAX_DURATION_BUCKETS
+            )));
+        }
+        if out.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad("bounds must be in ascending order".to_owned()));
+        }
+        Ok(out)
+    }
+
     /// Whether to use sendfile: the explicit setting, else the `SENDFILE`
     /// environment variable (y, 1, yes, true), else true.
     pub fn sendfile(&self) -> bool {
@@ -814,6 +920,7 @@ pub fn compatibility_table() -> String {
             Support::Supported => "supported",
             Support::Ignored => "accepted, ignored (warns)",
             Support::NotYet => "not yet (warns)",
+            Support::Extension => "ferrocorn setting",
         };
         let note = if s.note.is_empty() { s.help } else { s.note };
         out.push_str(&format!(

@@ -26,6 +26,12 @@ websocket_max_message_size http_parser root_path dirty_apps dirty_workers dirty_
 dirty_threads dirty_graceful_timeout on_dirty_starting dirty_post_fork dirty_worker_init \
 dirty_worker_exit control_socket control_socket_mode control_socket_disable";
 
+/// ferrocorn's own settings (the metrics exporter), after gunicorn's.
+const FERROCORN_SETTINGS: &str = "metrics prometheus_bind_address prometheus_metrics_port \
+prometheus_ssl_certfile prometheus_ssl_keyfile prometheus_ssl_client_cafile \
+prometheus_ssl_client_capath prometheus_ssl_client_auth_required prometheus_multiproc_dir \
+cleanup_db_files metrics_duration_buckets";
+
 /// A fresh, empty directory for one test.
 fn tmpdir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -93,8 +99,19 @@ fn load_exit(args: &[&str], env: Env) -> i32 {
 #[test]
 fn table_has_every_gunicorn_setting_once() {
     let names: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
-    let want: Vec<&str> = GUNICORN_SETTINGS.split_whitespace().collect();
+    let want: Vec<&str> = GUNICORN_SETTINGS
+        .split_whitespace()
+        .chain(FERROCORN_SETTINGS.split_whitespace())
+        .collect();
     assert_eq!(names, want);
+    for s in SETTINGS {
+        assert_eq!(
+            s.support == Support::Extension,
+            FERROCORN_SETTINGS.split_whitespace().any(|n| n == s.name),
+            "{}",
+            s.name
+        );
+    }
     let mut sorted = names.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -738,7 +755,14 @@ fn print_config_matches_gunicorn_format() {
     let mut sorted = lines.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, lines);
-    let has = |l: &str| assert!(lines.contains(&l), "missing {l:?} in\n{out}");
+    // Names are padded to the longest one (a ferrocorn setting): compare
+    // with the padding folded to one space.
+    let fold = |l: &str| {
+        l.split_once(" = ")
+            .map(|(k, v)| format!("{} = {v}", k.trim_end()))
+    };
+    let folded: Vec<Option<String>> = lines.iter().map(|l| fold(l)).collect();
+    let has = |l: &str| assert!(folded.contains(&fold(l)), "missing {l:?} in\n{out}");
     has("access_log_format                  = %(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\"");
     has("bind                               = ['a:1']");
     has("default_proc_name                  = app:app");

@@ -272,6 +272,16 @@ fn parse_digits(s: &str, radix: u32, lead_underscore: bool) -> Option<i128> {
     Some(n)
 }
 
+/// A boolean environment variable as gunicorn-prometheus-exporter reads
+/// them (any case): true/1/yes/on or false/0/no/off.
+pub fn env_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 /// Python's `int(s)` (`base0 == false`) or `int(s, 0)` (`base0 == true`).
 pub fn py_int(s: &str, base0: bool) -> Option<i64> {
     let t = s.trim();

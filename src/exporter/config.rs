@@ -41,12 +41,13 @@ impl EnvConfig {
     }
 }
 
-/// Reads the PROMETHEUS_* variables of the process environment.
-pub fn config_from_env() -> Result<EnvConfig, String> {
-    config_from_vars(|name| std::env::var_os(name))
+/// The exporter's settings from the configuration (whose metrics settings
+/// were fed by the PROMETHEUS_* variables, see `Config::apply_env_sources`).
+pub fn config_from_settings(cfg: &crate::config::Config) -> Result<EnvConfig, String> {
+    config_from_vars(|name| cfg.metrics_var(name))
 }
 
-/// As [`config_from_env`], from any source of variables.
+/// The exporter's settings from any source of PROMETHEUS_* variables.
 ///
 /// Rules (gunicorn-prometheus-exporter's, made strict where it silently
 /// ignored a setting):
@@ -157,11 +158,10 @@ pub fn config_from_vars(get: impl Fn(&str) -> Option<OsString>) -> Result<EnvCon
 
 /// gunicorn-prometheus-exporter's truthy set, plus the matching falsy set.
 pub fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" | "" => Some(false),
-        _ => None,
+    if v.trim().is_empty() {
+        return Some(false);
     }
+    crate::config::env_bool(v)
 }
 
 fn check_bind_address(a: &str) -> Result<(), &'static str> {

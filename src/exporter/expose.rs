@@ -158,6 +158,7 @@ fn render_family_004(out: &mut String, g: &Group<'_>) {
         Kind::Counter => (format!("{name}_total"), "counter"),
         Kind::Gauge => (name.clone(), "gauge"),
         Kind::Histogram => (name.clone(), "histogram"),
+        Kind::Summary => (name.clone(), "summary"),
     };
     out.push_str("# HELP ");
     out.push_str(&type_name);
@@ -174,6 +175,7 @@ fn render_family_om(out: &mut String, g: &Group<'_>) {
         Kind::Counter => "counter",
         Kind::Gauge => "gauge",
         Kind::Histogram => "histogram",
+        Kind::Summary => "summary",
     };
     out.push_str("# HELP ");
     out.push_str(&name);
@@ -244,6 +246,11 @@ fn write_samples(out: &mut String, name: &str, g: &Group<'_>) {
                 if first_bound >= 0.0 {
                     sample_line(out, &sum_name, &rendered, *sum);
                 }
+            }
+            (_, SampleValue::Raw { suffix, value }) => {
+                render_labels(&mut rendered, &labels);
+                let full = format!("{name}{suffix}");
+                sample_line(out, &full, &rendered, *value);
             }
             // A value that does not fit its family's kind cannot be
             // expressed under that family's TYPE: skipped.
@@ -981,6 +988,7 @@ for f in fams:
                 Kind::Counter => ("counter", base_name(f)),
                 Kind::Gauge => ("gauge", f.name.as_str()),
                 Kind::Histogram => ("histogram", f.name.as_str()),
+                Kind::Summary => ("summary", f.name.as_str()),
             };
             let mut samples = Vec::new();
             for s in &f.samples {
@@ -994,6 +1002,13 @@ for f in fams:
                         samples.push(format!(
                             "({}, {}, '{v:?}')",
                             py_str(&n),
+                            py_labels(&s.labels, None)
+                        ));
+                    }
+                    SampleValue::Raw { suffix, value } => {
+                        samples.push(format!(
+                            "({}, {}, '{value:?}')",
+                            py_str(&format!("{base}{suffix}")),
                             py_labels(&s.labels, None)
                         ));
                     }

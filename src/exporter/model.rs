@@ -7,6 +7,9 @@ pub enum Kind {
     Counter,
     Gauge,
     Histogram,
+    /// Only from application metrics (prometheus_client's Summary: `_count`
+    /// and `_sum`, as its multiprocess mode keeps them), as raw samples.
+    Summary,
 }
 
 /// One metric family: every sample of one metric name.
@@ -44,4 +47,8 @@ pub enum SampleValue {
         sum: f64,
         count: u64,
     },
+    /// One sample line as prometheus_client produced it (application
+    /// metrics): the family name plus `suffix` (`_total`, `_bucket`, `_sum`,
+    /// `""`, ...), with its labels (`le` included) and value.
+    Raw { suffix: String, value: f64 },
 }

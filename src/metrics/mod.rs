@@ -1,4 +1,6 @@
-//! Metrics: what workers record in shared memory ([`store`]); the exporter
-//! process that serves them comes with the metrics issue.
+//! Metrics: what workers record in shared memory ([`store`]) and what the
+//! exporter process reads back at each scrape ([`collect`]).
 
+pub mod appdir;
+pub mod collect;
 pub mod store;

@@ -6,10 +6,32 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// prometheus_client's default buckets united with gunicorn-prometheus-exporter's.
+/// prometheus_client's default buckets united with gunicorn-prometheus-exporter's
+/// (the default of `metrics_duration_buckets`).
+#[cfg(test)]
 pub const DURATION_BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0,
 ];
+
+/// Room for duration bounds in shared memory (`metrics_duration_buckets`).
+pub const MAX_DURATION_BUCKETS: usize = 32;
+
+static DURATION_BOUNDS: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+
+/// Sets the duration bounds for the run (master, before the first fork;
+/// they cannot change later without mixing bucket layouts, so a reload
+/// keeps the first ones). Returns false if other bounds were set already.
+pub fn set_duration_bounds(bounds: Vec<f64>) -> bool {
+    let want = bounds.clone();
+    DURATION_BOUNDS.get_or_init(|| bounds) == &want
+}
+
+/// The duration histograms' upper bounds (at most [`MAX_DURATION_BUCKETS`]).
+pub fn duration_bounds() -> &'static [f64] {
+    DURATION_BOUNDS
+        .get()
+        .map_or(&[1.0][..], |b| &b[..b.len().min(MAX_DURATION_BUCKETS)])
+}
 
 /// Request and response body sizes, in bytes.
 pub const SIZE_BUCKETS: [f64; 7] = [
@@ -38,7 +60,8 @@ pub fn method_index(method: &str) -> usize {
         .unwrap_or(METHODS.len() - 1)
 }
 
-/// A fixed-bucket histogram: per-bucket (non-cumulative) counts, one
+/// A histogram with room for `N` bounds (the bounds themselves, at most
+/// `N`, are given by the caller): per-bucket (non-cumulative) counts, one
 /// overflow bucket for +Inf, and the sum in micro-units (µs or bytes).
 #[repr(C)]
 pub struct Histogram<const N: usize> {
@@ -47,11 +70,26 @@ pub struct Histogram<const N: usize> {
     sum_micros: AtomicU64,
 }
 
+/// A histogram as read: cumulative `(le, count)` for the finite bounds, the
+/// total count and the sum.
+pub type Snapshot = (Vec<(f64, u64)>, u64, f64);
+
+/// The bucket a value falls in: an index into the bounds, or `bounds.len()`
+/// for +Inf.
+pub fn bucket_of(bounds: &[f64], value: f64) -> usize {
+    bounds.partition_point(|b| *b < value)
+}
+
 impl<const N: usize> Histogram<N> {
-    pub fn observe(&self, bounds: &[f64; N], value: f64) {
-        let i = bounds.iter().position(|b| value <= *b);
-        match i {
-            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+    pub fn observe(&self, bounds: &[f64], value: f64) {
+        self.observe_in(bucket_of(bounds, value), value);
+    }
+
+    /// Records `value` in bucket `i` (from [`bucket_of`]; an index past the
+    /// bounds counts as +Inf).
+    pub fn observe_in(&self, i: usize, value: f64) {
+        match self.counts.get(i) {
+            Some(c) => c.fetch_add(1, Ordering::Relaxed),
             None => self.overflow.fetch_add(1, Ordering::Relaxed),
         };
         self.sum_micros
@@ -60,7 +98,7 @@ impl<const N: usize> Histogram<N> {
 
     /// Cumulative (le, count) pairs for the finite bounds, the total count
     /// and the sum, as the exposition wants them.
-    pub fn snapshot(&self, bounds: &[f64; N]) -> (Vec<(f64, u64)>, u64, f64) {
+    pub fn snapshot(&self, bounds: &[f64]) -> Snapshot {
         let mut cumulative = 0;
         let buckets = bounds
             .iter()
@@ -70,9 +108,20 @@ impl<const N: usize> Histogram<N> {
                 (*b, cumulative)
             })
             .collect();
-        let count = cumulative + self.overflow.load(Ordering::Relaxed);
+        // Values past the last bound land in the slots after it (or in
+        // `overflow` when the bounds fill the histogram): all are +Inf.
+        let count = self.count().max(cumulative);
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         (buckets, count, sum)
+    }
+
+    /// Observations recorded.
+    pub fn count(&self) -> u64 {
+        self.counts
+            .iter()
+            .chain(std::iter::once(&self.overflow))
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn add_into(&self, into: &Self) {
@@ -97,11 +146,11 @@ impl<const N: usize> Histogram<N> {
 /// One worker's request metrics (also the layout of the retired accumulator).
 #[repr(C)]
 pub struct WorkerMetrics {
-    pub duration: Histogram<16>,
+    pub duration: Histogram<MAX_DURATION_BUCKETS>,
     pub request_size: Histogram<7>,
     pub response_size: Histogram<7>,
     /// Server-wide families: duration by method, requests by method and status.
-    pub method_duration: [Histogram<16>; 10],
+    pub method_duration: [Histogram<MAX_DURATION_BUCKETS>; 10],
     by_status: [[AtomicU64; STATUSES]; 10],
     /// Status codes outside 100..=599 (cannot happen from the app: the
     /// status line is validated; kept so that nothing is lost silently).
@@ -120,8 +169,9 @@ pub struct Observation {
 
 impl WorkerMetrics {
     pub fn record(&self, o: &Observation) {
-        self.duration.observe(&DURATION_BUCKETS, o.seconds);
-        self.method_duration[o.method].observe(&DURATION_BUCKETS, o.seconds);
+        let i = bucket_of(duration_bounds(), o.seconds);
+        self.duration.observe_in(i, o.seconds);
+        self.method_duration[o.method].observe_in(i, o.seconds);
         self.request_size
             .observe(&SIZE_BUCKETS, o.request_bytes as f64);
         self.response_size
@@ -153,7 +203,7 @@ impl WorkerMetrics {
 
     /// Total requests recorded.
     pub fn requests(&self) -> u64 {
-        self.duration.snapshot(&DURATION_BUCKETS).1
+        self.duration.count()
     }
 
     /// Adds everything into `into` (the master's retired accumulator).
@@ -209,6 +259,7 @@ mod tests {
 
     #[test]
     fn records_and_folds() {
+        set_duration_bounds(DURATION_BUCKETS.to_vec());
         let w = zeroed();
         let retired = zeroed();
         let obs = |method, status, seconds| Observation {

@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use crate::config::Config;
 use crate::hooks::{Hooks, WorkerView};
 use crate::metrics::store::WorkerMetrics;
+use crate::shm::ErrorTable;
 use crate::shm::{ExitReason, Slot, State};
 use crate::sock::{ListenKind, Listener};
 
@@ -29,6 +30,8 @@ pub struct Spawn<'a> {
     /// This worker's slot in shared memory (heartbeat, state).
     pub slot: &'static Slot,
     pub metrics: &'static WorkerMetrics,
+    /// The slot's failed-request table.
+    pub errors: &'static ErrorTable,
     pub hooks: Arc<Hooks>,
     /// The worker as hooks see it at boot (pid, age, ...).
     pub view: WorkerView,
@@ -39,6 +42,7 @@ pub struct Context {
     pub slot: &'static Slot,
     /// The slot's request metrics in shared memory.
     pub metrics: &'static WorkerMetrics,
+    pub errors: &'static ErrorTable,
     pub hooks: Arc<Hooks>,
     pub view: WorkerView,
     /// Set by SIGTERM (registered right after the fork).
@@ -113,6 +117,7 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
             Context {
                 slot,
                 metrics: spawn.metrics,
+                errors: spawn.errors,
                 hooks: Arc::clone(&hooks),
                 view: base,
                 term,

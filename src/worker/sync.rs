@@ -3,6 +3,7 @@
 //! keep-alive connections stay parked in a mio event loop instead of being
 //! closed after every response.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,8 +28,9 @@ use crate::http::proxy::{
 };
 use crate::http::{parse_request, HeaderMap, HttpError, Parsed, ParserConfig};
 use crate::log::access::{AccessLog, AccessRecord};
-use crate::metrics::store::{method_index, Observation, WorkerMetrics};
+use crate::metrics::store::{method_index, Observation, WorkerMetrics, METHODS};
 use crate::netio;
+use crate::shm::{ErrorLabels, ErrorTable};
 use crate::shm::{ExitReason, Slot, State};
 use crate::sock::ListenKind;
 use crate::wsgi::{error_body, error_response, Peer, ServerAddr, Wsgi, WsgiSettings};
@@ -91,6 +93,9 @@ pub struct SyncWorker {
     max_requests: u64,
     slot: &'static Slot,
     metrics: &'static WorkerMetrics,
+    /// Failed requests by label set, and this worker's index into it.
+    errors: &'static ErrorTable,
+    error_index: HashMap<(String, String, String), usize>,
     /// Set when Python asked the worker to exit now (SystemExit, e.g. the
     /// timeout abort or a hook): the exit code.
     exit: Option<i32>,
@@ -122,6 +127,7 @@ impl SyncWorker {
         let super::Context {
             slot,
             metrics,
+            errors,
             hooks,
             view,
             term,
@@ -244,6 +250,8 @@ impl SyncWorker {
             max_requests,
             slot,
             metrics,
+            errors,
+            error_index: HashMap::new(),
             exit: None,
             term,
             draining: None,
@@ -783,6 +791,16 @@ impl SyncWorker {
                 request_bytes: consumed as u64 + out.request_body,
                 response_bytes: out.sent,
             });
+            if let Some(e) = &out.app_error {
+                self.errors.record(
+                    &mut self.error_index,
+                    &ErrorLabels {
+                        method: METHODS[method].to_owned(),
+                        endpoint: e.endpoint.clone(),
+                        error_type: e.error_type.clone(),
+                    },
+                );
+            }
             self.slot.set_busy(false);
             if let Some(code) = out.exit {
                 self.exit = Some(code);

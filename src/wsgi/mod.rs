@@ -143,6 +143,30 @@ pub struct Outcome {
     /// The app raised SystemExit (e.g. the timeout abort): the worker exits
     /// with this code once the connection is closed.
     pub exit: Option<i32>,
+    /// An exception escaped the app (gunicorn_worker_failed_requests_total).
+    pub app_error: Option<AppError>,
+}
+
+/// An exception that escaped the application, for the error metrics.
+#[derive(Debug, Clone, Default)]
+pub struct AppError {
+    /// The exception's class name.
+    pub error_type: String,
+    /// The request path, without the query string.
+    pub endpoint: String,
+}
+
+/// The path of a request target (origin or absolute form), without the
+/// query string: the `endpoint` label of the error metrics.
+fn endpoint_of(raw_uri: &str) -> &str {
+    let path = raw_uri.split(['?', '#']).next().unwrap_or("");
+    let absolute = path
+        .strip_prefix("http://")
+        .or_else(|| path.strip_prefix("https://"));
+    match absolute {
+        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => path,
+    }
 }
 
 /// Decodes bytes as latin-1, as PEP 3333 "native strings".
@@ -493,6 +517,7 @@ impl Wsgi {
         }
         let result = self.app.bind(py).call1((env.clone(), sr.clone()));
         let mut app_error = false;
+        let mut failure = None;
         let run = match result {
             Ok(iterable) => {
                 let r = self.write_result(py, &sr, &iterable);
@@ -539,6 +564,22 @@ impl Wsgi {
             app_error = true;
         } else if let Err(e) = run {
             app_error = true;
+            if !resp.broken {
+                let raw_uri = env
+                    .get_item("RAW_URI")
+                    .ok()
+                    .flatten()
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                failure = Some(AppError {
+                    error_type: e
+                        .get_type(py)
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                    endpoint: endpoint_of(&raw_uri).to_owned(),
+                });
+            }
             if resp.broken {
                 crate::log_debug!("client went away: {e}");
             } else {
@@ -605,6 +646,7 @@ impl Wsgi {
             headers_sent,
             request_body,
             exit,
+            app_error: failure,
         }
     }
 

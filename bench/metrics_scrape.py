@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""Scrape timing for bench/metrics.sh (stdlib only).
+
+  metrics_scrape.py scrape URL [N]
+      N timed GETs of URL over one persistent HTTP/1.1 connection (http.client reconnects
+      by itself if the server closes); prints one JSON object.
+
+  metrics_scrape.py churn --name NAME --config TEXT --app-url URL --metrics-url URL
+        --mp-dir DIR --workers 8 --checkpoints 10,1000 --scrapes 200 --out FILE.jsonl
+        --log FILE -- COMMAND...
+      Starts COMMAND (a pre-fork server running bench/metrics_apps/metrics_series_app.py
+      with --max-requests 1) in its own session, waits until all workers have booted
+      (bench_app_worker_boots_total == workers in the scrape), then for each checkpoint C
+      sends GET / (one new connection each) until C requests were served, i.e. C worker
+      restarts; waits until the replacements have booted (boots == workers + C), lets it
+      settle, counts the files in the multiprocess dir and times N scrapes.  Appends one
+      JSON record to --out.  The server is stopped by its own PID (SIGTERM, then SIGKILL of
+      any PID left in its process group after a grace period); nothing else is touched.
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+
+BOOTS_RE = re.compile(r"^bench_app_worker_boots_total(?:\{[^}]*\})? (\S+)", re.M)
+S001_RE = re.compile(r'^bench_app_series_total\{[^}]*series="s001"[^}]*\} (\S+)', re.M)
+
+
+def _conn(url, timeout):
+    u = urllib.parse.urlsplit(url)
+    path = (u.path or "/") + (("?" + u.query) if u.query else "")
+    return http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout), path
+
+
+def get_once(url, timeout=5.0, close=True):
+    conn, path = _conn(url, timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"} if close else {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return None
+    k = (len(xs) - 1) * p / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def parse_body(body):
+    text = body.decode("utf-8", "replace")
+    lines = [l for l in text.splitlines() if l and not l.startswith("#")]
+    boots = sum(float(m) for m in BOOTS_RE.findall(text)) if BOOTS_RE.search(text) else None
+    s001 = sum(float(m) for m in S001_RE.findall(text)) if S001_RE.search(text) else None
+    app_series = sum(1 for l in lines if l.startswith("bench_app_series_total"))
+    return {"series": len(lines), "app_series": app_series, "boots": boots, "s001": s001}
+
+
+def scrape(url, n, timeout=30.0):
+    """n timed scrapes over one keep-alive connection; ms per scrape (request to last byte)."""
+    conn, path = _conn(url, timeout)
+    times, errors, last, reconnects = [], 0, b"", 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        try:
+            if conn.sock is None and times:
+                reconnects += 1
+            conn.request("GET", path)
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200:
+                errors += 1
+                continue
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            conn.close()
+            continue
+        times.append((time.perf_counter() - t0) * 1000.0)
+        last = body
+    conn.close()
+    out = {"n": n, "ok": len(times), "errors": errors, "reconnects": reconnects, "bytes": len(last)}
+    if times:
+        out.update(first_ms=round(times[0], 3), median_ms=round(statistics.median(times), 3),
+                   p25_ms=round(pct(times, 25), 3), p75_ms=round(pct(times, 75), 3),
+                   p90_ms=round(pct(times, 90), 3), min_ms=round(min(times), 3), max_ms=round(max(times), 3),
+                   mean_ms=round(statistics.fmean(times), 3))
+    out.update(parse_body(last))
+    return out
+
+
+def dir_stats(d):
+    files, size = 0, 0
+    for root, _, names in os.walk(d):
+        for nm in names:
+            files += 1
+            try:
+                size += os.stat(os.path.join(root, nm)).st_size
+            except OSError:
+                pass
+    return files, size
+
+
+def children(pid):
+    kids = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    out = []
+    for k in kids:
+        try:
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                out.append((k, f.read().replace(b"\0", b" ").decode(errors="replace").strip()))
+        except OSError:
+            pass
+    return out
+
+
+def group_pids(pgid):
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        if int(fields[2]) == pgid:          # state ppid pgrp ...
+            pids.append(int(d))
+    return pids
+
+
+def stop(proc, log):
+    pid = proc.pid
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        log(f"leader {pid} ignored SIGTERM for 15 s; SIGKILL")
+        os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    for _ in range(50):
+        if not group_pids(pid):
+            break
+        time.sleep(0.1)
+    for p in group_pids(pid):
+        log(f"killing leftover member {p} of group {pid}")
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def metrics_state(url):
+    try:
+        st, body = get_once(url, timeout=10)
+    except (OSError, http.client.HTTPException):
+        return None
+    return parse_body(body) if st == 200 else None
+
+
+def churn(a):
+    def log(msg):
+        print(f"[metrics-churn] {a.name}: {msg}", file=sys.stderr, flush=True)
+
+    rec = {"kind": "churn", "name": a.name, "config": a.config, "workers": a.workers, "command": " ".join(a.cmd),
+           "scrapes": a.scrapes, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "points": []}
+    os.makedirs(a.mp_dir, exist_ok=True)
+    logf = open(a.log, "wb")
+    log("starting: " + " ".join(a.cmd))
+    proc = subprocess.Popen(a.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    rec["pid"] = proc.pid
+    status = "ok"
+    try:
+        t0 = time.monotonic()
+        st = None
+        while time.monotonic() - t0 < a.ready_timeout:
+            if proc.poll() is not None:
+                break
+            st = metrics_state(a.metrics_url)
+            if st and st["boots"] is not None and st["boots"] >= a.workers:
+                break
+            time.sleep(0.2)
+        else:
+            st = None
+        if proc.poll() is not None or not st or st["boots"] is None or st["boots"] < a.workers:
+            status = f"not-ready: exit={proc.poll()} last scrape={st}"
+            log(status)
+            return rec, status
+        rec["ready_s"] = round(time.monotonic() - t0, 2)
+        time.sleep(a.settle)
+        served = 0
+        for cp in a.checkpoints:
+            t1 = time.monotonic()
+            fails, phase0 = 0, served
+            while served < cp:
+                try:
+                    code, body = get_once(a.app_url, timeout=60)
+                except (OSError, http.client.HTTPException) as e:
+                    code, body = None, str(e).encode()
+                if code == 200:
+                    served += 1
+                else:
+                    fails += 1
+                    if fails > 50:
+                        status = f"app requests failing at {served} restarts (last: {code} {body[:80]!r})"
+                        log(status)
+                        return rec, status
+                    time.sleep(0.1)
+                if proc.poll() is not None:
+                    status = f"server exited ({proc.returncode}) after {served} restarts"
+                    log(status)
+                    return rec, status
+            churn_s = time.monotonic() - t1
+            # wait until the replacements have booted (boots counter), then settle
+            want = a.workers + served
+            t2 = time.monotonic()
+            st = None
+            while time.monotonic() - t2 < a.settle_timeout:
+                st = metrics_state(a.metrics_url)
+                if st and st["boots"] is not None and st["boots"] >= want:
+                    break
+                time.sleep(0.2)
+            time.sleep(a.settle)
+            files_before, bytes_before = dir_stats(a.mp_dir)
+            kids = children(proc.pid)
+            s = scrape(a.metrics_url, a.scrapes)
+            files_after, bytes_after = dir_stats(a.mp_dir)
+            point = {"restarts": served, "churn_s": round(churn_s, 2),
+                     "restarts_per_s": round((served - phase0) / churn_s, 1) if churn_s else None,
+                     "boots_expected": want, "boots_seen_before_scrape": st and st["boots"],
+                     "mp_files": files_before, "mp_bytes": bytes_before,
+                     "mp_files_after_scrapes": files_after, "mp_bytes_after_scrapes": bytes_after,
+                     "children": len(kids), "children_titles": sorted({c[1][:60] for c in kids}),
+                     "scrape": s}
+            point["s001_expected"] = want
+            rec["points"].append(point)
+            log(f"{served} restarts: {files_before} files, scrape median {s.get('median_ms')} ms "
+                f"(p90 {s.get('p90_ms')}), {s['bytes']} B, boots {s['boots']} (expected {want}), "
+                f"s001 {s['s001']}")
+    finally:
+        rec["alive_at_end"] = proc.poll() is None
+        stop(proc, log)
+        logf.close()
+        rec["status"] = status
+        rec["server_log_bytes"] = os.path.getsize(a.log) if os.path.exists(a.log) else 0
+        with open(a.out, "a") as f:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+    return rec, status
+
+
+def main():
+    if len(sys.argv) >= 3 and sys.argv[1] == "scrape":
+        print(json.dumps(scrape(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 200)))
+        return 0
+    if len(sys.argv) >= 2 and sys.argv[1] == "churn":
+        argv = sys.argv[2:]
+        if "--" not in argv:
+            sys.exit("churn: need -- COMMAND")
+        i = argv.index("--")
+        p = argparse.ArgumentParser(prog="metrics_scrape.py churn")
+        p.add_argument("--name", required=True)
+        p.add_argument("--config", default="")
+        p.add_argument("--app-url", required=True)
+        p.add_argument("--metrics-url", required=True)
+        p.add_argument("--mp-dir", required=True)
+        p.add_argument("--workers", type=int, default=8)
+        p.add_argument("--checkpoints", default="10,1000")
+        p.add_argument("--scrapes", type=int, default=200)
+        p.add_argument("--out", required=True)
+        p.add_argument("--log", required=True)
+        p.add_argument("--ready-timeout", type=float, default=60)
+        p.add_argument("--settle-timeout", type=float, default=60)
+        p.add_argument("--settle", type=float, default=1.5)
+        a = p.parse_args(argv[:i])
+        a.cmd = argv[i + 1:]
+        a.checkpoints = sorted(int(x) for x in a.checkpoints.split(",") if x.strip())
+        _, status = churn(a)
+        return 0 if status == "ok" else 1
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+//! The exporter process proper: what the child the master forks for
+//! metrics runs until it is told to stop.
+
+use super::config::EnvConfig;
+use super::server;
+use crate::metrics::collect::{Collector, Source};
+
+/// Runs the exporter (in the forked child) and returns its exit status.
+pub fn run(cfg: EnvConfig, master_pid: u32, source: Source) -> i32 {
+    // Die with the master even if it is SIGKILLed, rather than hold the
+    // port; /health also answers 503 once the parent is gone.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+        crate::log_debug!("metrics exporter: PR_SET_PDEATHSIG failed: {e}");
+    }
+    if nix::unistd::getppid().as_raw() as u32 != master_pid {
+        return 0;
+    }
+    let mut collector = Collector::new(source);
+    server::run(
+        cfg.into_server_config(master_pid, log_line),
+        Box::new(move || collector.collect()),
+    )
+}
+
+fn log_line(line: &str) {
+    crate::log_error!("{line}");
+}
