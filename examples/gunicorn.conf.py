@@ -12,3 +12,8 @@ accesslog = "-"
 loglevel = "info"
 chdir = os.path.join(_here, "flaskapp")
 wsgi_app = "app:app"
+
+# Metrics are on by default; these are gunicorn-prometheus-exporter's
+# variables, set the way its documentation does (the environment still wins).
+os.environ.setdefault("PROMETHEUS_BIND_ADDRESS", "127.0.0.1")
+os.environ.setdefault("PROMETHEUS_METRICS_PORT", "9091")

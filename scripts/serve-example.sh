@@ -8,5 +8,5 @@ cd "$ROOT"
 scripts/setup.sh
 export VIRTUAL_ENV="$ROOT/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
-echo "==> serving examples/flaskapp on http://127.0.0.1:8000 (Ctrl-C to stop)" >&2
+echo "==> serving examples/flaskapp on http://127.0.0.1:8000, metrics on http://127.0.0.1:9091/metrics (Ctrl-C to stop)" >&2
 exec "$ROOT/target/release/ferrocorn" -c "$ROOT/examples/gunicorn.conf.py" "$@"

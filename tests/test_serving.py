@@ -7,7 +7,7 @@ import tempfile
 import pytest
 import requests
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, IS_GUNICORN
 from helpers import RawConn, chunked
 
 WORKERS = ["1", "4"]
@@ -192,6 +192,12 @@ def test_example_config(server):
     r = requests.get(s.url + "/hello/example", timeout=10)
     assert r.text == "Hello, example!"
     s.wait_log('"GET /hello/example HTTP/1.1" 200')
+    if not IS_GUNICORN:
+        # ferrocorn's metrics (port from the test's environment, which wins
+        # over the config's os.environ.setdefault) with the app's own counter
+        m = requests.get("http://127.0.0.1:%d/metrics" % s.metrics_port, timeout=10).text
+        assert 'example_pages_served_total{endpoint="hello"} 1.0' in m, m
+        assert 'gunicorn_requests_total{method="GET",status="200"}' in m, m
 
 
 def test_hello_example(server):

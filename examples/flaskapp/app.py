@@ -9,8 +9,18 @@ import tempfile
 import time
 
 from flask import Flask, Response, request, send_file, stream_with_context
+from prometheus_client import Counter
 
 app = Flask(__name__)
+# The app's own metric: ferrocorn serves it on its /metrics next to its own
+# families (prometheus_client multiprocess mode, no set-up in the app).
+PAGES = Counter("example_pages_served", "Pages served by the example app", ["endpoint"])
+
+
+@app.after_request
+def _count_page(response):
+    PAGES.labels(endpoint=request.endpoint or "none").inc()
+    return response
 # A real file for /file, written once to the temp dir (keeps the work tree clean).
 DATA_FILE = os.path.join(tempfile.gettempdir(), "ferrocorn-example-data-%d.bin" % os.getuid())
 
