@@ -309,7 +309,9 @@ impl Arbiter {
         });
         match forked {
             Ok(nix::unistd::ForkResult::Parent { child }) => {
-                crate::log_info!("Serving metrics at {scheme}://{shown}/metrics (pid: {child})");
+                crate::log_info!(
+                    "Starting metrics exporter for {scheme}://{shown}/metrics (pid: {child})"
+                );
                 self.exporter = Some((child, Instant::now()));
             }
             Ok(nix::unistd::ForkResult::Child) => std::process::exit(1),

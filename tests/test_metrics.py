@@ -60,7 +60,8 @@ def _try_samples(s):
 
 def test_exporter_serves_every_family_and_health(server):
     s = server(["-w", "2", "--metrics-duration-buckets", "0.1,1", "wsgiapp:app"])
-    # the fixture's readiness probe was one GET / already
+    wait_workers_serving(s, 2)
+    # the readiness probe and the requests above are counted already
     base = total(wait_metrics(s), "gunicorn_requests_total", method="GET", status="200")
     for _ in range(5):
         assert requests.get(s.url + "/").status_code == 200
@@ -107,7 +108,7 @@ def test_no_metrics_runs_no_exporter(server):
     assert s.exporter_pid() is None
     with pytest.raises(requests.ConnectionError):
         scrape(s)
-    assert "Serving metrics" not in s.log()
+    assert "metrics exporter" not in s.log()
 
 
 def test_exporter_killed_is_restarted_while_requests_succeed(server):
@@ -156,7 +157,7 @@ def test_env_vars_are_read_after_the_config_file(server):
     s = server(["-w", "1", "wsgiapp:app"], config_text=conf, env={"PROMETHEUS_METRICS_PORT": None})
     s.metrics_port = port
     wait_metrics(s)
-    assert "Serving metrics at http://127.0.0.1:%d/metrics" % port in s.log()
+    assert "Starting metrics exporter for http://127.0.0.1:%d/metrics" % port in s.log()
 
 
 def test_precedence_env_file_cli(server):
@@ -164,7 +165,7 @@ def test_precedence_env_file_cli(server):
     conf = "prometheus_metrics_port = %d\n" % file_port
     s = server(["-w", "1", "wsgiapp:app"], config_text=conf,
                env={"PROMETHEUS_METRICS_PORT": str(env_port)})
-    assert "Serving metrics at http://127.0.0.1:%d/metrics" % file_port in s.log()
+    assert "Starting metrics exporter for http://127.0.0.1:%d/metrics" % file_port in s.log()
     s2 = server(["-w", "1", "--prometheus-metrics-port", str(cli_port), "wsgiapp:app"],
                 config_text=conf, env={"PROMETHEUS_METRICS_PORT": str(env_port)})
     s2.metrics_port = cli_port

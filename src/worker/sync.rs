@@ -788,7 +788,7 @@ impl SyncWorker {
                 method,
                 status: out.status,
                 seconds: t0.elapsed().as_secs_f64(),
-                request_bytes: consumed as u64 + out.request_body,
+                request_bytes: out.request_body,
                 response_bytes: out.sent,
             });
             if let Some(e) = &out.app_error {
