@@ -211,18 +211,21 @@ def churn(a):
         served = 0
         for cp in a.checkpoints:
             t1 = time.monotonic()
-            fails, phase0 = 0, served
+            fails, phase0, last_ok = 0, served, time.monotonic()
             while served < cp:
                 try:
-                    code, body = get_once(a.app_url, timeout=60)
+                    code, body = get_once(a.app_url, timeout=a.request_timeout)
                 except (OSError, http.client.HTTPException) as e:
-                    code, body = None, str(e).encode()
+                    code, body = None, (type(e).__name__ + ": " + str(e)).encode()
                 if code == 200:
                     served += 1
+                    fails, last_ok = 0, time.monotonic()
                 else:
                     fails += 1
-                    if fails > 50:
-                        status = f"app requests failing at {served} restarts (last: {code} {body[:80]!r})"
+                    if fails > 50 or time.monotonic() - last_ok > a.stall_timeout:
+                        kids = children(proc.pid)
+                        status = (f"stalled: no request served for {time.monotonic() - last_ok:.0f} s after {served} "
+                                  f"restarts (master alive, {len(kids)} children; last: {code} {body[:80]!r})")
                         log(status)
                         return rec, status
                     time.sleep(0.1)
@@ -291,6 +294,8 @@ def main():
         p.add_argument("--ready-timeout", type=float, default=60)
         p.add_argument("--settle-timeout", type=float, default=60)
         p.add_argument("--settle", type=float, default=1.5)
+        p.add_argument("--request-timeout", type=float, default=15)
+        p.add_argument("--stall-timeout", type=float, default=45)
         a = p.parse_args(argv[:i])
         a.cmd = argv[i + 1:]
         a.checkpoints = sorted(int(x) for x in a.checkpoints.split(",") if x.strip())
