@@ -15,7 +15,9 @@
 #       ferrocorn (metrics on)  |  ferrocorn --no-metrics          <- acceptance: rps ratio >= 0.98
 #       gunicorn 23 + gunicorn-prometheus-exporter 0.2.4  |  gunicorn 23 (its baseline)
 #       granian 2.8 --metrics   |  granian (its baseline)
-#     The ferrocorn pair always runs back to back (order alternating per run); the units rotate.
+#     The ferrocorn pair always runs back to back, PAIR_REPEATS (2) times per run in ABBA order
+#     (alternating per run); the units rotate.  Plus (IR_CHECK) the ferrocorn worker's instructions
+#     per request, on vs off, under valgrind: the noise-free view of the same question.
 #  B. scrape under churn: CHURN_WORKERS (8) workers of bench/metrics_apps/metrics_series_app.py
 #     (500 prometheus_client Counter series per worker, created at import in each worker, no
 #     preload, PROMETHEUS_MULTIPROC_DIR on tmpfs), --max-requests 1, and GET / until 10 and then
@@ -26,6 +28,7 @@
 #
 # Knobs [defaults]:
 #   RUNS [3]  DURATION [10s] (wrk per run)  WARMUP [2s]  WRK_CONNS [50]  WRK_THREADS [1]
+#   PAIR_REPEATS [2]     the ferrocorn on/off pair is measured this many times per run (ABBA)
 #   HELLO_SCRAPES [50]   curl scrapes of /metrics per hello row, after the load
 #   BASELINES [1]        0 = skip the plain gunicorn 23 / granian rows
 #   RESTARTS [1000]  SCRAPES [200]  CHURN_WORKERS [8]  SERIES [500]
@@ -42,6 +45,8 @@
 #                        --no-metrics; without it the ferrocorn rows are recorded as pending
 #   QUIET_BUSY_PCT [20] QUIET_WAIT [60]  wait before each row until other processes use < this % of the box
 #   MAX_FOREIGN_PCT [15] RETRIES [1]      re-measure a hello row once if others used > this % of a core
+#   IR_CHECK [1]         ferrocorn worker instructions/request, metrics on vs off, under valgrind cachegrind
+#                        (noise-free complement to A; ~30 s; skipped without valgrind). IR_N1 [2000] IR_N2 [12000]
 #   HELLO_BUDGET_S [480] after this many s of hello rows: no more re-measuring, quiet-waits cut to 5 s
 #                        (bounds the run time on a busy box; such rows are flagged (!) in the report)
 #   OUT_DIR [bench/metrics-results]  raw records (raw.jsonl, versions.txt), logs/ ; REPORT [bench/metrics-results.md]
@@ -81,6 +86,8 @@ VERSIONS="$OUT_DIR/versions.txt"
 LOGDIR="$OUT_DIR/logs"
 MP_BASE="${MP_BASE:-/dev/shm}"
 HELLO_BUDGET_S="${HELLO_BUDGET_S:-480}"
+PAIR_REPEATS="${PAIR_REPEATS:-2}"
+IR_CHECK="${IR_CHECK:-1}" IR_N1="${IR_N1:-2000}" IR_N2="${IR_N2:-12000}"
 HELLO_T0=$SECONDS
 export WRK_THREADS="${WRK_THREADS:-1}" WRK_CONNS="${WRK_CONNS:-50}"
 export WRK_DURATION="${DURATION:-${WRK_DURATION:-10s}}" WRK_WARMUP="${WARMUP:-${WRK_WARMUP:-2s}}"
@@ -105,6 +112,7 @@ setup() {
   local need_apt=()
   command -v wrk >/dev/null || need_apt+=(wrk)
   command -v curl >/dev/null || need_apt+=(curl)
+  [[ "$IR_CHECK" == 1 ]] && ! command -v valgrind >/dev/null && need_apt+=(valgrind)
   if [[ ${#need_apt[@]} -gt 0 ]]; then
     say "apt-get install ${need_apt[*]}"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null; } \
@@ -302,7 +310,14 @@ hello_all() {
     for k in $(seq 0 $((n - 1))); do
       u="${units[$(( (k + r - 1) % n ))]}"
       read -r -a names <<<"$u"
-      (( ${#names[@]} == 2 && r % 2 == 0 )) && names=("${names[1]}" "${names[0]}")   # alternate the pair's order
+      if (( ${#names[@]} == 2 )); then   # the ferrocorn pair: ABBA..., order alternating per run
+        local a="${names[0]}" b="${names[1]}" j
+        (( r % 2 == 0 )) && { a="${names[1]}"; b="${names[0]}"; }
+        names=()
+        for j in $(seq 1 "$PAIR_REPEATS"); do
+          if (( j % 2 )); then names+=("$a" "$b"); else names+=("$b" "$a"); fi
+        done
+      fi
       for name in "${names[@]}"; do
         [[ "$name" =~ $ONLY ]] || continue
         hello_one "$r" "${IDX[$name]}" "$name"
@@ -317,10 +332,12 @@ churn_one() {  # NAME
   [[ "$name" =~ $ONLY ]] || return 0
   port="$(free_port 18690)"; mport="$(free_port 19690)"
   [[ "$mport" == "$port" ]] && mport="$(free_port $((port + 1)))"
+  if [[ "$name" == churn:ferrocorn && "$FERRO_READY" != 1 ]]; then
+    skip_rec churn "$name" 0 "pending: ferrocorn metrics not implemented yet"; return 0
+  fi
   mp="$(new_mp_dir)"
   case "$name" in
     churn:ferrocorn)
-      if [[ "$FERRO_READY" != 1 ]]; then skip_rec churn "$name" 0 "pending: ferrocorn metrics not implemented yet"; return; fi
       cps="10,$RESTARTS"; scrapes="$SCRAPES"
       cmd=(env -u PROMETHEUS_METRICS_PORT -u PROMETHEUS_BIND_ADDRESS
            "VIRTUAL_ENV=$FERRO_VENV" "PROMETHEUS_MULTIPROC_DIR=$mp" "METRICS_APP_SERIES=$SERIES"
@@ -346,6 +363,26 @@ churn_one() {  # NAME
   return "$rc"
 }
 
+# ---------------------------------------------------- instructions/request ----
+# Timing on this shared 2-core box moves by +-10 % between runs; the instruction count of the worker
+# does not.  ferrocorn metrics on vs --no-metrics under valgrind (cachegrind, no cache simulation).
+ir_check() {
+  local name mode port
+  [[ "$IR_CHECK" == 1 && "$FERRO_READY" == 1 ]] || return 0
+  command -v valgrind >/dev/null || { say "valgrind not installed: skipping the instructions/request check"; return 0; }
+  for name in ir:ferrocorn ir:ferrocorn--no-metrics; do
+    [[ "$name" =~ $ONLY ]] || continue
+    port="$(free_port 18680)"
+    if [[ "$name" == ir:ferrocorn ]]; then mode=(--prometheus-bind-address 127.0.0.1 --prometheus-metrics-port "$(free_port 19680)")
+    else mode=(--no-metrics); fi
+    (cd "$APPS" && "$PY" "$BENCH_DIR/metrics_scrape.py" irs --name "$name" --app-url "http://127.0.0.1:$port/" \
+        --workdir "$LOGDIR/ir/${name#ir:}" --n1 "$IR_N1" --n2 "$IR_N2" --out "$RAW" -- \
+        env -u PROMETHEUS_MULTIPROC_DIR "VIRTUAL_ENV=$FERRO_VENV" valgrind -q --tool=cachegrind --cache-sim=no \
+        '--cachegrind-out-file={OUTDIR}/cg.%p' "$FERRO" -w 1 -t 300 -b "127.0.0.1:$port" "${mode[@]}" hello_wsgi:app) \
+      || say "$name failed (see $LOGDIR/ir/)"
+  done
+}
+
 main() {
   mkdir -p "$OUT_DIR" "$LOGDIR"
   if [[ "${REPORT_ONLY:-0}" == 1 ]]; then "$PY" "$BENCH_DIR/metrics_report.py" "$RAW" "$VERSIONS" "$REPORT"; return; fi
@@ -354,12 +391,13 @@ main() {
   [[ -x "$PY" && -x "$G" && -x "$GR" ]] || die "$MVENV incomplete (run without SKIP_SETUP=1)"
   [[ -x "$FERRO_VENV/bin/python" ]] || die "FERRO_VENV=$FERRO_VENV is not a venv"
   prepare_ferrocorn
-  [[ "${APPEND:-0}" == 1 ]] || { : >"$RAW"; rm -rf -- "$LOGDIR"/run* "$LOGDIR"/churn; }
+  [[ "${APPEND:-0}" == 1 ]] || { : >"$RAW"; rm -rf -- "$LOGDIR"/run* "$LOGDIR"/churn "$LOGDIR"/ir; }
   record_versions
   local t0=$SECONDS
   HELLO_T0=$SECONDS
   hello_all
   say "hello rows took $((SECONDS - t0)) s"
+  ir_check
   local t1=$SECONDS
   churn_one churn:ferrocorn
   if [[ "$ANCHOR_CHURN" == 1 ]]; then

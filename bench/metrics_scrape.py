@@ -5,6 +5,12 @@
       N timed GETs of URL over one persistent HTTP/1.1 connection (http.client reconnects
       by itself if the server closes); prints one JSON object.
 
+  metrics_scrape.py irs --name NAME --app-url URL --workdir DIR [--n1 2000 --n2 12000] --out FILE.jsonl
+        -- valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file={OUTDIR}/cg.%p SERVER...
+      Instructions per request in the worker, free of timing noise: runs the server under
+      cachegrind twice (n1 and n2 keep-alive requests on one connection) and prints the
+      worker's (Ir(n2) - Ir(n1)) / (n2 - n1).
+
   metrics_scrape.py churn --name NAME --config TEXT --app-url URL --metrics-url URL
         --mp-dir DIR --workers 8 --checkpoints 10,1000 --scrapes 200 --out FILE.jsonl
         --log FILE -- COMMAND...
@@ -271,7 +277,81 @@ def churn(a):
     return rec, status
 
 
+def ir_once(a, n, log):
+    """Run the (valgrind-wrapped) command, send n keep-alive GET / and stop it; Ir of the worker."""
+    outdir = f"{a.workdir}/n{n}"
+    os.makedirs(outdir, exist_ok=True)
+    for fn in os.listdir(outdir):
+        os.unlink(os.path.join(outdir, fn))
+    cmd = [x.replace("{OUTDIR}", outdir) for x in a.cmd]
+    logf = open(f"{outdir}/server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    workers = []
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120:
+            try:
+                if get_once(a.app_url, timeout=10)[0] == 200:
+                    break
+            except (OSError, http.client.HTTPException):
+                pass
+            if proc.poll() is not None:
+                return None, f"exited {proc.returncode} before ready"
+            time.sleep(0.2)
+        workers = [pid for pid, title in children(proc.pid) if "work" in title]
+        conn, path = _conn(a.app_url, 60)
+        for _ in range(n):
+            conn.request("GET", path)
+            conn.getresponse().read()
+        conn.close()
+    finally:
+        stop(proc, log)
+        logf.close()
+    irs = {}
+    for fn in os.listdir(outdir):
+        if fn.startswith("cg."):
+            for line in open(os.path.join(outdir, fn)):
+                if line.startswith("summary:"):
+                    irs[int(fn.split(".")[1])] = int(line.split()[1])
+    # under valgrind the process titles are not rewritten: take the worker pids from the log
+    booted = [int(x) for x in re.findall(rb"Booting worker with pid: (\d+)", open(f"{outdir}/server.log", "rb").read())]
+    w = [irs[p] for p in (workers or booted) if p in irs]
+    if len(w) != 1:
+        return None, f"worker Ir not found (workers {workers}, files {sorted(irs)})"
+    return w[0], "ok"
+
+
+def irs(a):
+    def log(msg):
+        print(f"[metrics-ir] {a.name}: {msg}", file=sys.stderr, flush=True)
+    rec = {"kind": "ir", "name": a.name, "command": " ".join(a.cmd), "n1": a.n1, "n2": a.n2}
+    log(f"valgrind --tool=cachegrind, {a.n1} then {a.n2} keep-alive requests")
+    i1, st1 = ir_once(a, a.n1, log)
+    i2, st2 = (ir_once(a, a.n2, log) if i1 else (None, "skipped"))
+    rec.update(ir_n1=i1, ir_n2=i2, status=st1 if st1 != "ok" else st2)
+    if i1 and i2:
+        rec["ir_per_request"] = round((i2 - i1) / (a.n2 - a.n1), 1)
+        log(f"{rec['ir_per_request']} instructions per request in the worker")
+    with open(a.out, "a") as f:
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
+    return rec["status"]
+
+
 def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "irs":
+        argv = sys.argv[2:]
+        i = argv.index("--")
+        p = argparse.ArgumentParser(prog="metrics_scrape.py irs")
+        p.add_argument("--name", required=True)
+        p.add_argument("--app-url", required=True)
+        p.add_argument("--workdir", required=True)
+        p.add_argument("--n1", type=int, default=2000)
+        p.add_argument("--n2", type=int, default=12000)
+        p.add_argument("--out", required=True)
+        a = p.parse_args(argv[:i])
+        a.cmd = argv[i + 1:]
+        return 0 if irs(a) == "ok" else 1
     if len(sys.argv) >= 3 and sys.argv[1] == "scrape":
         print(json.dumps(scrape(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 200)))
         return 0
