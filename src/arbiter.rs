@@ -717,8 +717,7 @@ impl Arbiter {
                 self.reexec_pid = None;
                 continue;
             }
-            if let Some((exporter, started)) = self.exporter.filter(|(p, _)| *p == pid) {
-                let _ = exporter;
+            if let Some((_, started)) = self.exporter.filter(|(p, _)| *p == pid) {
                 self.exporter_exited(started, status, stopping);
                 continue;
             }

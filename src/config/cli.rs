@@ -37,6 +37,8 @@ impl Parsed {
 fn default_text(s: &Setting) -> String {
     match s.default {
         DefaultValue::None => "None".to_owned(),
+        // `--no-metrics`: the flag turns off something that is on.
+        DefaultValue::Bool(true) if s.kind == Kind::NoFlag => "on by default".to_owned(),
         DefaultValue::Bool(b) => if b { "True" } else { "False" }.to_owned(),
         DefaultValue::Int(i) => i.to_string(),
         DefaultValue::Str(v) => v.to_owned(),

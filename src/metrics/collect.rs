@@ -557,13 +557,7 @@ fn histogram(l: Vec<(&str, String)>, (buckets, count, sum): Snapshot) -> Sample 
 /// An application family (prometheus_client's samples) in the exporter's
 /// model, sample lines kept as they are.
 fn app_family(f: crate::mpfiles::Family) -> Family {
-    use crate::mpfiles::Kind as K;
-    let kind = match f.kind {
-        K::Counter => Kind::Counter,
-        K::Gauge => Kind::Gauge,
-        K::Histogram => Kind::Histogram,
-        K::Summary => Kind::Summary,
-    };
+    let kind = f.kind;
     let base = match kind {
         Kind::Counter => f.name.strip_suffix("_total").unwrap_or(&f.name).to_owned(),
         _ => f.name.clone(),

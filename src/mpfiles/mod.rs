@@ -27,14 +27,9 @@ pub use compact::{cleanup_dir, compact_dead, compact_dead_with, AllMode, Compact
 pub use format::{Entry, FileData, FileName, ARCHIVE_PID};
 pub use merge::KeyCache;
 
-/// Metric type of a family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-    Summary,
-}
+/// Metric type of a family: the exporter's, so that app families need no
+/// conversion of their type.
+pub use crate::exporter::model::Kind;
 
 /// One metric family: the exporter's model.
 #[derive(Debug, Clone, PartialEq)]
