@@ -25,6 +25,8 @@
 #     SCRAPES (200) timed GET /metrics over one keep-alive connection (bench/metrics_scrape.py).
 #     ferrocorn (acceptance: median <= 5 ms at both points, RESTARTS-point median <= 10-point
 #     median), then gunicorn 23 + exporter with ANCHOR_SCRAPES scrapes (ANCHOR_RESTARTS restarts).
+#     The "no slower" verdict uses PAIR_RUNS paired runs (pair_runs below): two ferrocorn servers
+#     scraped in turn, B driven from 10 to RESTARTS restarts while A stays as the control.
 #
 # Knobs [defaults]:
 #   RUNS [3]  DURATION [10s] (wrk per run)  WARMUP [2s]  WRK_CONNS [50]  WRK_THREADS [1]
@@ -32,10 +34,12 @@
 #   HELLO_SCRAPES [50]   curl scrapes of /metrics per hello row, after the load
 #   BASELINES [1]        0 = skip the plain gunicorn 23 / granian rows
 #   RESTARTS [1000]  SCRAPES [200]  CHURN_WORKERS [8]  SERIES [500]
+#   PAIR_RUNS [5]  PAIR_ROUNDS [400]   paired control runs for the churn ratio; rounds per phase
 #   ANCHOR_RESTARTS [$RESTARTS]  ANCHOR_SCRAPES [20]   (gunicorn+exporter churn; ANCHOR_CHURN [1], 0 = skip;
 #                        ANCHOR_TRIES [2]: a new server if its master stalls, as 0.2.4's can under churn)
 #   ONLY [.]             regex on row names (ferrocorn, ferrocorn--no-metrics, gunicorn23+prom-exporter,
-#                        gunicorn23, granian+metrics, granian, churn:ferrocorn, churn:gunicorn23+prom-exporter)
+#                        gunicorn23, granian+metrics, granian, churn:ferrocorn, pair:ferrocorn,
+#                        churn:gunicorn23+prom-exporter)
 #   SKIP_SETUP [0]       1 = no apt-get / pip
 #   MVENV [/tmp/bench-metrics-venv]  venv made by this script (python3.11 from pyenv): gunicorn 23.0.0,
 #                        gunicorn-prometheus-exporter 0.2.4, granian 2.8.7, prometheus-client 0.26.0
@@ -87,6 +91,7 @@ LOGDIR="$OUT_DIR/logs"
 MP_BASE="${MP_BASE:-/dev/shm}"
 HELLO_BUDGET_S="${HELLO_BUDGET_S:-480}"
 PAIR_REPEATS="${PAIR_REPEATS:-2}"
+PAIR_RUNS="${PAIR_RUNS:-5}" PAIR_ROUNDS="${PAIR_ROUNDS:-400}"
 IR_CHECK="${IR_CHECK:-1}" IR_N1="${IR_N1:-2000}" IR_N2="${IR_N2:-12000}"
 HELLO_T0=$SECONDS
 export WRK_THREADS="${WRK_THREADS:-1}" WRK_CONNS="${WRK_CONNS:-50}"
@@ -363,6 +368,33 @@ churn_one() {  # NAME
   return "$rc"
 }
 
+# --------------------------------------------------- churn, paired control ----
+# The churn row's two checkpoints are minutes apart, and on this box an exporter's scrape time moves by
+# +-20 % between minutes and between processes.  So the "no slower after RESTARTS restarts" verdict comes
+# from PAIR_RUNS paired runs: two servers A and B, both at 10 restarts, scraped in turn; then B alone
+# goes on to RESTARTS restarts and both are scraped in turn again.  B after/before over A after/before.
+pair_runs() {
+  local name=pair:ferrocorn i
+  [[ "$name" =~ $ONLY && "$FERRO_READY" == 1 && "$PAIR_RUNS" -gt 0 ]] || return 0
+  mkdir -p "$LOGDIR/pair"
+  for i in $(seq 1 "$PAIR_RUNS"); do
+    local pa ma pb mb mp
+    pa="$(free_port 18720)"; ma="$(free_port 19720)"; pb="$(free_port 18740)"; mb="$(free_port 19740)"
+    mp="$(new_mp_dir)"; rmdir -- "$mp"
+    say "=== $name run $i/$PAIR_RUNS: $CHURN_WORKERS workers x $SERIES series, A and B at 10 restarts, then B at $RESTARTS, $PAIR_ROUNDS rounds per phase (machine $(wait_quiet)% busy)"
+    (cd "$MAPPS" && "$PY" "$BENCH_DIR/metrics_scrape.py" pair --name "$name" \
+        --config "w$CHURN_WORKERS --max-requests 1, $SERIES series/worker" \
+        --ports-a "$pa,$ma" --ports-b "$pb,$mb" --mp-dir "$mp" --workers "$CHURN_WORKERS" \
+        --low 10 --high "$RESTARTS" --scrapes "$PAIR_ROUNDS" --out "$RAW" --log "$LOGDIR/pair/run$i.server.log" -- \
+        env -u PROMETHEUS_METRICS_PORT -u PROMETHEUS_BIND_ADDRESS "VIRTUAL_ENV=$FERRO_VENV" \
+        "PROMETHEUS_MULTIPROC_DIR={MP_DIR}" "METRICS_APP_SERIES=$SERIES" \
+        "$FERRO" -w "$CHURN_WORKERS" --max-requests 1 -b "127.0.0.1:{APP_PORT}" \
+        --prometheus-bind-address 127.0.0.1 --prometheus-metrics-port "{METRICS_PORT}" metrics_series_app:app) \
+      || say "$name run $i failed (see $LOGDIR/pair/)"
+    cap_log "$LOGDIR/pair/run$i.server.log.A"; cap_log "$LOGDIR/pair/run$i.server.log.B"
+  done
+}
+
 # ---------------------------------------------------- instructions/request ----
 # Timing on this shared 2-core box moves by +-10 % between runs; the instruction count of the worker
 # does not.  ferrocorn metrics on vs --no-metrics under valgrind (cachegrind, no cache simulation).
@@ -400,6 +432,7 @@ main() {
   ir_check
   local t1=$SECONDS
   churn_one churn:ferrocorn
+  pair_runs
   if [[ "$ANCHOR_CHURN" == 1 ]]; then
     local try
     for try in $(seq 1 "$ANCHOR_TRIES"); do   # its master can deadlock under churn (see the notes): try again

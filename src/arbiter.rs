@@ -653,13 +653,21 @@ impl Arbiter {
             return MAIN_LOOP_FAILURE;
         }
         let fds: Vec<i32> = self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
-        let env = reexec::reexec_env(
+        let mut env = reexec::reexec_env(
             &self.ctx.env_orig,
             self.pid,
             &fds,
             self.systemd,
             std::process::id(),
         );
+        // The environment is the one ferrocorn started with (gunicorn's
+        // env_orig), which lacks the private metrics directory: hand it on,
+        // so the new master keeps the counts and removes it at its exit.
+        if let Some(dir) = &self.app_dir {
+            for (k, v) in dir.handover_env() {
+                reexec::set_var(&mut env, k, v);
+            }
+        }
         if let Err(e) = reexec::prepare_inherit(&fds) {
             crate::log_error!("{e}");
             return 1;

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import APPS, SERVER_BIN, free_port, server_env
-from test_hooks import Load, wait_for
+from test_hooks import Load, alive, children_of, stop_pid, wait_for
 
 pytestmark = pytest.mark.ferrocorn_only
 
@@ -365,6 +365,48 @@ def test_private_multiproc_dir_for_the_run(server):
     assert total(smp, "app_jobs_total") == 5
     assert s.stop() == 0
     assert not os.path.exists(d), "the private directory is removed at exit"
+
+
+def test_private_dir_handed_to_the_usr2_master(server):
+    """USR2 starts a new master with the environment ferrocorn started with;
+    the private directory goes with it: its workers write there, the old
+    workers' counts stay, and the new master removes it when it stops."""
+    pidfile = os.path.join(tempfile.mkdtemp(prefix="fc-mp-pid-"), "app.pid")
+    s = server(["-w", "1", "-p", pidfile, "metrics_app:app"], env={"PROMETHEUS_MULTIPROC_DIR": None})
+    d = requests.get(s.url + "/dir").text
+    assert d.startswith("/dev/shm/ferrocorn-") and os.path.isdir(d), d
+    assert requests.get(s.url + "/work?n=5").status_code == 200
+    old_workers = s.children()
+    new = None
+    try:
+        s.signal(signal.SIGUSR2)
+        new = wait_for(lambda: (lambda p: p if p and p != s.proc.pid else None)(_read_pid(pidfile + ".2")), 15,
+                       msg="the new master's pidfile\n" + s.log())
+        wait_for(lambda: len(children_of(new)) == 1, 15, msg="the new master's worker")
+        s.signal(signal.SIGTERM)
+        assert s.wait(15) == 0, s.log()
+        wait_for(lambda: not any(alive(p) for p in old_workers), 10, msg="old workers gone")
+        # only the new master's worker serves now
+        assert requests.get(s.url + "/dir", timeout=10).text == d
+        assert requests.get(s.url + "/work?n=3", timeout=10).status_code == 200
+        # its exporter takes the port over once the old one is gone (retries every 5 s)
+        smp = wait_for(lambda: (lambda m: m if m and total(m, "app_jobs_total") == 8 else None)(_try_samples(s)),
+                       20, msg="app_jobs_total == 8 from the new master's exporter\n" + s.log())
+        assert total(smp, "app_jobs_total") == 8
+        assert os.path.isdir(d)
+    finally:
+        if new is not None and alive(new):
+            stop_pid(new, timeout=15)
+    assert not alive(new)
+    wait_for(lambda: not os.path.exists(d), 5, msg="%s removed by the new master at exit" % d)
+
+
+def _read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
 
 
 def test_cleanup_db_files_empties_the_directory_at_start(server):

@@ -100,6 +100,20 @@ impl AppDir {
         }
     }
 
+    /// What a new master started by USR2 needs in its environment to take
+    /// the private directory over (nothing for the user's own directory:
+    /// the new master finds that where this one did).
+    pub fn handover_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        if !self.owned {
+            return Vec::new();
+        }
+        let path = self.path.as_os_str().to_os_string();
+        vec![
+            ("PROMETHEUS_MULTIPROC_DIR", path.clone()),
+            (OWNED_VAR, path),
+        ]
+    }
+
     /// Removes the private directory at exit.
     pub fn remove(&self) {
         if self.owned {

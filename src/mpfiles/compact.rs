@@ -4,6 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use super::format::{self, Entry, FileData, FileIdent, FileName, ARCHIVE_PID, TEMP_PREFIX};
 
@@ -131,7 +135,7 @@ pub fn compact_dead(dir: &Path, pid: u32) -> Result<(), String> {
 
 /// Folds the files of the dead worker `pid` into the archive files of `dir`
 /// and deletes them. Call it once the pid is reaped and before it can be
-/// reused; one compactor per directory at a time (the master).
+/// reused. Compactions of one directory take turns ([`lock_dir`]).
 ///
 /// - `counter`, `histogram`, `summary`: values added into
 ///   `<type>_archive.db`.
@@ -147,6 +151,7 @@ pub fn compact_dead(dir: &Path, pid: u32) -> Result<(), String> {
 /// trailer past its used size, so a reader racing the compaction, or a
 /// compaction interrupted between rename and delete, never counts them twice.
 pub fn compact_dead_with(dir: &Path, pid: u32, all: AllMode) -> Result<CompactReport, String> {
+    let _turn = lock_dir(dir)?;
     let mut report = CompactReport::default();
     let rd = fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     let mut listed: Vec<(String, FileName)> = Vec::new();
@@ -278,6 +283,36 @@ pub fn compact_dead_with(dir: &Path, pid: u32, all: AllMode) -> Result<CompactRe
     match first_err {
         Some(e) => Err(e),
         None => Ok(report),
+    }
+}
+
+/// How long a compaction waits for another one in the same directory.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Compactions of one directory take turns: archives are read, folded and
+/// replaced, so two at once would lose one's fold. Two masters share a
+/// directory during a USR2 upgrade (the old one reaps its workers while the
+/// new one recycles its own). The turn is an flock(2) on the directory
+/// itself, so no lock file is left behind. A holder that does not let go
+/// within LOCK_WAIT (a stopped process) makes this compaction fail: the dead
+/// worker's files then stay where readers still count them.
+fn lock_dir(dir: &Path) -> Result<Flock<fs::File>, String> {
+    let mut file = fs::File::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, Errno::EWOULDBLOCK | Errno::EINTR)) if Instant::now() < deadline => {
+                file = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err((_, e)) => {
+                return Err(format!(
+                    "{}: another compaction holds the directory ({e})",
+                    dir.display()
+                ))
+            }
+        }
     }
 }
 

@@ -459,3 +459,38 @@ fn collect_speed() {
         read
     );
 }
+
+/// Two masters compact into one directory during a USR2 upgrade: each
+/// compaction must see the other's archive, or a fold is lost.
+#[test]
+fn concurrent_compactions_take_turns() {
+    let tmp = TempDir::new("turns");
+    let mp = tmp.mp();
+    let key = r#"["jobs", "jobs_total", {}, "Jobs"]"#;
+    let pids: Vec<u32> = (1000..1120).collect();
+    for pid in &pids {
+        let entry = format::Entry {
+            key: key.to_string(),
+            value: 1.0,
+            timestamp: 0.0,
+        };
+        let bytes = format::encode(&[entry], &[]).expect("encode");
+        fs::write(mp.join(format!("counter_{pid}.db")), bytes).expect("write");
+    }
+    let (even, odd): (Vec<u32>, Vec<u32>) = pids.iter().partition(|p| *p % 2 == 0);
+    std::thread::scope(|s| {
+        for half in [&even, &odd] {
+            let mp = &mp;
+            s.spawn(move || {
+                for pid in half {
+                    compact_dead(mp, *pid).expect("compact");
+                }
+            });
+        }
+    });
+    assert_eq!(db_files(&mp), vec!["counter_archive.db".to_string()]);
+    let name = format::FileName::parse("counter_archive.db").expect("name");
+    let archive = format::read_file_io(&mp.join("counter_archive.db"), name).expect("read");
+    let sum: f64 = archive.entries.iter().map(|e| e.value).sum();
+    assert_eq!(sum, pids.len() as f64);
+}

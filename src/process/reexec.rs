@@ -209,26 +209,28 @@ pub fn reexec_env(
     listen_pid: u32,
 ) -> Vec<(OsString, OsString)> {
     let mut env = env_orig.to_vec();
-    let mut set = |k: &str, v: String| {
-        let v = OsString::from(v);
-        match env.iter_mut().find(|(ek, _)| ek == k) {
-            Some(slot) => slot.1 = v,
-            None => env.push((OsString::from(k), v)),
-        }
-    };
-    set(ENV_PID, master_pid.to_string());
+    set_var(&mut env, ENV_PID, master_pid.to_string());
     if systemd {
-        set("LISTEN_PID", listen_pid.to_string());
-        set("LISTEN_FDS", listeners.len().to_string());
+        set_var(&mut env, "LISTEN_PID", listen_pid.to_string());
+        set_var(&mut env, "LISTEN_FDS", listeners.len().to_string());
     } else {
         let joined = listeners
             .iter()
             .map(|fd| fd.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        set(ENV_FD, joined);
+        set_var(&mut env, ENV_FD, joined);
     }
     env
+}
+
+/// Sets `key` in an environment list, replacing an earlier value.
+pub fn set_var(env: &mut Vec<(OsString, OsString)>, key: &str, value: impl Into<OsString>) {
+    let value = value.into();
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value,
+        None => env.push((OsString::from(key), value)),
+    }
 }
 
 /// chdir to `ctx.cwd` and execve `ctx.exe` with `ctx.args` and `env`
