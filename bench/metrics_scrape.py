@@ -465,7 +465,7 @@ def ir_once(a, n, log):
                     irs[int(fn.split(".")[1])] = int(line.split()[1])
     # under valgrind the process titles are not rewritten: take the worker pids from the log
     booted = [int(x) for x in re.findall(rb"Booting worker with pid: (\d+)", open(f"{outdir}/server.log", "rb").read())]
-    w = [irs[p] for p in (workers or booted) if p in irs]
+    w = [irs[p] for p in (booted or workers) if p in irs]
     if len(w) != 1:
         return None, f"worker Ir not found (workers {workers}, files {sorted(irs)})"
     return w[0], "ok"

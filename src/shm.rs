@@ -57,6 +57,9 @@ pub struct Slot {
     /// CLOCK_MONOTONIC milliseconds when the worker entered its current
     /// state (the exporter converts it to wall-clock time).
     state_since: AtomicU64,
+    /// gunicorn's `worker.nr`: counted when a request starts (hooks see the
+    /// current one included). The request metrics count on completion, with
+    /// the status; this is not a copy of them.
     pub requests: AtomicU64,
     exit_reason: AtomicU32,
     /// gunicorn's worker age (spawn order), for the `worker_id` label.

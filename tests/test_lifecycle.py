@@ -128,6 +128,32 @@ def test_killed_worker_is_replaced(server):
         assert requests.get(s.url + "/", timeout=10).text == "Hello, World!"
 
 
+def test_workers_exit_when_the_master_is_killed(server):
+    """A master killed with SIGKILL cannot stop its workers; they must not
+    serve on unsupervised. gunicorn's notice the changed parent within
+    timeout/2; ferrocorn's are told by the kernel at once."""
+    s = server(["-w", "2", "-t", "4", "wsgiapp:app"])
+    workers = wait_for(lambda: (lambda c: c if len(c) == 2 else None)(s.children()), msg="2 workers")
+    family = s.all_children()
+    assert set(workers) <= set(family)
+    os.kill(s.proc.pid, signal.SIGKILL)
+    s.proc.wait(10)
+    t0 = time.monotonic()
+    wait_for(lambda: not any(_running(p) for p in family), 6, msg="the workers of the killed master to exit")
+    took = time.monotonic() - t0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(s.url + "/", timeout=5)
+    print("workers gone %.2f s after the master" % took)
+
+
+def _running(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_all_workers_killed_are_replaced(server):
     s = server(["-w", "2", "wsgiapp:app"])
     before = wait_for(lambda: (lambda c: c if len(c) == 2 else None)(s.children()), msg="2 workers")

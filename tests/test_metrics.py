@@ -4,6 +4,7 @@ prometheus_client metrics, and what happens when things go wrong.
 
 Scrapes are parsed with prometheus_client's own parser; application metrics
 are compared with prometheus_client's own MultiProcessCollector."""
+import fcntl
 import glob
 import json
 import os
@@ -399,6 +400,38 @@ def test_private_dir_handed_to_the_usr2_master(server):
             stop_pid(new, timeout=15)
     assert not alive(new)
     wait_for(lambda: not os.path.exists(d), 5, msg="%s removed by the new master at exit" % d)
+
+
+def test_stale_private_dirs_of_killed_masters_are_swept(server):
+    """A master killed with SIGKILL cannot remove its private directory; the
+    next start removes it once nobody holds its owner lock. A directory whose
+    lock is still held stays."""
+    a = server(["-w", "1", "metrics_app:app"], env={"PROMETHEUS_MULTIPROC_DIR": None})
+    dead_dir = requests.get(a.url + "/dir").text
+    assert requests.get(a.url + "/work?n=2").status_code == 200
+    family = a.all_children()
+    os.kill(a.proc.pid, signal.SIGKILL)
+    a.proc.wait(10)
+    wait_for(lambda: not any(alive(p) for p in family), 15, msg="the killed master's children gone")
+    assert os.path.isdir(dead_dir) and os.listdir(dead_dir), "SIGKILL leaves the directory"
+    # one still in use: a process holds its owner lock
+    held_dir_named = "/dev/shm/ferrocorn-%d-7" % os.getpid()
+    os.mkdir(held_dir_named, 0o700)
+    try:
+        lock = open(os.path.join(held_dir_named, ".owner.lock"), "w")
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        old = time.time() - 300
+        for d in (dead_dir, held_dir_named):
+            os.utime(d, (old, old))
+        b = server(["-w", "1", "metrics_app:app"], env={"PROMETHEUS_MULTIPROC_DIR": None})
+        assert requests.get(b.url + "/dir").text != dead_dir
+        assert not os.path.exists(dead_dir), os.listdir(dead_dir)
+        assert "Removed %s" % dead_dir in b.log()
+        assert os.path.isdir(held_dir_named), "a directory whose lock is held is left alone"
+        assert b.stop() == 0
+        lock.close()
+    finally:
+        subprocess.run(["rm", "-rf", "--", held_dir_named], check=False)
 
 
 def _read_pid(path):

@@ -9,10 +9,7 @@ use crate::metrics::collect::{Collector, Source};
 pub fn run(cfg: EnvConfig, master_pid: u32, source: Source) -> i32 {
     // Die with the master even if it is SIGKILLed, rather than hold the
     // port; /health also answers 503 once the parent is gone.
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
-        crate::log_debug!("metrics exporter: PR_SET_PDEATHSIG failed: {e}");
-    }
-    if nix::unistd::getppid().as_raw() as u32 != master_pid {
+    if !crate::process::die_with_master(master_pid) {
         return 0;
     }
     let mut collector = Collector::new(source);

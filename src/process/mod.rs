@@ -29,3 +29,15 @@ mod sys;
 
 #[cfg(test)]
 mod testutil;
+
+/// In a child of the master (worker, exporter): asks the kernel for SIGTERM
+/// when the master dies, so a master killed with SIGKILL leaves nothing
+/// serving unsupervised (gunicorn's workers notice a changed parent in their
+/// loop; this is immediate). False if the master is already gone, i.e. died
+/// before the request took effect: the caller should exit.
+pub fn die_with_master(master_pid: u32) -> bool {
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+        crate::log_debug!("PR_SET_PDEATHSIG failed: {e}");
+    }
+    nix::unistd::getppid().as_raw() as u32 == master_pid
+}

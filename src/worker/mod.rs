@@ -82,6 +82,10 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
         crate::log_error!("Exception in worker process: installing the TERM handler: {e}");
         return WORKER_BOOT_ERROR;
     }
+    if !crate::process::die_with_master(base.ppid) {
+        crate::log_info!("Parent changed, shutting down: Worker (pid:{pid})");
+        return 0;
+    }
     let code = Python::attach(|py| {
         if let Err(e) = install_signal_handlers(py, slot, &hooks, base) {
             crate::log_error!(
