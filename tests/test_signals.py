@@ -199,6 +199,17 @@ def test_timeout_abort_answers_500(server):
     assert requests.get(s.url + "/", timeout=10).status_code == 200
 
 
+def test_request_right_after_a_timeout_abort_is_served(server):
+    # The aborted worker exits; a connection that arrives meanwhile must wait
+    # in the backlog for the next worker, not be accepted by the exiting one
+    # and reset. Several rounds: the window is a few milliseconds wide.
+    s = server(["-w", "1", "--timeout", "1", "lc_app:app"])
+    for i in range(5):
+        assert requests.get(s.url + "/sleep?s=20", timeout=25).status_code == 500
+        r = requests.get(s.url + "/", timeout=10)
+        assert r.status_code == 200, (i, r.status_code)
+
+
 # -- 6. max_requests with jitter under load ------------------------------------------
 
 def test_max_requests_jitter_recycles_without_failures(server):

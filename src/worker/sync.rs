@@ -365,7 +365,10 @@ impl SyncWorker {
         if self.term.load(Ordering::Relaxed) {
             self.stop_gracefully();
         }
-        if !self.alive {
+        // A worker about to exit (SystemExit: the timeout abort, a hook)
+        // leaves new connections in the backlog for the next worker; one it
+        // accepted now would be reset when it exits.
+        if !self.alive || self.exit.is_some() {
             return;
         }
         let Some(l) = self.listeners.get(idx) else {
@@ -438,7 +441,7 @@ impl SyncWorker {
             if let Next::Close = self.on_readable(py, key) {
                 self.close(py, key);
             }
-            if !self.alive {
+            if !self.alive || self.exit.is_some() {
                 return;
             }
         }
