@@ -1,5 +1,7 @@
 """Signals, worker supervision and listening addresses."""
+import glob
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -144,6 +146,10 @@ def test_workers_exit_when_the_master_is_killed(server):
     with pytest.raises(requests.ConnectionError):
         requests.get(s.url + "/", timeout=5)
     print("workers gone %.2f s after the master" % took)
+    # A SIGKILLed master leaves its private metrics directory (the next start
+    # would sweep it): remove it here.
+    for d in glob.glob("/dev/shm/ferrocorn-%d-*" % s.proc.pid):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _running(pid):
