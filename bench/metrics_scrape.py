@@ -504,20 +504,17 @@ def main():
     if len(sys.argv) >= 3 and sys.argv[1] == "scrape":
         print(json.dumps(scrape(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 200)))
         return 0
-    if len(sys.argv) >= 2 and sys.argv[1] == "churn":
+    if len(sys.argv) >= 2 and sys.argv[1] in ("churn", "pair"):
+        sub = sys.argv[1]
         argv = sys.argv[2:]
         if "--" not in argv:
-            sys.exit("churn: need -- COMMAND")
+            sys.exit(f"{sub}: need -- COMMAND")
         i = argv.index("--")
-        p = argparse.ArgumentParser(prog="metrics_scrape.py churn")
+        p = argparse.ArgumentParser(prog=f"metrics_scrape.py {sub}")
         p.add_argument("--name", required=True)
         p.add_argument("--config", default="")
-        p.add_argument("--app-url", required=True)
-        p.add_argument("--metrics-url", required=True)
         p.add_argument("--mp-dir", required=True)
         p.add_argument("--workers", type=int, default=8)
-        p.add_argument("--checkpoints", default="10,1000")
-        p.add_argument("--scrapes", type=int, default=200)
         p.add_argument("--out", required=True)
         p.add_argument("--log", required=True)
         p.add_argument("--ready-timeout", type=float, default=60)
@@ -525,37 +522,25 @@ def main():
         p.add_argument("--settle", type=float, default=1.5)
         p.add_argument("--request-timeout", type=float, default=15)
         p.add_argument("--stall-timeout", type=float, default=45)
+        if sub == "churn":
+            p.add_argument("--app-url", required=True)
+            p.add_argument("--metrics-url", required=True)
+            p.add_argument("--checkpoints", default="10,1000")
+            p.add_argument("--scrapes", type=int, default=200)
+        else:
+            p.add_argument("--ports-a", required=True)
+            p.add_argument("--ports-b", required=True)
+            p.add_argument("--low", type=int, default=10)
+            p.add_argument("--high", type=int, default=1000)
+            p.add_argument("--scrapes", type=int, default=400, help="rounds per phase")
+            p.add_argument("--warmup", type=int, default=50, help="unmeasured rounds before each phase")
         a = p.parse_args(argv[:i])
         a.cmd = argv[i + 1:]
-        a.checkpoints = sorted(int(x) for x in a.checkpoints.split(",") if x.strip())
-        _, status = churn(a)
-        return 0 if status == "ok" else 1
-    if len(sys.argv) >= 2 and sys.argv[1] == "pair":
-        argv = sys.argv[2:]
-        if "--" not in argv:
-            sys.exit("pair: need -- COMMAND")
-        i = argv.index("--")
-        p = argparse.ArgumentParser(prog="metrics_scrape.py pair")
-        p.add_argument("--name", required=True)
-        p.add_argument("--config", default="")
-        p.add_argument("--ports-a", required=True)
-        p.add_argument("--ports-b", required=True)
-        p.add_argument("--mp-dir", required=True)
-        p.add_argument("--workers", type=int, default=8)
-        p.add_argument("--low", type=int, default=10)
-        p.add_argument("--high", type=int, default=1000)
-        p.add_argument("--scrapes", type=int, default=400)
-        p.add_argument("--warmup", type=int, default=50, help="unmeasured rounds before each phase")
-        p.add_argument("--out", required=True)
-        p.add_argument("--log", required=True)
-        p.add_argument("--ready-timeout", type=float, default=60)
-        p.add_argument("--settle-timeout", type=float, default=60)
-        p.add_argument("--settle", type=float, default=1.5)
-        p.add_argument("--request-timeout", type=float, default=15)
-        p.add_argument("--stall-timeout", type=float, default=45)
-        a = p.parse_args(argv[:i])
-        a.cmd = argv[i + 1:]
-        _, status = paired(a)
+        if sub == "churn":
+            a.checkpoints = sorted(int(x) for x in a.checkpoints.split(",") if x.strip())
+            _, status = churn(a)
+        else:
+            _, status = paired(a)
         return 0 if status == "ok" else 1
     print(__doc__, file=sys.stderr)
     return 2

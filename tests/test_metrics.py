@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import APPS, SERVER_BIN, free_port, server_env
 from test_hooks import Load, alive, children_of, stop_pid, wait_for
+from test_signals import read_pid
 
 pytestmark = pytest.mark.ferrocorn_only
 
@@ -381,7 +382,7 @@ def test_private_dir_handed_to_the_usr2_master(server):
     new = None
     try:
         s.signal(signal.SIGUSR2)
-        new = wait_for(lambda: (lambda p: p if p and p != s.proc.pid else None)(_read_pid(pidfile + ".2")), 15,
+        new = wait_for(lambda: (lambda p: p if p and p != s.proc.pid else None)(read_pid(pidfile + ".2")), 15,
                        msg="the new master's pidfile\n" + s.log())
         wait_for(lambda: len(children_of(new)) == 1, 15, msg="the new master's worker")
         s.signal(signal.SIGTERM)
@@ -432,14 +433,6 @@ def test_stale_private_dirs_of_killed_masters_are_swept(server):
         lock.close()
     finally:
         subprocess.run(["rm", "-rf", "--", held_dir_named], check=False)
-
-
-def _read_pid(path):
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return None
 
 
 def test_cleanup_db_files_empties_the_directory_at_start(server):
