@@ -246,6 +246,13 @@ impl Arbiter {
             return Ok(());
         }
         self.exporter_cfg = Some(self.exporter_settings()?);
+        if crate::exporter::config::redis_requested() {
+            crate::log_warning!(
+                "REDIS_ENABLED is set, but ferrocorn has no Redis storage yet: metrics stay \
+                 in shared memory and files on this host and are served at /metrics; nothing \
+                 is written to Redis"
+            );
+        }
         let (uid, gid) = (self.cfg.uid(), self.cfg.gid());
         let owner = (uid != nix::unistd::geteuid().as_raw()
             || gid != nix::unistd::getegid().as_raw())

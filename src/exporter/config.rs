@@ -156,6 +156,17 @@ pub fn config_from_vars(get: impl Fn(&str) -> Option<OsString>) -> Result<EnvCon
     })
 }
 
+/// Whether the environment asks for gunicorn-prometheus-exporter's Redis
+/// storage (`REDIS_ENABLED`), which ferrocorn does not have yet. Read after
+/// the config file ran, as the PROMETHEUS_* variables.
+pub fn redis_requested() -> bool {
+    std::env::var("REDIS_ENABLED")
+        .ok()
+        .as_deref()
+        .and_then(parse_bool)
+        .unwrap_or(false)
+}
+
 /// gunicorn-prometheus-exporter's truthy set, plus the matching falsy set.
 pub fn parse_bool(v: &str) -> Option<bool> {
     if v.trim().is_empty() {
