@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::exporter::model::{Family, Kind, Sample, SampleValue};
 use crate::metrics::store::{
-    duration_bounds, Histogram, Snapshot, WorkerMetrics, METHODS, SIZE_BUCKETS,
+    add_snapshot, duration_bounds, micros, Snapshot, WorkerMetrics, METHODS, SIZE_BUCKETS,
 };
 use crate::shm::{monotonic_ms, Shm, State};
 
@@ -186,13 +186,13 @@ impl Collector {
         // Server-wide: retired + live, by (method, status) and by method.
         let all: Vec<&WorkerMetrics> = live.iter().map(|(_, m)| *m).chain(shm.retired()).collect();
         let mut by_status: BTreeMap<(usize, u16), u64> = BTreeMap::new();
-        let mut by_method: Vec<Snapshot> = vec![(Vec::new(), 0, 0.0); METHODS.len()];
+        let mut by_method: Vec<Snapshot> = vec![(Vec::new(), 0, 0); METHODS.len()];
         for m in &all {
             for (method, status, n) in m.requests_by_status() {
                 *by_status.entry((method, status)).or_default() += n;
             }
             for (i, h) in m.method_duration.iter().enumerate() {
-                add_snapshot(&mut by_method[i], h, bounds);
+                add_snapshot(&mut by_method[i], h.snapshot(bounds));
             }
         }
         let requests_total = by_status
@@ -510,19 +510,6 @@ fn signal_label(sig: i32) -> String {
         .unwrap_or_else(|_| format!("sig{sig}"))
 }
 
-fn add_snapshot<const N: usize>(acc: &mut Snapshot, h: &Histogram<N>, bounds: &[f64]) {
-    let (buckets, count, sum) = h.snapshot(bounds);
-    if acc.0.is_empty() {
-        acc.0 = buckets;
-    } else {
-        for (a, b) in acc.0.iter_mut().zip(buckets) {
-            a.1 += b.1;
-        }
-    }
-    acc.1 += count;
-    acc.2 += sum;
-}
-
 fn family(name: &str, help: &str, kind: Kind, samples: Vec<Sample>) -> Family {
     Family {
         name: name.to_owned(),
@@ -548,7 +535,7 @@ fn histogram(l: Vec<(&str, String)>, (buckets, count, sum): Snapshot) -> Sample 
         labels: labels(l),
         value: SampleValue::Histogram {
             buckets,
-            sum,
+            sum: micros(sum),
             count,
         },
     }

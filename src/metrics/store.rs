@@ -71,8 +71,29 @@ pub struct Histogram<const N: usize> {
 }
 
 /// A histogram as read: cumulative `(le, count)` for the finite bounds, the
-/// total count and the sum.
-pub type Snapshot = (Vec<(f64, u64)>, u64, f64);
+/// total count and the sum in micro-units. Sums stay integers until they are
+/// shown ([`micros`]): adding floats in another order (live workers plus the
+/// retired ones, which change as workers are folded) could make a total
+/// shrink by a rounding step, which Prometheus reads as a counter reset.
+pub type Snapshot = (Vec<(f64, u64)>, u64, u64);
+
+/// Micro-units as units (seconds, bytes): monotonic in its argument.
+pub fn micros(sum: u64) -> f64 {
+    sum as f64 / 1e6
+}
+
+/// Adds a histogram's snapshot into a server-wide one (same bounds).
+pub fn add_snapshot(acc: &mut Snapshot, (buckets, count, sum): Snapshot) {
+    if acc.0.is_empty() {
+        acc.0 = buckets;
+    } else {
+        for (a, b) in acc.0.iter_mut().zip(buckets) {
+            a.1 += b.1;
+        }
+    }
+    acc.1 += count;
+    acc.2 += sum;
+}
 
 /// The bucket a value falls in: an index into the bounds, or `bounds.len()`
 /// for +Inf.
@@ -111,8 +132,7 @@ impl<const N: usize> Histogram<N> {
         // Values past the last bound land in the slots after it (or in
         // `overflow` when the bounds fill the histogram): all are +Inf.
         let count = self.count().max(cumulative);
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (buckets, count, sum)
+        (buckets, count, self.sum_micros.load(Ordering::Relaxed))
     }
 
     /// Observations recorded.
@@ -277,7 +297,7 @@ mod tests {
         assert_eq!(count, 3);
         assert_eq!(buckets[0], (0.005, 1));
         assert_eq!(buckets.last(), Some(&(60.0, 2)));
-        assert!((sum - 100.203).abs() < 1e-6);
+        assert!((micros(sum) - 100.203).abs() < 1e-6);
         let mut by = w.requests_by_status();
         by.sort();
         assert_eq!(by, vec![(0, 200, 2), (9, 418, 1)]);
@@ -289,5 +309,38 @@ mod tests {
             retired.response_size.snapshot(&SIZE_BUCKETS).0[2],
             (10_000.0, 3)
         );
+    }
+
+    /// A worker's sum moves into the retired one when it is folded; the
+    /// server-wide sum shown must not change (as floats, 2 µs + 13,860 µs
+    /// shows 0.013862000000000001 s and the folded 13,862 µs 0.013862 s: a
+    /// decrease, which Prometheus takes for a counter reset).
+    #[test]
+    fn server_wide_sum_is_the_same_before_and_after_a_fold() {
+        set_duration_bounds(DURATION_BUCKETS.to_vec());
+        let live = zeroed();
+        let retired = zeroed();
+        let obs = |seconds| Observation {
+            method: method_index("GET"),
+            status: 200,
+            seconds,
+            request_bytes: 0,
+            response_bytes: 0,
+        };
+        live.record(&obs(0.000002));
+        retired.record(&obs(0.01386));
+        let shown = |ms: &[&WorkerMetrics]| {
+            let mut acc: Snapshot = (Vec::new(), 0, 0);
+            for m in ms {
+                add_snapshot(&mut acc, m.duration.snapshot(&DURATION_BUCKETS));
+            }
+            (acc.1, micros(acc.2))
+        };
+        let before = shown(&[&live, &retired]);
+        live.fold_into(&retired);
+        live.clear();
+        let after = shown(&[&live, &retired]);
+        assert_eq!(before, (2, 0.013862));
+        assert_eq!(after, before);
     }
 }
