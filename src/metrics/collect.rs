@@ -29,13 +29,14 @@ pub struct Source {
 
 /// The exporter's collector: keeps what must survive between scrapes (the
 /// CPU times of the previous scrape, sysinfo's process table, the key cache
-/// of the application-metrics reader).
+/// of the application-metrics reader, the application counters last shown).
 pub struct Collector {
     src: Source,
     system: sysinfo::System,
     /// pid -> (accumulated CPU ms, when) at the previous scrape.
     cpu: HashMap<u32, (u64, Instant)>,
     app: crate::mpfiles::Collector,
+    app_floor: crate::metrics::floor::Floor,
 }
 
 /// States as exported, in `gunicorn_workers` order.
@@ -82,6 +83,7 @@ impl Collector {
             system: sysinfo::System::new(),
             cpu: HashMap::new(),
             app: crate::mpfiles::Collector::new(),
+            app_floor: Default::default(),
         }
     }
 
@@ -108,7 +110,8 @@ impl Collector {
         ));
         if let Some(dir) = &self.src.multiproc_dir {
             let live: Vec<u32> = workers.iter().map(|w| w.pid).collect();
-            let app = self.app.collect(dir, &|pid| live.contains(&pid));
+            let mut app = self.app.collect(dir, &|pid| live.contains(&pid));
+            self.app_floor.apply(&mut app);
             out.extend(app.into_iter().map(app_family));
         }
         out
