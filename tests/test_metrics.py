@@ -435,6 +435,55 @@ def test_stale_private_dirs_of_killed_masters_are_swept(server):
         subprocess.run(["rm", "-rf", "--", held_dir_named], check=False)
 
 
+EXPORTER_BASIC_CONF = """
+# gunicorn-prometheus-exporter 0.2.4's "Basic Configuration" (its API reference)
+import os
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/prometheus_multiproc")
+os.environ.setdefault("PROMETHEUS_METRICS_PORT", "9090")
+os.environ.setdefault("PROMETHEUS_BIND_ADDRESS", "127.0.0.1")
+
+from gunicorn_prometheus_exporter.hooks import (
+    default_on_starting,
+    default_when_ready,
+    default_worker_int,
+    default_on_exit,
+    default_post_fork,
+)
+
+bind = "0.0.0.0:8000"
+workers = 2
+worker_class = "gunicorn_prometheus_exporter.PrometheusWorker"
+
+when_ready = default_when_ready
+on_starting = default_on_starting
+worker_int = default_worker_int
+on_exit = default_on_exit
+post_fork = default_post_fork
+"""
+
+
+def test_gunicorn_prometheus_exporter_config_runs_unchanged(server):
+    """The exporter's own config, with the real package installed: its hooks
+    are not called (its when_ready would bind the metrics port a second
+    time and retry for ~8 s); ferrocorn serves the metrics."""
+    t0 = time.monotonic()
+    s = server(["wsgiapp:app"], config_text=EXPORTER_BASIC_CONF)
+    took = time.monotonic() - t0
+    log = s.log()
+    for hook in ("when_ready", "on_starting", "worker_int", "on_exit", "post_fork"):
+        assert "%s = gunicorn_prometheus_exporter.hooks.default_%s is not called" % (hook, hook) in log, log
+    assert "Failed to start metrics server" not in log and "in use" not in log, log
+    assert took < 5, "start took %.1f s\n%s" % (took, log)
+    wait_workers_serving(s, 2)
+    for _ in range(3):
+        assert requests.get(s.url + "/").status_code == 200
+    smp = wait_metrics(s)
+    assert total(smp, "gunicorn_workers") == 2
+    assert total(smp, "gunicorn_requests_total", method="GET", status="200") >= 3
+    assert s.stop() == 0
+
+
 def test_redis_enabled_is_reported_as_not_implemented(server):
     # Set the way the exporter's docs do it: os.environ.setdefault in the config.
     conf = "import os\nos.environ.setdefault('REDIS_ENABLED', 'true')\n"
