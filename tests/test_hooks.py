@@ -344,8 +344,13 @@ def test_every_hook_process_order_and_arguments(server):
     assert select(old, "post_worker_init")[0]["wsgi_callable"] is True
 
     # requests: pre_request < post_request in the same worker, arguments
-    pres = [r for r in select(old, "pre_request") if r["req"]["path"] == "/" and r["req"]["query"].startswith("n=")]
-    posts = [r for r in select(old, "post_request") if r["req"]["path"] == "/" and r["req"]["query"].startswith("n=")]
+    # Paired by query, not by position: post_request runs after the response
+    # is sent, so the next request's pre_request in the other worker may be
+    # recorded before it.
+    def by_query(hook):
+        return sorted((r for r in select(old, hook) if r["req"]["path"] == "/" and r["req"]["query"].startswith("n=")),
+                      key=lambda r: r["req"]["query"])
+    pres, posts = by_query("pre_request"), by_query("post_request")
     assert len(pres) == len(posts) == 3, dump
     for i, (pre, post) in enumerate(zip(pres, posts)):
         assert pre["pid"] == post["pid"] in boot_workers
