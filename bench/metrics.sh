@@ -2,7 +2,7 @@
 # Built-in Prometheus metrics of ferrocorn: cost on hello world, scrape time under worker churn,
 # side by side with gunicorn 23 + gunicorn-prometheus-exporter 0.2.4 and granian 2.8 --metrics.
 #
-#   bench/metrics.sh                       # set up (idempotent) + measure (~12 min) + bench/metrics-results.md
+#   bench/metrics.sh                       # set up (idempotent) + measure (~25 min) + bench/metrics-results.md
 #   SKIP_SETUP=1 bench/metrics.sh          # venv already there
 #   SKIP_SETUP=1 RUNS=1 DURATION=3s RESTARTS=100 SCRAPES=50 bench/metrics.sh   # smoke test, ~3 min
 #   ONLY='ferrocorn' bench/metrics.sh      # regex on the row name (hello rows and churn rows)
