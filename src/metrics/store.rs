@@ -203,7 +203,6 @@ impl WorkerMetrics {
     }
 
     /// Requests per (method, status); status 0 stands for codes outside 100..=599.
-    #[allow(dead_code)] // read by the exporter (metrics issue)
     pub fn requests_by_status(&self) -> Vec<(usize, u16, u64)> {
         let mut out = Vec::new();
         for (m, row) in self.by_status.iter().enumerate() {

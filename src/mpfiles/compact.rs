@@ -153,18 +153,7 @@ pub fn compact_dead(dir: &Path, pid: u32) -> Result<(), String> {
 pub fn compact_dead_with(dir: &Path, pid: u32, all: AllMode) -> Result<CompactReport, String> {
     let _turn = lock_dir(dir)?;
     let mut report = CompactReport::default();
-    let rd = fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
-    let mut listed: Vec<(String, FileName)> = Vec::new();
-    for ent in rd {
-        let Ok(ent) = ent else { continue };
-        let Ok(file_name) = ent.file_name().into_string() else {
-            continue;
-        };
-        if let Some(name) = FileName::parse(&file_name) {
-            listed.push((file_name, name));
-        }
-    }
-    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    let listed = super::list_db_files(dir)?;
 
     // Recovery: files an archive says it holds but that still exist.
     let mut folded_before: Vec<FileIdent> = Vec::new();

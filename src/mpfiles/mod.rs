@@ -75,7 +75,8 @@ pub fn read_dir(dir: &Path) -> Result<Vec<FileData>, String> {
     Ok(last)
 }
 
-fn read_dir_once(dir: &Path) -> Result<(Vec<FileData>, bool), String> {
+/// The `.db` files of `dir` that have a known shape, sorted by name.
+pub(crate) fn list_db_files(dir: &Path) -> Result<Vec<(String, FileName)>, String> {
     let rd = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     let mut names = Vec::new();
     for ent in rd {
@@ -88,6 +89,11 @@ fn read_dir_once(dir: &Path) -> Result<(Vec<FileData>, bool), String> {
         }
     }
     names.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(names)
+}
+
+fn read_dir_once(dir: &Path) -> Result<(Vec<FileData>, bool), String> {
+    let names = list_db_files(dir)?;
     let mut files = Vec::with_capacity(names.len());
     let mut vanished = false;
     for (file_name, name) in names {

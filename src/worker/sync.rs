@@ -629,11 +629,10 @@ impl SyncWorker {
                 }
                 Ok(Parsed::Complete { head, consumed }) => (head, consumed),
             };
-            // Timing for the access log only (a clock read less per request).
-            let timing = self
-                .access
-                .as_ref()
-                .map(|_| (SystemTime::now(), Instant::now()));
+            // One monotonic clock read serves the duration metric and the
+            // access log (which also wants the wall-clock start).
+            let t0 = Instant::now();
+            let start = self.access.as_ref().map(|_| SystemTime::now());
             conn.nreq += 1;
             let hook_req = if self.request_hooks {
                 let headers: Vec<(&[u8], &[u8])> =
@@ -686,7 +685,6 @@ impl SyncWorker {
             self.slot
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let t0 = Instant::now();
             self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
             let must_close =
                 !head.keep_alive || self.keepalive.is_zero() || !self.alive || over_budget;
@@ -762,11 +760,9 @@ impl SyncWorker {
                     self.parser.limit_request_field_size,
                 ),
             );
-            if let (Some(access), Some(info), Some((start, started))) =
-                (&self.access, log_info, timing)
-            {
+            if let (Some(access), Some(info), Some(start)) = (&self.access, log_info, start) {
                 let peer = peer_ip(&conn.peer);
-                let took = started.elapsed();
+                let took = t0.elapsed();
                 info.log(access, &peer, &out, start, took, log_env.as_ref());
             }
             if let (Some(r), Some(env)) = (&hook_req, &hook_env) {
