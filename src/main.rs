@@ -1,17 +1,15 @@
 //! ferrocorn: a Rust pre-fork application server for Python web apps, run
 //! exactly like `gunicorn`. See docs/architecture.md.
 
-mod allowlist;
 mod arbiter;
 mod config;
+mod conn;
 mod exporter;
 mod hooks;
 mod http;
-mod httpdate;
 mod log;
 mod metrics;
 mod mpfiles;
-mod netio;
 mod process;
 mod python;
 mod shm;

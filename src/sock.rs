@@ -235,6 +235,33 @@ pub fn into_raw(listeners: Vec<Listener>) -> Vec<RawFd> {
     listeners.into_iter().map(|l| l.fd.into_raw_fd()).collect()
 }
 
+/// Connections waiting in a listening TCP socket's accept queue (Linux
+/// reports it as `tcpi_unacked` of a listener's TCP_INFO); `None` for other
+/// sockets or on error.
+pub fn accept_queue_len(fd: RawFd) -> Option<u32> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
+    // that large and zero-initialised; a bad fd only makes it fail.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialised and (partly) filled by the kernel: every bit
+    // pattern is a valid tcp_info (plain integers).
+    let info = unsafe { info.assume_init() };
+    // TCP_LISTEN is state 10.
+    (info.tcpi_state == 10).then_some(info.tcpi_unacked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

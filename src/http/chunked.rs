@@ -14,7 +14,7 @@
 //!   no WSGI app sees).
 //!
 //! Truncation (EOF before [`ChunkedDecoder::is_done`]) is the caller's to
-//! detect; gunicorn answers it like a broken body (connection closed).
+//! detect; [`ChunkedDecoder::eof_error`] says what gunicorn answers then.
 
 use memchr::{memchr, memmem};
 
@@ -78,6 +78,22 @@ impl ChunkedDecoder {
     /// have been consumed. Bytes after that belong to the next request.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// What gunicorn 27 answers when the stream ends at this point: right
+    /// after a chunk's data or after the last chunk the terminator is
+    /// missing (400, its ChunkMissingTerminator); anywhere else the client
+    /// simply went away (None: gunicorn's NoMoreData, no answer).
+    pub fn eof_error(&self) -> Option<HttpError> {
+        let got: &[u8] = match self.state {
+            State::DataCr | State::Trailer => b"",
+            State::DataLf => b"\r",
+            State::Size | State::Data(_) | State::Done => return None,
+        };
+        Some(HttpError::bad_request(format!(
+            "Invalid chunk terminator is not '\\r\\n': {}",
+            super::repr(got)
+        )))
     }
 
     /// Decode as much of `input` as possible, appending body bytes to
@@ -447,6 +463,22 @@ mod tests {
                 .2
         );
         assert!(one(b"ffffffffffffffff\r\n").is_ok());
+    }
+
+    #[test]
+    fn eof_after_the_last_chunk_is_a_missing_terminator() {
+        let mut d = ChunkedDecoder::new(100, 8190);
+        let mut out = Vec::new();
+        assert_eq!(d.decode(b"5\r\nhello\r\n0\r\n", &mut out), Ok(13));
+        let e = d.eof_error().expect("400 at EOF in the trailer section");
+        assert_eq!(e.status, 400);
+        assert!(e.detail.starts_with("Invalid chunk terminator"), "{e}");
+        let mut d = ChunkedDecoder::new(100, 8190);
+        assert_eq!(d.decode(b"5\r\nhel", &mut out), Ok(6));
+        assert_eq!(d.eof_error(), None, "mid-chunk EOF: the client went away");
+        let mut d = ChunkedDecoder::new(100, 8190);
+        assert_eq!(d.decode(b"5\r\nhello\r", &mut out), Ok(9));
+        assert_eq!(d.eof_error().map(|e| e.status), Some(400));
     }
 
     #[test]

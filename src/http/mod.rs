@@ -36,9 +36,12 @@
 //! "Contradictory scheme headers", only for trusted peers) and the
 //! `proxy_allow_ips` check (403), see [`proxy`].
 
+pub mod allowlist;
 pub mod chunked;
+pub mod date;
 pub mod proxy;
 mod request;
+pub mod response;
 
 pub use request::{parse_request, Parsed, RequestHead};
 
@@ -184,7 +187,7 @@ impl std::fmt::Display for HttpError {
 impl std::error::Error for HttpError {}
 
 impl HttpError {
-    pub(crate) fn new(status: u16, reason: &'static str, detail: String) -> HttpError {
+    pub fn new(status: u16, reason: &'static str, detail: String) -> HttpError {
         HttpError {
             status,
             reason,
@@ -265,30 +268,39 @@ impl HttpError {
         )
     }
 
-    /// The complete error response gunicorn's `util.write_error` sends:
-    /// `HTTP/1.1 {status} {reason}`, `Connection: close`,
-    /// `Content-Type: text/html`, `Content-Length`, and a small HTML page
-    /// with the reason and the HTML-escaped detail.
+    /// The complete error response for this error ([`error_response`]).
     pub fn response_bytes(&self) -> Vec<u8> {
-        let mut body = String::with_capacity(160 + self.detail.len());
-        body.push_str("<html>\n  <head>\n    <title>");
-        body.push_str(self.reason);
-        body.push_str("</title>\n  </head>\n  <body>\n    <h1><p>");
-        body.push_str(self.reason);
-        body.push_str("</p></h1>\n    ");
-        html_escape_into(&self.detail, &mut body);
-        body.push_str("\n  </body>\n</html>\n");
-        let body = latin1_encode(&body);
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n",
-            self.status,
-            self.reason,
-            body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&body);
-        out
+        error_response(self.status, self.reason, &self.detail)
     }
+}
+
+/// The complete error response gunicorn's `util.write_error` sends:
+/// `HTTP/1.1 {status} {reason}`, `Connection: close`,
+/// `Content-Type: text/html`, `Content-Length`, and a small HTML page with
+/// the reason and the HTML-escaped detail. Every error page ferrocorn sends
+/// is rendered here.
+pub fn error_response(status: u16, reason: &str, detail: &str) -> Vec<u8> {
+    let mut body = String::with_capacity(160 + detail.len());
+    body.push_str("<html>\n  <head>\n    <title>");
+    body.push_str(reason);
+    body.push_str("</title>\n  </head>\n  <body>\n    <h1><p>");
+    body.push_str(reason);
+    body.push_str("</p></h1>\n    ");
+    html_escape_into(detail, &mut body);
+    body.push_str("\n  </body>\n</html>\n");
+    let body = latin1_encode(&body);
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The length of the body of [`error_response`] (for the logs and metrics).
+pub fn error_body_len(response: &[u8]) -> u64 {
+    memchr::memmem::find(response, b"\r\n\r\n").map_or(0, |i| (response.len() - i - 4) as u64)
 }
 
 fn html_escape_into(s: &str, out: &mut String) {

@@ -485,7 +485,7 @@ impl Collector {
             .tcp_listeners
             .iter()
             .filter_map(|(fd, url)| {
-                let n = crate::netio::accept_queue_len(*fd)?;
+                let n = crate::sock::accept_queue_len(*fd)?;
                 Some(scalar(vec![("listener", url.clone())], f64::from(n)))
             })
             .collect();

@@ -87,3 +87,26 @@ pub fn daemonize(keep_stdio: bool) -> Result<(), String> {
         )
     })
 }
+
+/// Runs `wait` with the interpreter lock released when this thread holds
+/// it (a blocking wait inside a request lets other threads run Python);
+/// otherwise just runs it. The lock is taken back even if `wait` panics.
+pub fn release_gil(wait: &mut dyn FnMut()) {
+    struct Reacquire(*mut ffi::PyThreadState);
+    impl Drop for Reacquire {
+        fn drop(&mut self) {
+            // SAFETY: the state was returned by PyEval_SaveThread on this
+            // thread just before, and is restored exactly once.
+            unsafe { ffi::PyEval_RestoreThread(self.0) };
+        }
+    }
+    // SAFETY: PyGILState_Check may be called at any time after
+    // initialisation (it only reads this thread's state).
+    if unsafe { ffi::Py_IsInitialized() == 0 || ffi::PyGILState_Check() == 0 } {
+        return wait();
+    }
+    // SAFETY: this thread holds the GIL (checked above); it is released here
+    // and re-acquired by the guard; `wait` touches no Python object.
+    let _guard = Reacquire(unsafe { ffi::PyEval_SaveThread() });
+    wait();
+}

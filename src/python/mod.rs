@@ -181,3 +181,21 @@ pub fn fork(_gil: Python<'_>) -> nix::Result<nix::unistd::ForkResult> {
 pub fn daemonize(keep_stdio: bool) -> Result<(), String> {
     ffi_init::daemonize(keep_stdio)
 }
+
+/// A [`crate::conn::io::Release`] for code running Python: blocking waits
+/// of the connection layer let other threads run Python meanwhile.
+pub fn release_gil(wait: &mut dyn FnMut()) {
+    ffi_init::release_gil(wait)
+}
+
+/// The exit code a SystemExit asks for, if `e` is one.
+pub fn system_exit_code(py: Python<'_>, e: &PyErr) -> Option<i32> {
+    if !e.is_instance_of::<pyo3::exceptions::PySystemExit>(py) {
+        return None;
+    }
+    let code = e.value(py).getattr("code").ok()?;
+    if code.is_none() {
+        return Some(0);
+    }
+    Some(code.extract::<i32>().unwrap_or(1))
+}

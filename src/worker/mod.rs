@@ -2,20 +2,28 @@
 //! loading the app, exit codes), then the kind's own loop.
 
 pub mod kind;
+mod request;
 pub mod sync;
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pyo3::prelude::*;
 
 use crate::config::Config;
+use crate::conn::listen::WorkerListener;
 use crate::hooks::{Hooks, WorkerView};
+use crate::http::allowlist::AllowList;
+use crate::http::proxy::ProxyMode;
+use crate::http::{HeaderMap, ParserConfig};
+use crate::log::access::AccessLog;
 use crate::metrics::store::WorkerMetrics;
 use crate::shm::ErrorTable;
 use crate::shm::{ExitReason, Slot, State};
-use crate::sock::{ListenKind, Listener};
+use crate::sock::Listener;
+use crate::wsgi::{Wsgi, WsgiSettings};
 
 /// gunicorn's exit codes, which the master acts on.
 pub const WORKER_BOOT_ERROR: i32 = 3;
@@ -45,8 +53,6 @@ pub struct Context {
     pub errors: &'static ErrorTable,
     pub hooks: Arc<Hooks>,
     pub view: WorkerView,
-    /// Set by SIGTERM (registered right after the fork).
-    pub term: Arc<AtomicBool>,
 }
 
 /// The worker's live view for a hook: counters from its shared-memory slot.
@@ -57,12 +63,6 @@ pub fn live_view(base: &WorkerView, slot: &Slot, alive: bool, booted: bool) -> W
         booted,
         ..*base
     }
-}
-
-/// A listener as a worker sees it.
-pub struct WorkerListener {
-    pub fd: RawFd,
-    pub kind: ListenKind,
 }
 
 /// Runs a worker to completion; the return value is the process exit code.
@@ -113,21 +113,15 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
                 kind: l.kind.clone(),
             })
             .collect();
-        match sync::SyncWorker::new(
-            py,
-            spawn.cfg,
-            listeners,
-            app,
-            Context {
-                slot,
-                metrics: spawn.metrics,
-                errors: spawn.errors,
-                hooks: Arc::clone(&hooks),
-                view: base,
-                term,
-            },
-        ) {
-            Ok(mut w) => w.run(py),
+        let ctx = Context {
+            slot,
+            metrics: spawn.metrics,
+            errors: spawn.errors,
+            hooks: Arc::clone(&hooks),
+            view: base,
+        };
+        match serve(py, spawn.cfg, listeners, app, ctx, term) {
+            Ok(code) => code,
             Err(e) => {
                 crate::log_error!("Exception in worker process: {e}");
                 WORKER_BOOT_ERROR
@@ -173,6 +167,119 @@ fn install_signal_handlers(
     Ok(())
 }
 
+/// Runs the worker's connection loop with the kind's handler until the
+/// worker exits; returns the exit code.
+fn serve(
+    py: Python<'_>,
+    cfg: &Config,
+    listeners: Vec<WorkerListener>,
+    app: Py<PyAny>,
+    ctx: Context,
+    term: Arc<AtomicBool>,
+) -> Result<i32, String> {
+    let err = |what: &str, e: String| format!("{what}: {e}");
+    let timeout = cfg.timeout();
+    let io_timeout = Duration::from_secs(if timeout == 0 { 3600 } else { timeout.max(1) });
+    let max_requests = match cfg.max_requests() {
+        0 => u64::MAX,
+        n => {
+            let jitter = cfg.max_requests_jitter();
+            let extra = if jitter > 0 {
+                u64::from(std::process::id()).wrapping_mul(2_654_435_761) % (jitter + 1)
+            } else {
+                0
+            };
+            n.saturating_add(extra)
+        }
+    };
+    let settings = crate::conn::Settings {
+        keepalive: Duration::from_secs(cfg.keepalive()),
+        timeout: io_timeout,
+        max_conns: cfg.worker_connections().max(1),
+        max_requests,
+        graceful_timeout: Duration::from_secs(cfg.graceful_timeout()),
+        parser: parser_config(cfg),
+        proxy_mode: match cfg.proxy_protocol().as_str() {
+            "v1" => ProxyMode::V1,
+            "v2" => ProxyMode::V2,
+            "auto" => ProxyMode::Auto,
+            _ => ProxyMode::Off,
+        },
+        proxy_allow: AllowList::parse(&cfg.proxy_allow_ips())
+            .map_err(|e| err("proxy_allow_ips", e))?,
+        forwarded_allow: AllowList::parse(&cfg.forwarded_allow_ips())
+            .map_err(|e| err("forwarded_allow_ips", e))?,
+        release: crate::python::release_gil,
+    };
+    let wsgi = Wsgi::new(
+        py,
+        app,
+        WsgiSettings {
+            workers: cfg.workers(),
+            script_name: std::env::var("SCRIPT_NAME").unwrap_or_default(),
+            secure_scheme_headers: cfg
+                .secure_scheme_headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_uppercase(), v))
+                .collect(),
+            multithread: false,
+            sendfile: cfg.sendfile(),
+        },
+    )
+    .map_err(|e| {
+        err(
+            "preparing the WSGI environ",
+            crate::python::format_err(py, &e),
+        )
+    })?;
+    let access = match cfg.accesslog() {
+        Some(target) => Some(AccessLog::new(&target, &cfg.access_log_format())?),
+        None => None,
+    };
+    let slot = ctx.slot;
+    let handler = sync::SyncHandler::new(
+        py,
+        wsgi,
+        &listeners,
+        access,
+        Context {
+            view: WorkerView {
+                max_requests: if max_requests == u64::MAX {
+                    0
+                } else {
+                    max_requests
+                },
+                ..ctx.view
+            },
+            ..ctx
+        },
+    );
+    let mut lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
+    slot.set_state(State::Idle);
+    Ok(lp.run())
+}
+
+/// The request parser's settings.
+fn parser_config(cfg: &Config) -> ParserConfig {
+    let (line, fields, field_size) = cfg.parser_limits();
+    ParserConfig {
+        limit_request_line: line,
+        limit_request_fields: fields,
+        limit_request_field_size: field_size,
+        permit_obsolete_folding: cfg.bool("permit_obsolete_folding"),
+        strip_header_spaces: cfg.bool("strip_header_spaces"),
+        permit_unconventional_http_method: cfg.bool("permit_unconventional_http_method"),
+        permit_unconventional_http_version: cfg.bool("permit_unconventional_http_version"),
+        casefold_http_method: cfg.bool("casefold_http_method"),
+        header_map: match cfg.header_map().as_str() {
+            "refuse" => HeaderMap::Refuse,
+            "dangerous" => HeaderMap::Dangerous,
+            _ => HeaderMap::Drop,
+        },
+        forwarder_headers: cfg.forwarder_headers(),
+    }
+}
+
 /// Imports the app; on failure logs as gunicorn does and returns the exit code.
 pub fn load_app(py: Python<'_>, cfg: &Config) -> Result<Py<PyAny>, i32> {
     let Some(uri) = cfg.app_uri() else {
@@ -180,7 +287,7 @@ pub fn load_app(py: Python<'_>, cfg: &Config) -> Result<Py<PyAny>, i32> {
         return Err(APP_LOAD_ERROR);
     };
     crate::python::import_app(py, uri).map_err(|e| {
-        if let Some(code) = system_exit_code(py, &e) {
+        if let Some(code) = crate::python::system_exit_code(py, &e) {
             // Aborted while booting (timeout) or the app exited on import.
             return code;
         }
@@ -199,16 +306,4 @@ pub fn load_app(py: Python<'_>, cfg: &Config) -> Result<Py<PyAny>, i32> {
             WORKER_BOOT_ERROR
         }
     })
-}
-
-/// The exit code a SystemExit asks for, if `e` is one.
-pub fn system_exit_code(py: Python<'_>, e: &PyErr) -> Option<i32> {
-    if !e.is_instance_of::<pyo3::exceptions::PySystemExit>(py) {
-        return None;
-    }
-    let code = e.value(py).getattr("code").ok()?;
-    if code.is_none() {
-        return Some(0);
-    }
-    Some(code.extract::<i32>().unwrap_or(1))
 }

@@ -1,6 +1,7 @@
 //! WSGI (PEP 3333) with gunicorn's environ: building the environ in Rust
 //! from interned keys and a per-worker template, calling the app, and
-//! streaming its result through [`response::Response`].
+//! streaming its result through [`response::Response`]. The request's bytes
+//! come from, and go to, the connection layer ([`crate::conn`]).
 
 pub mod file_wrapper;
 pub mod input;
@@ -8,17 +9,18 @@ pub mod response;
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::time::Duration;
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::allowlist::AllowList;
+use crate::conn::body::Body;
 use crate::http::proxy::ProxyInfo;
-use crate::http::{BodyKind, RequestHead};
+use crate::http::response::Encoder;
+use crate::http::RequestHead;
 use file_wrapper::FileWrapper;
-use input::{BodyState, Input, InputState};
-use response::StartResponse;
+use input::Input;
+use response::{Response, StartResponse};
 
 /// Header names whose environ key was already computed, bounded so that a
 /// client sending random names cannot grow it without limit.
@@ -95,13 +97,22 @@ pub struct ServerAddr {
 }
 
 /// Per-connection Python values, created once per connection.
-pub struct Peer {
+pub struct PeerValues {
     /// REMOTE_ADDR and REMOTE_PORT (unix sockets: "" and no port).
     pub addr: Py<PyString>,
     pub port: Option<Py<PyString>>,
-    pub ip: Option<std::net::IpAddr>,
     /// `gunicorn.socket`, created on the connection's first request.
     pub socket: Option<Py<LazySocket>>,
+}
+
+impl PeerValues {
+    pub fn new(py: Python<'_>, addr: Option<std::net::SocketAddr>) -> PeerValues {
+        PeerValues {
+            addr: PyString::new(py, &addr.map(|a| a.ip().to_string()).unwrap_or_default()).unbind(),
+            port: addr.map(|a| PyString::new(py, &a.port().to_string()).unbind()),
+            socket: None,
+        }
+    }
 }
 
 /// Settings the environ depends on.
@@ -109,8 +120,6 @@ pub struct WsgiSettings {
     pub workers: usize,
     pub script_name: String,
     pub secure_scheme_headers: Vec<(String, String)>,
-    pub forwarded_allow: AllowList,
-    pub io_timeout: Duration,
     pub multithread: bool,
     /// --no-sendfile / SENDFILE: file_wrapper bodies are iterated instead.
     pub sendfile: bool,
@@ -130,16 +139,15 @@ pub struct Wsgi {
 pub struct Outcome {
     pub status: u16,
     pub sent: u64,
-    pub keep_alive: bool,
-    /// The connection's read buffer, with pipelined bytes after the body.
-    pub leftover: Option<(Vec<u8>, usize)>,
+    /// The response allows the connection to be reused and nothing failed.
+    pub reusable: bool,
+    /// The request body, back from `wsgi.input`.
+    pub body: Option<Body>,
     pub response_headers: Vec<(String, String)>,
     /// The status line the app gave start_response (for post_request).
     pub status_line: Option<String>,
     pub response_length: Option<u64>,
     pub headers_sent: bool,
-    /// Request body bytes the app read (or that were discarded after it).
-    pub request_body: u64,
     /// The app raised SystemExit (e.g. the timeout abort): the worker exits
     /// with this code once the connection is closed.
     pub exit: Option<i32>,
@@ -235,10 +243,6 @@ impl Wsgi {
             settings,
         })
     }
-
-    pub fn forwarded_allow(&self) -> &AllowList {
-        &self.settings.forwarded_allow
-    }
 }
 
 /// The environ key for a header name (`HTTP_` + upper-case, '-' → '_'),
@@ -274,7 +278,7 @@ impl Wsgi {
         py: Python<'py>,
         head: &RequestHead<'_>,
         server: &ServerAddr,
-        peer: &Peer,
+        peer: &PeerValues,
         proxy: Option<&ProxyInfo>,
         trusted: bool,
     ) -> Result<Bound<'py, PyDict>, EnvironError> {
@@ -450,43 +454,24 @@ impl Wsgi {
         Ok(env)
     }
 
-    /// Runs the app for one request and writes its response.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the app for one request and writes its response. The body
+    /// comes back in the [`Outcome`] for the connection layer.
     pub fn serve<'py>(
         &mut self,
         py: Python<'py>,
         env: Bound<'py, PyDict>,
-        fd: RawFd,
-        peer: &mut Peer,
-        version: (u8, u8),
-        is_head: bool,
-        must_close: bool,
-        body: &BodyKind,
-        raw: Vec<u8>,
-        pos: usize,
-        max_chunk_trailers: (usize, usize),
+        body: Body,
+        peer: &mut PeerValues,
+        enc: Encoder,
+        peer_addr: Option<std::net::SocketAddr>,
     ) -> Outcome {
-        let timeout = self.settings.io_timeout;
-        let body_state = match body {
-            BodyKind::None => BodyState::Done,
-            BodyKind::Length(n) => BodyState::Length(*n),
-            BodyKind::Chunked => {
-                BodyState::Chunked(Box::new(crate::http::chunked::ChunkedDecoder::new(
-                    max_chunk_trailers.0,
-                    max_chunk_trailers.1,
-                )))
-            }
-        };
-        let input = Bound::new(
-            py,
-            Input {
-                state: Some(InputState::new(fd, timeout, raw, pos, body_state)),
-            },
-        );
+        let io = Arc::clone(body.transport());
+        let fd = io.fd();
+        let input = Bound::new(py, Input::new(body));
         let sr = Bound::new(
             py,
             StartResponse {
-                resp: response::Response::new(fd, timeout, version, is_head, must_close),
+                resp: Response::new(Arc::clone(&io), enc),
             },
         );
         let (input, sr) = match (input, sr) {
@@ -508,83 +493,55 @@ impl Wsgi {
             }
             Ok(())
         })();
-        if let Err(e) = setup {
-            crate::log_error!(
-                "Error handling request: {}",
-                crate::python::format_err(py, &e)
-            );
-            return Outcome::default();
-        }
-        let result = self.app.bind(py).call1((env.clone(), sr.clone()));
-        let mut app_error = false;
-        let mut failure = None;
-        let run = match result {
-            Ok(iterable) => {
-                let r = self.write_result(py, &sr, &iterable);
-                // PEP 3333: close() is always called on the iterable.
-                // (lists and tuples have none: skip the failing lookup)
-                let plain = iterable.is_exact_instance_of::<PyList>()
-                    || iterable.is_exact_instance_of::<PyTuple>();
-                if !plain && iterable.hasattr(k.close.bind(py)).unwrap_or(false) {
-                    if let Err(e) = iterable.call_method0(k.close.bind(py)) {
-                        crate::log_error!(
-                            "Error closing response iterable: {}",
-                            crate::python::format_err(py, &e)
-                        );
-                    }
-                }
-                r
-            }
+        let run = match setup {
             Err(e) => Err(e),
+            Ok(()) => match self.app.bind(py).call1((env.clone(), sr.clone())) {
+                Ok(iterable) => {
+                    let r = self.write_result(py, &sr, &iterable);
+                    // PEP 3333: close() is always called on the iterable.
+                    // (lists and tuples have none: skip the failing lookup)
+                    let plain = iterable.is_exact_instance_of::<PyList>()
+                        || iterable.is_exact_instance_of::<PyTuple>();
+                    if !plain && iterable.hasattr(k.close.bind(py)).unwrap_or(false) {
+                        if let Err(e) = iterable.call_method0(k.close.bind(py)) {
+                            crate::log_error!(
+                                "Error closing response iterable: {}",
+                                crate::python::format_err(py, &e)
+                            );
+                        }
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            },
         };
+        let mut body = input.borrow_mut().take();
         let exit = match &run {
-            Err(e) => crate::worker::system_exit_code(py, e),
+            Err(e) => crate::python::system_exit_code(py, e),
             Ok(_) => None,
         };
         let bad_request = match &run {
-            Err(_) => input
-                .borrow_mut()
-                .state
-                .as_mut()
-                .and_then(|st| st.bad_request.take()),
+            Err(_) => body.as_mut().and_then(|b| b.take_bad_request()),
             Ok(_) => None,
         };
         let mut resp_guard = sr.borrow_mut();
         let resp = &mut resp_guard.resp;
-        if let (Some(bad), false) = (&bad_request, resp.headers_sent) {
+        let mut app_error = None;
+        let mut failed = false;
+        if let (Some(bad), false) = (&bad_request, resp.enc.headers_sent()) {
             // The client sent a malformed body: a client error, as gunicorn.
             crate::log_warning!(
                 "Invalid request from ip={}: {}",
-                peer.ip.map(|i| i.to_string()).unwrap_or_default(),
+                peer_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
                 bad.detail
             );
-            let _ = crate::netio::write_all(Some(py), fd, &bad.response_bytes(), timeout);
-            resp.status_code = bad.status;
-            resp.must_close = true;
-            app_error = true;
+            resp.write_error(bad.status, &bad.response_bytes());
+            failed = true;
         } else if let Err(e) = run {
-            app_error = true;
-            if !resp.broken {
-                let raw_uri = env
-                    .get_item("RAW_URI")
-                    .ok()
-                    .flatten()
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
-                failure = Some(AppError {
-                    error_type: e
-                        .get_type(py)
-                        .name()
-                        .map(|n| n.to_string())
-                        .unwrap_or_default(),
-                    endpoint: endpoint_of(&raw_uri).to_owned(),
-                });
-            }
+            failed = true;
             if resp.broken {
                 crate::log_debug!("client went away: {e}");
             } else {
-                // gunicorn: "Error handling request METHOD URI" + traceback;
-                // a SystemExit (the timeout abort) is answered the same way.
                 let item = |k: &str| {
                     env.get_item(k)
                         .ok()
@@ -592,61 +549,46 @@ impl Wsgi {
                         .map(|v| v.to_string())
                         .unwrap_or_default()
                 };
+                let raw_uri = item("RAW_URI");
+                app_error = Some(AppError {
+                    error_type: e
+                        .get_type(py)
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                    endpoint: endpoint_of(&raw_uri).to_owned(),
+                });
+                // gunicorn: "Error handling request METHOD URI" + traceback;
+                // a SystemExit (the timeout abort) is answered the same way.
                 crate::log_error!(
                     "Error handling request {} {}\n{}",
                     item("REQUEST_METHOD"),
-                    item("RAW_URI"),
+                    raw_uri,
                     crate::python::format_err(py, &e)
                 );
-            }
-            if !resp.headers_sent && !resp.broken {
-                // Nothing was sent yet: answer 500 like gunicorn's handle_error.
-                let body = error_body("Internal Server Error", "");
-                let msg = error_response(500, "Internal Server Error", &body);
-                let _ = crate::netio::write_all(Some(py), fd, &msg, timeout);
-                resp.status_code = 500;
-                resp.sent = body.len() as u64;
-            }
-            resp.must_close = true;
-        }
-        let status = resp.status_code;
-        let sent = resp.sent;
-        let mut keep_alive = !resp.should_close() && !app_error;
-        let response_headers = std::mem::take(&mut resp.headers);
-        let status_line = resp.status.take();
-        let (response_length, headers_sent) = (resp.response_length, resp.headers_sent);
-        drop(resp_guard);
-        let state = input.borrow_mut().take_state();
-        let mut request_body = 0;
-        let leftover = match state {
-            Some(mut st) if keep_alive => {
-                let clean = st.discard_rest(1 << 20);
-                request_body = st.consumed;
-                if clean {
-                    Some((std::mem::take(&mut st.raw), st.pos))
-                } else {
-                    keep_alive = false;
-                    None
+                if !resp.enc.headers_sent() {
+                    // Nothing was sent yet: answer 500 like gunicorn's handle_error.
+                    let page = crate::http::error_response(500, "Internal Server Error", "");
+                    resp.write_error(500, &page);
                 }
             }
-            Some(st) => {
-                request_body = st.consumed;
-                None
-            }
-            None => None,
-        };
+        }
+        if failed {
+            resp.enc.force_close();
+        }
+        resp.end();
+        let (status_line, response_headers) = resp.enc.take_status_and_headers();
         Outcome {
-            status,
-            sent,
-            keep_alive,
-            leftover,
+            status: resp.enc.status_code(),
+            sent: resp.enc.sent(),
+            reusable: !resp.should_close() && !failed,
+            body,
             response_headers,
             status_line,
-            response_length,
-            headers_sent,
-            request_body,
+            response_length: resp.enc.length(),
+            headers_sent: resp.enc.headers_sent(),
             exit,
-            app_error: failure,
+            app_error,
         }
     }
 
@@ -659,16 +601,15 @@ impl Wsgi {
         iterable: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         if let (true, Ok(fw)) = (self.settings.sendfile, iterable.cast::<FileWrapper>()) {
-            let fd = fw.borrow().fileno(py);
-            if let Some(fd) = fd {
+            if let Some(fd) = fw.borrow().fileno(py) {
                 let mut s = sr.borrow_mut();
-                if s.resp.status.is_none() {
+                if !s.resp.enc.started() {
                     return Err(pyo3::exceptions::PyAssertionError::new_err(
                         "start_response() was not called",
                     ));
                 }
-                if s.resp.sendfile(py, fd)? {
-                    return s.resp.finish(py);
+                if s.resp.sendfile(fd)? {
+                    return s.resp.finish();
                 }
             }
         }
@@ -682,15 +623,9 @@ impl Wsgi {
                 ))
             })?;
             let mut s = sr.borrow_mut();
-            s.resp.write_body(py, bytes.as_bytes(), !buffered)?;
+            s.resp.write_body(bytes.as_bytes(), !buffered)?;
         }
-        let mut s = sr.borrow_mut();
-        if s.resp.status.is_none() {
-            return Err(pyo3::exceptions::PyAssertionError::new_err(
-                "start_response() was not called",
-            ));
-        }
-        s.resp.finish(py)
+        sr.borrow_mut().resp.finish()
     }
 }
 
@@ -742,7 +677,7 @@ impl LazySocket {
     }
 }
 
-impl Peer {
+impl PeerValues {
     /// The connection's `gunicorn.socket` object, made on its first request.
     fn socket<'py>(&mut self, py: Python<'py>, fd: RawFd) -> PyResult<Bound<'py, LazySocket>> {
         if let Some(s) = &self.socket {
@@ -767,26 +702,4 @@ impl Peer {
             s.bind(py).borrow_mut().closed = true;
         }
     }
-}
-
-/// gunicorn's util.write_error HTML body.
-pub fn error_body(reason: &str, mesg: &str) -> String {
-    let esc = mesg
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#x27;");
-    format!(
-        "<html>\n  <head>\n    <title>{reason}</title>\n  </head>\n  <body>\n    <h1><p>{reason}</p></h1>\n    {esc}\n  </body>\n</html>\n"
-    )
-}
-
-/// A complete error response with gunicorn's framing (always closes).
-pub fn error_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }

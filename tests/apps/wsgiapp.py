@@ -85,6 +85,11 @@ def app(environ, start_response):
     if path == "/error":
         raise RuntimeError("intentional error from /error")
 
+    if path == "/readline":
+        line = environ["wsgi.input"].readline()
+        return _send(start_response, json.dumps({"line": line.decode("latin-1")}),
+                     ctype="application/json")
+
     if path == "/noread":
         return _send(start_response, b"did not read the body")
 

@@ -1,21 +1,31 @@
 //! Blocking-style I/O on non-blocking sockets, for code that runs inside a
-//! request (the app writing its response, reading wsgi.input): try the
-//! syscall, and on EAGAIN wait in poll(2) with the GIL released, up to a
-//! deadline.
+//! request (the app writing its response, reading its body): try the
+//! syscall, and on EAGAIN wait in poll(2) up to a deadline. The wait runs
+//! through a [`Release`] the worker kind supplies, so that other threads
+//! may run Python meanwhile; this module itself knows nothing of Python.
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use pyo3::Python;
+
+/// Runs a blocking wait (the closure) on behalf of the connection layer.
+/// A worker kind whose threads share the interpreter passes a function
+/// that releases the interpreter lock around it.
+pub type Release = fn(&mut dyn FnMut());
+
+/// A [`Release`] for callers that hold no lock.
+pub fn no_release(wait: &mut dyn FnMut()) {
+    wait()
+}
 
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
 /// Waits until `fd` is readable (or writable) or `deadline` passes.
-fn wait(py: Option<Python<'_>>, fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()> {
+fn wait(release: Release, fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -23,16 +33,13 @@ fn wait(py: Option<Python<'_>>, fd: RawFd, flags: PollFlags, deadline: Instant) 
         }
         let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
             .unwrap_or(PollTimeout::MAX);
-        let poll = || {
+        let mut res = Err(nix::errno::Errno::EINTR);
+        release(&mut || {
             // SAFETY: `fd` is a socket owned by the connection for the whole request.
             let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
             let mut fds = [PollFd::new(bfd, flags)];
-            nix::poll::poll(&mut fds, ms).map(|n| (n, fds[0].revents()))
-        };
-        let res = match py {
-            Some(py) => py.detach(poll),
-            None => poll(),
-        };
+            res = nix::poll::poll(&mut fds, ms).map(|n| (n, fds[0].revents()));
+        });
         match res {
             Ok((0, _)) => continue,
             Ok((_, Some(rev))) if rev.intersects(PollFlags::POLLNVAL) => {
@@ -86,7 +93,7 @@ pub fn read_append(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize
 /// Reads at least one byte into the spare capacity of `buf` (growing it by
 /// up to `chunk`), waiting up to `timeout`. Ok(0) is end of stream.
 pub fn read_blocking(
-    py: Option<Python<'_>>,
+    release: Release,
     fd: RawFd,
     buf: &mut Vec<u8>,
     chunk: usize,
@@ -95,7 +102,7 @@ pub fn read_blocking(
     let deadline = Instant::now() + timeout;
     loop {
         match read_append(fd, buf, chunk) {
-            Err(e) if would_block(&e) => wait(py, fd, PollFlags::POLLIN, deadline)?,
+            Err(e) if would_block(&e) => wait(release, fd, PollFlags::POLLIN, deadline)?,
             other => return other,
         }
     }
@@ -103,7 +110,7 @@ pub fn read_blocking(
 
 /// Writes all of `data`, waiting for the socket to drain as needed.
 pub fn write_all(
-    py: Option<Python<'_>>,
+    release: Release,
     fd: RawFd,
     mut data: &[u8],
     timeout: Duration,
@@ -120,7 +127,7 @@ pub fn write_all(
             Ok(n) => data = &data[n..],
             Err(e) if would_block(&e) => {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                wait(py, fd, PollFlags::POLLOUT, d)?;
+                wait(release, fd, PollFlags::POLLOUT, d)?;
             }
             Err(e) => return Err(e),
         }
@@ -130,7 +137,7 @@ pub fn write_all(
 
 /// sendfile(2) `count` bytes of `file_fd` from `offset` to the socket.
 pub fn sendfile_all(
-    py: Option<Python<'_>>,
+    release: Release,
     sock: RawFd,
     file_fd: RawFd,
     mut offset: i64,
@@ -159,7 +166,7 @@ pub fn sendfile_all(
             io::ErrorKind::Interrupted => {}
             io::ErrorKind::WouldBlock => {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                wait(py, sock, PollFlags::POLLOUT, d)?;
+                wait(release, sock, PollFlags::POLLOUT, d)?;
             }
             _ => return Err(e),
         }
@@ -227,31 +234,4 @@ pub fn file_size(fd: RawFd) -> Option<i64> {
     }
     // SAFETY: fstat succeeded, so st is initialised.
     Some(unsafe { st.assume_init() }.st_size)
-}
-
-/// Connections waiting in a listening TCP socket's accept queue (Linux
-/// reports it as `tcpi_unacked` of a listener's TCP_INFO); `None` for other
-/// sockets or on error.
-pub fn accept_queue_len(fd: RawFd) -> Option<u32> {
-    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
-    // that large and zero-initialised; a bad fd only makes it fail.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: zero-initialised and (partly) filled by the kernel: every bit
-    // pattern is a valid tcp_info (plain integers).
-    let info = unsafe { info.assume_init() };
-    // TCP_LISTEN is state 10.
-    (info.tcpi_state == 10).then_some(info.tcpi_unacked)
 }

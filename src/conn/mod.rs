@@ -1,0 +1,692 @@
+//! The connection layer every worker kind stands on: a mio event loop that
+//! accepts, reads, parses request heads (with the PROXY protocol), holds
+//! idle keep-alive connections, enforces deadlines, evicts idle connections
+//! when its table is full, and runs the worker's lifecycle (graceful drain
+//! on TERM, the max_requests budget). It knows nothing of Python or WSGI: a
+//! complete request goes to the worker kind's [`Handler`] with a
+//! [`body::Body`] that reads through the connection's
+//! [`transport::Transport`].
+
+pub mod body;
+pub mod connection;
+pub mod io;
+pub mod listen;
+pub mod transport;
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1, SIGWINCH};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::http::allowlist::AllowList;
+use crate::http::proxy::{detect_proxy, parse_proxy, ProxyDetect, ProxyMode, ProxyParsed};
+use crate::http::{parse_request, HttpError, Parsed, ParserConfig, RequestHead};
+use crate::shm::{ExitReason, Slot};
+use body::Body;
+use connection::{Conn, Deadlines, KeepAlive, Peer, Phase, ProxyState};
+use io::Release;
+use listen::{Listeners, WorkerListener, LISTENER_BASE};
+use transport::{Inline, Transport};
+
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+const READ_SIZE: usize = 16 * 1024;
+/// How long a stopping worker keeps an idle connection open for a request
+/// the client may already have sent (at most --keep-alive).
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// Connections accepted per listener before the loop looks at the others;
+/// also how many idle ones are evicted at once when the table is full.
+const ACCEPT_BATCH: usize = 16;
+
+/// What a worker kind does with requests.
+pub trait Handler {
+    /// The kind's per-connection state (made at a connection's first request).
+    type ConnState;
+    fn connection(&mut self, peer: &Peer, listener: usize) -> Self::ConnState;
+    /// The connection is about to close.
+    fn closed(&mut self, state: &mut Self::ConnState);
+    /// Serves one request to the end (head, app, response, body consumed).
+    fn serve(&mut self, req: Request<'_>, state: &mut Self::ConnState) -> Served;
+    /// After every wait of the loop: runs what was deferred to it (signal
+    /// handlers of the interpreter). Err(code) makes the worker exit now.
+    fn woke(&mut self) -> Result<(), i32>;
+    /// USR1: reopen the kind's own log files.
+    fn reopen_logs(&mut self);
+}
+
+/// The loop's settings, from the configuration.
+pub struct Settings {
+    pub keepalive: Duration,
+    /// --timeout: the I/O timeout inside a request, and the time a started
+    /// request head has to be complete.
+    pub timeout: Duration,
+    pub max_conns: usize,
+    /// Requests before the worker restarts (max_requests plus jitter);
+    /// u64::MAX for none.
+    pub max_requests: u64,
+    pub graceful_timeout: Duration,
+    pub parser: ParserConfig,
+    pub proxy_mode: ProxyMode,
+    pub proxy_allow: AllowList,
+    pub forwarded_allow: AllowList,
+    /// How blocking waits release what the kind holds (the GIL).
+    pub release: Release,
+}
+
+/// The worker's lifecycle: alive until TERM or its request budget is spent.
+pub struct Lifecycle {
+    /// Requests started (gunicorn's worker.nr).
+    nr: u64,
+    max_requests: u64,
+    alive: bool,
+    slot: &'static Slot,
+    keepalive_enabled: bool,
+    /// The keep-alive decision of the request being served, once counted.
+    current: Option<KeepAlive>,
+}
+
+impl Lifecycle {
+    /// Requests the worker may still start.
+    fn left(&self) -> u64 {
+        self.max_requests.saturating_sub(self.nr)
+    }
+}
+
+/// One complete request head, handed to the worker kind.
+pub struct Request<'r> {
+    pub head: RequestHead<'r>,
+    /// Taken by the kind; returned through [`Body::finish`] in [`Served`].
+    pub body: Option<Body>,
+    pub peer: &'r Peer,
+    pub listener: usize,
+    /// Requests on this connection so far, this one included.
+    pub nreq: u64,
+    life: &'r mut Lifecycle,
+    /// Connections the worker holds now.
+    open: usize,
+}
+
+impl Request<'_> {
+    pub fn alive(&self) -> bool {
+        self.life.alive
+    }
+
+    /// Counts the request against max_requests (where gunicorn's worker
+    /// counts it: after pre_request) and decides whether the connection may
+    /// stay open after it. A request that is never counted closes its
+    /// connection.
+    pub fn count(&mut self) -> KeepAlive {
+        let life = &mut *self.life;
+        life.nr += 1;
+        // The worker never holds more connections than it has requests
+        // left (see `conn_limit`), and a response closes its connection
+        // when keeping it would break that; so no accepted request is
+        // dropped and the worker never serves more than its limit.
+        let left = life.left();
+        let over_budget = self.open as u64 > left;
+        if life.alive && left == 0 {
+            crate::log_info!("Autorestarting worker after current request.");
+            life.slot.set_exit_reason(ExitReason::MaxRequests);
+            // This response says Connection: close; the drain starts once
+            // it is written.
+            life.alive = false;
+        }
+        let k = KeepAlive::before_response(
+            self.head.keep_alive,
+            life.keepalive_enabled,
+            life.alive,
+            over_budget,
+        );
+        life.current = Some(k);
+        k
+    }
+
+    /// `HTTP/1.1 100 Continue` when the client asked for it, before the
+    /// request's body is read.
+    pub fn send_continue(&self, body: &Body) {
+        if self.head.expect_continue {
+            let _ = body.transport().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+    }
+}
+
+/// What became of a request.
+pub struct Served {
+    /// The response allows the connection to be reused and nothing failed.
+    pub reusable: bool,
+    /// The read buffer with what follows the body, when the body was
+    /// consumed cleanly ([`Body::finish`]).
+    pub leftover: Option<(Vec<u8>, usize)>,
+    /// The worker must exit with this code (SystemExit in the app or a hook).
+    pub exit: Option<i32>,
+}
+
+impl Served {
+    /// A request that ended its connection (an error answered, the
+    /// client gone).
+    pub fn closed(exit: Option<i32>) -> Served {
+        Served {
+            reusable: false,
+            leftover: None,
+            exit,
+        }
+    }
+}
+
+/// What to do with a connection after processing its input.
+enum Next {
+    Wait,
+    Close,
+}
+
+pub struct Loop<H: Handler> {
+    poll: Poll,
+    signals: Signals,
+    listeners: Listeners,
+    /// Listeners whose accept batch was cut short (see `accept`).
+    accept_pending: Vec<usize>,
+    conns: Slab<Conn<H::ConnState>>,
+    handler: H,
+    settings: Settings,
+    deadlines: Deadlines,
+    life: Lifecycle,
+    slot: &'static Slot,
+    term: Arc<AtomicBool>,
+    /// Set once the worker stops gracefully: the time it exits at the latest.
+    draining: Option<Instant>,
+    /// The worker must exit now with this code.
+    exit: Option<i32>,
+}
+
+fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+impl<H: Handler> Loop<H> {
+    pub fn new(
+        listeners: Vec<WorkerListener>,
+        settings: Settings,
+        handler: H,
+        slot: &'static Slot,
+        term: Arc<AtomicBool>,
+    ) -> Result<Loop<H>, String> {
+        let poll = Poll::new().map_err(|e| setup_err("creating the event loop", e))?;
+        let mut signals = Signals::new([SIGTERM, SIGUSR1, SIGHUP, SIGWINCH])
+            .map_err(|e| setup_err("installing signal handlers", e))?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
+            .map_err(|e| setup_err("registering signals", e))?;
+        let listeners = Listeners::new(listeners, poll.registry())
+            .map_err(|e| setup_err("registering a listener", e))?;
+        let deadlines = Deadlines {
+            keepalive: settings.keepalive,
+            head: settings.timeout,
+        };
+        let life = Lifecycle {
+            nr: 0,
+            max_requests: settings.max_requests,
+            alive: true,
+            slot,
+            keepalive_enabled: !settings.keepalive.is_zero(),
+            current: None,
+        };
+        Ok(Loop {
+            poll,
+            signals,
+            listeners,
+            accept_pending: Vec::new(),
+            conns: Slab::with_capacity(64),
+            handler,
+            settings,
+            deadlines,
+            life,
+            slot,
+            term,
+            draining: None,
+            exit: None,
+        })
+    }
+
+    /// Runs until the worker exits; returns the exit code.
+    pub fn run(&mut self) -> i32 {
+        let mut events = Events::with_capacity(256);
+        let mut next_sweep = Instant::now() + Duration::from_secs(1);
+        loop {
+            if self.term.load(Ordering::Relaxed) || !self.life.alive {
+                self.stop_gracefully();
+            }
+            if let Some(limit) = self.draining {
+                if self.conns.is_empty() || Instant::now() >= limit {
+                    break;
+                }
+            }
+            let wait = if !self.accept_pending.is_empty() {
+                // Listeners with connections left over from the last batch:
+                // just collect ready events, then accept more.
+                Duration::ZERO
+            } else if self.draining.is_some() {
+                // Wake often enough to close idle connections at their
+                // (short) drain deadlines.
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(1)
+            };
+            let mut res = Ok(());
+            let poll = &mut self.poll;
+            (self.settings.release)(&mut || res = poll.poll(&mut events, Some(wait)));
+            self.slot.beat();
+            if let Err(e) = res {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    crate::log_error!("event loop failed: {e}");
+                    return 1;
+                }
+            }
+            if let Err(code) = self.handler.woke() {
+                return code;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNAL_TOKEN => self.handle_signals(),
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(key) => {
+                        if let Next::Close = self.on_readable(key) {
+                            self.close(key);
+                        }
+                    }
+                }
+                if self.exit.is_some() {
+                    break;
+                }
+            }
+            for idx in std::mem::take(&mut self.accept_pending) {
+                self.accept(idx);
+            }
+            if self.exit.is_some() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= next_sweep || self.draining.is_some() {
+                next_sweep = now + Duration::from_secs(1);
+                self.sweep(now);
+            }
+            self.maybe_resume();
+        }
+        // Whatever is left (idle past the drain deadline) is closed.
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.close(k);
+        }
+        self.exit.unwrap_or(0)
+    }
+
+    fn handle_signals(&mut self) {
+        for sig in self.signals.pending() {
+            match sig {
+                SIGTERM => self.stop_gracefully(),
+                SIGUSR1 => {
+                    if let Err(e) = crate::log::reopen() {
+                        crate::log_error!("reopening log files: {e}");
+                    }
+                    self.handler.reopen_logs();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Connections the worker may hold: --worker-connections, and no more
+    /// than the requests it has left before max_requests.
+    fn conn_limit(&self) -> usize {
+        self.settings
+            .max_conns
+            .min(usize::try_from(self.life.left()).unwrap_or(usize::MAX))
+    }
+
+    fn accept(&mut self, idx: usize) {
+        if self.term.load(Ordering::Relaxed) {
+            self.stop_gracefully();
+        }
+        // A worker about to exit (SystemExit: the timeout abort, a hook)
+        // leaves new connections in the backlog for the next worker; one it
+        // accepted now would be reset when it exits.
+        if !self.life.alive || self.exit.is_some() {
+            return;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            if self.conns.len() >= self.conn_limit() && !self.make_room() {
+                self.listeners.pause(self.poll.registry());
+                return;
+            }
+            let Some(l) = self.listeners.get(idx) else {
+                return;
+            };
+            let (fd, addr) = match listen::accept(l) {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => {
+                    crate::log_error!("accept() failed: {e}");
+                    return;
+                }
+            };
+            let s = &self.settings;
+            let peer = Peer {
+                addr,
+                // unix sockets: the peer is local, as gunicorn
+                trusted: addr.is_none_or(|a| s.forwarded_allow.contains(a.ip())),
+                proxy: None,
+            };
+            let proxy_state = match (s.proxy_mode, addr) {
+                (ProxyMode::Off, _) => ProxyState::Done,
+                (_, Some(a)) => ProxyState::Pending {
+                    allowed: s.proxy_allow.contains(a.ip()),
+                },
+                (_, None) => ProxyState::Pending { allowed: true },
+            };
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            let raw = fd.as_raw_fd();
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&raw), Token(key), Interest::READABLE)
+            {
+                crate::log_error!("registering a connection: {e}");
+                continue;
+            }
+            let now = Instant::now();
+            entry.insert(Conn {
+                io: Arc::new(Inline::new(raw, s.timeout, s.release)),
+                fd,
+                listener: idx,
+                peer,
+                buf: Vec::new(),
+                start: 0,
+                spare: Vec::new(),
+                phase: Phase::Fresh,
+                since: now,
+                deadline: now + self.deadlines.of(Phase::Fresh),
+                proxy_state,
+                nreq: 0,
+                state: None,
+            });
+            // The first request usually arrives with the connection: read it now.
+            if let Next::Close = self.on_readable(key) {
+                self.close(key);
+            }
+            if !self.life.alive || self.exit.is_some() {
+                return;
+            }
+        }
+        // More may be queued: the listener is edge-triggered, so remember
+        // it, and serve what is already accepted before accepting more
+        // (otherwise a steady stream of new connections starves them).
+        if !self.accept_pending.contains(&idx) {
+            self.accept_pending.push(idx);
+        }
+    }
+
+    /// The table is full: closes up to a batch of the longest-idle
+    /// connections (those that never sent a byte first), as nginx does, so
+    /// that idle clients cannot lock new ones out. Only --worker-connections
+    /// is made room in; the max_requests budget is never exceeded. Returns
+    /// false when nothing could be closed.
+    fn make_room(&mut self) -> bool {
+        if self.conns.len() < self.settings.max_conns {
+            return false; // the budget limits, not the table
+        }
+        let mut idle: Vec<((u8, Instant), usize)> = self
+            .conns
+            .iter()
+            .filter_map(|(k, c)| c.eviction_rank().map(|r| (r, k)))
+            .collect();
+        if idle.is_empty() {
+            return false;
+        }
+        let n = ACCEPT_BATCH.min(idle.len());
+        if n < idle.len() {
+            idle.select_nth_unstable(n);
+        }
+        for &(_, key) in &idle[..n] {
+            self.close(key);
+        }
+        crate::log_debug!("connection table full: closed {n} idle connections");
+        true
+    }
+
+    /// Accepting was paused at the connection limit: resume once there is
+    /// room, or an idle connection that could make room.
+    fn maybe_resume(&mut self) {
+        if self.listeners.accepting() || !self.life.alive || self.exit.is_some() {
+            return;
+        }
+        let room = self.conns.len() < self.conn_limit()
+            || (self.conns.len() >= self.settings.max_conns
+                && self.conns.iter().any(|(_, c)| c.eviction_rank().is_some()));
+        if room {
+            if let Err(e) = self.listeners.resume(self.poll.registry()) {
+                crate::log_error!("resuming accepting: {e}");
+            }
+        }
+    }
+
+    /// Graceful exit (TERM, max_requests): accept nothing new, answer every
+    /// request already on an accepted connection with `Connection: close`,
+    /// give idle connections a short grace for a request already on its way,
+    /// then exit; bounded by --graceful-timeout.
+    fn stop_gracefully(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.life.alive = false;
+        let now = Instant::now();
+        self.draining = Some(now + self.settings.graceful_timeout);
+        self.listeners.pause(self.poll.registry());
+        let grace = now + self.settings.keepalive.min(DRAIN_IDLE_GRACE);
+        for (_, c) in self.conns.iter_mut() {
+            if c.phase != Phase::Head {
+                c.deadline = c.deadline.min(grace);
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut c) = self.conns.try_remove(key) {
+            let raw = c.fd.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+            c.io.close();
+            if let Some(st) = c.state.as_mut() {
+                self.handler.closed(st);
+            }
+        }
+    }
+
+    /// Closes connections past their deadline: idle past --keep-alive, a
+    /// request head not complete within --timeout of its first byte.
+    fn sweep(&mut self, now: Instant) {
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for k in expired {
+            if let Some(c) = self.conns.get(k) {
+                if c.phase == Phase::Head {
+                    crate::log_debug!(
+                        "closing a connection from {}: request head not complete within {:?}",
+                        c.peer.ip_string(),
+                        self.deadlines.head
+                    );
+                }
+            }
+            self.close(k);
+        }
+    }
+
+    /// Reads what the socket has and serves every complete request in it.
+    fn on_readable(&mut self, key: usize) -> Next {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return Next::Close;
+            };
+            if conn.start > 0 && conn.start == conn.buf.len() {
+                conn.buf.clear();
+                conn.start = 0;
+            }
+            let res = io::read_append(conn.fd.as_raw_fd(), &mut conn.buf, READ_SIZE);
+            let n = match res {
+                Ok(0) => return Next::Close,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Next::Wait,
+                Err(_) => return Next::Close,
+            };
+            if let Next::Close = self.process(key) {
+                return Next::Close;
+            }
+            // A short read drained the socket; edge-triggered epoll reports
+            // the next arrival.
+            if n < READ_SIZE {
+                return Next::Wait;
+            }
+        }
+    }
+
+    /// Serves the complete requests buffered on a connection.
+    fn process(&mut self, key: usize) -> Next {
+        loop {
+            if self.term.load(Ordering::Relaxed) || !self.life.alive {
+                self.stop_gracefully();
+            }
+            if self.exit.is_some() {
+                return Next::Close;
+            }
+            let open = self.conns.len();
+            let Some(conn) = self.conns.get_mut(key) else {
+                return Next::Close;
+            };
+            if conn.start == conn.buf.len() {
+                if conn.phase == Phase::Head {
+                    conn.enter(Phase::Idle, Instant::now(), &self.deadlines);
+                }
+                return Next::Wait;
+            }
+            if conn.phase != Phase::Head {
+                // The first byte of a request: its head must be complete
+                // within --timeout from now, however slowly it trickles.
+                conn.enter(Phase::Head, Instant::now(), &self.deadlines);
+            }
+            if let ProxyState::Pending { allowed } = conn.proxy_state {
+                match read_proxy(conn, allowed, self.settings.proxy_mode) {
+                    Ok(true) => continue,
+                    Ok(false) => return Next::Wait,
+                    Err(e) => {
+                        reject(conn, &e);
+                        return Next::Close;
+                    }
+                }
+            }
+            let (head, consumed) = match parse_request(
+                &conn.buf[conn.start..],
+                &self.settings.parser,
+                conn.peer.trusted,
+            ) {
+                Ok(Parsed::Partial) => return Next::Wait,
+                Err(e) => {
+                    reject(conn, &e);
+                    return Next::Close;
+                }
+                Ok(Parsed::Complete { head, consumed }) => (head, consumed),
+            };
+            // The bytes after the head become the body's buffer while the
+            // head borrows `buf`; afterwards the buffers swap back.
+            let after = conn.start.saturating_add(consumed).min(conn.buf.len());
+            let mut rest = std::mem::take(&mut conn.spare);
+            rest.clear();
+            rest.extend_from_slice(&conn.buf[after..]);
+            let io: Arc<dyn Transport> = conn.io.clone();
+            let body = Body::new(io, head.body, rest, 0, &self.settings.parser);
+            conn.nreq += 1;
+            let state = conn
+                .state
+                .get_or_insert_with(|| self.handler.connection(&conn.peer, conn.listener));
+            self.life.current = None;
+            let served = self.handler.serve(
+                Request {
+                    head,
+                    body: Some(body),
+                    peer: &conn.peer,
+                    listener: conn.listener,
+                    nreq: conn.nreq,
+                    life: &mut self.life,
+                    open,
+                },
+                state,
+            );
+            if let Some(code) = served.exit {
+                self.exit = Some(code);
+                return Next::Close;
+            }
+            let keep = self.life.current.take().is_some_and(|k| {
+                k.after_response(served.reusable, served.leftover.is_some(), self.life.alive)
+            });
+            let Some((raw, pos)) = served.leftover.filter(|_| keep) else {
+                return Next::Close;
+            };
+            let mut old = std::mem::replace(&mut conn.buf, raw);
+            old.clear();
+            conn.spare = old;
+            conn.start = pos.min(conn.buf.len());
+            conn.enter(Phase::Idle, Instant::now(), &self.deadlines);
+        }
+    }
+}
+
+/// Reads a PROXY protocol preamble at the start of a connection. Ok(true):
+/// done (or none), go on with the request; Ok(false): need more bytes.
+fn read_proxy<S>(conn: &mut Conn<S>, allowed: bool, mode: ProxyMode) -> Result<bool, HttpError> {
+    let data = &conn.buf[conn.start..];
+    match detect_proxy(data, mode) {
+        ProxyDetect::Partial => return Ok(false),
+        ProxyDetect::NotProxy => {
+            conn.proxy_state = ProxyState::Done;
+            return Ok(true);
+        }
+        ProxyDetect::V1 | ProxyDetect::V2 if !allowed => {
+            return Err(HttpError::new(403, "Forbidden", "Request forbidden".into()));
+        }
+        ProxyDetect::V1 | ProxyDetect::V2 => {}
+    }
+    match parse_proxy(data, mode)? {
+        ProxyParsed::NotProxy => {
+            conn.proxy_state = ProxyState::Done;
+            Ok(true)
+        }
+        ProxyParsed::Partial => Ok(false),
+        ProxyParsed::Complete { info, consumed } => {
+            conn.start = conn.start.saturating_add(consumed).min(conn.buf.len());
+            conn.proxy_state = ProxyState::Done;
+            conn.peer.proxy = Some(info);
+            Ok(true)
+        }
+    }
+}
+
+/// Answers a request the parser refused and logs it as gunicorn does.
+fn reject<S>(conn: &Conn<S>, e: &HttpError) {
+    crate::log_warning!(
+        "Invalid request from ip={}: {}",
+        conn.peer.ip_string(),
+        e.detail
+    );
+    let _ = io::write_all(
+        io::no_release,
+        conn.fd.as_raw_fd(),
+        &e.response_bytes(),
+        Duration::from_secs(5),
+    );
+}
