@@ -2,7 +2,7 @@
 //! written only by that worker with relaxed atomic adds (no locks, no
 //! syscalls, no Python), read by the exporter, and folded by the master into
 //! a retired accumulator when it reaps the worker, so that server-wide
-//! counters stay monotonic across restarts (DESIGN.md, Shared memory).
+//! counters stay monotonic across restarts (docs/architecture.md, Shared memory).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

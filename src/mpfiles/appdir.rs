@@ -1,6 +1,6 @@
 //! The prometheus_client multiprocess directory of the run
 //! (`PROMETHEUS_MULTIPROC_DIR`): the user's, or a private one on tmpfs that
-//! ferrocorn creates and removes (DESIGN.md, Metrics from the application).
+//! ferrocorn creates and removes (docs/architecture.md, Metrics from the application).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;

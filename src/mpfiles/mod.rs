@@ -18,9 +18,6 @@
 //!   values as before.
 //! - [`cleanup_dir`]: `CLEANUP_DB_FILES=true`, empty the directory at start.
 
-// API surface for the exporter and the master; not every entry point is used.
-#![allow(dead_code, unused_imports)]
-
 pub mod appdir;
 mod compact;
 pub mod floor;
@@ -31,8 +28,8 @@ use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 
-pub use compact::{cleanup_dir, compact_dead, compact_dead_with, AllMode, CompactReport};
-pub use format::{Entry, FileData, FileName, ARCHIVE_PID};
+pub use compact::{cleanup_dir, compact_dead};
+pub use format::{FileData, FileName};
 pub use merge::KeyCache;
 
 /// Metric type of a family: the metrics data model's, so that app families
@@ -175,7 +172,9 @@ impl Collector {
     }
 }
 
-/// [`Collector::collect`] without a key cache kept between calls.
+/// [`Collector::collect`] without a key cache kept between calls (the tests
+/// compare it with prometheus_client; the exporter keeps a [`Collector`]).
+#[cfg(test)]
 pub fn collect(dir: &Path, live_pids: &dyn Fn(u32) -> bool) -> Vec<Family> {
     Collector::new().collect(dir, live_pids)
 }

@@ -1,6 +1,6 @@
-//! Shared memory: one place for all live state (DESIGN.md). The master maps
-//! an anonymous shared region before the first fork; every worker inherits
-//! it. Each slot is written only by the process it belongs to (and cleared by
+//! Shared memory: one place for all live state (docs/architecture.md). The
+//! master maps an anonymous shared region before the first fork; every
+//! worker inherits it. Each slot is written only by the process it belongs to (and cleared by
 //! the master after reaping), so updates are plain atomic stores: no locks,
 //! no syscalls, no Python. Within a worker, any number of threads may record
 //! requests at once: counters are atomic adds, the busy state is a count of
