@@ -1,8 +1,9 @@
 //! Request metrics in shared memory: one [`WorkerMetrics`] per worker slot,
-//! written only by that worker with relaxed atomic adds (no locks, no
-//! syscalls, no Python), read by the exporter, and folded by the master into
-//! a retired accumulator when it reaps the worker, so that server-wide
-//! counters stay monotonic across restarts (docs/architecture.md, Shared memory).
+//! written only by that worker (any number of its threads at once) with
+//! relaxed atomic adds (no locks, no syscalls, no Python), read by the
+//! exporter, and folded by the master into a retired accumulator when it
+//! reaps the worker, so that server-wide counters stay monotonic across
+//! restarts (docs/architecture.md, Shared memory).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -55,8 +55,8 @@ impl Floor {
 
 #[cfg(test)]
 mod tests {
-    use super::super::RawSample;
     use super::*;
+    use crate::mpfiles::RawSample;
 
     fn fam(kind: Kind, name: &str, value: f64) -> Vec<Family> {
         vec![Family {

@@ -36,7 +36,7 @@ const READY: u64 = 0b10;
 
 /// One failed-request series: its label set and count.
 #[repr(C)]
-pub struct ErrorSeries {
+struct ErrorSeries {
     /// [`EMPTY`], or the label set's hash (without its [`TAG`] bits) with
     /// [`WRITING`] or [`READY`].
     state: AtomicU64,
