@@ -23,7 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::config::{Config, Loaded};
 use crate::exporter::config::EnvConfig;
 use crate::hooks::{HookError, Hooks, ListenerView, ServerView, WorkerView};
-use crate::metrics::appdir::AppDir;
+use crate::mpfiles::appdir::AppDir;
 use crate::process::pidfile::Pidfile;
 use crate::process::reexec::{self, StartCtx};
 use crate::process::{systemd, title};
@@ -260,7 +260,7 @@ impl Arbiter {
         let dir = self.cfg.str("prometheus_multiproc_dir").map(str::to_owned);
         let cleanup = self.cfg.bool("cleanup_db_files");
         let app_dir = Python::attach(|py| {
-            crate::metrics::appdir::prepare(py, dir.as_deref(), cleanup, owner)
+            crate::mpfiles::appdir::prepare(py, dir.as_deref(), cleanup, owner)
         })
         .map_err(|e| format!("metrics: {e}"))?;
         self.app_dir = Some(app_dir);
@@ -285,7 +285,7 @@ impl Arbiter {
         if self.exporter.is_some() {
             return;
         }
-        let source = crate::metrics::collect::Source {
+        let source = crate::exporter::collect::Source {
             shm: self.shm,
             tcp_listeners: self
                 .listeners

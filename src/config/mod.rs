@@ -863,15 +863,8 @@ impl Config {
                 }
             }
         }
-        if out.is_empty() || out.len() > crate::metrics::store::MAX_DURATION_BUCKETS {
-            return Err(bad(format!(
-                "give 1 to {} bounds",
-                crate::metrics::store::MAX_DURATION_BUCKETS
-            )));
-        }
-        if out.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(bad("bounds must be in ascending order".to_owned()));
-        }
+        // What a histogram in shared memory can hold is the histogram's rule.
+        crate::metrics::store::check_duration_bounds(&out).map_err(bad)?;
         Ok(out)
     }
 

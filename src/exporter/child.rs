@@ -1,9 +1,9 @@
 //! The exporter process proper: what the child the master forks for
 //! metrics runs until it is told to stop.
 
+use super::collect::{Collector, Source};
 use super::config::EnvConfig;
 use super::server;
-use crate::metrics::collect::{Collector, Source};
 
 /// Runs the exporter (in the forked child) and returns its exit status.
 pub fn run(cfg: EnvConfig, master_pid: u32, source: Source) -> i32 {

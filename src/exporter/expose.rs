@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use super::model::{Family, Kind, Sample, SampleValue};
+use crate::metrics::model::{Family, Kind, Sample, SampleValue};
 
 /// `text/plain; version=0.0.4; charset=utf-8`
 pub const CONTENT_TYPE_TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";

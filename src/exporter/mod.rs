@@ -4,11 +4,12 @@
 //!
 //! The master forks a dedicated exporter child that runs [`child::run`]:
 //! [`server::run`] with the settings of [`config::config_from_settings`] and
-//! the collector of `crate::metrics::collect`, which returns the
-//! [`model::Family`] list at each scrape. [`tls::validate`] checks TLS files
-//! at start-up without starting anything.
+//! the collector of [`collect`], which returns the
+//! `crate::metrics::model::Family` list at each scrape. [`tls::validate`]
+//! checks TLS files at start-up without starting anything.
 //!
-//! - `model`: the data rendered (produced by the collector).
+//! - `collect`: what a scrape reads (shared memory, /proc, the listeners,
+//!   the application's `.db` files).
 //! - `expose`: rendering and content negotiation, as prometheus_client does.
 //! - `server`: tokio current-thread + hyper server, signals, bind retries.
 //! - `tls`: rustls server configuration, mTLS.
@@ -16,8 +17,8 @@
 //! - `child`: the exporter process's entry point.
 
 pub mod child;
+pub mod collect;
 pub mod config;
 pub mod expose;
-pub mod model;
 pub mod server;
 pub mod tls;

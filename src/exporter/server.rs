@@ -19,8 +19,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::expose::{self, Format};
-use super::model::Family;
 use super::tls::{self, TlsConfig};
+use crate::metrics::model::Family;
 
 /// What the exporter serves and where.
 #[derive(Debug, Clone)]
@@ -396,8 +396,8 @@ async fn bind(host: &str, port: u16) -> Result<TcpListener, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::model::{Kind, Sample, SampleValue};
     use crate::exporter::tls::testpki;
+    use crate::metrics::model::{Kind, Sample, SampleValue};
     use std::io::{Read, Write};
     use std::sync::atomic::AtomicBool;
     use std::time::Instant;

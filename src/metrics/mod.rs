@@ -1,8 +1,11 @@
-//! Metrics: what workers record in shared memory ([`store`]) and what the
-//! exporter process reads back at each scrape ([`collect`]), the
-//! application's counters held monotonic across compactions ([`floor`]).
+//! Metrics: the data model every producer and the exposition share
+//! ([`model`]: families, kinds, samples) and what workers record in shared
+//! memory ([`store`]).
+//!
+//! The bottom of the module graph: it depends on no other module of the
+//! crate, so `shm` (which lays these tables out in the shared region),
+//! `mpfiles` (the application's families) and `exporter` (which collects and
+//! renders them) can all build on it.
 
-pub mod appdir;
-pub mod collect;
-pub mod floor;
+pub mod model;
 pub mod store;

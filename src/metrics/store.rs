@@ -1,8 +1,9 @@
 //! Request metrics in shared memory: one [`WorkerMetrics`] per worker slot,
-//! written only by that worker with relaxed atomic adds (no locks, no
-//! syscalls, no Python), read by the exporter, and folded by the master into
-//! a retired accumulator when it reaps the worker, so that server-wide
-//! counters stay monotonic across restarts (DESIGN.md, Shared memory).
+//! written only by that worker (any number of its threads at once) with
+//! relaxed atomic adds (no locks, no syscalls, no Python), read by the
+//! exporter, and folded by the master into a retired accumulator when it
+//! reaps the worker, so that server-wide counters stay monotonic across
+//! restarts (docs/architecture.md, Shared memory).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,6 +16,22 @@ pub const DURATION_BUCKETS: [f64; 16] = [
 
 /// Room for duration bounds in shared memory (`metrics_duration_buckets`).
 pub const MAX_DURATION_BUCKETS: usize = 32;
+
+/// Whether `bounds` can be the duration histograms' upper bounds: 1 to
+/// [`MAX_DURATION_BUCKETS`] finite values in ascending order (the
+/// configuration validates `metrics_duration_buckets` with it).
+pub fn check_duration_bounds(bounds: &[f64]) -> Result<(), String> {
+    if bounds.is_empty() || bounds.len() > MAX_DURATION_BUCKETS {
+        return Err(format!("give 1 to {MAX_DURATION_BUCKETS} bounds"));
+    }
+    if bounds.iter().any(|b| !b.is_finite()) {
+        return Err("bounds must be finite numbers of seconds".to_owned());
+    }
+    if bounds.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("bounds must be in ascending order".to_owned());
+    }
+    Ok(())
+}
 
 static DURATION_BOUNDS: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
 

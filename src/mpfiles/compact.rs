@@ -21,6 +21,7 @@ pub enum AllMode {
     #[default]
     Keep,
     /// Delete it: the dead pid's `all` series disappear (as `liveall` ones do).
+    #[cfg_attr(not(test), expect(dead_code, reason = "no setting selects it yet"))]
     Drop,
 }
 
@@ -146,7 +147,8 @@ pub fn compact_dead(dir: &Path, pid: u32) -> Result<(), String> {
 ///
 /// prometheus_client's `MultiProcessCollector` computes the same values from
 /// the directory afterwards (up to float rounding of sums, which are added in
-/// another order), and so does [`super::collect`] with the pid not live.
+/// another order), and so does [`super::Collector::collect`] with the pid
+/// not live.
 /// Archives are replaced by rename; each names the files it just absorbed in a
 /// trailer past its used size, so a reader racing the compaction, or a
 /// compaction interrupted between rename and delete, never counts them twice.

@@ -1,6 +1,12 @@
 //! Native reader, merger and compactor for prometheus_client's multiprocess
-//! `.db` files (`PROMETHEUS_MULTIPROC_DIR`), matching prometheus_client 0.26.0.
+//! `.db` files (`PROMETHEUS_MULTIPROC_DIR`), matching prometheus_client 0.26.0,
+//! and the directory that holds them.
 //!
+//! - [`appdir`]: the run's directory (the user's, or a private one that
+//!   ferrocorn creates, hands over on USR2 and removes); the master compacts
+//!   a reaped worker's files through it.
+//! - [`floor`]: keeps the application's counters from going backwards by a
+//!   rounding step when files are compacted (the exporter applies it).
 //! - [`read_dir`]: every `*.db` file of a directory, parsed (robust to files
 //!   being appended to, truncated or corrupt).
 //! - [`collect`] / [`Collector::collect`]: exactly what
@@ -12,10 +18,9 @@
 //!   values as before.
 //! - [`cleanup_dir`]: `CLEANUP_DB_FILES=true`, empty the directory at start.
 
-// API surface for the exporter and the master; not every entry point is used.
-#![allow(dead_code, unused_imports)]
-
+pub mod appdir;
 mod compact;
+pub mod floor;
 mod format;
 mod merge;
 
@@ -23,15 +28,17 @@ use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 
-pub use compact::{cleanup_dir, compact_dead, compact_dead_with, AllMode, CompactReport};
-pub use format::{Entry, FileData, FileName, ARCHIVE_PID};
+pub use compact::{cleanup_dir, compact_dead};
+pub use format::{FileData, FileName};
 pub use merge::KeyCache;
 
-/// Metric type of a family: the exporter's, so that app families need no
-/// conversion of their type.
-pub use crate::exporter::model::Kind;
+/// Metric type of a family: the metrics data model's, so that app families
+/// need no conversion of their type.
+pub use crate::metrics::model::Kind;
 
-/// One metric family: the exporter's model.
+/// One metric family as prometheus_client's files hold it (sample names
+/// with their suffixes); the exporter turns it into a
+/// `crate::metrics::model::Family`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Family {
     pub name: String,
@@ -165,7 +172,9 @@ impl Collector {
     }
 }
 
-/// [`Collector::collect`] without a key cache kept between calls.
+/// [`Collector::collect`] without a key cache kept between calls (the tests
+/// compare it with prometheus_client; the exporter keeps a [`Collector`]).
+#[cfg(test)]
 pub fn collect(dir: &Path, live_pids: &dyn Fn(u32) -> bool) -> Vec<Family> {
     Collector::new().collect(dir, live_pids)
 }

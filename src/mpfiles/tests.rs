@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use super::compact::{compact_dead_with, AllMode};
 use super::*;
 
 const ORACLE: &str = include_str!("testdata/oracle.py");

@@ -10,7 +10,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::exporter::model::{Family, Kind, Sample, SampleValue};
+use crate::metrics::model::{Family, Kind, Sample, SampleValue};
 use crate::metrics::store::{
     add_snapshot, duration_bounds, micros, Snapshot, WorkerMetrics, METHODS, SIZE_BUCKETS,
 };
@@ -36,7 +36,7 @@ pub struct Collector {
     /// pid -> (accumulated CPU ms, when) at the previous scrape.
     cpu: HashMap<u32, (u64, Instant)>,
     app: crate::mpfiles::Collector,
-    app_floor: crate::metrics::floor::Floor,
+    app_floor: crate::mpfiles::floor::Floor,
 }
 
 /// States as exported, in `gunicorn_workers` order.

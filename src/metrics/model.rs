@@ -1,5 +1,7 @@
-//! The data the exporter renders. The collector (elsewhere) produces it at
-//! every scrape; `expose` turns it into Prometheus text or OpenMetrics.
+//! The metrics data model: what a scrape yields and the exposition renders.
+//! The exporter's collector (`exporter::collect`) produces it at every
+//! scrape, `exporter::expose` turns it into Prometheus text or OpenMetrics;
+//! `mpfiles` reads the application's families with the same [`Kind`].
 
 /// The type of a metric family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

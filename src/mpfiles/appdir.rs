@@ -1,6 +1,6 @@
 //! The prometheus_client multiprocess directory of the run
 //! (`PROMETHEUS_MULTIPROC_DIR`): the user's, or a private one on tmpfs that
-//! ferrocorn creates and removes (DESIGN.md, Metrics from the application).
+//! ferrocorn creates and removes (docs/architecture.md, Metrics from the application).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -66,7 +66,7 @@ pub fn prepare(
         None
     };
     if cleanup {
-        let n = crate::mpfiles::cleanup_dir(&path)?;
+        let n = super::cleanup_dir(&path)?;
         crate::log_debug!(
             "CLEANUP_DB_FILES: removed {n} files from {}",
             path.display()
@@ -203,7 +203,7 @@ use std::os::unix::fs::DirBuilderExt;
 impl AppDir {
     /// Folds a reaped worker's files into the archives (master).
     pub fn compact(&self, pid: u32) {
-        if let Err(e) = crate::mpfiles::compact_dead(&self.path, pid) {
+        if let Err(e) = super::compact_dead(&self.path, pid) {
             crate::log_error!("compacting the metrics files of worker {pid}: {e}");
         }
     }

@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use crate::exporter::model::Kind;
-use crate::mpfiles::Family;
+use super::Family;
+use crate::metrics::model::Kind;
 
 /// Largest decrease, relative to the value, taken for rounding: float sums
 /// of a few thousand terms err by far less; any real decrease is far more.

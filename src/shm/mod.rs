@@ -1,12 +1,22 @@
-//! Shared memory: one place for all live state (DESIGN.md). The master maps
-//! an anonymous shared region before the first fork; every worker inherits
-//! it. Each slot is written only by the process it belongs to (and cleared by
+//! Shared memory: one place for all live state (docs/architecture.md). The
+//! master maps an anonymous shared region before the first fork; every
+//! worker inherits it. Each slot is written only by the process it belongs to (and cleared by
 //! the master after reaping), so updates are plain atomic stores: no locks,
-//! no syscalls, no Python.
+//! no syscalls, no Python. Within a worker, any number of threads may record
+//! requests at once: counters are atomic adds, the busy state is a count of
+//! requests in progress, and the failed-request table ([`errors`]) claims
+//! its entries with a compare-and-swap.
+//!
+//! The layout of the metric tables is the `metrics` module's
+//! ([`WorkerMetrics`]); this module maps them and hands them out per slot.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::metrics::store::WorkerMetrics;
+
+mod errors;
+
+pub use errors::{ErrorLabels, ErrorTable};
 
 /// Worker states, as exported later by `gunicorn_worker_state`.
 #[repr(u32)]
@@ -62,6 +72,11 @@ pub struct Slot {
     /// the status; this is not a copy of them.
     pub requests: AtomicU64,
     exit_reason: AtomicU32,
+    /// Requests being handled right now, by all threads of the worker
+    /// ([`Slot::begin_request`]): the worker shows as busy while this is
+    /// above zero. (Fits the padding after `exit_reason`: a slot stays one
+    /// 64-byte cache line.)
+    in_progress: AtomicU32,
     /// gunicorn's worker age (spawn order), for the `worker_id` label.
     pub age: AtomicU64,
     /// CLOCK_MONOTONIC milliseconds when the master forked the worker.
@@ -69,14 +84,55 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The worker's state: Busy while it handles a request (Idle with a
+    /// request in progress reads as Busy).
     pub fn state(&self) -> State {
-        State::from_u32(self.state.load(Ordering::Acquire))
+        match State::from_u32(self.state.load(Ordering::Acquire)) {
+            State::Idle if self.in_progress.load(Ordering::Relaxed) > 0 => State::Busy,
+            s => s,
+        }
     }
 
-    /// Marks the worker busy (a request started) or idle: a heartbeat and
-    /// the state, without moving the state's entry time (requests flip
-    /// these constantly; the exporter shows time in the booting/quitting
-    /// states, not per request).
+    /// A request starts (any thread of the worker): a heartbeat, and the
+    /// worker reads as busy until every request begun has ended. Like
+    /// [`Slot::set_busy`], it leaves the state's entry time alone (requests
+    /// come and go constantly; the exporter shows time in the
+    /// booting/quitting states, not per request). The state itself stays
+    /// what [`Slot::set_state`] made it, so two threads starting and ending
+    /// requests at once cannot leave a wrong state behind.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the worker moves to it with the connection layer")
+    )]
+    pub fn begin_request(&self) {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+        self.beat();
+    }
+
+    /// A request begun with [`Slot::begin_request`] ended.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the worker moves to it with the connection layer")
+    )]
+    pub fn end_request(&self) {
+        if self.in_progress.fetch_sub(1, Ordering::Relaxed) == 0 {
+            // More ends than begins (a bug in the caller): stay at zero
+            // rather than read as busy forever.
+            self.in_progress.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests in progress (see [`Slot::begin_request`]).
+    #[cfg(test)]
+    fn in_progress(&self) -> u32 {
+        self.in_progress.load(Ordering::Relaxed)
+    }
+
+    /// Marks a single-threaded worker busy (a request started) or idle: a
+    /// heartbeat and the state, without moving the state's entry time.
+    /// Threads of one worker use [`Slot::begin_request`] and
+    /// [`Slot::end_request`] instead, which replace it once the worker calls
+    /// them.
     pub fn set_busy(&self, busy: bool) {
         let s = if busy { State::Busy } else { State::Idle };
         self.state.store(s as u32, Ordering::Release);
@@ -246,6 +302,7 @@ impl Shm {
                 s.pid.store(0, Ordering::Relaxed);
                 s.requests.store(0, Ordering::Relaxed);
                 s.exit_reason.store(0, Ordering::Relaxed);
+                s.in_progress.store(0, Ordering::Relaxed);
                 s.age.store(age, Ordering::Relaxed);
                 s.born_ms.store(monotonic_ms(), Ordering::Relaxed);
                 s.set_state(State::Booting);
@@ -269,6 +326,7 @@ impl Shm {
             // Not a live worker any more (before the epoch closes, so a
             // reader sees the slot either live and unfolded or gone).
             s.pid.store(0, Ordering::Relaxed);
+            s.in_progress.store(0, Ordering::Relaxed);
             s.state.store(State::Free as u32, Ordering::Release);
         }
         if let Some(e) = self.errors(i) {
@@ -285,139 +343,6 @@ impl Shm {
 unsafe impl Send for Shm {}
 // SAFETY: as above.
 unsafe impl Sync for Shm {}
-
-/// Label sets of failed requests a worker keeps apart; later ones are
-/// counted in one overflow series (bounded cardinality, DESIGN.md).
-pub const ERROR_SERIES: usize = 64;
-/// Bytes of one label set: `method \0 endpoint \0 error_type`, the endpoint
-/// shortened to fit.
-const ERROR_KEY_WORDS: usize = 32;
-const ERROR_KEY_BYTES: usize = ERROR_KEY_WORDS * 8;
-
-/// One failed-request series: its label set and count.
-#[repr(C)]
-pub struct ErrorSeries {
-    key: [AtomicU64; ERROR_KEY_WORDS],
-    key_len: AtomicU32,
-    count: AtomicU64,
-}
-
-/// A worker's failed requests by (method, endpoint, error_type): an
-/// append-only table written only by the worker, published entry by entry
-/// with release/acquire ordering so the exporter reads it without locks.
-#[repr(C)]
-pub struct ErrorTable {
-    /// Entries published so far.
-    published: AtomicU32,
-    /// Failed requests that found the table full.
-    overflow: AtomicU64,
-    series: [ErrorSeries; ERROR_SERIES],
-}
-
-/// One failed request's labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorLabels {
-    pub method: String,
-    pub endpoint: String,
-    pub error_type: String,
-}
-
-impl ErrorTable {
-    /// Counts one failed request (worker only). `index` is the worker's own
-    /// map from label sets to entries, which it keeps in private memory.
-    pub fn record(
-        &self,
-        index: &mut std::collections::HashMap<(String, String, String), usize>,
-        l: &ErrorLabels,
-    ) {
-        let key = (l.method.clone(), l.endpoint.clone(), l.error_type.clone());
-        if let Some(&i) = index.get(&key) {
-            self.series[i].count.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let n = self.published.load(Ordering::Relaxed) as usize;
-        let Some(entry) = self.series.get(n) else {
-            self.overflow.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let bytes = encode_key(l);
-        for (w, chunk) in entry.key.iter().zip(bytes.chunks(8)) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            w.store(u64::from_le_bytes(word), Ordering::Relaxed);
-        }
-        entry.key_len.store(bytes.len() as u32, Ordering::Relaxed);
-        entry.count.store(1, Ordering::Relaxed);
-        // Publish: a reader that sees the new length sees the entry.
-        self.published.store(n as u32 + 1, Ordering::Release);
-        index.insert(key, n);
-    }
-
-    /// The published series and the overflow count (exporter).
-    pub fn read(&self) -> (Vec<(ErrorLabels, u64)>, u64) {
-        let n = (self.published.load(Ordering::Acquire) as usize).min(ERROR_SERIES);
-        let mut out = Vec::with_capacity(n);
-        for e in &self.series[..n] {
-            let len = (e.key_len.load(Ordering::Relaxed) as usize).min(ERROR_KEY_BYTES);
-            let mut bytes = Vec::with_capacity(ERROR_KEY_BYTES);
-            for w in &e.key {
-                bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
-            }
-            bytes.truncate(len);
-            if let Some(labels) = decode_key(&bytes) {
-                out.push((labels, e.count.load(Ordering::Relaxed)));
-            }
-        }
-        (out, self.overflow.load(Ordering::Relaxed))
-    }
-
-    fn clear(&self) {
-        self.published.store(0, Ordering::Release);
-        self.overflow.store(0, Ordering::Relaxed);
-        for e in &self.series {
-            e.key_len.store(0, Ordering::Relaxed);
-            e.count.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-fn encode_key(l: &ErrorLabels) -> Vec<u8> {
-    let mut error_type = l.error_type.as_bytes();
-    error_type = &error_type[..floor_char(&l.error_type, 64)];
-    let method = &l.method.as_bytes()[..floor_char(&l.method, 16)];
-    let room = ERROR_KEY_BYTES - 2 - method.len() - error_type.len();
-    let endpoint = &l.endpoint.as_bytes()[..floor_char(&l.endpoint, room)];
-    let mut out = Vec::with_capacity(ERROR_KEY_BYTES);
-    out.extend_from_slice(method);
-    out.push(0);
-    out.extend_from_slice(endpoint);
-    out.push(0);
-    out.extend_from_slice(error_type);
-    out
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a char
-/// boundary.
-fn floor_char(s: &str, max: usize) -> usize {
-    let mut n = s.len().min(max);
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    n
-}
-
-fn decode_key(b: &[u8]) -> Option<ErrorLabels> {
-    let mut parts = b.splitn(3, |c| *c == 0);
-    let text = |p: Option<&[u8]>| {
-        p.and_then(|p| std::str::from_utf8(p).ok())
-            .map(str::to_owned)
-    };
-    Some(ErrorLabels {
-        method: text(parts.next())?,
-        endpoint: text(parts.next())?,
-        error_type: text(parts.next())?,
-    })
-}
 
 /// Why the master reaped a worker: the `reason` label of
 /// gunicorn_master_worker_restarts_total, besides signal names.
@@ -552,32 +477,69 @@ mod tests {
         assert_eq!(shm.slot(i).unwrap().age.load(Ordering::Relaxed), 2);
     }
 
+    /// Threads of one worker begin and end requests at once: the worker is
+    /// busy exactly while one is in progress, the state's entry time does
+    /// not move, and a lifecycle state (quitting) is not hidden by requests.
     #[test]
-    fn error_table_publishes_and_overflows() {
-        let shm = Shm::new(2).unwrap();
-        let t = shm.errors(0).unwrap();
-        let mut index = std::collections::HashMap::new();
-        let l = |ep: &str| ErrorLabels {
-            method: "GET".into(),
-            endpoint: ep.into(),
-            error_type: "ZeroDivisionError".into(),
-        };
-        t.record(&mut index, &l("/a"));
-        t.record(&mut index, &l("/a"));
-        t.record(&mut index, &l(&"é".repeat(300)));
-        let (series, overflow) = t.read();
-        assert_eq!(overflow, 0);
-        assert_eq!(series[0], (l("/a"), 2));
-        // A long endpoint is cut on a character boundary.
-        assert!(series[1].0.endpoint.starts_with("éé"));
-        assert!(series[1].0.endpoint.len() < 256);
-        for n in 0..ERROR_SERIES {
-            t.record(&mut index, &l(&format!("/{n}")));
-        }
-        let (series, overflow) = t.read();
-        assert_eq!(series.len(), ERROR_SERIES);
-        assert_eq!(overflow, 2);
-        shm.release(0);
-        assert_eq!(t.read(), (Vec::new(), 0));
+    fn requests_in_progress_from_several_threads() {
+        let shm = Shm::new(1).unwrap();
+        let i = shm.claim(1).unwrap();
+        let s = shm.slot(i).unwrap();
+        s.set_state(State::Idle);
+        let since = s.state_since();
+        s.begin_request();
+        s.begin_request();
+        assert_eq!(s.state(), State::Busy);
+        s.end_request();
+        assert_eq!(s.state(), State::Busy);
+        s.end_request();
+        assert_eq!(s.state(), State::Idle);
+        // A stray end does not make the worker look busy forever.
+        s.end_request();
+        assert_eq!((s.state(), s.in_progress()), (State::Idle, 0));
+
+        const THREADS: usize = 8;
+        let (begun, release) = (
+            std::sync::Barrier::new(THREADS + 1),
+            std::sync::Barrier::new(THREADS + 1),
+        );
+        std::thread::scope(|sc| {
+            for _ in 0..THREADS {
+                let (begun, release) = (&begun, &release);
+                sc.spawn(move || {
+                    for _ in 0..10_000 {
+                        s.begin_request();
+                        s.end_request();
+                    }
+                    s.begin_request();
+                    begun.wait();
+                    release.wait();
+                    s.end_request();
+                });
+            }
+            begun.wait();
+            assert_eq!(s.in_progress(), THREADS as u32);
+            assert_eq!(s.state(), State::Busy);
+            release.wait();
+        });
+        assert_eq!((s.state(), s.in_progress()), (State::Idle, 0));
+        assert_eq!(s.state_since(), since);
+
+        s.begin_request();
+        s.set_state(State::Quitting);
+        assert_eq!(s.state(), State::Quitting);
+        s.end_request();
+        assert_eq!(s.state(), State::Quitting);
+        // A recycled slot starts with no request in progress.
+        s.begin_request();
+        shm.release(i);
+        assert_eq!(shm.claim(2), Some(i));
+        s.set_state(State::Idle);
+        assert_eq!((s.state(), s.in_progress()), (State::Idle, 0));
+    }
+
+    #[test]
+    fn a_slot_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
     }
 }
