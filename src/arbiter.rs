@@ -1,7 +1,7 @@
 //! The master process ("arbiter" in gunicorn's words): owns the listening
 //! sockets and the signals, forks workers and keeps their number right,
 //! reaps them, reloads (HUP), re-executes itself (USR2) and stops the
-//! server. It never starts a second thread (DESIGN.md: forking a
+//! server. It never starts a second thread (docs/architecture.md: forking a
 //! multi-threaded process deadlocks).
 
 use std::collections::BTreeMap;

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from helpers import ConnectionClosed, RawConn
+from test_hooks import wait_for
 from test_metrics import total, wait_metrics
 
 
@@ -48,7 +49,13 @@ def test_environ_failures_are_counted_and_not_left_in_flight(server):
         c.send(b"GET /app/ HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\n"
                b"X-Forwarded-Ssl: off\r\n\r\n")
         assert c.read_response().status == 400
-    smp = wait_metrics(s)
+    # A request is recorded right after its response is written: wait for
+    # the three to be counted (the readiness probe is a fourth, a 200).
+    def settled():
+        smp = wait_metrics(s)
+        done = total(smp, "gunicorn_requests_total", method="GET") >= 4
+        return smp if done else None
+    smp = wait_for(settled, 10, msg="the requests to be counted\n" + s.log())
     assert total(smp, "gunicorn_requests_in_flight") == 0
     assert total(smp, "gunicorn_requests_total", method="GET", status="500") == 2
     assert total(smp, "gunicorn_requests_total", method="GET", status="400") == 1

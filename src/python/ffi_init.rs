@@ -59,7 +59,7 @@ fn status_message(status: ffi::PyStatus, what: &str) -> String {
 /// fork(2) wrapped in PyOS_BeforeFork / PyOS_AfterFork_{Parent,Child}.
 /// The caller must hold the GIL (it has a `Python` token).
 pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
-    // SAFETY: the master is single-threaded (DESIGN.md) so no other thread can
+    // SAFETY: the master is single-threaded (docs/architecture.md) so no other thread can
     // hold a lock across the fork; the GIL is held by the caller as
     // PyOS_BeforeFork requires, and each branch calls the matching after-fork
     // function before running any other Python code.

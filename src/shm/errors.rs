@@ -173,19 +173,6 @@ impl ErrorTable {
         self.overflow.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one failed request: the worker's call site before
-    /// [`ErrorTable::record_failure`], which needs no index any more (it is
-    /// left untouched).
-    // TODO(issue 9): remove once the worker calls `record_failure` (the
-    // worker's `error_index` goes with it).
-    pub fn record(
-        &self,
-        _index: &mut std::collections::HashMap<(String, String, String), usize>,
-        l: &ErrorLabels,
-    ) {
-        self.record_failure(&l.method, &l.endpoint, &l.error_type);
-    }
-
     /// The published series and the overflow count (exporter).
     pub fn read(&self) -> (Vec<(ErrorLabels, u64)>, u64) {
         let mut out = Vec::new();
@@ -303,15 +290,6 @@ mod tests {
         assert_eq!(t.read(), (Vec::new(), 0));
         record(&t, "/b");
         assert_eq!(t.read(), (vec![(labels("/b"), 1)], 0));
-    }
-
-    #[test]
-    fn the_index_of_the_old_call_site_is_not_needed() {
-        let t = zeroed();
-        let mut index = std::collections::HashMap::new();
-        t.record(&mut index, &labels("/a"));
-        t.record(&mut index, &labels("/a"));
-        assert_eq!(t.read(), (vec![(labels("/a"), 2)], 0));
     }
 
     /// Threads of one worker record the same and distinct label sets at

@@ -16,7 +16,7 @@ use crate::metrics::store::WorkerMetrics;
 
 mod errors;
 
-pub use errors::{ErrorLabels, ErrorTable};
+pub use errors::ErrorTable;
 
 /// Worker states, as exported later by `gunicorn_worker_state`.
 #[repr(u32)]
@@ -94,26 +94,17 @@ impl Slot {
     }
 
     /// A request starts (any thread of the worker): a heartbeat, and the
-    /// worker reads as busy until every request begun has ended. Like
-    /// [`Slot::set_busy`], it leaves the state's entry time alone (requests
+    /// worker reads as busy until every request begun has ended. It leaves the state's entry time alone (requests
     /// come and go constantly; the exporter shows time in the
     /// booting/quitting states, not per request). The state itself stays
     /// what [`Slot::set_state`] made it, so two threads starting and ending
     /// requests at once cannot leave a wrong state behind.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the worker moves to it with the connection layer")
-    )]
     pub fn begin_request(&self) {
         self.in_progress.fetch_add(1, Ordering::Relaxed);
         self.beat();
     }
 
     /// A request begun with [`Slot::begin_request`] ended.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the worker moves to it with the connection layer")
-    )]
     pub fn end_request(&self) {
         if self.in_progress.fetch_sub(1, Ordering::Relaxed) == 0 {
             // More ends than begins (a bug in the caller): stay at zero
@@ -126,19 +117,6 @@ impl Slot {
     #[cfg(test)]
     fn in_progress(&self) -> u32 {
         self.in_progress.load(Ordering::Relaxed)
-    }
-
-    /// Marks a single-threaded worker busy (a request started) or idle: a
-    /// heartbeat and the state, without moving the state's entry time.
-    /// Threads of one worker use [`Slot::begin_request`] and
-    /// [`Slot::end_request`] instead, which replace it once the worker calls
-    /// them.
-    pub fn set_busy(&self, busy: bool) {
-        let s = if busy { State::Busy } else { State::Idle };
-        self.state.store(s as u32, Ordering::Release);
-        if busy {
-            self.beat();
-        }
     }
 
     /// Records a state change (and its time) plus a heartbeat.

@@ -2,7 +2,6 @@
 //! loop thread, one request at a time, no thread-safety asked of it), while
 //! the connection layer keeps idle keep-alive connections parked.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -18,7 +17,7 @@ use crate::hooks::{Hooks, RequestView, ResponseView, WorkerView};
 use crate::http::response::Encoder;
 use crate::log::access::AccessLog;
 use crate::metrics::store::{method_index, Observation, WorkerMetrics, METHODS};
-use crate::shm::{ErrorLabels, ErrorTable, Slot};
+use crate::shm::{ErrorTable, Slot};
 use crate::sock::ListenKind;
 use crate::wsgi::{Outcome, PeerValues, ServerAddr, Wsgi};
 
@@ -30,9 +29,8 @@ pub struct SyncHandler<'py> {
     access: Option<AccessLog>,
     slot: &'static Slot,
     metrics: &'static WorkerMetrics,
-    /// Failed requests by label set, and this worker's index into it.
+    /// Failed requests by label set.
     errors: &'static ErrorTable,
-    error_index: HashMap<(String, String, String), usize>,
     hooks: Arc<Hooks>,
     /// pre_request or post_request is set: build `req` objects.
     request_hooks: bool,
@@ -68,7 +66,6 @@ impl<'py> SyncHandler<'py> {
             slot: ctx.slot,
             metrics: ctx.metrics,
             errors: ctx.errors,
-            error_index: HashMap::new(),
             request_hooks: ctx.hooks.has("pre_request") || ctx.hooks.has("post_request"),
             hooks: ctx.hooks,
             view: ctx.view,
@@ -142,7 +139,7 @@ impl Handler for SyncHandler<'_> {
             None
         };
         let keep_alive = req.count();
-        self.slot.set_busy(true);
+        self.slot.begin_request();
         self.slot.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         req.send_continue(&body);
@@ -231,16 +228,10 @@ impl Handler for SyncHandler<'_> {
             response_bytes: out.sent,
         });
         if let Some(e) = &out.app_error {
-            self.errors.record(
-                &mut self.error_index,
-                &ErrorLabels {
-                    method: METHODS[method].to_owned(),
-                    endpoint: e.endpoint.clone(),
-                    error_type: e.error_type.clone(),
-                },
-            );
+            self.errors
+                .record_failure(METHODS[method], &e.endpoint, &e.error_type);
         }
-        self.slot.set_busy(false);
+        self.slot.end_request();
         Served {
             reusable: out.reusable && !hook_close,
             leftover,
