@@ -11,6 +11,8 @@ pub mod body;
 pub mod connection;
 pub mod io;
 pub mod listen;
+#[cfg(test)]
+mod tests;
 pub mod transport;
 
 use std::os::fd::AsRawFd;
@@ -39,8 +41,7 @@ const READ_SIZE: usize = 16 * 1024;
 /// How long a stopping worker keeps an idle connection open for a request
 /// the client may already have sent (at most --keep-alive).
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
-/// Connections accepted per listener before the loop looks at the others;
-/// also how many idle ones are evicted at once when the table is full.
+/// Connections accepted per listener before the loop looks at the others.
 const ACCEPT_BATCH: usize = 16;
 
 /// What a worker kind does with requests.
@@ -430,31 +431,26 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    /// The table is full: closes up to a batch of the longest-idle
-    /// connections (those that never sent a byte first), as nginx does, so
-    /// that idle clients cannot lock new ones out. Only --worker-connections
-    /// is made room in; the max_requests budget is never exceeded. Returns
-    /// false when nothing could be closed.
+    /// The table is full: closes the longest-idle connection (one that
+    /// never sent a byte first), as nginx does, so that idle clients cannot
+    /// lock new ones out. Connections in the middle of a request are never
+    /// closed for room, and only --worker-connections is made room in: the
+    /// max_requests budget is never exceeded. Returns false when nothing
+    /// could be closed.
     fn make_room(&mut self) -> bool {
         if self.conns.len() < self.settings.max_conns {
             return false; // the budget limits, not the table
         }
-        let mut idle: Vec<((u8, Instant), usize)> = self
+        let oldest = self
             .conns
             .iter()
             .filter_map(|(k, c)| c.eviction_rank().map(|r| (r, k)))
-            .collect();
-        if idle.is_empty() {
+            .min();
+        let Some((_, key)) = oldest else {
             return false;
-        }
-        let n = ACCEPT_BATCH.min(idle.len());
-        if n < idle.len() {
-            idle.select_nth_unstable(n);
-        }
-        for &(_, key) in &idle[..n] {
-            self.close(key);
-        }
-        crate::log_debug!("connection table full: closed {n} idle connections");
+        };
+        crate::log_debug!("connection table full: closing the longest-idle connection");
+        self.close(key);
         true
     }
 
