@@ -51,10 +51,6 @@ impl PartialEq for Value {
 }
 
 impl Value {
-    pub fn is_none(&self) -> bool {
-        matches!(self, Value::None)
-    }
-
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(b) => Some(*b),
@@ -73,21 +69,6 @@ impl Value {
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_list(&self) -> Option<&[String]> {
-        match self {
-            Value::List(l) => Some(l),
-            _ => None,
-        }
-    }
-
-    /// The Python object of a `Callable` or `Object` value.
-    pub fn as_py(&self) -> Option<&Py<PyAny>> {
-        match self {
-            Value::Callable(o) | Value::Object(o) => Some(o),
             _ => None,
         }
     }

@@ -12,9 +12,6 @@
 //!   values as before.
 //! - [`cleanup_dir`]: `CLEANUP_DB_FILES=true`, empty the directory at start.
 
-// API surface for the exporter and the master; not every entry point is used.
-#![allow(dead_code, unused_imports)]
-
 mod compact;
 mod format;
 mod merge;
@@ -23,8 +20,10 @@ use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 
-pub use compact::{cleanup_dir, compact_dead, compact_dead_with, AllMode, CompactReport};
-pub use format::{Entry, FileData, FileName, ARCHIVE_PID};
+pub use compact::{cleanup_dir, compact_dead};
+#[cfg(test)]
+use compact::{compact_dead_with, AllMode};
+pub use format::{FileData, FileName};
 pub use merge::KeyCache;
 
 /// Metric type of a family: the exporter's, so that app families need no
@@ -165,7 +164,9 @@ impl Collector {
     }
 }
 
-/// [`Collector::collect`] without a key cache kept between calls.
+/// [`Collector::collect`] without a key cache kept between calls (the
+/// tests compare it with prometheus_client).
+#[cfg(test)]
 pub fn collect(dir: &Path, live_pids: &dyn Fn(u32) -> bool) -> Vec<Family> {
     Collector::new().collect(dir, live_pids)
 }
