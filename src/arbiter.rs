@@ -584,6 +584,16 @@ impl Arbiter {
         if let Err(e) = crate::log::reopen() {
             crate::log_error!("reopening log files: {e}");
         }
+        // The new workers may run as another user or log to another access
+        // log: give them the files, as gunicorn's reload runs Logger.setup.
+        if let Err(e) = crate::log::prepare_files(
+            self.cfg.accesslog().as_deref(),
+            &self.cfg.access_log_format(),
+            self.cfg.uid(),
+            self.cfg.gid(),
+        ) {
+            crate::log_error!("reload: {e}");
+        }
         if old_binds != self.cfg.bind() && !self.systemd {
             match crate::sock::create_listeners(&self.cfg.bind(), &self.bind_options()) {
                 Ok(new) => {

@@ -87,6 +87,15 @@ fn real_main() -> i32 {
         eprintln!("Error: {e}");
         return 1;
     }
+    if let Err(e) = log::prepare_files(
+        cfg.accesslog().as_deref(),
+        &cfg.access_log_format(),
+        cfg.uid(),
+        cfg.gid(),
+    ) {
+        eprintln!("Error: {e}");
+        return 1;
+    }
     for w in cfg.warnings() {
         log_warning!("{w}");
     }

@@ -3,7 +3,7 @@
 //! inherited by every worker.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::sys::socket::{
@@ -227,12 +227,6 @@ pub fn unlink_owned(listeners: &[Listener]) {
             let _ = std::fs::remove_file(p);
         }
     }
-}
-
-/// Gives up ownership of the fds (used before exec for USR2).
-#[allow(dead_code)]
-pub fn into_raw(listeners: Vec<Listener>) -> Vec<RawFd> {
-    listeners.into_iter().map(|l| l.fd.into_raw_fd()).collect()
 }
 
 /// Connections waiting in a listening TCP socket's accept queue (Linux

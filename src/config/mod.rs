@@ -14,10 +14,6 @@
 //! The first positional argument is the application (APP_MODULE); the
 //! `wsgi_app` setting is the fallback.
 
-// The API is complete for the settings the next issues wire (hooks, daemon,
-// user/group, server.cfg); parts unused so far are kept on purpose.
-#![allow(dead_code)]
-
 mod cli;
 pub mod settings;
 mod source;
@@ -74,16 +70,19 @@ pub enum Origin {
     CommandLine,
     /// Derived from the application argument (default_proc_name).
     App,
-    /// [`Config::set`].
+    /// [`Config::set`] (tests).
+    #[cfg(test)]
     Api,
 }
 
 impl Origin {
     fn explicit(self) -> bool {
-        matches!(
-            self,
-            Origin::File | Origin::CmdArgsEnv | Origin::CommandLine | Origin::Api
-        )
+        match self {
+            Origin::File | Origin::CmdArgsEnv | Origin::CommandLine => true,
+            #[cfg(test)]
+            Origin::Api => true,
+            Origin::Default | Origin::Environment | Origin::App => false,
+        }
     }
 }
 
@@ -232,9 +231,9 @@ impl Config {
     /// Loads the configuration from all of gunicorn's sources. `argv`
     /// includes argv[0]. Reads `GUNICORN_CMD_ARGS`, `WEB_CONCURRENCY` and
     /// `PORT` from the process environment before the config file runs.
-    /// Does not change directory (see [`Config::apply_chdir`]); puts the
-    /// current directory on `sys.path` as gunicorn does before it reads the
-    /// config file.
+    /// Does not change directory (`python::prepare_paths` applies `chdir`
+    /// afterwards); puts the current directory on `sys.path` as gunicorn
+    /// does before it reads the config file.
     pub fn load(py: Python<'_>, argv: Vec<OsString>) -> Result<Loaded, ConfigError> {
         Self::load_with(py, argv, Env::capture())
     }
@@ -422,11 +421,14 @@ impl Config {
     }
 
     /// Where a setting's value came from (`None` for unknown names).
+    #[cfg(test)]
     pub fn origin(&self, name: &str) -> Option<Origin> {
         settings::index(name).map(|i| self.origins[i])
     }
 
-    /// Sets a setting, validated as gunicorn's `Config.set` does.
+    /// Sets a setting, validated as gunicorn's `Config.set` does (tests
+    /// adjust loaded configurations with it).
+    #[cfg(test)]
     pub fn set(&mut self, name: &str, v: Value) -> Result<(), ConfigError> {
         let i = settings::index(name)
             .ok_or_else(|| ConfigError(format!("no configuration setting for: {name}")))?;
@@ -450,6 +452,7 @@ impl Config {
 
     /// The config file that was read, made absolute (for `python:MODULE`,
     /// the module's file).
+    #[cfg(test)]
     pub fn config_file(&self) -> Option<&Path> {
         self.config_file.as_deref()
     }
@@ -539,19 +542,6 @@ impl Config {
         }
     }
 
-    /// Changes to `chdir` and puts it first on `sys.path`, as gunicorn's
-    /// `Application.chdir()` does after loading the configuration.
-    pub fn apply_chdir(&self, py: Python<'_>) -> Result<(), ConfigError> {
-        let Some(dir) = self.chdir() else {
-            return Ok(());
-        };
-        std::env::set_current_dir(&dir).map_err(|e| {
-            ConfigError(format!("can't chdir to {}: {e}", value::py_repr_str(&dir)))
-        })?;
-        source::add_sys_path(py, Path::new(&dir))
-            .map_err(|e| ConfigError(format!("cannot set up sys.path: {e}")))
-    }
-
     // -- generic getters ----------------------------------------------------
 
     pub fn bool(&self, name: &str) -> bool {
@@ -629,11 +619,6 @@ impl Config {
         }
     }
 
-    /// The worker class object when the config file gave a class.
-    pub fn worker_class_object(&self) -> Option<&Py<PyAny>> {
-        self.get("worker_class").as_py()
-    }
-
     pub fn worker_connections(&self) -> usize {
         self.usize("worker_connections")
     }
@@ -702,14 +687,26 @@ impl Config {
         self.str("pidfile").map(str::to_owned)
     }
 
-    /// The uid to switch to, when `user` was configured.
+    /// The configured uid, `None` when `user` was not set (the tests check
+    /// what validation made of a value; the server uses [`Config::uid`]).
+    #[cfg(test)]
     pub fn user(&self) -> Option<u32> {
         self.configured_id("user")
     }
 
-    /// The gid to switch to, when `group` was configured.
+    /// The configured gid, `None` when `group` was not set.
+    #[cfg(test)]
     pub fn group(&self) -> Option<u32> {
         self.configured_id("group")
+    }
+
+    #[cfg(test)]
+    fn configured_id(&self, name: &str) -> Option<u32> {
+        let i = idx(name);
+        if self.origins[i] == Origin::Default {
+            return None;
+        }
+        self.values[i].as_int().and_then(|v| u32::try_from(v).ok())
     }
 
     /// gunicorn's `cfg.uid`: the configured uid, else the effective uid.
@@ -720,14 +717,6 @@ impl Config {
     /// gunicorn's `cfg.gid`: the configured gid, else the effective gid.
     pub fn gid(&self) -> u32 {
         u32::try_from(self.int("group")).unwrap_or(0)
-    }
-
-    fn configured_id(&self, name: &str) -> Option<u32> {
-        let i = idx(name);
-        if self.origins[i] == Origin::Default {
-            return None;
-        }
-        self.values[i].as_int().and_then(|v| u32::try_from(v).ok())
     }
 
     pub fn umask(&self) -> u32 {
@@ -891,7 +880,8 @@ fn clap_exit(e: &clap::Error) -> Loaded {
 }
 
 /// The settings table of `docs/compatibility.md`, generated from
-/// [`settings::SETTINGS`].
+/// [`settings::SETTINGS`] (a test keeps the page in step with the table).
+#[cfg(test)]
 pub fn compatibility_table() -> String {
     let mut out = String::from("| Setting | CLI flags | ferrocorn | Notes |\n|---|---|---|---|\n");
     let mut section = "";

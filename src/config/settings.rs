@@ -199,12 +199,14 @@ impl Setting {
     }
 
     /// Whether this is a server hook (a callable, config file only).
+    #[cfg(test)]
     pub fn is_hook(&self) -> bool {
         matches!(self.kind, Kind::Hook(_) | Kind::PostRequestHook)
     }
 }
 
 /// Looks a setting up by its exact name.
+#[cfg(test)]
 pub fn find(name: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.name == name)
 }
@@ -212,17 +214,6 @@ pub fn find(name: &str) -> Option<&'static Setting> {
 /// The index of a setting in [`SETTINGS`].
 pub fn index(name: &str) -> Option<usize> {
     SETTINGS.iter().position(|s| s.name == name)
-}
-
-/// Section names in the order of their first setting (gunicorn's order).
-pub fn sections() -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = Vec::new();
-    for s in SETTINGS {
-        if !out.contains(&s.section) {
-            out.push(s.section);
-        }
-    }
-    out
 }
 
 /// Every gunicorn 27 setting, in gunicorn's order.
@@ -597,7 +588,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Switch worker processes to run as this user.",
         support: Support::Supported,
-        note: "",
+        note: "workers run as this user; the error and access log files are given to it (chown), as gunicorn does",
     },
     Setting {
         name: "group",
@@ -609,7 +600,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Switch worker process to run as this group.",
         support: Support::Supported,
-        note: "",
+        note: "workers run as this group; the error and access log files are given to it (chown), as gunicorn does",
     },
     Setting {
         name: "umask",
@@ -669,7 +660,7 @@ pub static SETTINGS: &[Setting] = &[
         env: Some("FORWARDED_ALLOW_IPS"),
         help: "Front-end's IP addresses or networks from which allowed to handle set secure headers.",
         support: Support::Supported,
-        note: "",
+        note: "addresses and networks as gunicorn reads them (Python's ipaddress.ip_network): 10.0.0.1, 10.0.0.0/8, 10.0.0.0/255.0.0.0, fe80::/10; or *",
     },
     Setting {
         name: "accesslog",
@@ -1161,7 +1152,7 @@ pub static SETTINGS: &[Setting] = &[
         env: Some("FORWARDED_ALLOW_IPS"),
         help: "Front-end's IP addresses or networks from which allowed accept proxy requests (comma separated).",
         support: Support::Supported,
-        note: "",
+        note: "addresses and networks as gunicorn reads them (Python's ipaddress.ip_network): 10.0.0.1, 10.0.0.0/8, 10.0.0.0/255.0.0.0, fe80::/10; or *",
     },
     Setting {
         name: "protocol",

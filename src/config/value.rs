@@ -51,10 +51,6 @@ impl PartialEq for Value {
 }
 
 impl Value {
-    pub fn is_none(&self) -> bool {
-        matches!(self, Value::None)
-    }
-
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(b) => Some(*b),
@@ -73,21 +69,6 @@ impl Value {
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_list(&self) -> Option<&[String]> {
-        match self {
-            Value::List(l) => Some(l),
-            _ => None,
-        }
-    }
-
-    /// The Python object of a `Callable` or `Object` value.
-    pub fn as_py(&self) -> Option<&Py<PyAny>> {
-        match self {
-            Value::Callable(o) | Value::Object(o) => Some(o),
             _ => None,
         }
     }
@@ -463,47 +444,6 @@ fn comma_list(v: Value) -> Result<Vec<String>, String> {
     }
 }
 
-/// Whether `s` is what Python's `ipaddress.ip_network(s)` (strict) accepts:
-/// an address, or a network without host bits set.
-pub fn is_ip_network(s: &str) -> bool {
-    use std::net::IpAddr;
-    let (addr, prefix) = match s.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (s, None),
-    };
-    let Ok(ip) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    let bits: u32 = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        None => bits,
-        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => match p.parse::<u32>()
-        {
-            Ok(n) if n <= bits => n,
-            _ => return false,
-        },
-        Some(p) => {
-            // An IPv4 netmask such as 255.255.255.0.
-            match (ip, p.parse::<std::net::Ipv4Addr>()) {
-                (IpAddr::V4(_), Ok(mask)) => {
-                    let m = u32::from(mask);
-                    if m.leading_ones() + m.trailing_zeros() != 32 {
-                        return false;
-                    }
-                    m.leading_ones()
-                }
-                _ => return false,
-            }
-        }
-    };
-    let value: u128 = match ip {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    };
-    let host_bits = bits - prefix;
-    host_bits == 0 || value & ((1u128 << host_bits) - 1) == 0
-}
-
 /// gunicorn's `util.getcwd()`: `$PWD` when it is the current directory.
 pub fn getcwd() -> PathBuf {
     use std::os::unix::fs::MetadataExt;
@@ -871,13 +811,10 @@ pub fn validate(s: &Setting, v: Value) -> Result<Value, String> {
         Kind::CommaList => comma_list(v).map(Value::List),
         Kind::AddrList => {
             let l = comma_list(v)?;
-            if let Some(bad) = l.iter().find(|a| *a != "*" && !is_ip_network(a)) {
-                return Err(format!(
-                    "{} is not an IP address, a network such as 10.0.0.0/8 \
-                     (without host bits set), or *",
-                    py_repr_str(bad)
-                ));
-            }
+            // The workers parse the list with the same function, so a value
+            // accepted here always boots.
+            crate::http::allowlist::AllowList::parse(&l)
+                .map_err(|bad| bad.message(&py_repr_str(&bad.0)))?;
             Ok(Value::List(l))
         }
         Kind::Dict => match v {
@@ -947,30 +884,6 @@ mod tests {
         assert_eq!(auto_int("18"), Some(18));
         assert_eq!(auto_int("0"), Some(0));
         assert_eq!(auto_int("08"), None);
-    }
-
-    #[test]
-    fn ip_networks() {
-        for ok in [
-            "127.0.0.1",
-            "::1",
-            "10.0.0.0/8",
-            "192.168.1.0/24",
-            "fd00::/8",
-            "10.0.0.0/255.0.0.0",
-        ] {
-            assert!(is_ip_network(ok), "{ok}");
-        }
-        for bad in [
-            "192.168.1.1/24",
-            "10.0.0.0/33",
-            "example.com",
-            "",
-            "1.2.3",
-            "10.0.0.0/255.0.255.0",
-        ] {
-            assert!(!is_ip_network(bad), "{bad}");
-        }
     }
 
     #[test]

@@ -801,7 +801,8 @@ mod tests {
     // ---- TLS ----
 
     fn pem_chain(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-        rustls_pemfile::certs(&mut pem.as_bytes())
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .expect("certs")
     }
@@ -825,9 +826,9 @@ mod tests {
         let config = match client {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
-                let key = rustls_pemfile::private_key(&mut key.as_bytes())
-                    .map_err(|e| e.to_string())?
-                    .ok_or("no key")?;
+                use rustls::pki_types::pem::PemObject;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                    .map_err(|e| e.to_string())?;
                 builder
                     .with_client_auth_cert(pem_chain(cert), key)
                     .map_err(|e| e.to_string())?

@@ -2,11 +2,10 @@
 //! from PROMETHEUS_SSL_* style settings, with optional client-certificate
 //! verification (mTLS).
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -90,17 +89,20 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Strin
     Ok(Arc::new(config))
 }
 
-fn open(path: &Path, what: &str) -> Result<BufReader<File>, String> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))
+/// The error text for a PEM file that could not be used: opening and
+/// reading problems say "cannot read", malformed PEM says "cannot parse".
+fn pem_error(what: &str, path: &Path, e: pem::Error) -> String {
+    match e {
+        pem::Error::Io(e) => format!("cannot read {what} file {}: {e}", path.display()),
+        e => format!("cannot parse {what} file {}: {e}", path.display()),
+    }
 }
 
 fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut reader = open(path, what)?;
-    let certs = rustls_pemfile::certs(&mut reader)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot parse {what} file {}: {e}", path.display()))?;
+    // Sections of other kinds (a key next to the certificate) are skipped.
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_error(what, path, e))?;
     if certs.is_empty() {
         return Err(format!(
             "no PEM certificate (-----BEGIN CERTIFICATE-----) in {what} file {}",
@@ -111,15 +113,16 @@ fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, S
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let mut reader = open(path, "TLS key")?;
-    match rustls_pemfile::private_key(&mut reader) {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(format!(
+    match PrivateKeyDer::from_pem_file(path) {
+        Ok(key) => Ok(key),
+        // Encrypted keys (-----BEGIN ENCRYPTED PRIVATE KEY-----) are
+        // sections of another kind, skipped like any other: none found.
+        Err(pem::Error::NoItemsFound) => Err(format!(
             "no PEM private key (PKCS#8, PKCS#1 or SEC1; encrypted keys are not supported) \
              in TLS key file {}",
             path.display()
         )),
-        Err(e) => Err(format!("cannot parse TLS key file {}: {e}", path.display())),
+        Err(e) => Err(pem_error("TLS key", path, e)),
     }
 }
 
@@ -138,10 +141,10 @@ fn add_ca_dir(roots: &mut RootCertStore, dir: &Path) -> Result<(), String> {
         if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
             continue;
         }
-        let Ok(mut reader) = open(&path, "client CA") else {
+        let Ok(certs) = CertificateDer::pem_file_iter(&path) else {
             continue;
         };
-        for cert in rustls_pemfile::certs(&mut reader).map_while(Result::ok) {
+        for cert in certs.map_while(Result::ok) {
             if roots.add(cert).is_ok() {
                 added += 1;
             }

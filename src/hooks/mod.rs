@@ -56,8 +56,6 @@
 //! [`HookError::message`]). `ssl_context` is not here: TLS is not
 //! implemented yet.
 
-#![allow(dead_code)] // wired into the arbiter and workers by their owners.
-
 use std::ffi::CString;
 use std::fmt;
 use std::net::SocketAddr;
@@ -164,7 +162,9 @@ enum Report {
 pub struct HookError {
     pub hook: &'static str,
     /// Python's traceback text (`Traceback (most recent call last): ...`),
-    /// without the final newline. Empty for `SystemExit`.
+    /// without the final newline. Empty for `SystemExit`. It has already
+    /// been logged (see the table); the tests compare it with the log.
+    #[cfg(test)]
     pub traceback: String,
     /// `str(exception)` (for SystemExit with a non-integer code, the text
     /// Python prints on stderr at exit).
@@ -666,6 +666,7 @@ impl Hooks {
                 .unwrap_or((1, None));
             return HookError {
                 hook: hook.name(),
+                #[cfg(test)]
                 traceback: String::new(),
                 message: text.unwrap_or_default(),
                 system_exit: Some(code),
@@ -695,6 +696,7 @@ impl Hooks {
         }
         HookError {
             hook: hook.name(),
+            #[cfg(test)]
             traceback,
             message,
             system_exit: None,

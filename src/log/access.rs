@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 use super::pyfmt::{self, Piece, Spec};
 use super::{not_writable, sys, time, Level};
 
-/// gunicorn's default `access_log_format`.
+/// gunicorn's default `access_log_format` (the settings table holds the
+/// one in use; the tests render this one).
+#[cfg(test)]
 pub const DEFAULT_FORMAT: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
 
 /// `{NAME}e` lookup: NAME as written in the format -> `str(environ[key])`.

@@ -26,8 +26,6 @@
 //! (the master at startup or on a configuration reload); [`reopen`] and
 //! [`write`] may be called from any thread of any process.
 
-#![allow(dead_code)] // API surface for the rest of the crate; not all used yet.
-
 pub mod access;
 mod pyfmt;
 mod sys;
@@ -77,16 +75,6 @@ impl Level {
             Level::Critical,
         ];
         ALL.into_iter().find(|l| l.name().eq_ignore_ascii_case(s))
-    }
-
-    fn from_u8(v: u8) -> Level {
-        match v {
-            10 => Level::Debug,
-            20 => Level::Info,
-            30 => Level::Warning,
-            40 => Level::Error,
-            _ => Level::Critical,
-        }
     }
 }
 
@@ -217,7 +205,7 @@ pub fn reopen() -> Result<(), String> {
 /// Changes the owner of the error-log file, as gunicorn does right after
 /// opening it (`os.chown(path, cfg.user, cfg.group)`) so that workers
 /// running as `user` can reopen it.  Errors are ignored, as in gunicorn.
-pub fn chown(uid: u32, gid: u32) {
+fn chown(uid: u32, gid: u32) {
     if let Some(Target {
         path: Some(path), ..
     }) = target()
@@ -226,16 +214,53 @@ pub fn chown(uid: u32, gid: u32) {
     }
 }
 
-/// The descriptor error-log lines go to (2 for stderr).  For handing to
-/// code that writes to the error log itself (e.g. `wsgi.errors`); do not
-/// close it.
-pub fn error_log_fd() -> RawFd {
-    FD.load(Ordering::Acquire)
+/// The rest of gunicorn's `Logger.setup` in the master, after [`init`]: it
+/// opens the access log too (creating it; a file it cannot open stops the
+/// start with gunicorn's message) and gives both log files to the worker
+/// user and group, so that workers that switched to `--user`/`--group` can
+/// open the access log (ferrocorn's workers open it after the switch) and
+/// reopen both on USR1.  Call it at start and after a reload.
+///
+/// gunicorn chowns even to the master's own uid and gid (the defaults of
+/// `user` and `group`); that gives workers nothing they lack (they run as
+/// the master then) and could only re-own a shared file, such as a
+/// terminal given as `/dev/stderr`, so it is skipped here.
+pub fn prepare_files(
+    accesslog: Option<&str>,
+    access_format: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<(), String> {
+    let access = match accesslog {
+        Some(target) => Some(access::AccessLog::new(target, access_format)?),
+        None => None,
+    };
+    if uid == sys::geteuid() && gid == sys::getegid() {
+        return Ok(());
+    }
+    chown(uid, gid);
+    if let Some(a) = &access {
+        a.chown(uid, gid);
+    }
+    Ok(())
 }
 
 /// The current `--log-level`.
-pub fn level() -> Level {
-    Level::from_u8(LEVEL.load(Ordering::Relaxed))
+#[cfg(test)]
+fn level() -> Level {
+    match LEVEL.load(Ordering::Relaxed) {
+        10 => Level::Debug,
+        20 => Level::Info,
+        30 => Level::Warning,
+        40 => Level::Error,
+        _ => Level::Critical,
+    }
+}
+
+/// The descriptor error-log lines go to (2 for stderr).
+#[cfg(test)]
+fn error_log_fd() -> RawFd {
+    FD.load(Ordering::Acquire)
 }
 
 /// Whether a message at `level` would be written.

@@ -117,6 +117,17 @@ pub(crate) fn localtime(secs: i64) -> Option<Tm> {
     })
 }
 
+/// The effective uid and gid of this process.
+pub(crate) fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+pub(crate) fn getegid() -> u32 {
+    // SAFETY: getegid cannot fail and touches no memory.
+    unsafe { libc::getegid() }
+}
+
 /// `chown(path, uid, gid)`.
 pub(crate) fn chown(path: &str, uid: u32, gid: u32) -> io::Result<()> {
     let c = cpath(path)?;
@@ -157,11 +168,5 @@ pub(crate) mod testing {
         // SAFETY: `_exit` skips atexit handlers and stdio flushing, which is
         // what a forked test child must do.
         unsafe { libc::_exit(code) }
-    }
-
-    /// Duplicates `fd` (to save/restore stdout/stderr around a test).
-    pub fn dup(fd: i32) -> i32 {
-        // SAFETY: plain descriptor-table operation.
-        unsafe { libc::dup(fd) }
     }
 }

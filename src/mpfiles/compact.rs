@@ -21,6 +21,9 @@ pub enum AllMode {
     #[default]
     Keep,
     /// Delete it: the dead pid's `all` series disappear (as `liveall` ones do).
+    /// Planned as the default (dead workers' `all` gauges describe nothing
+    /// alive), behind a setting that does not exist yet; only the tests
+    /// choose it for now.
     #[cfg_attr(not(test), expect(dead_code, reason = "no setting selects it yet"))]
     Drop,
 }

@@ -206,9 +206,9 @@ fn serve(
             _ => ProxyMode::Off,
         },
         proxy_allow: AllowList::parse(&cfg.proxy_allow_ips())
-            .map_err(|e| err("proxy_allow_ips", e))?,
+            .map_err(|e| err("proxy_allow_ips", e.to_string()))?,
         forwarded_allow: AllowList::parse(&cfg.forwarded_allow_ips())
-            .map_err(|e| err("forwarded_allow_ips", e))?,
+            .map_err(|e| err("forwarded_allow_ips", e.to_string()))?,
         release: crate::python::release_gil,
     };
     let wsgi = Wsgi::new(
