@@ -2,7 +2,8 @@
 //!
 //! * [`parse_request`] parses a request head (request line + header fields)
 //!   from a connection buffer, enforcing gunicorn's limits also on incomplete
-//!   input so the caller never buffers unbounded data.
+//!   input so the caller never buffers unbounded data; [`HeadParser`] does
+//!   the same resumably, for a head that arrives over several reads.
 //! * [`chunked::ChunkedDecoder`] decodes a `Transfer-Encoding: chunked` body.
 //! * [`proxy::parse_proxy`] parses a PROXY protocol v1/v2 preamble.
 //!
@@ -40,7 +41,7 @@ pub mod chunked;
 pub mod proxy;
 mod request;
 
-pub use request::{parse_request, Parsed, RequestHead};
+pub use request::{parse_request, HeadParser, Parsed, RequestHead};
 
 /// What to do with header names containing `_` (gunicorn `header_map`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
