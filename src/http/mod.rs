@@ -38,10 +38,16 @@
 //! `proxy_allow_ips` check (403), see [`proxy`].
 
 pub mod chunked;
+#[cfg(test)]
+mod fuzz;
 pub mod proxy;
 mod request;
 
-pub use request::{parse_request, HeadParser, Parsed, RequestHead};
+pub use request::{parse_request, Parsed, RequestHead};
+// The connection layer (issue 9) holds one per connection; until it lands
+// only the tests use it by this path.
+#[allow(unused_imports)]
+pub use request::HeadParser;
 
 /// What to do with header names containing `_` (gunicorn `header_map`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
