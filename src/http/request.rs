@@ -2133,24 +2133,98 @@ mod tests {
     #[test]
     #[ignore]
     fn bench_typical_get() {
+        // FERROCORN_BENCH_N / FERROCORN_BENCH_ONLY (new, reference, held):
+        // to compare instruction counts, e.g. under
+        // `valgrind --tool=callgrind` with N=100000, one variant per run.
+        let n: usize = std::env::var("FERROCORN_BENCH_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2_000_000);
+        let only = std::env::var("FERROCORN_BENCH_ONLY").ok();
+        let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
         let c = cfg();
-        let n = 2_000_000;
-        let t = std::time::Instant::now();
         let mut total = 0;
-        for _ in 0..n {
-            if let Ok(Parsed::Complete { head, consumed }) =
-                parse_request(std::hint::black_box(TYPICAL), &c, false)
-            {
-                total += consumed + head.headers.len();
+        if run("new") {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                if let Ok(Parsed::Complete { head, consumed }) =
+                    parse_request(std::hint::black_box(TYPICAL), &c, false)
+                {
+                    total += consumed + head.headers.len();
+                }
             }
+            let dt = t.elapsed();
+            println!(
+                "typical 6-header GET ({} bytes): {:.0} ns/parse, {:.2} M parses/s",
+                TYPICAL.len(),
+                dt.as_nanos() as f64 / n as f64,
+                n as f64 / dt.as_secs_f64() / 1e6
+            );
         }
-        let dt = t.elapsed();
+        // The same with the stateless parser as it was before HeadParser.
+        if run("reference") {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                if let Ok(Parsed::Complete { head, consumed }) =
+                    reference::parse_request(std::hint::black_box(TYPICAL), &c, false)
+                {
+                    total += consumed + head.headers.len();
+                }
+            }
+            println!(
+                "  reference (before HeadParser): {:.0} ns/parse",
+                t.elapsed().as_nanos() as f64 / n as f64
+            );
+        }
+        // A HeadParser held by the connection, reset after each head.
+        if run("held") {
+            let mut hp = HeadParser::new();
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                if let Ok(Parsed::Complete { head, consumed }) =
+                    hp.parse(std::hint::black_box(TYPICAL), &c, false)
+                {
+                    total += consumed + head.headers.len();
+                }
+                hp.reset();
+            }
+            println!(
+                "  held HeadParser + reset: {:.0} ns/parse",
+                t.elapsed().as_nanos() as f64 / n as f64
+            );
+        }
         assert!(total > 0);
+    }
+
+    /// A 16 KiB head arriving one byte per read, resumed vs re-parsed; run
+    /// with `cargo test --release -- --ignored --nocapture bench`.
+    #[test]
+    #[ignore]
+    fn bench_byte_by_byte() {
+        let mut c = cfg();
+        c.limit_request_fields = 1000;
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        let mut i = 0;
+        while head.len() < 16 * 1024 {
+            head.extend(format!("X-Field-{i}: {}\r\n", "v".repeat(40)).bytes());
+            i += 1;
+        }
+        head.extend(b"\r\n");
+        let t = std::time::Instant::now();
+        let mut hp = HeadParser::new();
+        for end in 1..=head.len() {
+            let _ = std::hint::black_box(hp.parse(&head[..end], &c, false));
+        }
+        let resumed = t.elapsed();
+        let t = std::time::Instant::now();
+        for end in 1..=head.len() {
+            let _ = std::hint::black_box(reference::parse_request(&head[..end], &c, false));
+        }
         println!(
-            "typical 6-header GET ({} bytes): {:.0} ns/parse, {:.2} M parses/s",
-            TYPICAL.len(),
-            dt.as_nanos() as f64 / n as f64,
-            n as f64 / dt.as_secs_f64() / 1e6
+            "{}-byte head, 1 byte per read: HeadParser {:.2?}, re-parsing {:.2?}",
+            head.len(),
+            resumed,
+            t.elapsed()
         );
     }
 }
