@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::transport::Inline;
 use crate::http::proxy::ProxyInfo;
+use crate::http::HeadParser;
 
 /// Where a connection is between requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,9 @@ pub struct Conn<S> {
     /// request's body while the head still borrows `buf`; the two swap
     /// afterwards, so steady keep-alive traffic allocates nothing.
     pub spare: Vec<u8>,
+    /// The request head being received, parsed as it arrives (each read
+    /// examines only the new bytes).
+    pub head: HeadParser,
     pub phase: Phase,
     /// When the current phase began (idle order for eviction).
     pub since: Instant,

@@ -28,7 +28,7 @@ use slab::Slab;
 
 use crate::http::allowlist::AllowList;
 use crate::http::proxy::{detect_proxy, parse_proxy, ProxyDetect, ProxyMode, ProxyParsed};
-use crate::http::{parse_request, HttpError, Parsed, ParserConfig, RequestHead};
+use crate::http::{HeadParser, HttpError, Parsed, ParserConfig, RequestHead};
 use crate::shm::{ExitReason, Slot};
 use body::Body;
 use connection::{Conn, Deadlines, KeepAlive, Peer, Phase, ProxyState};
@@ -408,6 +408,7 @@ impl<H: Handler> Loop<H> {
                 buf: Vec::new(),
                 start: 0,
                 spare: Vec::new(),
+                head: HeadParser::new(),
                 phase: Phase::Fresh,
                 since: now,
                 deadline: now + self.deadlines.of(Phase::Fresh),
@@ -586,11 +587,12 @@ impl<H: Handler> Loop<H> {
                     }
                 }
             }
-            let (head, consumed) = match parse_request(
+            let parsed = conn.head.parse(
                 &conn.buf[conn.start..],
                 &self.settings.parser,
                 conn.peer.trusted,
-            ) {
+            );
+            let (head, consumed) = match parsed {
                 Ok(Parsed::Partial) => return Next::Wait,
                 Err(e) => {
                     reject(conn, &e);
@@ -598,6 +600,7 @@ impl<H: Handler> Loop<H> {
                 }
                 Ok(Parsed::Complete { head, consumed }) => (head, consumed),
             };
+            conn.head.reset();
             // The bytes after the head become the body's buffer while the
             // head borrows `buf`; afterwards the buffers swap back.
             let after = conn.start.saturating_add(consumed).min(conn.buf.len());
@@ -666,6 +669,8 @@ fn read_proxy<S>(conn: &mut Conn<S>, allowed: bool, mode: ProxyMode) -> Result<b
         ProxyParsed::Complete { info, consumed } => {
             conn.start = conn.start.saturating_add(consumed).min(conn.buf.len());
             conn.proxy_state = ProxyState::Done;
+            // The head starts after the preamble: parse it from there.
+            conn.head.reset();
             conn.peer.proxy = Some(info);
             Ok(true)
         }

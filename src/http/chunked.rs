@@ -151,13 +151,20 @@ impl ChunkedDecoder {
     /// Consume (part of) a chunk-size line.
     fn size_line(&mut self, inp: &[u8]) -> Result<usize, HttpError> {
         let limit = self.limits.field_size;
+        // The line may take `limit` bytes and its CR; beyond that it is too
+        // long whether or not its LF has arrived (so the answer does not
+        // depend on how the body was split into reads).
+        let max = limit.saturating_add(1);
         let Some(nl) = memchr(b'\n', inp) else {
-            if self.buf.len() + inp.len() > limit + 1 {
+            if self.buf.len().saturating_add(inp.len()) > max {
                 return Err(size_line_too_long(limit));
             }
             self.buf.extend_from_slice(inp);
             return Ok(inp.len());
         };
+        if self.buf.len().saturating_add(nl) > max {
+            return Err(size_line_too_long(limit));
+        }
         let size = if self.buf.is_empty() {
             parse_size_line(&inp[..nl], limit)?
         } else {
@@ -177,51 +184,65 @@ impl ChunkedDecoder {
     }
 
     /// Consume (part of) the trailer section after the last chunk.
+    ///
+    /// The section, final CRLF included, may take `max_buffer` bytes, and
+    /// every LF in it must end a CRLF. Of these faults (and the end of the
+    /// section) the one earliest in the input is reported, so the answer
+    /// does not depend on how the body was split into reads.
     fn trailer(&mut self, inp: &[u8]) -> Result<usize, HttpError> {
+        let max = self.limits.max_buffer;
         let old = self.buf.len();
         // Never copy more than could still belong to a legal section.
-        let room = (self.limits.max_buffer + 4).saturating_sub(old) + 1;
-        let take = inp.len().min(room);
+        let take = inp.len().min(max.saturating_sub(old));
         self.buf.extend_from_slice(&inp[..take]);
+        let too_large = || HttpError::limit_headers("limit request trailer section size");
         if self.buf.starts_with(b"\r\n") {
             self.finish_trailer();
-            return Ok(2 - old);
+            return Ok(2usize.saturating_sub(old));
         }
-        if let Some(idx) = memmem::find(&self.buf[old.saturating_sub(3)..], b"\r\n\r\n") {
-            let idx = idx + old.saturating_sub(3);
-            let cfg = ParserConfig {
-                strip_header_spaces: self.strip_header_spaces,
-                permit_obsolete_folding: self.permit_obsolete_folding,
-                header_map: self.header_map,
-                forwarder_headers: Vec::new(),
-                ..ParserConfig::default()
-            };
-            let mut st = FieldState::new((1, 1));
-            parse_fields(
-                &self.buf[..idx],
-                &cfg,
-                &self.limits,
-                &mut st,
-                true,
-                &[],
-                &mut FieldSink::Discard,
-            )?;
-            self.finish_trailer();
-            return Ok(idx + 4 - old);
-        }
+        // Earlier calls found neither a CRLFCRLF nor a bare LF in the old
+        // bytes; either may end in the last 3 (resp. 1) of them.
+        let end = memmem::find(&self.buf[old.saturating_sub(3)..], b"\r\n\r\n")
+            .map(|i| i + old.saturating_sub(3) + 4);
+        let scan_to = end.unwrap_or(self.buf.len());
+        let from = old.saturating_sub(1);
         // RFC 9112 2.2: trailer lines end with CRLF too.
-        for p in memchr::memchr_iter(b'\n', &self.buf[old.saturating_sub(1)..]) {
-            let p = p + old.saturating_sub(1);
-            if p == 0 || self.buf[p - 1] != b'\r' {
-                return Err(HttpError::invalid_header(b"bare LF as line terminator"));
+        let bare_lf = memchr::memchr_iter(b'\n', &self.buf[from..scan_to])
+            .map(|p| p + from)
+            .find(|&p| p == 0 || self.buf[p - 1] != b'\r');
+        // (`buf` holds at most `max` bytes, so a bare LF in it comes before
+        // the section could be too large.)
+        if bare_lf.is_some() {
+            return Err(HttpError::invalid_header(b"bare LF as line terminator"));
+        }
+        match end {
+            Some(end) => {
+                // `end <= max` as `buf` holds at most `max` bytes, and
+                // `end > old` as the old bytes held no CRLFCRLF.
+                let cfg = ParserConfig {
+                    strip_header_spaces: self.strip_header_spaces,
+                    permit_obsolete_folding: self.permit_obsolete_folding,
+                    header_map: self.header_map,
+                    forwarder_headers: Vec::new(),
+                    ..ParserConfig::default()
+                };
+                let mut st = FieldState::new((1, 1));
+                parse_fields(
+                    &self.buf[..end - 4],
+                    &cfg,
+                    &self.limits,
+                    &mut st,
+                    true,
+                    &[],
+                    &mut FieldSink::Discard,
+                )?;
+                self.finish_trailer();
+                Ok(end - old)
             }
+            // `max` bytes and no end: the section is longer than allowed.
+            None if self.buf.len() >= max => Err(too_large()),
+            None => Ok(take),
         }
-        if self.buf.len() > self.limits.max_buffer {
-            return Err(HttpError::limit_headers(
-                "limit request trailer section size",
-            ));
-        }
-        Ok(take)
     }
 
     fn finish_trailer(&mut self) {
@@ -584,6 +605,92 @@ mod tests {
         assert!(run(&mut d, b"0\r\nA: 1\r\n 2\r\n\r\n").unwrap().2);
         let mut d = ChunkedDecoder::new(100, 8190);
         assert!(run(&mut d, b"0\r\nX_Y: 1\r\n\r\n").unwrap().2);
+    }
+
+    /// Found by the fuzz test: a trailer section with a bare LF, or one a
+    /// few bytes over its bound, was refused in pieces but (with another
+    /// message, or not at all) when it arrived at once; a size line without
+    /// CR over the limit got another message at once than in pieces.
+    #[test]
+    fn same_answer_whole_or_split() {
+        fn both(d: impl Fn() -> ChunkedDecoder, input: &[u8]) -> Result<usize, HttpError> {
+            let mut out = Vec::new();
+            let whole = d().decode(input, &mut out);
+            let mut dec = d();
+            let mut split = Ok(0);
+            for i in 0..input.len() {
+                match dec.decode(&input[i..i + 1], &mut out) {
+                    Ok(n) => split = Ok(i + n),
+                    Err(e) => {
+                        split = Err(e);
+                        break;
+                    }
+                }
+                if dec.is_done() {
+                    break;
+                }
+            }
+            assert_eq!(whole, split, "{:?}", input.escape_ascii().to_string());
+            whole
+        }
+        let bare = both(
+            || ChunkedDecoder::new(2, 16),
+            b"0\r\nX-Trailer-78: 80\r\nX-Trail\ner-24: 43\r\n\r\n",
+        );
+        assert!(bare.unwrap_err().detail.contains("bare LF"));
+        // 2 * (10 + 2) + 4 = 28 bytes, final CRLF included
+        let d = || ChunkedDecoder::new(2, 10);
+        let mut sec = b"0\r\n".to_vec();
+        sec.extend(b"A: 1\r\nX_B: 2\r\nX_C: 3\r\nX:\r\n\r\n"); // 28 bytes
+        assert!(both(d, &sec).is_ok());
+        sec.splice(4..4, *b"A");
+        assert_eq!(both(d, &sec).unwrap_err().status, 431);
+        // size line limit with and without CR
+        let d = || ChunkedDecoder::new(100, 4);
+        assert_eq!(both(d, b"0000\r\n\r\n"), Ok(8));
+        for bad in [&b"00000\r\n"[..], b"000000\n", b"0000000000\n"] {
+            let e = both(d, bad).unwrap_err();
+            assert!(e.detail.contains("line over 4 bytes"), "{e}");
+        }
+    }
+
+    /// Sizes from the wire at and past u64::MAX, and limits from the
+    /// configuration at usize::MAX: no overflow, 400 where refused.
+    #[test]
+    fn extreme_sizes() {
+        let mut d = ChunkedDecoder::new(100, 8190);
+        let mut out = Vec::new();
+        assert_eq!(d.decode(b"ffffffffffffffff\r\nabc", &mut out), Ok(21));
+        assert_eq!(d.state, State::Data(u64::MAX - 3));
+        assert_eq!(out, b"abc");
+        let mut d = ChunkedDecoder::new(100, 8190);
+        assert_eq!(d.decode(b"FFFFFFFFFFFFFFFF;x=\"y\"\r\n", &mut out), Ok(24));
+        for bad in [
+            &b"10000000000000000\r\n"[..],
+            b"FFFFFFFFFFFFFFFFF\r\n",
+            b"0xFFFFFFFFFFFFFFFFF\r\n",
+            b"18446744073709551615\r\n",
+            b"99999999999999999999999999\r\n",
+        ] {
+            let r = ChunkedDecoder::new(100, 8190).decode(bad, &mut out);
+            assert_eq!(r.map_err(|e| e.status), Err(400), "{bad:?}");
+        }
+        // leading zeros do not overflow
+        let mut d = ChunkedDecoder::new(100, 8190);
+        let mut z = vec![b'0'; 100];
+        z.extend(b"1\r\nx\r\n0\r\n\r\n");
+        assert_eq!(d.decode(&z, &mut out), Ok(z.len()));
+        assert!(d.is_done());
+        // unbounded limits from the configuration
+        for (f, s) in [(usize::MAX, usize::MAX), (0, usize::MAX), (usize::MAX, 0)] {
+            let mut d = ChunkedDecoder::new(f, s);
+            let mut out = Vec::new();
+            for b in b"5\r\nhello\r\n0\r\nA: b\r\n\r\n".chunks(3) {
+                d.decode(b, &mut out).unwrap();
+            }
+            assert!(d.is_done());
+            assert_eq!(out, b"hello");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! HTTP/1.x request parsing with gunicorn 27's rules (RFC 9110 / RFC 9112).
 //!
-//! * [`parse_request`] parses a request head (request line + header fields)
-//!   from a connection buffer, enforcing gunicorn's limits also on incomplete
-//!   input so the caller never buffers unbounded data.
+//! * [`HeadParser`] parses a request head (request line + header fields)
+//!   from a connection buffer as it grows over several reads, examining only
+//!   the new bytes each time, and enforcing gunicorn's limits also on
+//!   incomplete input so the caller never buffers unbounded data.
 //! * [`chunked::ChunkedDecoder`] decodes a `Transfer-Encoding: chunked` body.
 //! * [`proxy::parse_proxy`] parses a PROXY protocol v1/v2 preamble.
 //!
@@ -39,11 +40,15 @@
 pub mod allowlist;
 pub mod chunked;
 pub mod date;
+#[cfg(test)]
+mod fuzz;
 pub mod proxy;
 mod request;
 pub mod response;
 
-pub use request::{parse_request, Parsed, RequestHead};
+#[cfg(test)]
+pub use request::parse_request;
+pub use request::{HeadParser, Parsed, RequestHead};
 
 /// What to do with header names containing `_` (gunicorn `header_map`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

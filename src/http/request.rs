@@ -80,61 +80,230 @@ pub enum Parsed<'b> {
 /// longer than the limit is 414 as soon as that many bytes arrived, and the
 /// head is bounded by gunicorn's `max_buffer_headers` (and by the field
 /// size/count limits on the lines already received) with 431.
+///
+/// Stateless: every call starts from the first byte. A connection that
+/// calls again as more bytes arrive should hold a [`HeadParser`] instead,
+/// which gives the same answers without re-reading what it has seen (the
+/// connection layer does; the tests parse whole inputs with this).
+#[cfg(test)]
 pub fn parse_request<'b>(
     buf: &'b [u8],
     cfg: &ParserConfig,
     trusted_forwarder: bool,
 ) -> Result<Parsed<'b>, HttpError> {
-    let lim = Limits::from_cfg(cfg);
+    HeadParser::new().parse(buf, cfg, trusted_forwarder)
+}
 
-    // RFC 9112 2.2: one empty line (CRLF only) before the request line is
-    // ignored; only one, as gunicorn.
-    let mut start = 0;
-    if buf.first() == Some(&b'\r') {
-        match buf.get(1) {
-            None => return Ok(Parsed::Partial),
-            Some(b'\n') => start = 2,
-            Some(_) => {}
+/// Resumable request-head parser, one per connection.
+///
+/// [`HeadParser::parse`] takes the whole unparsed head received so far
+/// (each call's `buf` extends the previous call's `buf`) and gives, call
+/// for call, exactly what [`parse_request`] gives on the same `buf`: the
+/// same `Partial`, the same `Complete` head, the same error at the same
+/// call. It remembers how far the input has been checked (request-line
+/// LF search, head-end search, line count and longest line, the header
+/// fields already validated against the limits), so a head arriving a few
+/// bytes at a time costs O(head) in total instead of O(head²); the full
+/// parse that builds [`RequestHead`] runs once, when the head is complete.
+/// A head that arrives in one read costs what `parse_request` costs.
+///
+/// After `Complete` or an error, call [`HeadParser::reset`] before the next
+/// head. (A `buf` shorter than the previous one is taken as a new head.)
+#[derive(Clone, Debug, Default)]
+pub struct HeadParser {
+    /// `buf.len()` at the previous call.
+    seen: usize,
+    /// Bytes of the request line (after the optional leading CRLF) known
+    /// to hold no LF.
+    line_scanned: usize,
+    /// Where the request line starts (2 after a leading CRLF) and where the
+    /// header section starts (just after the request line's LF); `head_start`
+    /// is 0 until the request line has been received and validated.
+    line_begin: usize,
+    head_start: usize,
+    /// The remaining fields are offsets into the header section
+    /// (`buf[head_start..]`). Bytes known to hold no CRLFCRLF.
+    end_scanned: usize,
+    /// Bytes whose LFs have been checked and counted.
+    lf_scanned: usize,
+    /// Complete lines so far, the longest (with its CRLF), and where the
+    /// incomplete last line starts.
+    lines: usize,
+    longest: usize,
+    line_start: usize,
+    /// Field checks over the complete lines, run only once a limit is hit
+    /// (as `parse_request` does), resumed where they stopped.
+    fields: FieldScan,
+    /// Bytes read by the scans, for the test that shows the work is linear.
+    #[cfg(test)]
+    examined: usize,
+}
+
+impl HeadParser {
+    pub fn new() -> Self {
+        HeadParser::default()
+    }
+
+    /// Forget the previous head; the next `parse` starts from scratch.
+    pub fn reset(&mut self) {
+        *self = HeadParser::default();
+    }
+
+    #[inline(always)]
+    fn count(&mut self, _n: usize) {
+        #[cfg(test)]
+        {
+            self.examined += _n;
         }
     }
-    let data = &buf[start..];
 
-    // Request line.
-    let nl = match memchr(b'\n', data) {
-        Some(nl) => nl,
-        None => {
-            if data.len().saturating_sub(2) > lim.request_line {
-                return Err(HttpError::limit_request_line(data.len(), lim.request_line));
+    /// [`parse_request`] on `buf`, resumed from the previous call (see the
+    /// type's documentation for the contract on `buf`).
+    pub fn parse<'b>(
+        &mut self,
+        buf: &'b [u8],
+        cfg: &ParserConfig,
+        trusted_forwarder: bool,
+    ) -> Result<Parsed<'b>, HttpError> {
+        if buf.len() < self.seen {
+            // Not a continuation of the previous head: a caller that forgot
+            // to reset. Starting over is always correct.
+            self.reset();
+        }
+        self.seen = buf.len();
+        let lim = Limits::from_cfg(cfg);
+
+        let mut rl = None;
+        if self.head_start == 0 {
+            // RFC 9112 2.2: one empty line (CRLF only) before the request
+            // line is ignored; only one, as gunicorn.
+            let mut start = 0;
+            if buf.first() == Some(&b'\r') {
+                match buf.get(1) {
+                    None => return Ok(Parsed::Partial),
+                    Some(b'\n') => start = 2,
+                    Some(_) => {}
+                }
             }
-            return Ok(Parsed::Partial);
-        }
-    };
-    if nl == 0 || data[nl - 1] != b'\r' {
-        return Err(HttpError::invalid_request_line(
-            b"bare LF as line terminator",
-        ));
-    }
-    let line = &data[..nl - 1];
-    if line.len() > lim.request_line {
-        return Err(HttpError::limit_request_line(line.len(), lim.request_line));
-    }
-    let rl = parse_request_line(line, cfg)?;
+            let data = &buf[start..];
 
-    // Header section.
-    let head_start = start + nl + 1;
-    let rest = &buf[head_start..];
-    let (block, consumed) = if rest.starts_with(b"\r\n") {
-        (&rest[..0], head_start + 2)
-    } else {
-        match memmem::find(rest, b"\r\n\r\n") {
-            Some(idx) => (&rest[..idx], head_start + idx + 4),
-            None => {
-                check_partial_head(rest, cfg, &lim, rl.version)?;
-                return Ok(Parsed::Partial);
+            // Request line; earlier calls found no LF before `line_scanned`.
+            let from = self.line_scanned.min(data.len());
+            self.count(data.len() - from);
+            let nl = match memchr(b'\n', &data[from..]) {
+                Some(i) => from + i,
+                None => {
+                    self.line_scanned = data.len();
+                    if data.len().saturating_sub(2) > lim.request_line {
+                        return Err(HttpError::limit_request_line(data.len(), lim.request_line));
+                    }
+                    return Ok(Parsed::Partial);
+                }
+            };
+            if nl == 0 || data[nl - 1] != b'\r' {
+                return Err(HttpError::invalid_request_line(
+                    b"bare LF as line terminator",
+                ));
+            }
+            let line = &data[..nl - 1];
+            if line.len() > lim.request_line {
+                return Err(HttpError::limit_request_line(line.len(), lim.request_line));
+            }
+            self.count(line.len());
+            rl = Some(parse_request_line(line, cfg)?);
+            self.line_begin = start;
+            self.head_start = start + nl + 1;
+        }
+
+        // Header section.
+        let head_start = self.head_start;
+        let rest = &buf[head_start..];
+        let (block, consumed) = if rest.starts_with(b"\r\n") {
+            (&rest[..0], head_start + 2)
+        } else {
+            // A CRLFCRLF not found before `end_scanned` may still start in
+            // its last 3 bytes.
+            let from = self.end_scanned.saturating_sub(3).min(rest.len());
+            self.count(rest.len() - from);
+            match memmem::find(&rest[from..], b"\r\n\r\n") {
+                Some(i) => (&rest[..from + i], head_start + from + i + 4),
+                None => {
+                    self.end_scanned = rest.len();
+                    self.check_partial(rest, cfg, &lim)?;
+                    return Ok(Parsed::Partial);
+                }
+            }
+        };
+
+        let rl = match rl {
+            Some(rl) => rl,
+            // Validated by an earlier call; parsed again (once) because the
+            // head borrows from this call's `buf`.
+            None => parse_request_line(&buf[self.line_begin..head_start - 2], cfg)?,
+        };
+        self.count(block.len());
+        finish_head(rl, block, consumed, cfg, &lim, trusted_forwarder)
+    }
+
+    /// Limits on an incomplete head (no empty line yet). `rest` starts
+    /// right after the request line's CRLF. Same checks, in the same order,
+    /// as a full re-scan, over the bytes that are new since the last call.
+    fn check_partial(
+        &mut self,
+        rest: &[u8],
+        cfg: &ParserConfig,
+        lim: &Limits,
+    ) -> Result<(), HttpError> {
+        // gunicorn: every LF must be part of a CRLF, reject rather than wait.
+        let from = self.lf_scanned.min(rest.len());
+        for p in memchr_iter(b'\n', &rest[from..]) {
+            let pos = from + p;
+            if pos == 0 || rest[pos - 1] != b'\r' {
+                return Err(HttpError::invalid_header(b"bare LF as line terminator"));
+            }
+            self.lines += 1;
+            self.longest = self.longest.max(pos + 1 - self.line_start);
+            self.line_start = pos + 1;
+        }
+        self.count(rest.len() - from);
+        self.lf_scanned = rest.len();
+        let tail = &rest[self.line_start..];
+        let tail_too_long =
+            tail.len().saturating_add(2) > lim.field_size.saturating_add(1) && tail != b"\r";
+        if self.lines > lim.fields || self.longest > lim.field_size || tail_too_long {
+            // Some limit will be hit: validate the complete lines in order so
+            // the error is the one gunicorn reports once the head is complete.
+            // (Untrusted: `forwarder_headers` are not exempted here, as
+            // before this parser was made resumable.)
+            if self.line_start > 2 {
+                let before = self.fields.pos;
+                self.fields.advance(rest, self.line_start, cfg, lim)?;
+                self.count(self.fields.pos - before);
+                self.fields.check_open(rest, cfg, lim)?;
+            }
+            if tail_too_long {
+                // This line will be refused whatever follows: 400 if what we
+                // can see is already malformed, else 431 (field too large).
+                return Err(classify_long_line(tail, cfg, self.line_start == 0));
             }
         }
-    };
+        if rest.len() > lim.max_buffer {
+            return Err(HttpError::limit_headers("max buffer headers"));
+        }
+        Ok(())
+    }
+}
 
+/// The complete head: header fields, framing, keep-alive.
+#[inline]
+fn finish_head<'b>(
+    rl: RequestLine<'b>,
+    block: &'b [u8],
+    consumed: usize,
+    cfg: &ParserConfig,
+    lim: &Limits,
+    trusted_forwarder: bool,
+) -> Result<Parsed<'b>, HttpError> {
     let forwarders: &[String] = if trusted_forwarder {
         &cfg.forwarder_headers
     } else {
@@ -146,7 +315,7 @@ pub fn parse_request<'b>(
     parse_fields(
         block,
         cfg,
-        &lim,
+        lim,
         &mut st,
         false,
         forwarders,
@@ -183,7 +352,6 @@ pub fn parse_request<'b>(
         consumed,
     })
 }
-
 struct RequestLine<'b> {
     method: Cow<'b, str>,
     uri: &'b [u8],
@@ -348,55 +516,197 @@ fn check_bracketed_host(host: &[u8]) -> Option<()> {
     s.parse::<std::net::Ipv6Addr>().ok().map(|_| ())
 }
 
-/// Limits on an incomplete head (no empty line yet). `rest` starts right
-/// after the request line's CRLF.
-fn check_partial_head(
-    rest: &[u8],
-    cfg: &ParserConfig,
-    lim: &Limits,
-    version: (u8, u8),
-) -> Result<(), HttpError> {
-    // gunicorn: every LF must be part of a CRLF, reject rather than wait.
-    let mut lines = 0usize;
-    let mut longest = 0usize;
-    let mut line_start = 0usize;
-    for pos in memchr_iter(b'\n', rest) {
-        if pos == 0 || rest[pos - 1] != b'\r' {
-            return Err(HttpError::invalid_header(b"bare LF as line terminator"));
-        }
-        lines += 1;
-        longest = longest.max(pos + 1 - line_start);
-        line_start = pos + 1;
-    }
-    let tail = &rest[line_start..];
-    let tail_too_long = tail.len() + 2 > lim.field_size + 1 && tail != b"\r";
-    if lines > lim.fields || longest > lim.field_size || tail_too_long {
-        // Some limit will be hit: validate the complete lines in order so
-        // the error is the one gunicorn reports once the head is complete.
-        if line_start >= 2 {
-            let mut st = FieldState::new(version);
-            parse_fields(
-                &rest[..line_start - 2],
-                cfg,
-                lim,
-                &mut st,
-                false,
-                &[],
-                &mut FieldSink::Discard,
-            )?;
-        }
-        if tail_too_long {
-            // This line will be refused whatever follows: 400 if what we
-            // can see is already malformed, else 431 (field too large).
-            return Err(classify_long_line(tail, cfg, line_start == 0));
-        }
-    }
-    if rest.len() > lim.max_buffer {
-        return Err(HttpError::limit_headers("max buffer headers"));
-    }
-    Ok(())
+/// [`parse_fields`] over the complete lines of an incomplete header section
+/// (no sink, no forwarder exemptions), resumable: lines are examined once,
+/// as they complete. The last field may still get continuation lines, so
+/// its end-of-field checks are run on a copy ([`FieldScan::check_open`])
+/// and for real only when the next field starts.
+#[derive(Clone, Debug, Default)]
+struct FieldScan {
+    /// Offset of the first line not yet examined.
+    pos: usize,
+    kept: usize,
+    seen_host: bool,
+    seen_content_type: bool,
+    open: Option<OpenField>,
+    /// `pos` at which `check_open` last passed (nothing new to check).
+    probed: Option<usize>,
 }
 
+/// A field whose lines have been seen, but maybe not all of them.
+#[derive(Clone, Copy, Debug)]
+struct OpenField {
+    /// Name (after `strip_header_spaces`) and trimmed first value.
+    name: (usize, usize),
+    first: (usize, usize),
+    /// The continuation lines, CRLFs included.
+    conts: (usize, usize),
+    /// Line lengths with CRLFs, as `parse_fields` counts them.
+    header_length: usize,
+    /// Length of the folded value, and whether it holds a refused byte.
+    value_len: usize,
+    bad: bool,
+}
+
+impl FieldScan {
+    /// Examine the complete lines of `rest[self.pos..upto]` (`upto` is
+    /// just after a CRLF; every LF before it ends a CRLF).
+    fn advance(
+        &mut self,
+        rest: &[u8],
+        upto: usize,
+        cfg: &ParserConfig,
+        lim: &Limits,
+    ) -> Result<(), HttpError> {
+        while self.pos < upto {
+            let Some(nl) = memchr(b'\n', &rest[self.pos..upto]) else {
+                break;
+            };
+            let begin = self.pos;
+            let end = begin + nl; // the LF; a CR precedes it
+            let line = &rest[begin..end.saturating_sub(1).max(begin)];
+            self.pos = end + 1;
+            if let (Some(f), Some(b' ' | b'\t')) = (self.open.as_mut(), line.first()) {
+                // Continuation of the open field (obs-fold).
+                if !cfg.permit_obsolete_folding {
+                    let name = &rest[f.name.0..f.name.1];
+                    return Err(HttpError::obsolete_folding(&name.to_ascii_uppercase()));
+                }
+                f.header_length = f.header_length.saturating_add(line.len() + 2);
+                if f.header_length > lim.field_size {
+                    return Err(HttpError::limit_headers(
+                        "limit request headers fields size",
+                    ));
+                }
+                let v = trim_ows(line);
+                f.bad |= v.iter().any(|&c| BAD_VALUE[c as usize]);
+                f.value_len += 1 + v.len();
+                f.conts.1 = self.pos;
+                continue;
+            }
+            if let Some(f) = self.open.take() {
+                self.close(f, rest, cfg, lim)?;
+            }
+            if self.kept >= lim.fields {
+                return Err(HttpError::limit_headers("limit request headers fields"));
+            }
+            let colon = match memchr(b':', line) {
+                Some(c) if c > 0 => c,
+                _ => return Err(HttpError::invalid_header(line)),
+            };
+            let mut name = &line[..colon];
+            if cfg.strip_header_spaces {
+                name = trim_end(name);
+            }
+            if !is_token(name) {
+                return Err(HttpError::invalid_header_name(name));
+            }
+            let value = &line[colon + 1..];
+            let first = trim_ows(value);
+            // Offset of `first` within `rest`: after the leading OWS.
+            let first_at = begin + colon + 1 + (value.len() - trim_start_len(value));
+            self.open = Some(OpenField {
+                name: (begin, begin + name.len()),
+                first: (first_at, first_at + first.len()),
+                conts: (self.pos, self.pos),
+                header_length: line.len() + 2,
+                value_len: first.len(),
+                bad: first.iter().any(|&c| BAD_VALUE[c as usize]),
+            });
+        }
+        Ok(())
+    }
+
+    /// The end-of-field checks of the open field, as if no more lines came.
+    fn check_open(
+        &mut self,
+        rest: &[u8],
+        cfg: &ParserConfig,
+        lim: &Limits,
+    ) -> Result<(), HttpError> {
+        let Some(f) = self.open else { return Ok(()) };
+        if self.probed == Some(self.pos) {
+            return Ok(());
+        }
+        self.clone().close(f, rest, cfg, lim)?;
+        self.probed = Some(self.pos);
+        Ok(())
+    }
+
+    /// `parse_fields`' checks after a field's last line, and its policy.
+    fn close(
+        &mut self,
+        f: OpenField,
+        rest: &[u8],
+        cfg: &ParserConfig,
+        lim: &Limits,
+    ) -> Result<(), HttpError> {
+        let name = &rest[f.name.0..f.name.1];
+        if f.bad {
+            return Err(HttpError::invalid_header(&name.to_ascii_uppercase()));
+        }
+        if f.header_length > lim.field_size {
+            return Err(HttpError::limit_headers(
+                "limit request headers fields size",
+            ));
+        }
+        if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
+            if self.seen_host {
+                return Err(HttpError::invalid_header(b"HOST"));
+            }
+            self.seen_host = true;
+        } else if name.len() == 12 && name.eq_ignore_ascii_case(b"content-type") {
+            if self.seen_content_type {
+                return Err(HttpError::invalid_header(b"CONTENT-TYPE"));
+            }
+            self.seen_content_type = true;
+        } else if name.len() == 6 && name.eq_ignore_ascii_case(b"expect") {
+            // Only a 12-byte value can be "100-continue"; build the folded
+            // value only then, or for the error message.
+            const CONTINUE: &[u8] = b"100-continue";
+            let ok = f.value_len == CONTINUE.len() && {
+                let v = folded_value(rest, &f);
+                v.eq_ignore_ascii_case(CONTINUE)
+            };
+            if !ok {
+                return Err(HttpError::expectation_failed(&folded_value(rest, &f)));
+            }
+        }
+        if memchr(b'_', name).is_some() {
+            match cfg.header_map {
+                HeaderMap::Dangerous => {}
+                HeaderMap::Drop => return Ok(()),
+                HeaderMap::Refuse => {
+                    return Err(HttpError::invalid_header_name(&name.to_ascii_uppercase()))
+                }
+            }
+        }
+        self.kept += 1;
+        Ok(())
+    }
+}
+
+/// The value of `f` as `parse_fields` builds it: the trimmed first value,
+/// then each trimmed continuation line after one space.
+fn folded_value(rest: &[u8], f: &OpenField) -> Vec<u8> {
+    let mut v = rest[f.first.0..f.first.1].to_vec();
+    let mut conts = &rest[f.conts.0..f.conts.1];
+    while let Some(nl) = memchr(b'\n', conts) {
+        let line = &conts[..nl.saturating_sub(1)];
+        v.push(b' ');
+        v.extend_from_slice(trim_ows(line));
+        conts = &conts[nl + 1..];
+    }
+    v
+}
+
+/// Length of `s` without its leading SP/HTAB.
+fn trim_start_len(mut s: &[u8]) -> usize {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    s.len()
+}
 fn classify_long_line(line: &[u8], cfg: &ParserConfig, first: bool) -> HttpError {
     let too_large = HttpError::limit_headers("limit request headers fields size");
     if matches!(line.first(), Some(b' ' | b'\t')) {
@@ -740,6 +1050,194 @@ pub(crate) fn parse_fields<'b>(
         }
     }
     Ok(())
+}
+
+/// The stateless parser as it was before [`HeadParser`] (kept verbatim,
+/// tests only): the oracle that `HeadParser` must match call for call.
+#[cfg(test)]
+pub(crate) mod reference {
+    use super::*;
+
+    pub(crate) fn parse_request<'b>(
+        buf: &'b [u8],
+        cfg: &ParserConfig,
+        trusted_forwarder: bool,
+    ) -> Result<Parsed<'b>, HttpError> {
+        let lim = Limits::from_cfg(cfg);
+
+        // RFC 9112 2.2: one empty line (CRLF only) before the request line is
+        // ignored; only one, as gunicorn.
+        let mut start = 0;
+        if buf.first() == Some(&b'\r') {
+            match buf.get(1) {
+                None => return Ok(Parsed::Partial),
+                Some(b'\n') => start = 2,
+                Some(_) => {}
+            }
+        }
+        let data = &buf[start..];
+
+        // Request line.
+        let nl = match memchr(b'\n', data) {
+            Some(nl) => nl,
+            None => {
+                if data.len().saturating_sub(2) > lim.request_line {
+                    return Err(HttpError::limit_request_line(data.len(), lim.request_line));
+                }
+                return Ok(Parsed::Partial);
+            }
+        };
+        if nl == 0 || data[nl - 1] != b'\r' {
+            return Err(HttpError::invalid_request_line(
+                b"bare LF as line terminator",
+            ));
+        }
+        let line = &data[..nl - 1];
+        if line.len() > lim.request_line {
+            return Err(HttpError::limit_request_line(line.len(), lim.request_line));
+        }
+        let rl = parse_request_line(line, cfg)?;
+
+        // Header section.
+        let head_start = start + nl + 1;
+        let rest = &buf[head_start..];
+        let (block, consumed) = if rest.starts_with(b"\r\n") {
+            (&rest[..0], head_start + 2)
+        } else {
+            match memmem::find(rest, b"\r\n\r\n") {
+                Some(idx) => (&rest[..idx], head_start + idx + 4),
+                None => {
+                    check_partial_head(rest, cfg, &lim, rl.version)?;
+                    return Ok(Parsed::Partial);
+                }
+            }
+        };
+
+        let forwarders: &[String] = if trusted_forwarder {
+            &cfg.forwarder_headers
+        } else {
+            &[]
+        };
+        let mut st = FieldState::new(rl.version);
+        let mut headers = Vec::with_capacity(16);
+        let mut fr = Framing::default();
+        parse_fields(
+            block,
+            cfg,
+            &lim,
+            &mut st,
+            false,
+            forwarders,
+            &mut FieldSink::Request {
+                headers: &mut headers,
+                framing: &mut fr,
+            },
+        )?;
+        let (body, must_close) = fr.finish(&headers, rl.version)?;
+
+        let keep_alive = if must_close || rl.method == "CONNECT" {
+            false
+        } else {
+            match fr.connection {
+                Some(Conn::Close) => false,
+                Some(Conn::KeepAlive) => true,
+                _ => rl.version > (1, 0),
+            }
+        };
+
+        Ok(Parsed::Complete {
+            head: RequestHead {
+                method: rl.method,
+                uri: rl.uri,
+                path: rl.path,
+                query: rl.query,
+                fragment: rl.fragment,
+                version: rl.version,
+                headers,
+                body,
+                keep_alive,
+                expect_continue: st.expect_continue,
+            },
+            consumed,
+        })
+    }
+
+    /// Limits on an incomplete head (no empty line yet). `rest` starts right
+    /// after the request line's CRLF.
+    fn check_partial_head(
+        rest: &[u8],
+        cfg: &ParserConfig,
+        lim: &Limits,
+        version: (u8, u8),
+    ) -> Result<(), HttpError> {
+        // gunicorn: every LF must be part of a CRLF, reject rather than wait.
+        let mut lines = 0usize;
+        let mut longest = 0usize;
+        let mut line_start = 0usize;
+        for pos in memchr_iter(b'\n', rest) {
+            if pos == 0 || rest[pos - 1] != b'\r' {
+                return Err(HttpError::invalid_header(b"bare LF as line terminator"));
+            }
+            lines += 1;
+            longest = longest.max(pos + 1 - line_start);
+            line_start = pos + 1;
+        }
+        let tail = &rest[line_start..];
+        let tail_too_long = tail.len() + 2 > lim.field_size + 1 && tail != b"\r";
+        if lines > lim.fields || longest > lim.field_size || tail_too_long {
+            // Some limit will be hit: validate the complete lines in order so
+            // the error is the one gunicorn reports once the head is complete.
+            if line_start >= 2 {
+                let mut st = FieldState::new(version);
+                parse_fields(
+                    &rest[..line_start - 2],
+                    cfg,
+                    lim,
+                    &mut st,
+                    false,
+                    &[],
+                    &mut FieldSink::Discard,
+                )?;
+            }
+            if tail_too_long {
+                // This line will be refused whatever follows: 400 if what we
+                // can see is already malformed, else 431 (field too large).
+                return Err(classify_long_line(tail, cfg, line_start == 0));
+            }
+        }
+        if rest.len() > lim.max_buffer {
+            return Err(HttpError::limit_headers("max buffer headers"));
+        }
+        Ok(())
+    }
+
+    /// Feed `full` through a `HeadParser` in the pieces ending at `cuts`
+    /// and through the pre-`HeadParser` parser on the same prefixes; every
+    /// call must answer the same. Returns the final answer (Debug form).
+    pub(crate) fn same_as_reference(
+        full: &[u8],
+        cuts: &[usize],
+        c: &ParserConfig,
+        trusted: bool,
+    ) -> String {
+        let mut hp = HeadParser::new();
+        for &end in cuts.iter().chain(std::iter::once(&full.len())) {
+            let buf = &full[..end.min(full.len())];
+            let new = format!("{:?}", hp.parse(buf, c, trusted));
+            let old = format!("{:?}", parse_request(buf, c, trusted));
+            assert_eq!(
+                new,
+                old,
+                "prefix {} of {:?}",
+                buf.len(),
+                full.escape_ascii().to_string()
+            );
+            if !new.starts_with("Ok(Partial") {
+                return new;
+            }
+        }
+        format!("{:?}", parse_request(full, c, trusted))
+    }
 }
 
 #[cfg(test)]
@@ -1390,29 +1888,342 @@ mod tests {
         assert_eq!((e.status, e.reason), (414, "URI Too Long"));
     }
 
+    fn byte_by_byte(full: &[u8], c: &ParserConfig) -> String {
+        let cuts: Vec<usize> = (0..full.len()).collect();
+        reference::same_as_reference(full, &cuts, c, false)
+    }
+
+    /// Every input of the tests above, fed one byte at a time, under
+    /// several configurations: same answers as the reference, call for call.
+    #[test]
+    fn head_parser_matches_reference_byte_by_byte() {
+        let mut inputs: Vec<Vec<u8>> = vec![
+            TYPICAL.to_vec(),
+            b"\r\nPOST /x HTTP/1.0\r\nContent-Length: 0\r\nA: b\r\n  c\r\n\r\n".to_vec(),
+            b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n".to_vec(),
+            b"\r\n\r\nGET / HTTP/1.1\r\n\r\n".to_vec(),
+            b"\nGET / HTTP/1.1\r\n\r\n".to_vec(),
+            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n".to_vec(),
+            b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n".to_vec(),
+            b"GET / HTTP/1.1\r\n\n".to_vec(),
+            b"GET / HTTP/1.1\r\nA: caf\xe9\tx\r\n\r\n".to_vec(),
+            vec![b'A'; 10_000],
+        ];
+        for h in [
+            "A: b\r\n  c \r\n\td\r\nE: f",
+            " A: b",
+            "A: b\r\n c\x01",
+            "A: b\x01\r\n c",
+            "Expect: 100-continue",
+            "Expect: 100-\r\n continue",
+            "Expect: 100-continue\r\n x",
+            "Expect: foo",
+            "Host: a\r\nhost: a",
+            "Content-Type: a\r\n b\r\nContent-Type: a",
+            "X_Foo: 1\r\nSCRIPT_NAME: /s\r\nX-Bar: 2",
+            "Host : a",
+            "Host \t: a",
+            "Bad Name: x",
+            "nocolon",
+            ": c",
+            "Transfer-Encoding: chunked\r\nContent-Length: 3",
+            "Content-Length: 18446744073709551616",
+        ] {
+            inputs.push(with_headers(h));
+        }
+        let mut long = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 9000));
+        inputs.push(long);
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..120 {
+            many.extend(format!("X-H{}: v\r\n", i).bytes());
+        }
+        inputs.push(many);
+        let mut dropped = b"GET / HTTP/1.1\r\n".to_vec();
+        for _ in 0..40 {
+            dropped.extend(b"X_A: 1\r\n");
+        }
+        dropped.extend(b"\r\n");
+        inputs.push(dropped);
+        let mut bad_then_long = b"GET / HTTP/1.1\r\nBad Name: x\r\n".to_vec();
+        bad_then_long.extend(std::iter::repeat_n(b'a', 9000));
+        inputs.push(bad_then_long);
+
+        let mut small = cfg();
+        small.limit_request_line = 30;
+        small.limit_request_fields = 2;
+        small.limit_request_field_size = 20;
+        let mut folding = small.clone();
+        folding.permit_obsolete_folding = true;
+        folding.strip_header_spaces = true;
+        let mut refuse = folding.clone();
+        refuse.header_map = HeaderMap::Refuse;
+        let mut dangerous = cfg();
+        dangerous.header_map = HeaderMap::Dangerous;
+        dangerous.permit_obsolete_folding = true;
+        for c in [cfg(), small, folding, refuse, dangerous] {
+            for input in &inputs {
+                byte_by_byte(input, &c);
+            }
+        }
+    }
+
+    /// Errors found on incomplete input come at the same call, with the
+    /// same detail, when the head arrives in pieces.
+    #[test]
+    fn head_parser_partial_errors() {
+        let mut c = cfg();
+        c.limit_request_fields = 2;
+        c.limit_request_field_size = 20;
+        c.permit_obsolete_folding = true;
+        // third field while the second is folded: "too many fields"
+        let r = byte_by_byte(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n x\r\nC: 3\r\n", &c);
+        assert!(r.contains("limit request headers fields'"), "{r}");
+        // folded field outgrows the field size before the head ends
+        let r = byte_by_byte(
+            b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n xxxxxxxxxxxxxxx\r\n",
+            &c,
+        );
+        assert!(r.contains("fields size"), "{r}");
+        // an Expect value completed by a continuation line, then refused
+        c.limit_request_field_size = 40;
+        let r = byte_by_byte(
+            b"GET / HTTP/1.1\r\nExpect: 100-\r\n continue\r\n x\r\nA: 1\r\nB: 2\r\nC: 3\r\n",
+            &c,
+        );
+        assert!(
+            r.contains("Unable to comply with expectation: '100- continue x'"),
+            "{r}"
+        );
+        // a refused header among dropped ones, reported while incomplete
+        c.header_map = HeaderMap::Refuse;
+        let r = byte_by_byte(b"GET / HTTP/1.1\r\nX_A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n", &c);
+        assert!(r.contains("Invalid HTTP header name: 'X_A'"), "{r}");
+    }
+
+    /// A head of 64 KiB arriving one byte per read: the bytes examined grow
+    /// linearly (re-parsing from the start would examine ~2 G bytes). Each
+    /// read examines its new byte a few times (LF scan, the head-end search
+    /// which looks back 3 bytes, the final parse): about 6 per byte.
+    #[test]
+    fn head_parser_work_is_linear() {
+        let mut c = cfg();
+        c.limit_request_fields = 2000;
+        let mut head = b"POST /upload HTTP/1.1\r\n".to_vec();
+        let mut i = 0;
+        while head.len() < 64 * 1024 {
+            head.extend(format!("X-Field-{i}: {}\r\n", "v".repeat(40)).bytes());
+            i += 1;
+        }
+        head.extend(b"\r\n");
+        let mut hp = HeadParser::new();
+        let mut result = None;
+        for end in 1..=head.len() {
+            match hp.parse(&head[..end], &c, false) {
+                Ok(Parsed::Partial) => {}
+                other => {
+                    result = Some((end, format!("{other:?}")));
+                    break;
+                }
+            }
+        }
+        let (end, r) = result.expect("complete");
+        assert_eq!(end, head.len());
+        assert!(r.starts_with("Ok(Complete"), "{r}");
+        assert!(
+            hp.examined <= 8 * head.len(),
+            "examined {} bytes for a {}-byte head",
+            hp.examined,
+            head.len()
+        );
+
+        // The same when a limit is already exceeded and the fields must be
+        // validated at every read (dropped '_' fields do not count, so
+        // the head goes on): each line is still examined once.
+        let mut c = cfg();
+        c.limit_request_fields = 10;
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        while head.len() < 64 * 1024 {
+            head.extend(b"X_Dropped: 1\r\n");
+        }
+        let mut hp = HeadParser::new();
+        for end in 1..=head.len() {
+            assert!(matches!(
+                hp.parse(&head[..end], &c, false),
+                Ok(Parsed::Partial)
+            ));
+        }
+        assert!(
+            hp.examined <= 8 * head.len(),
+            "examined {} bytes for a {}-byte head",
+            hp.examined,
+            head.len()
+        );
+    }
+
+    /// Lengths from the wire at and past u64::MAX, and limits from the
+    /// configuration at usize::MAX: no overflow, 400 where refused.
+    #[test]
+    fn extreme_lengths() {
+        for (v, want) in [
+            ("18446744073709551615", Some(u64::MAX)),
+            (
+                "000000000000000000000000018446744073709551615",
+                Some(u64::MAX),
+            ),
+            ("18446744073709551616", None),
+            ("99999999999999999999999999999", None),
+            ("0xFFFFFFFFFFFFFFFFF", None),
+        ] {
+            let b = with_headers(&format!("Content-Length: {v}"));
+            match want {
+                Some(n) => assert_eq!(ok(&b).0.body, BodyKind::Length(n)),
+                None => assert_eq!(status(&b), 400, "{v}"),
+            }
+        }
+        let mut c = cfg();
+        c.limit_request_field_size = usize::MAX;
+        c.limit_request_fields = usize::MAX;
+        c.limit_request_line = usize::MAX;
+        let b = with_headers("Content-Length: 18446744073709551615\r\nA: b");
+        let mut hp = HeadParser::new();
+        for end in 0..b.len() {
+            let r = hp.parse(&b[..end], &c, false);
+            assert!(matches!(r, Ok(Parsed::Partial)), "{end}: {r:?}");
+        }
+        let Ok(Parsed::Complete { head, .. }) = hp.parse(&b, &c, false) else {
+            panic!()
+        };
+        assert_eq!(head.body, BodyKind::Length(u64::MAX));
+    }
+
+    #[test]
+    fn head_parser_reset_and_reuse() {
+        let c = cfg();
+        let buf = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        let mut hp = HeadParser::new();
+        assert!(matches!(
+            hp.parse(&buf[..20], &c, false),
+            Ok(Parsed::Partial)
+        ));
+        let Ok(Parsed::Complete { head, consumed }) = hp.parse(buf, &c, false) else {
+            panic!()
+        };
+        assert_eq!((head.path, consumed), (&b"/a"[..], 28));
+        hp.reset();
+        let Ok(Parsed::Complete { head, .. }) = hp.parse(&buf[28..], &c, false) else {
+            panic!()
+        };
+        assert_eq!(head.path, b"/b");
+        // a shorter buffer without reset is taken as a new head
+        let mut hp = HeadParser::new();
+        assert!(matches!(
+            hp.parse(buf, &c, false),
+            Ok(Parsed::Complete { .. })
+        ));
+        let Ok(Parsed::Complete { head, .. }) = hp.parse(&buf[28..], &c, false) else {
+            panic!()
+        };
+        assert_eq!(head.path, b"/b");
+    }
+
     /// Rough timing; run with
     /// `cargo test --release -- --ignored --nocapture bench`.
     #[test]
     #[ignore]
     fn bench_typical_get() {
+        // FERROCORN_BENCH_N / FERROCORN_BENCH_ONLY (new, reference, held):
+        // to compare instruction counts, e.g. under
+        // `valgrind --tool=callgrind` with N=100000, one variant per run.
+        let n: usize = std::env::var("FERROCORN_BENCH_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2_000_000);
+        let only = std::env::var("FERROCORN_BENCH_ONLY").ok();
+        let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
         let c = cfg();
-        let n = 2_000_000;
-        let t = std::time::Instant::now();
         let mut total = 0;
-        for _ in 0..n {
-            if let Ok(Parsed::Complete { head, consumed }) =
-                parse_request(std::hint::black_box(TYPICAL), &c, false)
-            {
-                total += consumed + head.headers.len();
+        if run("new") {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                if let Ok(Parsed::Complete { head, consumed }) =
+                    parse_request(std::hint::black_box(TYPICAL), &c, false)
+                {
+                    total += consumed + head.headers.len();
+                }
             }
+            let dt = t.elapsed();
+            println!(
+                "typical 6-header GET ({} bytes): {:.0} ns/parse, {:.2} M parses/s",
+                TYPICAL.len(),
+                dt.as_nanos() as f64 / n as f64,
+                n as f64 / dt.as_secs_f64() / 1e6
+            );
         }
-        let dt = t.elapsed();
+        // The same with the stateless parser as it was before HeadParser.
+        if run("reference") {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                if let Ok(Parsed::Complete { head, consumed }) =
+                    reference::parse_request(std::hint::black_box(TYPICAL), &c, false)
+                {
+                    total += consumed + head.headers.len();
+                }
+            }
+            println!(
+                "  reference (before HeadParser): {:.0} ns/parse",
+                t.elapsed().as_nanos() as f64 / n as f64
+            );
+        }
+        // A HeadParser held by the connection, reset after each head.
+        if run("held") {
+            let mut hp = HeadParser::new();
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                if let Ok(Parsed::Complete { head, consumed }) =
+                    hp.parse(std::hint::black_box(TYPICAL), &c, false)
+                {
+                    total += consumed + head.headers.len();
+                }
+                hp.reset();
+            }
+            println!(
+                "  held HeadParser + reset: {:.0} ns/parse",
+                t.elapsed().as_nanos() as f64 / n as f64
+            );
+        }
         assert!(total > 0);
+    }
+
+    /// A 16 KiB head arriving one byte per read, resumed vs re-parsed; run
+    /// with `cargo test --release -- --ignored --nocapture bench`.
+    #[test]
+    #[ignore]
+    fn bench_byte_by_byte() {
+        let mut c = cfg();
+        c.limit_request_fields = 1000;
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        let mut i = 0;
+        while head.len() < 16 * 1024 {
+            head.extend(format!("X-Field-{i}: {}\r\n", "v".repeat(40)).bytes());
+            i += 1;
+        }
+        head.extend(b"\r\n");
+        let t = std::time::Instant::now();
+        let mut hp = HeadParser::new();
+        for end in 1..=head.len() {
+            let _ = std::hint::black_box(hp.parse(&head[..end], &c, false));
+        }
+        let resumed = t.elapsed();
+        let t = std::time::Instant::now();
+        for end in 1..=head.len() {
+            let _ = std::hint::black_box(reference::parse_request(&head[..end], &c, false));
+        }
         println!(
-            "typical 6-header GET ({} bytes): {:.0} ns/parse, {:.2} M parses/s",
-            TYPICAL.len(),
-            dt.as_nanos() as f64 / n as f64,
-            n as f64 / dt.as_secs_f64() / 1e6
+            "{}-byte head, 1 byte per read: HeadParser {:.2?}, re-parsing {:.2?}",
+            head.len(),
+            resumed,
+            t.elapsed()
         );
     }
 }
