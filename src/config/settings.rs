@@ -312,7 +312,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "The maximum number of simultaneous clients.",
         support: Support::Supported,
-        note: "sync worker: most connections (idle keep-alive included) one worker holds",
+        note: "sync worker: most connections (idle keep-alive included) one worker holds; when the table is full, the longest-idle connection (one that never sent a byte first) is closed to admit a new one, so idle clients cannot lock new ones out",
     },
     Setting {
         name: "max_requests",
@@ -348,7 +348,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Workers silent for more than this many seconds are killed and restarted.",
         support: Support::Supported,
-        note: "heartbeat in shared memory; a silent worker gets SIGABRT (SystemExit in the app), then SIGKILL",
+        note: "heartbeat in shared memory; a silent worker gets SIGABRT (SystemExit in the app), then SIGKILL. Also the time a started request head has to be complete (from its first byte), after which its connection is closed: gunicorn's sync worker would be killed after that long",
     },
     Setting {
         name: "graceful_timeout",

@@ -20,6 +20,9 @@ pub enum Phase {
     /// Part of a request head (or PROXY preamble) has arrived: it must be
     /// complete by the deadline set at its first byte.
     Head,
+    /// A request is being served away from the loop thread; nothing is
+    /// read, and no deadline or eviction applies until it is handed back.
+    Detached,
 }
 
 /// Whether a PROXY protocol header may still come first on a connection.
@@ -72,6 +75,8 @@ pub struct Conn<S> {
     pub nreq: u64,
     /// The worker kind's per-connection state, made at the first request.
     pub state: Option<S>,
+    /// The keep-alive decision of a detached request, until it is back.
+    pub keep: Option<KeepAlive>,
 }
 
 impl<S> Conn<S> {
@@ -89,7 +94,7 @@ impl<S> Conn<S> {
         match self.phase {
             Phase::Fresh => Some((0, self.since)),
             Phase::Idle => Some((1, self.since)),
-            Phase::Head => None,
+            Phase::Head | Phase::Detached => None,
         }
     }
 }
@@ -110,7 +115,7 @@ impl Deadlines {
             // even with a tiny --keep-alive.
             Phase::Fresh => self.keepalive.max(Duration::from_secs(1)),
             Phase::Idle => self.keepalive,
-            Phase::Head => self.head,
+            Phase::Head | Phase::Detached => self.head,
         }
     }
 }

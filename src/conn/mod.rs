@@ -15,13 +15,15 @@ pub mod listen;
 mod tests;
 pub mod transport;
 
+use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1, SIGWINCH};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -37,6 +39,7 @@ use listen::{Listeners, WorkerListener, LISTENER_BASE};
 use transport::{Inline, Transport};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+const WAKE_TOKEN: Token = Token(usize::MAX - 2);
 const READ_SIZE: usize = 16 * 1024;
 /// How long a stopping worker keeps an idle connection open for a request
 /// the client may already have sent (at most --keep-alive).
@@ -51,8 +54,10 @@ pub trait Handler {
     fn connection(&mut self, peer: &Peer, listener: usize) -> Self::ConnState;
     /// The connection is about to close.
     fn closed(&mut self, state: &mut Self::ConnState);
-    /// Serves one request to the end (head, app, response, body consumed).
-    fn serve(&mut self, req: Request<'_>, state: &mut Self::ConnState) -> Served;
+    /// Serves one request: to the end on the loop thread (head, app,
+    /// response, body consumed), or detached to be finished elsewhere and
+    /// handed back with a [`Resumer`].
+    fn serve(&mut self, req: Request<'_>, state: &mut Self::ConnState) -> Dispatch;
     /// After every wait of the loop: runs what was deferred to it (signal
     /// handlers of the interpreter). Err(code) makes the worker exit now.
     fn woke(&mut self) -> Result<(), i32>;
@@ -110,6 +115,8 @@ pub struct Request<'r> {
     life: &'r mut Lifecycle,
     /// Connections the worker holds now.
     open: usize,
+    key: usize,
+    completions: &'r Arc<Completions>,
 }
 
 impl Request<'_> {
@@ -147,6 +154,21 @@ impl Request<'_> {
         k
     }
 
+    /// The handle that hands this request's connection back to the loop
+    /// once it is served elsewhere; the handler then returns
+    /// [`Dispatch::Detached`]. Until then the loop reads nothing from the
+    /// connection and never closes it for a deadline or for room.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the first kind that detaches is gthread")
+    )]
+    pub fn detach(&self) -> Resumer {
+        Resumer {
+            key: self.key,
+            completions: Arc::clone(self.completions),
+        }
+    }
+
     /// `HTTP/1.1 100 Continue` when the client asked for it, before the
     /// request's body is read.
     pub fn send_continue(&self, body: &Body) {
@@ -179,6 +201,57 @@ impl Served {
     }
 }
 
+/// What the kind did with a request.
+pub enum Dispatch {
+    /// Served to the end on the loop thread.
+    Done(Served),
+    /// Being served elsewhere; a [`Resumer`] hands it back.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the first kind that detaches is gthread")
+    )]
+    Detached,
+}
+
+/// Requests finished away from the loop thread, waiting for the loop, and
+/// the eventfd that wakes it (registered in its poll).
+pub struct Completions {
+    done: Mutex<Vec<(usize, Served)>>,
+    wake: EventFd,
+}
+
+impl Completions {
+    fn take(&self) -> Vec<(usize, Served)> {
+        // A panic elsewhere while holding the lock cannot leave the list
+        // half-changed (push and take are single operations): go on with it.
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *done)
+    }
+}
+
+/// Hands a detached connection back to its loop (from any thread).
+pub struct Resumer {
+    key: usize,
+    completions: Arc<Completions>,
+}
+
+impl Resumer {
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the first kind that detaches is gthread")
+    )]
+    pub fn resume(self, served: Served) {
+        let c = &self.completions;
+        c.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((self.key, served));
+        if let Err(e) = c.wake.write(1) {
+            crate::log_error!("waking the event loop: {e}");
+        }
+    }
+}
+
 /// What to do with a connection after processing its input.
 enum Next {
     Wait,
@@ -202,6 +275,7 @@ pub struct Loop<H: Handler> {
     draining: Option<Instant>,
     /// The worker must exit now with this code.
     exit: Option<i32>,
+    completions: Arc<Completions>,
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
@@ -224,6 +298,19 @@ impl<H: Handler> Loop<H> {
             .map_err(|e| setup_err("registering signals", e))?;
         let listeners = Listeners::new(listeners, poll.registry())
             .map_err(|e| setup_err("registering a listener", e))?;
+        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| setup_err("creating the wake-up eventfd", e))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&wake.as_fd().as_raw_fd()),
+                WAKE_TOKEN,
+                Interest::READABLE,
+            )
+            .map_err(|e| setup_err("registering the wake-up eventfd", e))?;
+        let completions = Arc::new(Completions {
+            done: Mutex::new(Vec::new()),
+            wake,
+        });
         let deadlines = Deadlines {
             keepalive: settings.keepalive,
             head: settings.timeout,
@@ -250,6 +337,7 @@ impl<H: Handler> Loop<H> {
             term,
             draining: None,
             exit: None,
+            completions,
         })
     }
 
@@ -293,6 +381,7 @@ impl<H: Handler> Loop<H> {
             for ev in events.iter() {
                 match ev.token() {
                     SIGNAL_TOKEN => self.handle_signals(),
+                    WAKE_TOKEN => self.resume_detached(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                     Token(key) => {
                         if let Next::Close = self.on_readable(key) {
@@ -415,6 +504,7 @@ impl<H: Handler> Loop<H> {
                 proxy_state,
                 nreq: 0,
                 state: None,
+                keep: None,
             });
             // The first request usually arrives with the connection: read it now.
             if let Next::Close = self.on_readable(key) {
@@ -508,7 +598,7 @@ impl<H: Handler> Loop<H> {
         let expired: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.deadline <= now)
+            .filter(|(_, c)| c.deadline <= now && c.phase != Phase::Detached)
             .map(|(k, _)| k)
             .collect();
         for k in expired {
@@ -531,6 +621,11 @@ impl<H: Handler> Loop<H> {
             let Some(conn) = self.conns.get_mut(key) else {
                 return Next::Close;
             };
+            if conn.phase == Phase::Detached {
+                // Served elsewhere: what arrives waits in the socket until
+                // the connection is handed back.
+                return Next::Wait;
+            }
             if conn.start > 0 && conn.start == conn.buf.len() {
                 conn.buf.clear();
                 conn.start = 0;
@@ -614,7 +709,7 @@ impl<H: Handler> Loop<H> {
                 .state
                 .get_or_insert_with(|| self.handler.connection(&conn.peer, conn.listener));
             self.life.current = None;
-            let served = self.handler.serve(
+            let dispatch = self.handler.serve(
                 Request {
                     head,
                     body: Some(body),
@@ -623,24 +718,70 @@ impl<H: Handler> Loop<H> {
                     nreq: conn.nreq,
                     life: &mut self.life,
                     open,
+                    key,
+                    completions: &self.completions,
                 },
                 state,
             );
-            if let Some(code) = served.exit {
-                self.exit = Some(code);
-                return Next::Close;
+            let keep = self.life.current.take();
+            match dispatch {
+                Dispatch::Done(served) => {
+                    if let Next::Close = self.finished(key, keep, served) {
+                        return Next::Close;
+                    }
+                }
+                Dispatch::Detached => {
+                    conn.keep = keep;
+                    conn.phase = Phase::Detached;
+                    return Next::Wait;
+                }
             }
-            let keep = self.life.current.take().is_some_and(|k| {
-                k.after_response(served.reusable, served.leftover.is_some(), self.life.alive)
-            });
-            let Some((raw, pos)) = served.leftover.filter(|_| keep) else {
-                return Next::Close;
+        }
+    }
+
+    /// After a request: the final keep-alive decision, and the read buffer
+    /// back (with any pipelined bytes) when the connection stays open.
+    fn finished(&mut self, key: usize, keep: Option<KeepAlive>, served: Served) -> Next {
+        if let Some(code) = served.exit {
+            self.exit = Some(code);
+            return Next::Close;
+        }
+        let alive = self.life.alive;
+        let keep = keep
+            .is_some_and(|k| k.after_response(served.reusable, served.leftover.is_some(), alive));
+        let (Some((raw, pos)), Some(conn)) =
+            (served.leftover.filter(|_| keep), self.conns.get_mut(key))
+        else {
+            return Next::Close;
+        };
+        let mut old = std::mem::replace(&mut conn.buf, raw);
+        old.clear();
+        conn.spare = old;
+        conn.start = pos.min(conn.buf.len());
+        conn.enter(Phase::Idle, Instant::now(), &self.deadlines);
+        Next::Wait
+    }
+
+    /// Connections whose requests were finished away from the loop thread:
+    /// each goes on as an inline request would, then reads what arrived
+    /// meanwhile (the socket's readiness edge may have passed unseen).
+    fn resume_detached(&mut self) {
+        let _ = self.completions.wake.read();
+        for (key, served) in self.completions.take() {
+            let keep = match self.conns.get_mut(key) {
+                Some(c) if c.phase == Phase::Detached => c.keep.take(),
+                _ => continue,
             };
-            let mut old = std::mem::replace(&mut conn.buf, raw);
-            old.clear();
-            conn.spare = old;
-            conn.start = pos.min(conn.buf.len());
-            conn.enter(Phase::Idle, Instant::now(), &self.deadlines);
+            let next = match self.finished(key, keep, served) {
+                Next::Close => Next::Close,
+                Next::Wait => match self.process(key) {
+                    Next::Close => Next::Close,
+                    Next::Wait => self.on_readable(key),
+                },
+            };
+            if let Next::Close = next {
+                self.close(key);
+            }
         }
     }
 }

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::connection::Peer;
+use super::body::Body;
+use super::connection::{KeepAlive, Peer};
 use super::io::no_release;
 use super::listen::WorkerListener;
-use super::{Handler, Loop, Request, Served, Settings};
+use super::{Dispatch, Handler, Loop, Request, Served, Settings};
 use crate::http::allowlist::AllowList;
 use crate::http::proxy::ProxyMode;
 use crate::http::response::Encoder;
@@ -22,7 +23,37 @@ use crate::shm::{Shm, Slot};
 use crate::sock::ListenKind;
 
 /// Answers `<path> <body>` with Content-Length, reading the whole body.
+/// Paths under /slow/ are served on another thread after 300 ms, the
+/// connection detached meanwhile.
 struct Echo;
+
+/// Reads the whole body and writes the echo; the request's outcome.
+fn echo(path: Vec<u8>, version: (u8, u8), keep: KeepAlive, mut body: Body) -> Served {
+    let data = match body.read(None) {
+        Ok(d) => d,
+        Err(_) => return Served::closed(None),
+    };
+    let mut out = path;
+    out.push(b' ');
+    out.extend_from_slice(&data);
+    let mut enc = Encoder::new(version, false, !keep.before);
+    enc.begin("200 OK").expect("status");
+    enc.header("Content-Length", &out.len().to_string())
+        .expect("header");
+    enc.end_headers();
+    enc.body(&out);
+    enc.finish();
+    if body.transport().write_all(enc.out()).is_err() {
+        return Served::closed(None);
+    }
+    let reusable = !enc.should_close();
+    let (_, leftover) = body.finish(reusable && keep.before);
+    Served {
+        reusable,
+        leftover,
+        exit: None,
+    }
+}
 
 impl Handler for Echo {
     type ConnState = ();
@@ -31,36 +62,23 @@ impl Handler for Echo {
 
     fn closed(&mut self, _state: &mut ()) {}
 
-    fn serve(&mut self, mut req: Request<'_>, _state: &mut ()) -> Served {
-        let Some(mut body) = req.body.take() else {
-            return Served::closed(None);
+    fn serve(&mut self, mut req: Request<'_>, _state: &mut ()) -> Dispatch {
+        let Some(body) = req.body.take() else {
+            return Dispatch::Done(Served::closed(None));
         };
         let keep = req.count();
         req.send_continue(&body);
-        let data = match body.read(None) {
-            Ok(d) => d,
-            Err(_) => return Served::closed(None),
-        };
-        let mut out = req.head.path.to_vec();
-        out.push(b' ');
-        out.extend_from_slice(&data);
-        let mut enc = Encoder::new(req.head.version, false, !keep.before);
-        enc.begin("200 OK").expect("status");
-        enc.header("Content-Length", &out.len().to_string())
-            .expect("header");
-        enc.end_headers();
-        enc.body(&out);
-        enc.finish();
-        if body.transport().write_all(enc.out()).is_err() {
-            return Served::closed(None);
+        let path = req.head.path.to_vec();
+        let version = req.head.version;
+        if !path.starts_with(b"/slow/") {
+            return Dispatch::Done(echo(path, version, keep, body));
         }
-        let reusable = !enc.should_close();
-        let (_, leftover) = body.finish(reusable && keep.before);
-        Served {
-            reusable,
-            leftover,
-            exit: None,
-        }
+        let back = req.detach();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            back.resume(echo(path, version, keep, body));
+        });
+        Dispatch::Detached
     }
 
     fn woke(&mut self) -> Result<(), i32> {
@@ -326,5 +344,44 @@ fn expect_continue_is_answered_before_the_body() {
     let (_, body) = response(&mut c, &mut Vec::new()).expect("response");
     assert_eq!(body, b"/e ok");
     drop(c);
+    assert_eq!(srv.stop(), 0);
+}
+
+#[test]
+fn a_detached_request_does_not_hold_up_the_loop_and_comes_back() {
+    let srv = Server::start(|_| {});
+    let mut slow = srv.connect();
+    let t0 = Instant::now();
+    // A pipelined second request waits in the socket while the first is
+    // served away from the loop, and is served once it is handed back.
+    slow.write_all(
+        b"POST /slow/a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\
+          GET /after HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(50));
+    let mut fast = srv.connect();
+    fast.write_all(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let (_, body) = response(&mut fast, &mut Vec::new()).expect("fast");
+    assert_eq!(body, b"/fast ");
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+    let mut pending = Vec::new();
+    let (head, body) = response(&mut slow, &mut pending).expect("slow");
+    assert_eq!(body, b"/slow/a hi");
+    assert!(head.contains("Connection: keep-alive"), "{head}");
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    let (_, body) = response(&mut slow, &mut pending).expect("pipelined after resume");
+    assert_eq!(body, b"/after ");
+    // A request sent after the hand-back is read too (no edge was lost).
+    slow.write_all(b"GET /slow/b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let (_, body) = response(&mut slow, &mut pending).expect("second slow");
+    assert_eq!(body, b"/slow/b ");
+    drop((slow, fast));
     assert_eq!(srv.stop(), 0);
 }

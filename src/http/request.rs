@@ -40,7 +40,6 @@ pub struct RequestHead<'b> {
     pub path: &'b [u8],
     /// Query without `?` (`QUERY_STRING`).
     pub query: &'b [u8],
-    #[allow(dead_code)] // offered to hooks as req.fragment (lifecycle issue)
     pub fragment: &'b [u8],
     pub version: (u8, u8),
     /// Headers in order; names with `_` already dropped/refused per

@@ -12,7 +12,7 @@ use pyo3::types::PyString;
 use super::request::RequestLog;
 use crate::conn::connection::Peer;
 use crate::conn::listen::WorkerListener;
-use crate::conn::{Handler, Request, Served};
+use crate::conn::{Dispatch, Handler, Request, Served};
 use crate::hooks::{Hooks, RequestView, ResponseView, WorkerView};
 use crate::http::response::Encoder;
 use crate::log::access::AccessLog;
@@ -99,7 +99,14 @@ impl Handler for SyncHandler<'_> {
         }
     }
 
-    fn serve(&mut self, mut req: Request<'_>, peer: &mut PeerValues) -> Served {
+    fn serve(&mut self, req: Request<'_>, peer: &mut PeerValues) -> Dispatch {
+        Dispatch::Done(self.serve_inline(req, peer))
+    }
+}
+
+impl SyncHandler<'_> {
+    /// The whole request on the loop thread.
+    fn serve_inline(&mut self, mut req: Request<'_>, peer: &mut PeerValues) -> Served {
         let py = self.py;
         // One monotonic clock read serves the duration metric and the
         // access log (which also wants the wall-clock start).
@@ -238,9 +245,7 @@ impl Handler for SyncHandler<'_> {
             exit,
         }
     }
-}
 
-impl SyncHandler<'_> {
     /// The worker as a hook sees it now (counters from the shared slot).
     fn live_view(&self, alive: bool) -> WorkerView {
         super::live_view(&self.view, self.slot, alive, true)
