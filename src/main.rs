@@ -99,9 +99,6 @@ fn real_main() -> i32 {
     for w in cfg.warnings() {
         log_warning!("{w}");
     }
-    if let Ok((_, Some(warning))) = worker::kind::resolve(&cfg.worker_class()) {
-        log_warning!("{warning}");
-    }
     let hooks = match Python::attach(|py| {
         hooks::Hooks::new(py, &cfg).map_err(|e| python::format_err(py, &e))
     }) {

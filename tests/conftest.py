@@ -11,6 +11,7 @@ port; at teardown it gets SIGTERM, and whatever is left in its process
 group gets SIGKILL. Nothing is ever killed by name.
 """
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -317,6 +318,7 @@ class ServerFactory:
     def close(self):
         for s in self.servers:
             s.stop()
+            shutil.rmtree(s.tmpdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -380,6 +382,7 @@ def run_server_cmd(args, cwd=None, env=None, timeout=20.0, config_text=None):
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    shutil.rmtree(tmp, ignore_errors=True)
     return Result(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), timed_out)
 
 

@@ -288,7 +288,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "The type of workers to use.",
         support: Support::Supported,
-        note: "sync; gthread, gevent and eventlet names run the sync worker with a warning; asgi, tornado and uvicorn are refused at start (not yet)",
+        note: "sync, gthread, gevent (also gevent_wsgi, gevent_pywsgi), eventlet, their gunicorn.workers.* paths and gunicorn_prometheus_exporter's Prometheus*Worker names; gevent and eventlet monkey-patch before the app loads (the package must be in the venv); asgi, tornado and uvicorn are refused at start (not yet), as is a Python Worker class of one's own",
     },
     Setting {
         name: "threads",
@@ -299,8 +299,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Int(1),
         env: None,
         help: "The number of worker threads for handling requests.",
-        support: Support::NotYet,
-        note: "the gthread worker is not implemented yet: threads > 1 serves with the sync worker and a warning",
+        support: Support::Supported,
+        note: "gthread: threads that run the app, each attached to the interpreter once; with the sync worker class, threads > 1 means gthread, as gunicorn. A worker accepts new connections only while it has a free thread",
     },
     Setting {
         name: "worker_connections",
@@ -312,7 +312,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "The maximum number of simultaneous clients.",
         support: Support::Supported,
-        note: "sync worker: most connections (idle keep-alive included) one worker holds; when the table is full, the longest-idle connection (one that never sent a byte first) is closed to admit a new one, so idle clients cannot lock new ones out",
+        note: "every kind: most connections (idle keep-alive included) one worker holds, and for gevent and eventlet the most requests served at once; when the table is full, the longest-idle connection (one that never sent a byte first) is closed to admit a new one, so idle clients cannot lock new ones out",
     },
     Setting {
         name: "max_requests",

@@ -261,7 +261,7 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::io::no_release;
+    use crate::conn::io::POLL;
     use crate::conn::transport::Inline;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
@@ -270,11 +270,8 @@ mod tests {
     fn pair() -> (UnixStream, Arc<dyn Transport>) {
         let (a, b) = UnixStream::pair().expect("socketpair");
         b.set_nonblocking(true).expect("nonblocking");
-        let io: Arc<dyn Transport> = Arc::new(Inline::new(
-            b.as_raw_fd(),
-            Duration::from_secs(2),
-            no_release,
-        ));
+        let io: Arc<dyn Transport> =
+            Arc::new(Inline::new(b.as_raw_fd(), Duration::from_secs(2), POLL));
         // The server end stays open as long as the test holds `a` and the
         // transport; leak it so the fd outlives the transport.
         std::mem::forget(b);

@@ -33,6 +33,7 @@ pub enum ProxyState {
 }
 
 /// What the connection layer knows of a peer, for every worker kind.
+#[derive(Clone)]
 pub struct Peer {
     /// None for unix sockets.
     pub addr: Option<SocketAddr>,

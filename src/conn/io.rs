@@ -1,8 +1,9 @@
 //! Blocking-style I/O on non-blocking sockets, for code that runs inside a
 //! request (the app writing its response, reading its body): try the
-//! syscall, and on EAGAIN wait in poll(2) up to a deadline. The wait runs
-//! through a [`Release`] the worker kind supplies, so that other threads
-//! may run Python meanwhile; this module itself knows nothing of Python.
+//! syscall, and on EAGAIN wait up to a deadline. How it waits is the
+//! worker kind's [`Waiter`]: poll(2) with the interpreter lock released, so
+//! that other threads may run Python meanwhile, or a greenlet hub's
+//! cooperative wait. This module itself knows nothing of Python.
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -20,17 +21,35 @@ pub fn no_release(wait: &mut dyn FnMut()) {
     wait()
 }
 
+/// How code serving a request waits for its socket.
+#[derive(Clone, Copy)]
+pub enum Waiter {
+    /// poll(2) on the calling thread, with what it holds released around it.
+    Poll(Release),
+    /// The kind's cooperative wait (a greenlet hub's), which runs other
+    /// requests meanwhile: `(fd, writable, timeout)`, Ok once ready, a
+    /// TimedOut error after `timeout`.
+    Yield(fn(RawFd, bool, Duration) -> io::Result<()>),
+}
+
+/// Waits in poll(2) with nothing to release.
+pub const POLL: Waiter = Waiter::Poll(no_release);
+
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
 /// Waits until `fd` is readable (or writable) or `deadline` passes.
-fn wait(release: Release, fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()> {
+fn wait(waiter: Waiter, fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
         }
+        let release = match waiter {
+            Waiter::Poll(release) => release,
+            Waiter::Yield(wait) => return wait(fd, flags.contains(PollFlags::POLLOUT), left),
+        };
         let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
             .unwrap_or(PollTimeout::MAX);
         let mut res = Err(nix::errno::Errno::EINTR);
@@ -93,7 +112,7 @@ pub fn read_append(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize
 /// Reads at least one byte into the spare capacity of `buf` (growing it by
 /// up to `chunk`), waiting up to `timeout`. Ok(0) is end of stream.
 pub fn read_blocking(
-    release: Release,
+    waiter: Waiter,
     fd: RawFd,
     buf: &mut Vec<u8>,
     chunk: usize,
@@ -102,19 +121,14 @@ pub fn read_blocking(
     let deadline = Instant::now() + timeout;
     loop {
         match read_append(fd, buf, chunk) {
-            Err(e) if would_block(&e) => wait(release, fd, PollFlags::POLLIN, deadline)?,
+            Err(e) if would_block(&e) => wait(waiter, fd, PollFlags::POLLIN, deadline)?,
             other => return other,
         }
     }
 }
 
 /// Writes all of `data`, waiting for the socket to drain as needed.
-pub fn write_all(
-    release: Release,
-    fd: RawFd,
-    mut data: &[u8],
-    timeout: Duration,
-) -> io::Result<()> {
+pub fn write_all(waiter: Waiter, fd: RawFd, mut data: &[u8], timeout: Duration) -> io::Result<()> {
     let mut deadline = None;
     while !data.is_empty() {
         match write_nb(fd, data) {
@@ -127,7 +141,7 @@ pub fn write_all(
             Ok(n) => data = &data[n..],
             Err(e) if would_block(&e) => {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                wait(release, fd, PollFlags::POLLOUT, d)?;
+                wait(waiter, fd, PollFlags::POLLOUT, d)?;
             }
             Err(e) => return Err(e),
         }
@@ -137,7 +151,7 @@ pub fn write_all(
 
 /// sendfile(2) `count` bytes of `file_fd` from `offset` to the socket.
 pub fn sendfile_all(
-    release: Release,
+    waiter: Waiter,
     sock: RawFd,
     file_fd: RawFd,
     mut offset: i64,
@@ -166,7 +180,7 @@ pub fn sendfile_all(
             io::ErrorKind::Interrupted => {}
             io::ErrorKind::WouldBlock => {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                wait(release, sock, PollFlags::POLLOUT, d)?;
+                wait(waiter, sock, PollFlags::POLLOUT, d)?;
             }
             _ => return Err(e),
         }

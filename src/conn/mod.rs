@@ -34,7 +34,7 @@ use crate::http::{HeadParser, HttpError, Parsed, ParserConfig, RequestHead};
 use crate::shm::{ExitReason, Slot};
 use body::Body;
 use connection::{Conn, Deadlines, KeepAlive, Peer, Phase, ProxyState};
-use io::Release;
+use io::{Release, Waiter};
 use listen::{Listeners, WorkerListener, LISTENER_BASE};
 use transport::{Inline, Transport};
 
@@ -52,8 +52,12 @@ pub trait Handler {
     /// The kind's per-connection state (made at a connection's first request).
     type ConnState;
     fn connection(&mut self, peer: &Peer, listener: usize) -> Self::ConnState;
-    /// The connection is about to close.
-    fn closed(&mut self, state: &mut Self::ConnState);
+    /// Requests the kind can start now without making one wait (free
+    /// threads): the loop accepts new connections only while this exceeds
+    /// the connections whose first request is still on its way.
+    fn capacity(&self) -> usize {
+        usize::MAX
+    }
     /// Serves one request: to the end on the loop thread (head, app,
     /// response, body consumed), or detached to be finished elsewhere and
     /// handed back with a [`Resumer`].
@@ -80,8 +84,12 @@ pub struct Settings {
     pub proxy_mode: ProxyMode,
     pub proxy_allow: AllowList,
     pub forwarded_allow: AllowList,
-    /// How blocking waits release what the kind holds (the GIL).
+    /// How the loop's own waits release what its thread holds (the GIL
+    /// when the app runs on the loop thread).
     pub release: Release,
+    /// How a request's body I/O waits for the socket in the code serving
+    /// it (the GIL released, or a greenlet hub).
+    pub app_wait: Waiter,
 }
 
 /// The worker's lifecycle: alive until TERM or its request budget is spent.
@@ -112,14 +120,24 @@ pub struct Request<'r> {
     pub listener: usize,
     /// Requests on this connection so far, this one included.
     pub nreq: u64,
+    /// The request's link to the worker's lifecycle and its connection.
+    pub ctl: Control<'r>,
+}
+
+/// What a kind may do with a request besides reading it: count it against
+/// max_requests, detach it. A separate borrow from the head, so that a
+/// kind can count while it reads the head.
+pub struct Control<'r> {
     life: &'r mut Lifecycle,
+    /// The client asked to keep the connection open.
+    client_keep_alive: bool,
     /// Connections the worker holds now.
     open: usize,
     key: usize,
     completions: &'r Arc<Completions>,
 }
 
-impl Request<'_> {
+impl Control<'_> {
     pub fn alive(&self) -> bool {
         self.life.alive
     }
@@ -145,7 +163,7 @@ impl Request<'_> {
             life.alive = false;
         }
         let k = KeepAlive::before_response(
-            self.head.keep_alive,
+            self.client_keep_alive,
             life.keepalive_enabled,
             life.alive,
             over_budget,
@@ -158,23 +176,19 @@ impl Request<'_> {
     /// once it is served elsewhere; the handler then returns
     /// [`Dispatch::Detached`]. Until then the loop reads nothing from the
     /// connection and never closes it for a deadline or for room.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the first kind that detaches is gthread")
-    )]
     pub fn detach(&self) -> Resumer {
         Resumer {
             key: self.key,
             completions: Arc::clone(self.completions),
         }
     }
+}
 
-    /// `HTTP/1.1 100 Continue` when the client asked for it, before the
-    /// request's body is read.
-    pub fn send_continue(&self, body: &Body) {
-        if self.head.expect_continue {
-            let _ = body.transport().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-        }
+/// `HTTP/1.1 100 Continue` when the client asked for it, before the
+/// request's body is read.
+pub fn send_continue(head: &RequestHead<'_>, body: &Body) {
+    if head.expect_continue {
+        let _ = body.transport().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
     }
 }
 
@@ -206,10 +220,6 @@ pub enum Dispatch {
     /// Served to the end on the loop thread.
     Done(Served),
     /// Being served elsewhere; a [`Resumer`] hands it back.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the first kind that detaches is gthread")
-    )]
     Detached,
 }
 
@@ -236,10 +246,6 @@ pub struct Resumer {
 }
 
 impl Resumer {
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the first kind that detaches is gthread")
-    )]
     pub fn resume(self, served: Served) {
         let c = &self.completions;
         c.done
@@ -437,6 +443,23 @@ impl<H: Handler> Loop<H> {
             .min(usize::try_from(self.life.left()).unwrap_or(usize::MAX))
     }
 
+    /// The kind could start one more new connection's request at once, so
+    /// that a worker with every thread busy leaves new connections to an
+    /// idle worker (gunicorn #908). First requests already arriving count
+    /// as demand; connections that have sent nothing do not (idle clients
+    /// must not stop a worker from accepting).
+    fn has_capacity(&self) -> bool {
+        let cap = self.handler.capacity();
+        cap == usize::MAX || {
+            let arriving = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.nreq == 0 && c.phase == Phase::Head)
+                .count();
+            cap > arriving
+        }
+    }
+
     fn accept(&mut self, idx: usize) {
         if self.term.load(Ordering::Relaxed) {
             self.stop_gracefully();
@@ -448,7 +471,8 @@ impl<H: Handler> Loop<H> {
             return;
         }
         for _ in 0..ACCEPT_BATCH {
-            if self.conns.len() >= self.conn_limit() && !self.make_room() {
+            if !self.has_capacity() || (self.conns.len() >= self.conn_limit() && !self.make_room())
+            {
                 self.listeners.pause(self.poll.registry());
                 return;
             }
@@ -490,7 +514,7 @@ impl<H: Handler> Loop<H> {
             }
             let now = Instant::now();
             entry.insert(Conn {
-                io: Arc::new(Inline::new(raw, s.timeout, s.release)),
+                io: Arc::new(Inline::new(raw, s.timeout, s.app_wait)),
                 fd,
                 listener: idx,
                 peer,
@@ -554,6 +578,7 @@ impl<H: Handler> Loop<H> {
         let room = self.conns.len() < self.conn_limit()
             || (self.conns.len() >= self.settings.max_conns
                 && self.conns.iter().any(|(_, c)| c.eviction_rank().is_some()));
+        let room = room && self.has_capacity();
         if room {
             if let Err(e) = self.listeners.resume(self.poll.registry()) {
                 crate::log_error!("resuming accepting: {e}");
@@ -582,13 +607,10 @@ impl<H: Handler> Loop<H> {
     }
 
     fn close(&mut self, key: usize) {
-        if let Some(mut c) = self.conns.try_remove(key) {
+        if let Some(c) = self.conns.try_remove(key) {
             let raw = c.fd.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
             c.io.close();
-            if let Some(st) = c.state.as_mut() {
-                self.handler.closed(st);
-            }
         }
     }
 
@@ -709,6 +731,7 @@ impl<H: Handler> Loop<H> {
                 .state
                 .get_or_insert_with(|| self.handler.connection(&conn.peer, conn.listener));
             self.life.current = None;
+            let client_keep_alive = head.keep_alive;
             let dispatch = self.handler.serve(
                 Request {
                     head,
@@ -716,10 +739,13 @@ impl<H: Handler> Loop<H> {
                     peer: &conn.peer,
                     listener: conn.listener,
                     nreq: conn.nreq,
-                    life: &mut self.life,
-                    open,
-                    key,
-                    completions: &self.completions,
+                    ctl: Control {
+                        life: &mut self.life,
+                        client_keep_alive,
+                        open,
+                        key,
+                        completions: &self.completions,
+                    },
                 },
                 state,
             );
@@ -826,7 +852,7 @@ fn reject<S>(conn: &Conn<S>, e: &HttpError) {
         e.detail
     );
     let _ = io::write_all(
-        io::no_release,
+        io::POLL,
         conn.fd.as_raw_fd(),
         &e.response_bytes(),
         Duration::from_secs(5),

@@ -60,20 +60,18 @@ impl Handler for Echo {
 
     fn connection(&mut self, _peer: &Peer, _listener: usize) {}
 
-    fn closed(&mut self, _state: &mut ()) {}
-
     fn serve(&mut self, mut req: Request<'_>, _state: &mut ()) -> Dispatch {
         let Some(body) = req.body.take() else {
             return Dispatch::Done(Served::closed(None));
         };
-        let keep = req.count();
-        req.send_continue(&body);
+        let keep = req.ctl.count();
+        crate::conn::send_continue(&req.head, &body);
         let path = req.head.path.to_vec();
         let version = req.head.version;
         if !path.starts_with(b"/slow/") {
             return Dispatch::Done(echo(path, version, keep, body));
         }
-        let back = req.detach();
+        let back = req.ctl.detach();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
             back.resume(echo(path, version, keep, body));
@@ -116,6 +114,7 @@ impl Server {
                 proxy_allow: AllowList::default(),
                 forwarded_allow: AllowList::default(),
                 release: no_release,
+                app_wait: super::io::POLL,
             };
             tune(&mut settings);
             let listeners = vec![WorkerListener {

@@ -1,18 +1,21 @@
 //! Body I/O: how code serving a request reaches its connection's socket.
 //!
-//! One interface, [`Transport`], with one implementation per way a worker
-//! kind waits: [`Inline`] blocks the calling thread on the socket itself
-//! (the sync worker runs the app on the loop thread). Kinds that run the app
-//! on other threads or in greenlets implement the same trait over a channel
-//! to the loop thread, so the body decoder ([`super::body::Body`]) and the
-//! response writers above it stay the same for every kind.
+//! One interface, [`Transport`], so that the body decoder
+//! ([`super::body::Body`]) and the response writers above it stay the same
+//! for every kind. [`Inline`] does the socket's I/O from the code serving
+//! the request, on a connection the loop has handed over (the loop reads
+//! nothing from a detached one meanwhile), and waits the kind's way
+//! ([`Waiter`]): poll(2) with the GIL released (sync, gthread), or a
+//! greenlet hub's cooperative wait (gevent, eventlet). Measured against a
+//! channel to the loop thread, that is one copy and two wake-ups less per
+//! response, and the waits are the same.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::io::{self as sockio, Release};
+use super::io::{self as sockio, Waiter};
 
 /// The socket side of one request: read body bytes, write response bytes.
 pub trait Transport: Send + Sync {
@@ -34,16 +37,16 @@ pub trait Transport: Send + Sync {
 pub struct Inline {
     fd: RawFd,
     timeout: Duration,
-    release: Release,
+    waiter: Waiter,
     closed: AtomicBool,
 }
 
 impl Inline {
-    pub fn new(fd: RawFd, timeout: Duration, release: Release) -> Inline {
+    pub fn new(fd: RawFd, timeout: Duration, waiter: Waiter) -> Inline {
         Inline {
             fd,
             timeout,
-            release,
+            waiter,
             closed: AtomicBool::new(false),
         }
     }
@@ -66,16 +69,16 @@ impl Inline {
 
 impl Transport for Inline {
     fn read(&self, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-        sockio::read_blocking(self.release, self.open_fd()?, buf, max, self.timeout)
+        sockio::read_blocking(self.waiter, self.open_fd()?, buf, max, self.timeout)
     }
 
     fn write_all(&self, data: &[u8]) -> io::Result<()> {
-        sockio::write_all(self.release, self.open_fd()?, data, self.timeout)
+        sockio::write_all(self.waiter, self.open_fd()?, data, self.timeout)
     }
 
     fn sendfile(&self, file: RawFd, offset: i64, count: u64) -> io::Result<()> {
         sockio::sendfile_all(
-            self.release,
+            self.waiter,
             self.open_fd()?,
             file,
             offset,

@@ -42,6 +42,7 @@ pub mod chunked;
 pub mod date;
 #[cfg(test)]
 mod fuzz;
+pub mod owned;
 pub mod proxy;
 mod request;
 pub mod response;

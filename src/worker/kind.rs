@@ -1,69 +1,50 @@
 //! Maps gunicorn worker class names (short names, dotted paths, and
 //! gunicorn-prometheus-exporter's Prometheus*Worker classes) to the worker
-//! ferrocorn runs.
+//! kind ferrocorn runs.
 
-/// The worker kinds ferrocorn implements so far.
+use super::green::Lib;
+
+/// The worker kinds ferrocorn implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Sync,
+    /// N threads run the app (`--threads`).
+    Gthread,
+    /// One greenlet per request on gevent's or eventlet's hub.
+    Green(Lib),
 }
 
-/// What a worker class name asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Wanted {
-    Sync,
-    /// WSGI with concurrency (gthread, gevent, eventlet): the app is served
-    /// correctly by the sync worker, one request at a time per worker.
-    ConcurrentWsgi(&'static str),
-    /// Needs a different protocol or event loop (ASGI, tornado).
-    Other(&'static str),
-}
+/// The names `--worker-class` accepts, for messages.
+const SUPPORTED: &str = "sync, gthread, gevent, gevent_wsgi, gevent_pywsgi, eventlet, their \
+     gunicorn.workers.* class paths, and gunicorn_prometheus_exporter.PrometheusWorker, \
+     PrometheusThreadWorker, PrometheusGeventWorker, PrometheusEventletWorker";
 
-fn classify(name: &str) -> Option<Wanted> {
+/// Resolves `--worker-class` (after gunicorn's `--threads` rule, see
+/// `Config::worker_class`).
+pub fn resolve(name: &str) -> Result<Kind, String> {
     let last = name.rsplit('.').next().unwrap_or(name);
-    let wanted = match (name, last) {
-        ("sync", _) | (_, "SyncWorker" | "PrometheusWorker") => Wanted::Sync,
-        ("gthread", _) | (_, "ThreadWorker" | "PrometheusThreadWorker") => {
-            Wanted::ConcurrentWsgi("gthread")
-        }
+    let later = |kind: &str| {
+        Err(format!(
+            "worker class {name:?}: the {kind} worker is not implemented yet in ferrocorn \
+             (supported: {SUPPORTED})"
+        ))
+    };
+    match (name, last) {
+        ("sync", _) | (_, "SyncWorker" | "PrometheusWorker") => Ok(Kind::Sync),
+        ("gthread", _) | (_, "ThreadWorker" | "PrometheusThreadWorker") => Ok(Kind::Gthread),
         ("gevent" | "gevent_wsgi" | "gevent_pywsgi", _)
         | (_, "GeventWorker" | "GeventPyWSGIWorker" | "PrometheusGeventWorker") => {
-            Wanted::ConcurrentWsgi("gevent")
+            Ok(Kind::Green(Lib::Gevent))
         }
         ("eventlet", _) | (_, "EventletWorker" | "PrometheusEventletWorker") => {
-            Wanted::ConcurrentWsgi("eventlet")
+            Ok(Kind::Green(Lib::Eventlet))
         }
-        ("tornado", _) | (_, "TornadoWorker" | "PrometheusTornadoWorker") => {
-            Wanted::Other("tornado")
-        }
-        ("asgi", _) | (_, "ASGIWorker") => Wanted::Other("asgi"),
-        (_, "UvicornWorker" | "UvicornH11Worker" | "PrometheusUvicornWorker") => {
-            Wanted::Other("uvicorn")
-        }
-        _ => return None,
-    };
-    Some(wanted)
-}
-
-/// Resolves `--worker-class`; Ok carries an optional warning for the log.
-pub fn resolve(name: &str) -> Result<(Kind, Option<String>), String> {
-    match classify(name) {
-        Some(Wanted::Sync) => Ok((Kind::Sync, None)),
-        Some(Wanted::ConcurrentWsgi(kind)) => Ok((
-            Kind::Sync,
-            Some(format!(
-                "worker class {name:?}: the {kind} worker is not implemented yet in ferrocorn; \
-                 serving with the sync worker (one request at a time per worker, idle keep-alive \
-                 connections still parked)"
-            )),
-        )),
-        Some(Wanted::Other(kind)) => Err(format!(
-            "worker class {name:?}: the {kind} worker is not implemented yet in ferrocorn \
-             (implemented: sync)"
-        )),
-        None => Err(format!(
-            "worker class {name:?} is not known to ferrocorn (implemented: sync; \
-             planned: gthread, gevent, eventlet, tornado, asgi, uvicorn)"
+        ("tornado", _) | (_, "TornadoWorker" | "PrometheusTornadoWorker") => later("tornado"),
+        ("asgi", _) | (_, "ASGIWorker") => later("asgi"),
+        (_, "UvicornWorker" | "UvicornH11Worker" | "PrometheusUvicornWorker") => later("uvicorn"),
+        _ => Err(format!(
+            "worker class {name:?} is not known to ferrocorn: ferrocorn runs its own worker \
+             kinds, not Python Worker classes (supported: {SUPPORTED})"
         )),
     }
 }
@@ -74,23 +55,52 @@ mod tests {
 
     #[test]
     fn gunicorn_names_resolve() {
-        assert_eq!(resolve("sync").unwrap(), (Kind::Sync, None));
-        assert_eq!(
-            resolve("gunicorn.workers.sync.SyncWorker").unwrap().0,
-            Kind::Sync
-        );
-        assert_eq!(
-            resolve("gunicorn_prometheus_exporter.PrometheusWorker").unwrap(),
-            (Kind::Sync, None)
-        );
-        let (k, warn) = resolve("gthread").unwrap();
-        assert_eq!(k, Kind::Sync);
-        assert!(warn.unwrap().contains("not implemented yet"));
+        for (name, kind) in [
+            ("sync", Kind::Sync),
+            ("gunicorn.workers.sync.SyncWorker", Kind::Sync),
+            ("gunicorn_prometheus_exporter.PrometheusWorker", Kind::Sync),
+            ("gthread", Kind::Gthread),
+            ("gunicorn.workers.gthread.ThreadWorker", Kind::Gthread),
+            (
+                "gunicorn_prometheus_exporter.PrometheusThreadWorker",
+                Kind::Gthread,
+            ),
+            ("gevent", Kind::Green(Lib::Gevent)),
+            ("gevent_wsgi", Kind::Green(Lib::Gevent)),
+            ("gevent_pywsgi", Kind::Green(Lib::Gevent)),
+            (
+                "gunicorn.workers.ggevent.GeventWorker",
+                Kind::Green(Lib::Gevent),
+            ),
+            (
+                "gunicorn.workers.ggevent.GeventPyWSGIWorker",
+                Kind::Green(Lib::Gevent),
+            ),
+            (
+                "gunicorn_prometheus_exporter.PrometheusGeventWorker",
+                Kind::Green(Lib::Gevent),
+            ),
+            ("eventlet", Kind::Green(Lib::Eventlet)),
+            (
+                "gunicorn.workers.geventlet.EventletWorker",
+                Kind::Green(Lib::Eventlet),
+            ),
+            (
+                "gunicorn_prometheus_exporter.PrometheusEventletWorker",
+                Kind::Green(Lib::Eventlet),
+            ),
+        ] {
+            assert_eq!(resolve(name), Ok(kind), "{name}");
+        }
         assert!(resolve("uvicorn.workers.UvicornWorker")
             .unwrap_err()
-            .contains("uvicorn"));
+            .contains("uvicorn worker is not implemented yet"));
         assert!(resolve("asgi").is_err());
         assert!(resolve("tornado").is_err());
-        assert!(resolve("no.such.Worker").unwrap_err().contains("not known"));
+        let e = resolve("myproject.workers.CustomWorker").unwrap_err();
+        assert!(
+            e.contains("not known") && e.contains("gevent_pywsgi"),
+            "{e}"
+        );
     }
 }

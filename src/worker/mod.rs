@@ -1,9 +1,12 @@
 //! Worker processes: what every worker kind does after the fork (signals,
 //! loading the app, exit codes), then the kind's own loop.
 
+pub mod green;
+mod gthread;
 pub mod kind;
 mod request;
-pub mod sync;
+mod serve;
+mod sync;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +27,7 @@ use crate::shm::ErrorTable;
 use crate::shm::{ExitReason, Slot, State};
 use crate::sock::Listener;
 use crate::wsgi::{Wsgi, WsgiSettings};
+use kind::Kind;
 
 /// gunicorn's exit codes, which the master acts on.
 pub const WORKER_BOOT_ERROR: i32 = 3;
@@ -65,6 +69,13 @@ pub fn live_view(base: &WorkerView, slot: &Slot, alive: bool, booted: bool) -> W
     }
 }
 
+/// Runs the interpreter's pending signal handlers (SIGABRT on timeout,
+/// SIGQUIT/SIGINT); Err(code) when one ended the worker (SystemExit).
+fn check_signals(py: Python<'_>) -> Result<(), i32> {
+    py.check_signals()
+        .map_err(|e| crate::python::system_exit_code(py, &e).unwrap_or(1))
+}
+
 /// Runs a worker to completion; the return value is the process exit code.
 pub fn run(spawn: Spawn<'_>) -> i32 {
     let pid = std::process::id();
@@ -86,6 +97,13 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
         crate::log_info!("Parent changed, shutting down: Worker (pid:{pid})");
         return 0;
     }
+    let kind = match kind::resolve(&spawn.cfg.worker_class()) {
+        Ok(k) => k,
+        Err(e) => {
+            crate::log_error!("Exception in worker process: {e}");
+            return WORKER_BOOT_ERROR;
+        }
+    };
     let code = Python::attach(|py| {
         if let Err(e) = install_signal_handlers(py, slot, &hooks, base) {
             crate::log_error!(
@@ -93,6 +111,12 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
                 crate::python::format_err(py, &e)
             );
             return WORKER_BOOT_ERROR;
+        }
+        if let Kind::Green(lib) = kind {
+            if let Err(e) = green::patch(py, lib) {
+                crate::log_error!("Exception in worker process: {e}");
+                return WORKER_BOOT_ERROR;
+            }
         }
         let app = match spawn.app {
             Some(app) => app,
@@ -120,7 +144,7 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
             hooks: Arc::clone(&hooks),
             view: base,
         };
-        match serve(py, spawn.cfg, listeners, app, ctx, term) {
+        match serve(py, kind, spawn.cfg, listeners, app, ctx, term) {
             Ok(code) => code,
             Err(e) => {
                 crate::log_error!("Exception in worker process: {e}");
@@ -171,6 +195,7 @@ fn install_signal_handlers(
 /// worker exits; returns the exit code.
 fn serve(
     py: Python<'_>,
+    kind: Kind,
     cfg: &Config,
     listeners: Vec<WorkerListener>,
     app: Py<PyAny>,
@@ -209,7 +234,16 @@ fn serve(
             .map_err(|e| err("proxy_allow_ips", e.to_string()))?,
         forwarded_allow: AllowList::parse(&cfg.forwarded_allow_ips())
             .map_err(|e| err("forwarded_allow_ips", e.to_string()))?,
-        release: crate::python::release_gil,
+        // The sync kind runs the app on the loop thread, which holds the
+        // GIL but while it waits; gthread's loop never holds it.
+        release: match kind {
+            Kind::Sync => crate::python::release_gil,
+            Kind::Gthread | Kind::Green(_) => crate::conn::io::no_release,
+        },
+        app_wait: match kind {
+            Kind::Sync | Kind::Gthread => crate::conn::io::Waiter::Poll(crate::python::release_gil),
+            Kind::Green(_) => green::WAITER,
+        },
     };
     let wsgi = Wsgi::new(
         py,
@@ -222,7 +256,7 @@ fn serve(
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_uppercase(), v))
                 .collect(),
-            multithread: false,
+            multithread: kind == Kind::Gthread,
             sendfile: cfg.sendfile(),
         },
     )
@@ -237,26 +271,58 @@ fn serve(
         None => None,
     };
     let slot = ctx.slot;
-    let handler = sync::SyncHandler::new(
-        py,
-        wsgi,
-        &listeners,
-        access,
-        Context {
-            view: WorkerView {
-                max_requests: if max_requests == u64::MAX {
-                    0
-                } else {
-                    max_requests
-                },
-                ..ctx.view
+    let ctx = Context {
+        view: WorkerView {
+            max_requests: if max_requests == u64::MAX {
+                0
+            } else {
+                max_requests
             },
-            ..ctx
+            ..ctx.view
         },
-    );
-    let mut lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
-    slot.set_state(State::Idle);
-    Ok(lp.run())
+        ..ctx
+    };
+    let server = serve::WsgiServer::new(py, wsgi, &listeners, access, ctx);
+    match kind {
+        Kind::Sync => {
+            let handler = sync::SyncHandler::new(py, server);
+            let mut lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
+            slot.set_state(State::Idle);
+            Ok(lp.run())
+        }
+        Kind::Gthread => {
+            let handler = gthread::ThreadHandler::start(server, cfg.threads())?;
+            let mut lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
+            slot.set_state(State::Idle);
+            // The loop never runs Python: it holds no GIL, so the threads
+            // run the app while it reads and parses.
+            Ok(py.detach(|| lp.run()))
+        }
+        Kind::Green(lib) => {
+            let server = Arc::new(server);
+            let queue = green::Queue::new()?;
+            let handler = green::GreenHandler::new(Arc::clone(&queue), Arc::clone(&server));
+            let mut lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
+            let q = Arc::clone(&queue);
+            let lp_thread = std::thread::Builder::new()
+                .name("ferrocorn-loop".into())
+                .spawn(move || {
+                    let code = lp.run();
+                    q.end();
+                    code
+                })
+                .map_err(|e| err("starting the connection loop's thread", e.to_string()))?;
+            slot.set_state(State::Idle);
+            // The hub runs here, on the main thread, until the loop ends.
+            if let Err(code) = green::run(py, lib, &queue, &server) {
+                return Ok(code);
+            }
+            Ok(py.detach(|| lp_thread.join()).unwrap_or_else(|_| {
+                crate::log_error!("the connection loop's thread panicked");
+                1
+            }))
+        }
+    }
 }
 
 /// The request parser's settings.

@@ -8,13 +8,13 @@ pub mod input;
 pub mod response;
 
 use std::collections::HashMap;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::conn::body::Body;
+use crate::conn::transport::Transport;
 use crate::http::proxy::ProxyInfo;
 use crate::http::response::Encoder;
 use crate::http::RequestHead;
@@ -129,7 +129,6 @@ pub struct Wsgi {
     app: Py<PyAny>,
     template: Py<PyDict>,
     keys: Keys,
-    header_keys: HashMap<Vec<u8>, Py<PyString>>,
     settings: WsgiSettings,
 }
 
@@ -239,7 +238,6 @@ impl Wsgi {
             app,
             template: template.unbind(),
             keys: Keys::new(py),
-            header_keys: HashMap::new(),
             settings,
         })
     }
@@ -247,6 +245,11 @@ impl Wsgi {
 
 /// The environ key for a header name (`HTTP_` + upper-case, '-' → '_'),
 /// cached per worker.
+/// `HTTP_*` environ keys made so far, by header name: one cache per thread
+/// that builds environs, so that threads share no lock.
+#[derive(Default)]
+pub struct HeaderKeys(HashMap<Vec<u8>, Py<PyString>>);
+
 fn header_key<'py>(
     cache: &mut HashMap<Vec<u8>, Py<PyString>>,
     py: Python<'py>,
@@ -274,8 +277,9 @@ impl Wsgi {
     /// Builds the environ for `head`, as gunicorn's wsgi.create does.
     #[allow(clippy::too_many_arguments)]
     pub fn environ<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
+        header_keys: &mut HeaderKeys,
         head: &RequestHead<'_>,
         server: &ServerAddr,
         peer: &PeerValues,
@@ -344,7 +348,7 @@ impl Wsgi {
                 set(&self.keys.content_length, latin1(py, value).into_any())?;
                 continue;
             }
-            let key = header_key(&mut self.header_keys, py, name);
+            let key = header_key(&mut header_keys.0, py, name);
             if env.contains(&key).map_err(py_err)? {
                 match repeated.iter_mut().find(|(k, _)| k.is(&key)) {
                     Some((_, joined)) => {
@@ -457,7 +461,7 @@ impl Wsgi {
     /// Runs the app for one request and writes its response. The body
     /// comes back in the [`Outcome`] for the connection layer.
     pub fn serve<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         env: Bound<'py, PyDict>,
         body: Body,
@@ -466,7 +470,6 @@ impl Wsgi {
         peer_addr: Option<std::net::SocketAddr>,
     ) -> Outcome {
         let io = Arc::clone(body.transport());
-        let fd = io.fd();
         let input = Bound::new(py, Input::new(body));
         let sr = Bound::new(
             py,
@@ -487,7 +490,7 @@ impl Wsgi {
         let k = &self.keys;
         let setup = (|| -> PyResult<()> {
             env.set_item(k.input.bind(py), &input)?;
-            env.set_item(k.socket.bind(py), peer.socket(py, fd)?)?;
+            env.set_item(k.socket.bind(py), peer.socket(py, &io)?)?;
             if let Ok(early) = sr.getattr("early_hints") {
                 env.set_item(k.early_hints.bind(py), early)?;
             }
@@ -635,8 +638,9 @@ impl Wsgi {
 /// connection instead of a dup(2) and a socket object.
 #[pyclass(module = "ferrocorn", name = "socket")]
 pub struct LazySocket {
-    fd: RawFd,
-    closed: bool,
+    /// The connection's socket; its descriptor reads -1 once the
+    /// connection layer closed it, so a late use never dups a reused fd.
+    io: Arc<dyn Transport>,
     real: Option<Py<PyAny>>,
 }
 
@@ -645,12 +649,13 @@ impl LazySocket {
         if let Some(s) = &self.real {
             return Ok(s.bind(py).clone());
         }
-        if self.closed {
+        let fd = self.io.fd();
+        if fd < 0 {
             return Err(pyo3::exceptions::PyOSError::new_err(
                 "the connection is closed",
             ));
         }
-        let dup = py.import("os")?.getattr("dup")?.call1((self.fd,))?;
+        let dup = py.import("os")?.getattr("dup")?.call1((fd,))?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("fileno", dup)?;
         let sock = py
@@ -665,11 +670,7 @@ impl LazySocket {
 #[pymethods]
 impl LazySocket {
     fn fileno(&self) -> i32 {
-        if self.closed {
-            -1
-        } else {
-            self.fd
-        }
+        self.io.fd()
     }
 
     fn __getattr__<'py>(&mut self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -679,27 +680,22 @@ impl LazySocket {
 
 impl PeerValues {
     /// The connection's `gunicorn.socket` object, made on its first request.
-    fn socket<'py>(&mut self, py: Python<'py>, fd: RawFd) -> PyResult<Bound<'py, LazySocket>> {
+    fn socket<'py>(
+        &mut self,
+        py: Python<'py>,
+        io: &Arc<dyn Transport>,
+    ) -> PyResult<Bound<'py, LazySocket>> {
         if let Some(s) = &self.socket {
             return Ok(s.bind(py).clone());
         }
         let s = Bound::new(
             py,
             LazySocket {
-                fd,
-                closed: false,
+                io: Arc::clone(io),
                 real: None,
             },
         )?;
         self.socket = Some(s.clone().unbind());
         Ok(s)
-    }
-
-    /// Called when the connection closes: a later use of gunicorn.socket
-    /// must not dup whatever fd number is reused next.
-    pub fn close(&mut self, py: Python<'_>) {
-        if let Some(s) = self.socket.take() {
-            s.bind(py).borrow_mut().closed = true;
-        }
     }
 }

@@ -12,10 +12,15 @@ Routes:
   /noread           answers without reading the body
   /headers          sets response headers used by the access-log tests
   /pid              the worker's pid
+  /kind             which worker kind runs this request: the thread, whether
+                    gevent or eventlet patched the standard library, and
+                    wsgi.multithread / wsgi.multiprocess
 """
 import hashlib
 import json
 import os
+import sys
+import threading
 import time
 from urllib.parse import parse_qs
 
@@ -34,6 +39,36 @@ def _send(start_response, body, status="200 OK", ctype="text/plain", extra=()):
     start_response(status, [("Content-Type", ctype),
                             ("Content-Length", str(len(body)))] + list(extra))
     return [body]
+
+
+def _patched(name):
+    """True when gevent or eventlet monkey-patched the time module."""
+    if name == "gevent":
+        mod = sys.modules.get("gevent.monkey")
+        return bool(mod and mod.is_module_patched("time"))
+    mod = sys.modules.get("eventlet.patcher")
+    return bool(mod and mod.is_monkey_patched("time"))
+
+
+def _kind(environ):
+    return {
+        "pid": os.getpid(),
+        "native_thread_id": threading.get_native_id(),
+        "main_thread": threading.current_thread() is threading.main_thread(),
+        "thread_name": _native_thread_name(),
+        "gevent": _patched("gevent"),
+        "eventlet": _patched("eventlet"),
+        "multithread": environ["wsgi.multithread"],
+        "multiprocess": environ["wsgi.multiprocess"],
+    }
+
+
+def _native_thread_name():
+    try:
+        with open("/proc/self/task/%d/comm" % threading.get_native_id()) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def app(environ, start_response):
@@ -96,6 +131,9 @@ def app(environ, start_response):
     if path == "/headers":
         return _send(start_response, b"with headers",
                      extra=[("X-Resp", "resp-value"), ("X-Other", "o")])
+
+    if path == "/kind":
+        return _send(start_response, json.dumps(_kind(environ)), ctype="application/json")
 
     if path == "/pid":
         return _send(start_response, str(os.getpid()))

@@ -1,0 +1,63 @@
+"""The Python side of ferrocorn's gevent and eventlet worker kinds.
+
+The connection layer's loop runs on its own OS thread and hands complete
+requests over through a queue and an eventfd; here, on the main thread, the
+library's hub runs one greenlet per request. Everything that waits (the
+eventfd here, a request's socket in the connection layer) waits through the
+hub, so the app's blocking calls, patched by the library, yield to the other
+requests.
+"""
+
+
+def patch(lib):
+    """Monkey-patches the standard library before the app is imported, as
+    gunicorn's gevent and eventlet workers do."""
+    if lib == "gevent":
+        from gevent import monkey
+
+        monkey.patch_all()
+    else:
+        import eventlet
+
+        eventlet.monkey_patch()
+
+
+def waits(lib):
+    """(wait_read, wait_write): each takes (fd, timeout in seconds), returns
+    once the descriptor is ready, raises TimeoutError after the timeout."""
+    if lib == "gevent":
+        from gevent.socket import wait_read, wait_write
+
+        def read(fd, timeout):
+            wait_read(fd, timeout, TimeoutError("timed out"))
+
+        def write(fd, timeout):
+            wait_write(fd, timeout, TimeoutError("timed out"))
+
+    else:
+        from eventlet.hubs import trampoline
+
+        def read(fd, timeout):
+            trampoline(fd, read=True, timeout=timeout, timeout_exc=TimeoutError)
+
+        def write(fd, timeout):
+            trampoline(fd, write=True, timeout=timeout, timeout_exc=TimeoutError)
+
+    return read, write
+
+
+def run(lib, take, wake_fd):
+    """Serves until the loop is done: `take()` returns the requests handed
+    over since the last call (callables), or None once the loop has ended."""
+    read, _ = waits(lib)
+    if lib == "gevent":
+        from gevent import spawn_raw as spawn
+    else:
+        from eventlet import spawn_n as spawn
+    while True:
+        read(wake_fd, None)
+        jobs = take()
+        if jobs is None:
+            return
+        for job in jobs:
+            spawn(job)

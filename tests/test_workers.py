@@ -1,0 +1,295 @@
+"""Worker kinds that serve requests concurrently: which kind serves, how many
+requests at once, backpressure between workers, clients that vanish, graceful
+stop, and exact counts across --max-requests recycling.
+
+Every test first proves which kind served it (`/kind` of tests/apps/wsgiapp.py:
+the thread the request ran on, the monkey-patch state)."""
+import asyncio
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import IS_GUNICORN
+from helpers import RawConn, get
+from test_metrics import samples, total, wait_metrics
+
+# (id, command-line arguments): every concurrent kind ferrocorn implements.
+KINDS = [
+    pytest.param(["-k", "gthread", "--threads", "4"], id="gthread"),
+    pytest.param(["-k", "gevent"], id="gevent"),
+    pytest.param(["-k", "eventlet"], id="eventlet"),
+]
+
+
+def kind_of(s):
+    r = requests.get(s.url + "/kind", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def assert_kind(s, args):
+    """The request ran where the kind runs requests."""
+    k = kind_of(s)
+    name = args[args.index("-k") + 1]
+    if name == "gthread":
+        assert not k["main_thread"], k
+        assert k["native_thread_id"] != k["pid"], k
+        if not IS_GUNICORN:
+            assert k["thread_name"].startswith("gthread-"), k
+        assert k["multithread"] is True, k
+        assert not k["gevent"] and not k["eventlet"], k
+    elif name in ("gevent", "eventlet"):
+        # One OS thread (the hub's, the main one), the library's patches on.
+        assert k["native_thread_id"] == k["pid"], k
+        assert k[name] is True, k
+        assert k["eventlet" if name == "gevent" else "gevent"] is False, k
+        assert k["multithread"] is False, k
+    elif name == "sync":
+        assert k["main_thread"] and k["native_thread_id"] == k["pid"], k
+        assert k["multithread"] is False, k
+        assert not k["gevent"] and not k["eventlet"], k
+    else:
+        raise AssertionError("no proof for kind %r" % name)
+    return k
+
+
+def test_sync_runs_on_the_main_thread(server):
+    s = server(["-w", "1", "-k", "sync", "wsgiapp:app"])
+    assert_kind(s, ["-k", "sync"])
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["--threads", "3"], id="threads-means-gthread"),
+    pytest.param(["-k", "gunicorn.workers.ggevent.GeventWorker"], id="gevent-dotted"),
+    pytest.param(["-k", "gevent_pywsgi"], id="gevent-pywsgi"),
+    pytest.param(["-k", "gunicorn_prometheus_exporter.PrometheusEventletWorker"], id="prometheus-eventlet",
+                 marks=pytest.mark.ferrocorn_only),
+    pytest.param(["-k", "gunicorn.workers.gthread.ThreadWorker", "--threads", "2"], id="dotted"),
+    pytest.param(["-k", "gunicorn_prometheus_exporter.PrometheusThreadWorker", "--threads", "2"],
+                 id="prometheus", marks=pytest.mark.ferrocorn_only),
+])
+def test_worker_class_names(server, args):
+    s = server(["-w", "1"] + args + ["wsgiapp:app"])
+    name = args[-1].lower()
+    kind = "gevent" if "gevent" in name else "eventlet" if "eventlet" in name else "gthread"
+    assert_kind(s, ["-k", kind])
+
+
+@pytest.mark.ferrocorn_only
+def test_unknown_worker_class_is_refused_with_the_supported_names(run_cmd):
+    r = run_cmd(["-k", "myproject.workers.CustomWorker", "wsgiapp:app"])
+    assert r.returncode != 0
+    assert "not known to ferrocorn" in r.stderr, r.stderr
+    assert "gthread" in r.stderr, r.stderr
+
+
+async def _load(port, path, clients, seconds):
+    """`clients` keep-alive connections sending requests back to back for
+    `seconds`; returns (completed requests, errors, elapsed)."""
+    done = 0
+    errors = []
+    req = ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode()
+    stop_at = time.monotonic() + seconds
+
+    async def client():
+        nonlocal done
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError as e:
+            errors.append(repr(e))
+            return
+        try:
+            while time.monotonic() < stop_at:
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    errors.append(head[:40])
+                    return
+                done += 1
+        except (OSError, asyncio.IncompleteReadError) as e:
+            errors.append(repr(e))
+        finally:
+            writer.close()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done, errors, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("args,need", [
+    pytest.param(["-k", "gthread", "--threads", "50"], 400, id="gthread"),
+    pytest.param(["-k", "gevent"], 1500, id="gevent"),
+    pytest.param(["-k", "eventlet"], 1500, id="eventlet"),
+])
+def test_an_app_that_sleeps_is_served_concurrently(server, args, need):
+    """1 worker, an app sleeping 100 ms per request, 200 clients."""
+    s = server(["-w", "1", "--worker-connections", "1000"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    done, errors, took = asyncio.run(_load(s.port, "/sleep?s=0.1", 200, 4.0))
+    rps = done / took
+    print("%s: %.0f requests/s with 200 clients" % (args[1], rps))
+    assert errors == [], errors[:5]
+    assert rps >= need, "%.0f requests/s (need %d)" % (rps, need)
+
+
+def test_gthread_backpressure_sends_new_requests_to_the_idle_worker(server):
+    """-w 2 --threads 1: while one worker runs a 2 s request, quick requests
+    on new connections go to the other and never wait behind it."""
+    s = server(["-w", "2", "-k", "gthread", "--threads", "1", "wsgiapp:app"])
+    assert_kind(s, ["-k", "gthread"])
+    slow = {}
+
+    def run_slow():
+        r = requests.get(s.url + "/sleep?s=2", timeout=10)
+        slow["status"] = r.status_code
+
+    t = threading.Thread(target=run_slow)
+    t.start()
+    time.sleep(0.3)
+    times = []
+    for _ in range(50):
+        t0 = time.monotonic()
+        r = requests.get(s.url + "/", headers={"Connection": "close"}, timeout=10)
+        times.append(time.monotonic() - t0)
+        assert r.status_code == 200
+    busy_for = time.monotonic()
+    t.join(10)
+    assert slow.get("status") == 200
+    assert max(times) < 0.1, "slowest quick request: %.3f s" % max(times)
+    assert busy_for  # the quick requests ran while the slow one did
+
+
+def _fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def _threads(pid):
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+@pytest.mark.parametrize("args", KINDS)
+def test_clients_that_vanish_mid_stream_leak_nothing(server, args):
+    """10,000 clients read the start of a streamed response and close: the
+    worker's threads and open files stay flat, and it keeps serving."""
+    s = server(["-w", "1"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    (pid,) = s.children()
+    req = get("/stream?n=200&size=4096", close=False)
+    base_fds, base_threads = _fds(pid), _threads(pid)
+
+    def vanish(n):
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(req)
+            c.recv(1024)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            c.close()
+
+    workers = [threading.Thread(target=vanish, args=(500,)) for _ in range(20)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    # Let the worker notice the last resets.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _fds(pid) > base_fds + 2:
+        time.sleep(0.1)
+    assert s.children() == [pid], "the worker was replaced:\n" + s.log()[-2000:]
+    assert _fds(pid) <= base_fds + 2, (base_fds, _fds(pid))
+    assert _threads(pid) == base_threads, (base_threads, _threads(pid))
+    assert requests.get(s.url + "/", timeout=10).text == "Hello, World!"
+
+
+@pytest.mark.parametrize("args", KINDS)
+def test_term_lets_requests_in_flight_finish(server, args):
+    s = server(["-w", "1", "--graceful-timeout", "10"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    results = []
+    lock = threading.Lock()
+
+    def call():
+        try:
+            r = requests.get(s.url + "/sleep?s=1", timeout=15)
+            out = (r.status_code, r.text)
+        except requests.RequestException as e:
+            out = (None, repr(e))
+        with lock:
+            results.append(out)
+
+    clients = [threading.Thread(target=call) for _ in range(4)]
+    for c in clients:
+        c.start()
+    time.sleep(0.4)
+    s.signal(signal.SIGTERM)
+    for c in clients:
+        c.join(20)
+    assert results == [(200, "slept 1.0")] * 4, results
+    assert s.wait(15) == 0
+
+
+@pytest.mark.ferrocorn_only
+@pytest.mark.parametrize("args", KINDS)
+def test_counts_are_exact_across_max_requests_recycling(server, args):
+    """Requests from 6 keep-alive clients through 2 workers that recycle every
+    20 requests: the server-wide count is exact, and every worker's own
+    counter equals the requests it answered (its pid in the body)."""
+    s = server(["-w", "2", "--max-requests", "20"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    before = per_worker_requests(wait_metrics(s))
+    n = 300
+    errors = []
+    served = {}
+    lock = threading.Lock()
+
+    def client(count):
+        with requests.Session() as sess:
+            for _ in range(count):
+                try:
+                    r = sess.get(s.url + "/pid", timeout=10)
+                    if r.status_code != 200:
+                        errors.append(r.status_code)
+                        continue
+                    with lock:
+                        served[r.text] = served.get(r.text, 0) + 1
+                except requests.RequestException as e:
+                    errors.append(repr(e))
+
+    clients = [threading.Thread(target=client, args=(n // 6,)) for _ in range(6)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(120)
+    assert errors == [], errors[:5]
+    assert sum(served.values()) == n
+    # + the readiness probe and the /kind request
+    want = n + 2
+    deadline = time.monotonic() + 10
+    while True:
+        smp = wait_metrics(s)
+        got = total(smp, "gunicorn_requests_total")
+        if got == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got == want, s.log()[-3000:]
+    assert total(smp, "gunicorn_master_worker_restarts_total", reason="max_requests") >= n // 20 - 2
+    after = per_worker_requests(smp)
+    assert after, smp
+    for pid, count in after.items():
+        assert count == before.get(pid, 0) + served.get(pid, 0), (pid, count, before, served)
+
+
+def per_worker_requests(smp):
+    """{worker pid: gunicorn_worker_requests_total}"""
+    return {dict(labels)["worker_id"].rsplit("_", 1)[1]: v
+            for (name, labels), v in smp.items() if name == "gunicorn_worker_requests_total"}
