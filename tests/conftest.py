@@ -44,6 +44,50 @@ _SCRUB = ("GUNICORN_CMD_ARGS", "FORWARDED_ALLOW_IPS", "SCRIPT_NAME", "WEB_CONCUR
           "PORT", "LISTEN_FDS", "LISTEN_PID")
 
 
+# The worker kinds the HTTP behaviour suites run against (the `kind` fixture):
+# the arguments that select each. gunicorn 27 has no eventlet worker, and its
+# gevent worker is not installed with it.
+KIND_ARGS = {
+    "sync": ["-k", "sync"],
+    "gthread": ["-k", "gthread", "--threads", "4"],
+    "gevent": ["-k", "gevent"],
+    "eventlet": ["-k", "eventlet"],
+}
+SUITE_KINDS = ["sync", "gthread"] if IS_GUNICORN else list(KIND_ARGS)
+_kind = [None]
+
+
+@pytest.fixture(scope="module", params=SUITE_KINDS)
+def kind(request):
+    """Module-scoped: every server the module starts without choosing a worker
+    class of its own runs this kind, and is checked to run it (see
+    Server.assert_kind). Modules opt in with `pytestmark = usefixtures("kind")`
+    and let their module-scoped servers depend on it."""
+    _kind[0] = request.param
+    yield request.param
+    _kind[0] = None
+
+
+def _worker_kind_proof(pid):
+    """What a worker process shows of its kind: its threads' names and the
+    greenlet libraries mapped into it."""
+    names = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    with open("/proc/%d/maps" % pid) as f:
+        maps = f.read()
+    return {
+        "gthreads": sum(1 for n in names if n.startswith("gthread-")),
+        "loop_thread": "ferrocorn-loop" in names,
+        "gevent": "/gevent/" in maps,
+        "greenlet": "/greenlet/" in maps,
+    }
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "ferrocorn_only: behaviour ferrocorn has and gunicorn 27 has not; "
                                        "skipped with TEST_SERVER=gunicorn")
@@ -162,6 +206,12 @@ class Server:
             with open(self.config_path, "w") as f:
                 f.write(config_text)
             pre = ["-c", self.config_path] + pre
+        self.kind = None
+        chosen = ("-k", "--worker-class", "--threads")
+        if _kind[0] and not any(a.split("=")[0] in chosen for a in self.args) \
+                and not (config_text and ("worker_class" in config_text or "threads" in config_text)):
+            self.kind = _kind[0]
+            pre += KIND_ARGS[self.kind]
         self.cmd = [SERVER_BIN] + pre + self.args
         self.env = server_env(env, self.tmpdir)
         port = self.env.get("PROMETHEUS_METRICS_PORT")
@@ -176,6 +226,29 @@ class Server:
         self.stopped = False
         if ready:
             self.wait_ready(ready, ready_path, timeout)
+            if self.kind and not IS_GUNICORN:
+                self.assert_kind(self.kind)
+
+    def assert_kind(self, kind):
+        """Every worker runs `kind`: gthread workers have their gthread-N
+        threads, gevent and eventlet workers their loop thread and their
+        library mapped, sync workers none of these."""
+        deadline = time.monotonic() + 20
+        while True:
+            # Workers boot one by one: the probe may have been answered by
+            # the first while the others still load the app.
+            proofs = {pid: _worker_kind_proof(pid) for pid in self.children()}
+            ok = {pid: {
+                "sync": p["gthreads"] == 0 and not p["loop_thread"] and not p["greenlet"],
+                "gthread": p["gthreads"] > 0 and not p["loop_thread"] and not p["greenlet"],
+                "gevent": p["gthreads"] == 0 and p["loop_thread"] and p["gevent"],
+                "eventlet": p["gthreads"] == 0 and p["loop_thread"] and p["greenlet"] and not p["gevent"],
+            }[kind] for pid, p in proofs.items()}
+            if ok and all(ok.values()):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("workers do not run %s: %r\n%s" % (kind, proofs, self.log()[-2000:]))
+            time.sleep(0.05)
 
     # -- addresses
     @property

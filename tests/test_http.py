@@ -7,24 +7,30 @@ import pytest
 
 from conftest import IS_GUNICORN
 from helpers import RawConn, chunked, get
+from test_workers import assert_kind
 
-# gunicorn's sync worker closes every connection after one response; ferrocorn's
-# sync worker keeps idle connections parked. gthread keeps them in both.
-WORKERS = [
-    pytest.param(["-k", "sync"], id="sync", marks=pytest.mark.ferrocorn_only),
-    pytest.param(["-k", "gthread", "--threads", "2"], id="gthread"),
-]
+# Every test runs against each worker kind (conftest's `kind` fixture).
+pytestmark = pytest.mark.usefixtures("kind")
+
+
+def keeps_connections(kind):
+    """gunicorn's sync worker closes every connection after one response;
+    ferrocorn's sync worker keeps idle connections parked, as every other
+    kind does in both."""
+    if IS_GUNICORN and kind == "sync":
+        pytest.skip("gunicorn's sync worker does not keep connections open")
 
 
 @pytest.fixture(scope="module")
-def srv(module_server):
-    return module_server(["-w", "1", "wsgiapp:app"])
+def srv(module_server, kind):
+    s = module_server(["-w", "1", "wsgiapp:app"])
+    assert_kind(s, kind)
+    return s
 
 
-@pytest.fixture(scope="module", params=["sync", "gthread"])
-def any_worker(module_server, request):
-    extra = ["-k", "gthread", "--threads", "2"] if request.param == "gthread" else ["-k", "sync"]
-    return module_server(["-w", "1"] + extra + ["wsgiapp:app"])
+@pytest.fixture(scope="module")
+def any_worker(srv):
+    return srv
 
 
 def test_http10_basic(srv):
@@ -98,9 +104,9 @@ def test_content_length_body(srv):
     assert data["query"] == "q=1"
 
 
-@pytest.mark.parametrize("w", WORKERS)
-def test_pipelining(server, w):
-    s = server(["-w", "1"] + w + ["wsgiapp:app"])
+def test_pipelining(server, kind):
+    keeps_connections(kind)
+    s = server(["-w", "1"] + ["wsgiapp:app"])
     with RawConn(s.port) as c:
         c.send(b"GET /echo?n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
                b"POST /echo?n=2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
@@ -216,9 +222,9 @@ def test_request_split_in_pieces(srv):
     assert json.loads(r.body)["body"] == "body"
 
 
-@pytest.mark.parametrize("w", WORKERS)
-def test_keepalive_reuse(server, w):
-    s = server(["-w", "1", "--keep-alive", "5"] + w + ["wsgiapp:app"])
+def test_keepalive_reuse(server, kind):
+    keeps_connections(kind)
+    s = server(["-w", "1", "--keep-alive", "5"] + ["wsgiapp:app"])
     with RawConn(s.port) as c:
         pids = set()
         for i in range(3):
@@ -235,9 +241,9 @@ def test_keepalive_reuse(server, w):
         assert c.is_closed()
 
 
-@pytest.mark.parametrize("w", WORKERS)
-def test_keepalive_http10(server, w):
-    s = server(["-w", "1", "--keep-alive", "5"] + w + ["wsgiapp:app"])
+def test_keepalive_http10(server, kind):
+    keeps_connections(kind)
+    s = server(["-w", "1", "--keep-alive", "5"] + ["wsgiapp:app"])
     with RawConn(s.port) as c:
         c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         r = c.read_response()
@@ -250,11 +256,11 @@ def test_keepalive_http10(server, w):
         assert c.is_closed()
 
 
-@pytest.mark.parametrize("w", WORKERS)
-def test_unread_body_does_not_desync(server, w):
+def test_unread_body_does_not_desync(server, kind):
+    keeps_connections(kind)
     """The app does not read the body: the next request on the connection must
     still be parsed from the right place."""
-    s = server(["-w", "1", "--keep-alive", "5"] + w + ["wsgiapp:app"])
+    s = server(["-w", "1", "--keep-alive", "5"] + ["wsgiapp:app"])
     with RawConn(s.port) as c:
         c.send(b"POST /noread HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789")
         r = c.read_response()
@@ -266,9 +272,8 @@ def test_unread_body_does_not_desync(server, w):
         assert c.read_response().body == b"Hello, World!"
 
 
-@pytest.mark.parametrize("w", [["-k", "sync"], ["-k", "gthread", "--threads", "2"]], ids=["sync", "gthread"])
-def test_keepalive_zero_closes(server, w):
-    s = server(["-w", "1", "--keep-alive", "0"] + w + ["wsgiapp:app"])
+def test_keepalive_zero_closes(server):
+    s = server(["-w", "1", "--keep-alive", "0"] + ["wsgiapp:app"])
     with RawConn(s.port) as c:
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         r = c.read_response()

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
+from conftest import IS_GUNICORN
 from helpers import ConnectionClosed, RawConn, get
+from test_workers import assert_kind
 
 H = b"Host: x\r\n"
 
@@ -117,14 +119,23 @@ def check_good(port):
         assert r.status == 200 and r.body == b"Hello, World!"
 
 
-@pytest.fixture(scope="module")
-def srv(module_server):
-    return module_server(["-w", "1", "wsgiapp:app"])
+# Every test runs against each worker kind (conftest's `kind` fixture).
+pytestmark = pytest.mark.usefixtures("kind")
 
 
 @pytest.fixture(scope="module")
-def srv_gthread(module_server):
-    return module_server(["-w", "1", "-k", "gthread", "--threads", "2", "wsgiapp:app"])
+def srv(module_server, kind):
+    s = module_server(["-w", "1", "wsgiapp:app"])
+    assert_kind(s, kind)
+    return s
+
+
+@pytest.fixture(scope="module")
+def srv_keepalive(srv, kind):
+    """gunicorn's sync worker closes every connection after one response."""
+    if IS_GUNICORN and kind == "sync":
+        pytest.skip("gunicorn's sync worker does not keep connections open")
+    return srv
 
 
 @pytest.mark.parametrize("raw,status", [c[1:] for c in DEFAULT_CASES], ids=[c[0] for c in DEFAULT_CASES])
@@ -133,18 +144,10 @@ def test_rejected(srv, raw, status):
     check_good(srv.port)
 
 
-@pytest.mark.parametrize("name", ["bare-lf-request-line", "obs-fold", "cl-and-te", "chunk-size-not-hex",
-                                  "te-unknown", "expect-unknown"])
-def test_rejected_gthread(srv_gthread, name):
-    raw, status = [c[1:] for c in DEFAULT_CASES if c[0] == name][0]
-    check_rejected(srv_gthread.port, raw, status)
-    check_good(srv_gthread.port)
-
-
-def test_rejected_after_good_request_on_keepalive(srv_gthread):
+def test_rejected_after_good_request_on_keepalive(srv_keepalive):
     """A bad request pipelined behind a good one: the good one is answered,
     the bad one gets its error, then the connection closes."""
-    with RawConn(srv_gthread.port) as c:
+    with RawConn(srv_keepalive.port) as c:
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost : x\r\n\r\n")
         r1 = c.read_response()
         assert r1.status == 200
@@ -187,7 +190,7 @@ def test_truncated_chunked_body(srv):
 # -- limits ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def srv_limits(module_server):
+def srv_limits(module_server, kind):
     return module_server(["-w", "1", "--limit-request-line", "100", "--limit-request-fields", "5",
                           "--limit-request-field_size", "200", "wsgiapp:app"])
 

@@ -15,15 +15,24 @@ BLOB = os.urandom(3 * 1024 * 1024 + 17)
 BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
 
 
-@pytest.fixture(scope="module", params=WORKERS, ids=lambda w: "w%s" % w)
-def flask_srv(module_server, request):
-    return module_server(["-w", request.param, "app:app"], cwd=os.path.join(EXAMPLES, "flaskapp"))
+# Every test runs against each worker kind (conftest's `kind` fixture; each
+# server checks that its workers run that kind).
+pytestmark = pytest.mark.usefixtures("kind")
 
 
 @pytest.fixture(scope="module", params=WORKERS, ids=lambda w: "w%s" % w)
-def django_srv(module_server, request):
-    return module_server(["-w", request.param, "djangoproj.wsgi:application"],
-                         cwd=os.path.join(EXAMPLES, "djangoproj"))
+def flask_srv(module_server, request, kind):
+    s = module_server(["-w", request.param, "app:app"], cwd=os.path.join(EXAMPLES, "flaskapp"))
+    assert s.kind == kind or IS_GUNICORN
+    return s
+
+
+@pytest.fixture(scope="module", params=WORKERS, ids=lambda w: "w%s" % w)
+def django_srv(module_server, request, kind):
+    s = module_server(["-w", request.param, "djangoproj.wsgi:application"],
+                      cwd=os.path.join(EXAMPLES, "djangoproj"))
+    assert s.kind == kind or IS_GUNICORN
+    return s
 
 
 # -- Flask ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, IS_GUNICORN
 from helpers import RawConn, chunked
 
 BODY = b"".join(b"line %d of the request body\n" % i for i in range(3000)) + b"no newline at the end"
@@ -18,10 +18,15 @@ SHA = hashlib.sha256(BODY).hexdigest()
 BAD = ("Traceback", "AssertionError", "WSGIWarning", "Error handling request")
 
 
-@pytest.fixture(scope="module", params=["sync", "gthread"])
-def vsrv(module_server, request):
-    extra = ["-k", "gthread", "--threads", "2"] if request.param == "gthread" else []
-    s = module_server(["-w", "1"] + extra + ["validator_app:app"], cwd=EXAMPLES)
+# Every test runs against each worker kind (conftest's `kind` fixture; the
+# server checks that its worker runs that kind).
+pytestmark = pytest.mark.usefixtures("kind")
+
+
+@pytest.fixture(scope="module")
+def vsrv(module_server, kind):
+    s = module_server(["-w", "1", "validator_app:app"], cwd=EXAMPLES)
+    assert s.kind == kind or IS_GUNICORN
     yield s
     log = s.log()
     for bad in BAD:

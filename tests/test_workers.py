@@ -34,9 +34,10 @@ def kind_of(s):
 
 
 def assert_kind(s, args):
-    """The request ran where the kind runs requests."""
+    """The request ran where the kind runs requests. `args`: the kind's name,
+    or command-line arguments that name it with -k."""
     k = kind_of(s)
-    name = args[args.index("-k") + 1]
+    name = args if isinstance(args, str) else args[args.index("-k") + 1]
     if name == "gthread":
         assert not k["main_thread"], k
         assert k["native_thread_id"] != k["pid"], k
