@@ -294,3 +294,165 @@ def per_worker_requests(smp):
     """{worker pid: gunicorn_worker_requests_total}"""
     return {dict(labels)["worker_id"].rsplit("_", 1)[1]: v
             for (name, labels), v in smp.items() if name == "gunicorn_worker_requests_total"}
+
+
+HOOKS_WHERE = """
+import json, os, sys, threading
+
+def _where(req, hook):
+    g = sys.modules.get("greenlet")
+    rec = {"hook": hook, "q": req.query, "tid": threading.get_native_id(),
+           "greenlet": id(g.getcurrent()) if g else None}
+    with open(os.environ["HOOK_LOG"], "a") as f:
+        f.write(json.dumps(rec) + "\\n")
+
+def pre_request(worker, req):
+    _where(req, "pre")
+
+def post_request(worker, req, environ, resp):
+    _where(req, "post")
+"""
+
+
+@pytest.mark.parametrize("args", KINDS)
+def test_request_hooks_run_where_the_request_runs(server, args, tmp_path):
+    """pre_request and post_request run in the thread (greenlet) that runs
+    the app for that request, with requests overlapping."""
+    log = tmp_path / "hooks.jsonl"
+    s = server(["-w", "1"] + args + ["wsgiapp:app"], config_text=HOOKS_WHERE,
+               env={"HOOK_LOG": str(log)})
+    assert_kind(s, args)
+    apps = {}
+
+    def call(i):
+        apps["n=%d&sleep=0.3" % i] = requests.get(s.url + "/kind?n=%d&sleep=0.3" % i, timeout=10).json()
+
+    clients = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(20)
+    assert len(apps) == 4
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        recs = [json.loads(x) for x in log.read_text().splitlines()]
+        recs = [r for r in recs if r["q"] in apps]
+        if len(recs) == 8:
+            break
+        time.sleep(0.1)
+    assert len(recs) == 8, recs
+    for q, app in apps.items():
+        mine = [r for r in recs if r["q"] == q]
+        assert [r["hook"] for r in mine] == ["pre", "post"], mine
+        for r in mine:
+            assert (r["tid"], r["greenlet"]) == (app["native_thread_id"], app["greenlet"]), (r, app)
+    # They overlapped: each ran in its own thread or greenlet.
+    assert len({(a["native_thread_id"], a["greenlet"]) for a in apps.values()}) == 4, apps
+
+
+@pytest.mark.parametrize("args", [a for a in KINDS if a.id != "gthread"] + [
+    pytest.param(["-k", "gthread", "--threads", "4"], id="gthread")])
+def test_timeout_is_about_the_worker_not_the_request(server, args):
+    """As gunicorn's non-sync workers: a request may run longer than
+    --timeout while the worker stays responsive."""
+    s = server(["-w", "1", "--timeout", "2"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    (pid,) = s.children()
+    r = requests.get(s.url + "/sleep?s=4", timeout=15)
+    assert r.status_code == 200 and r.text == "slept 4.0"
+    assert s.children() == [pid]
+    assert "WORKER TIMEOUT" not in s.log()
+
+
+@pytest.mark.parametrize("args", [a for a in KINDS if a.id != "gthread"])
+def test_an_app_that_blocks_the_hub_times_out(server, args):
+    """A greenlet that never yields stops the hub: the worker misses its
+    heartbeat and is aborted and replaced, as under gunicorn."""
+    s = server(["-w", "1", "--timeout", "2"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    (pid,) = s.children()
+    try:
+        r = requests.get(s.url + "/spin?s=10", timeout=20)
+        assert r.status_code == 500, r.text
+    except requests.ConnectionError:
+        pass
+    s.wait_log("WORKER TIMEOUT (pid:%d)" % pid, timeout=10)
+    r = requests.get(s.url + "/pid", timeout=10)
+    assert r.status_code == 200 and int(r.text) != pid
+
+
+@pytest.mark.parametrize("args", KINDS)
+def test_quit_stops_at_once_with_requests_in_flight(server, args):
+    s = server(["-w", "1", "--graceful-timeout", "30"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    def call():
+        try:
+            requests.get(s.url + "/sleep?s=20", timeout=30)
+        except requests.RequestException:
+            pass  # the worker quit without answering, as it should
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    s.signal(signal.SIGQUIT)
+    assert s.wait(10) == 0, s.log()[-2000:]
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.ferrocorn_only
+def test_request_queue_seconds_shows_waiting_for_a_thread(server):
+    """gthread --threads 1: a request on a kept-alive connection that arrives
+    while the only thread is busy waits for it, and the queue histogram
+    shows that wait."""
+    s = server(["-w", "1", "-k", "gthread", "--threads", "1", "--keep-alive", "10", "wsgiapp:app"])
+    assert_kind(s, "gthread")
+    wait_metrics(s)
+    with RawConn(s.port) as idle:
+        idle.send(get("/", close=False))
+        assert idle.read_response().status == 200
+        slow = threading.Thread(target=lambda: requests.get(s.url + "/sleep?s=1", timeout=10))
+        slow.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        idle.send(get("/", close=False))
+        assert idle.read_response().status == 200
+        waited = time.monotonic() - t0
+        slow.join(10)
+    assert waited > 0.5, waited
+    smp = wait_metrics(s)
+    buckets = {dict(labels)["le"]: v for (name, labels), v in smp.items()
+               if name == "gunicorn_request_queue_seconds_bucket"}
+    count = total(smp, "gunicorn_request_queue_seconds_count")
+    # Every request reached the app once (probe, /kind, 2 x "/", the sleep).
+    assert count == 5, smp
+    # Four were served at once, one waited over half a second.
+    assert buckets["0.5"] == 4 and buckets["+Inf"] == 5, buckets
+
+
+@pytest.mark.ferrocorn_only
+@pytest.mark.parametrize("args,capacity", [
+    (["-k", "sync"], 1),
+    (["-k", "gthread", "--threads", "4"], 4),
+    (["-k", "gevent", "--worker-connections", "50"], 50),
+    (["-k", "eventlet", "--worker-connections", "50"], 50),
+])
+def test_worker_concurrency_gauge(server, args, capacity):
+    s = server(["-w", "1"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    busy_now = min(capacity, 4)
+    clients = [threading.Thread(target=lambda: requests.get(s.url + "/sleep?s=2", timeout=10))
+               for _ in range(busy_now)]
+    for c in clients:
+        c.start()
+    time.sleep(0.8)
+    smp = wait_metrics(s)
+    for c in clients:
+        c.join(15)
+    got = {dict(labels)["state"]: v for (name, labels), v in smp.items()
+           if name == "gunicorn_worker_concurrency"}
+    assert got == {"busy": busy_now, "idle": capacity - busy_now}, got
+    smp = wait_metrics(s)
+    got = {dict(labels)["state"]: v for (name, labels), v in smp.items()
+           if name == "gunicorn_worker_concurrency"}
+    assert got == {"busy": 0, "idle": capacity}, got

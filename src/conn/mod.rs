@@ -87,6 +87,10 @@ pub struct Settings {
     /// How the loop's own waits release what its thread holds (the GIL
     /// when the app runs on the loop thread).
     pub release: Release,
+    /// The loop's turns prove the worker alive to the master (--timeout).
+    /// Off where something else must prove it: the greenlet hub, which a
+    /// busy app can block while this loop runs on.
+    pub heartbeat: bool,
     /// How a request's body I/O waits for the socket in the code serving
     /// it (the GIL released, or a greenlet hub).
     pub app_wait: Waiter,
@@ -120,6 +124,8 @@ pub struct Request<'r> {
     pub listener: usize,
     /// Requests on this connection so far, this one included.
     pub nreq: u64,
+    /// When the request's first byte was read.
+    pub arrived: Instant,
     /// The request's link to the worker's lifecycle and its connection.
     pub ctl: Control<'r>,
 }
@@ -374,7 +380,9 @@ impl<H: Handler> Loop<H> {
             let mut res = Ok(());
             let poll = &mut self.poll;
             (self.settings.release)(&mut || res = poll.poll(&mut events, Some(wait)));
-            self.slot.beat();
+            if self.settings.heartbeat {
+                self.slot.beat();
+            }
             if let Err(e) = res {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     crate::log_error!("event loop failed: {e}");
@@ -739,6 +747,7 @@ impl<H: Handler> Loop<H> {
                     peer: &conn.peer,
                     listener: conn.listener,
                     nreq: conn.nreq,
+                    arrived: conn.since,
                     ctl: Control {
                         life: &mut self.life,
                         client_keep_alive,

@@ -190,7 +190,9 @@ impl Collector {
         let all: Vec<&WorkerMetrics> = live.iter().map(|(_, m)| *m).chain(shm.retired()).collect();
         let mut by_status: BTreeMap<(usize, u16), u64> = BTreeMap::new();
         let mut by_method: Vec<Snapshot> = vec![(Vec::new(), 0, 0); METHODS.len()];
+        let mut queue: Snapshot = (Vec::new(), 0, 0);
         for m in &all {
+            add_snapshot(&mut queue, m.queue.snapshot(bounds));
             for (method, status, n) in m.requests_by_status() {
                 *by_status.entry((method, status)).or_default() += n;
             }
@@ -218,10 +220,21 @@ impl Collector {
             .filter(|(_, h)| h.1 > 0)
             .map(|(i, h)| histogram(vec![("method", METHODS[i].to_owned())], h))
             .collect();
-        let in_flight: u64 = live
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let in_flight: u64 = live.iter().map(|(_, m)| load(&m.in_flight)).sum();
+        let concurrency = live
             .iter()
-            .map(|(_, m)| m.in_flight.load(std::sync::atomic::Ordering::Relaxed))
-            .sum();
+            .flat_map(|(w, m)| {
+                let busy = load(&m.in_flight);
+                let idle = load(&m.capacity).saturating_sub(busy);
+                [("busy", busy), ("idle", idle)].map(|(state, n)| {
+                    scalar(
+                        vec![("worker_id", w.id.clone()), ("state", state.to_owned())],
+                        n as f64,
+                    )
+                })
+            })
+            .collect();
 
         vec![
             family(
@@ -265,6 +278,18 @@ impl Collector {
                 "Requests being handled right now",
                 Kind::Gauge,
                 vec![scalar(vec![], in_flight as f64)],
+            ),
+            family(
+                "gunicorn_request_queue_seconds",
+                "Time from a request's first byte to the app call (waiting for a free thread or greenlet), all workers past and present",
+                Kind::Histogram,
+                vec![histogram(vec![], queue)],
+            ),
+            family(
+                "gunicorn_worker_concurrency",
+                "Requests the worker is running (busy) and could run besides (idle): threads, greenlets, or 1 for sync",
+                Kind::Gauge,
+                concurrency,
             ),
         ]
     }

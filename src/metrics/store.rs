@@ -193,6 +193,12 @@ pub struct WorkerMetrics {
     /// status line is validated; kept so that nothing is lost silently).
     odd_status: [AtomicU64; 10],
     pub in_flight: AtomicU64,
+    /// Server-wide: from a request's first byte to the app call (waiting
+    /// for a free thread or greenlet, and the head's own arrival).
+    pub queue: Histogram<MAX_DURATION_BUCKETS>,
+    /// Requests the worker can run at once (1, --threads, or
+    /// --worker-connections), set when it starts serving.
+    pub capacity: AtomicU64,
 }
 
 /// What the worker records once a request is answered.
@@ -217,6 +223,11 @@ impl WorkerMetrics {
             Some(i) if i < STATUSES => self.by_status[o.method][i].fetch_add(1, Ordering::Relaxed),
             _ => self.odd_status[o.method].fetch_add(1, Ordering::Relaxed),
         };
+    }
+
+    /// A request reaches the app `seconds` after its first byte.
+    pub fn record_queue(&self, seconds: f64) {
+        self.queue.observe(duration_bounds(), seconds);
     }
 
     /// Requests per (method, status); status 0 stands for codes outside 100..=599.
@@ -261,6 +272,7 @@ impl WorkerMetrics {
         for (a, b) in self.odd_status.iter().zip(&into.odd_status) {
             b.fetch_add(a.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+        self.queue.add_into(&into.queue);
     }
 
     /// Zeroes a slot for its next worker (master, after folding).
@@ -280,6 +292,8 @@ impl WorkerMetrics {
             c.store(0, Ordering::Relaxed);
         }
         self.in_flight.store(0, Ordering::Relaxed);
+        self.queue.clear();
+        self.capacity.store(0, Ordering::Relaxed);
     }
 }
 
@@ -317,10 +331,15 @@ mod tests {
         let mut by = w.requests_by_status();
         by.sort();
         assert_eq!(by, vec![(0, 200, 2), (9, 418, 1)]);
+        w.record_queue(0.001);
+        w.record_queue(0.3);
         w.fold_into(&retired);
         w.clear();
         assert_eq!(w.requests(), 0);
+        assert_eq!(w.queue.count(), 0);
         assert_eq!(retired.requests(), 3);
+        let (queue, n, _) = retired.queue.snapshot(&DURATION_BUCKETS);
+        assert_eq!((queue[0], n), ((0.005, 1), 2));
         assert_eq!(
             retired.response_size.snapshot(&SIZE_BUCKETS).0[2],
             (10_000.0, 3)

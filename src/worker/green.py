@@ -46,14 +46,23 @@ def waits(lib):
     return read, write
 
 
-def run(lib, take, wake_fd):
+def run(lib, take, wake_fd, beat):
     """Serves until the loop is done: `take()` returns the requests handed
-    over since the last call (callables), or None once the loop has ended."""
+    over since the last call (callables), or None once the loop has ended.
+    `beat()` tells the master the worker is alive: a greenlet calls it every
+    second, so an app that blocks the hub misses --timeout."""
     read, _ = waits(lib)
     if lib == "gevent":
-        from gevent import spawn_raw as spawn
+        from gevent import sleep, spawn_raw as spawn
     else:
-        from eventlet import spawn_n as spawn
+        from eventlet import sleep, spawn_n as spawn
+
+    def heartbeat():
+        while True:
+            beat()
+            sleep(1.0)
+
+    spawn(heartbeat)
     while True:
         read(wake_fd, None)
         jobs = take()

@@ -22,6 +22,7 @@ use super::serve::{ConnValues, Detached, WsgiServer};
 use crate::conn::connection::Peer;
 use crate::conn::io::Waiter;
 use crate::conn::{Dispatch, Handler, Request, Served};
+use crate::shm::Slot;
 use crate::wsgi::HeaderKeys;
 
 const GREEN_SOURCE: &str = include_str!("green.py");
@@ -215,6 +216,7 @@ pub fn run(
     lib: Lib,
     queue: &Arc<Queue>,
     server: &Arc<WsgiServer>,
+    slot: &'static Slot,
 ) -> Result<(), i32> {
     let fail = |e: PyErr| {
         crate::python::system_exit_code(py, &e).unwrap_or_else(|| {
@@ -252,9 +254,13 @@ pub fn run(
         }
     })
     .map_err(fail)?;
+    let beat = pyo3::types::PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
+        slot.beat();
+    })
+    .map_err(fail)?;
     let fd = queue.wake.as_fd().as_raw_fd();
     m.getattr("run")
-        .and_then(|r| r.call1((lib.name(), take, fd)))
+        .and_then(|r| r.call1((lib.name(), take, fd, beat)))
         .map(|_| ())
         .map_err(fail)
 }

@@ -240,6 +240,9 @@ fn serve(
             Kind::Sync => crate::python::release_gil,
             Kind::Gthread | Kind::Green(_) => crate::conn::io::no_release,
         },
+        // gevent/eventlet: the hub beats (green.py), so that an app that
+        // blocks it is seen as stuck, as gunicorn's workers are.
+        heartbeat: !matches!(kind, Kind::Green(_)),
         app_wait: match kind {
             Kind::Sync | Kind::Gthread => crate::conn::io::Waiter::Poll(crate::python::release_gil),
             Kind::Green(_) => green::WAITER,
@@ -271,6 +274,14 @@ fn serve(
         None => None,
     };
     let slot = ctx.slot;
+    ctx.metrics.capacity.store(
+        match kind {
+            Kind::Sync => 1,
+            Kind::Gthread => cfg.threads().max(1) as u64,
+            Kind::Green(_) => cfg.worker_connections().max(1) as u64,
+        },
+        Ordering::Relaxed,
+    );
     let ctx = Context {
         view: WorkerView {
             max_requests: if max_requests == u64::MAX {
@@ -314,7 +325,7 @@ fn serve(
                 .map_err(|e| err("starting the connection loop's thread", e.to_string()))?;
             slot.set_state(State::Idle);
             // The hub runs here, on the main thread, until the loop ends.
-            if let Err(code) = green::run(py, lib, &queue, &server) {
+            if let Err(code) = green::run(py, lib, &queue, &server, slot) {
                 return Ok(code);
             }
             Ok(py.detach(|| lp_thread.join()).unwrap_or_else(|_| {

@@ -72,6 +72,8 @@ pub struct Call<'a> {
     pub listener: usize,
     /// Requests on its connection so far, this one included.
     pub nreq: u64,
+    /// When its first byte was read.
+    pub arrived: Instant,
 }
 
 /// Everything a WSGI kind needs to serve requests; shared by the threads
@@ -153,6 +155,7 @@ impl WsgiServer {
             peer: conn_peer,
             listener,
             nreq,
+            arrived,
         } = call;
         let hook_req = if self.request_hooks {
             let headers: Vec<(&[u8], &[u8])> =
@@ -219,6 +222,7 @@ impl WsgiServer {
                 let keep =
                     hook_req.is_some() || self.access.as_ref().is_some_and(|a| a.needs_environ());
                 let kept = keep.then(|| env.clone());
+                self.metrics.record_queue(arrived.elapsed().as_secs_f64());
                 let out = self.wsgi.serve(py, env, body, peer, enc, conn_peer.addr);
                 (out, kept)
             }
@@ -317,6 +321,7 @@ pub struct Detached {
     peer: Peer,
     listener: usize,
     nreq: u64,
+    arrived: Instant,
     counted: Counted,
     values: ConnValues,
     back: Resumer,
@@ -335,6 +340,7 @@ impl Detached {
             peer: req.peer.clone(),
             listener: req.listener,
             nreq: req.nreq,
+            arrived: req.arrived,
             counted: Counted {
                 keep,
                 alive: req.ctl.alive(),
@@ -358,6 +364,7 @@ impl Detached {
             peer,
             listener,
             nreq,
+            arrived,
             mut counted,
             values,
             back,
@@ -369,6 +376,7 @@ impl Detached {
             peer: &peer,
             listener,
             nreq,
+            arrived,
         };
         let served = {
             let mut values = values.lock().unwrap_or_else(|e| e.into_inner());

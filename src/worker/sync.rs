@@ -52,6 +52,7 @@ impl Handler for SyncHandler<'_> {
             peer: req.peer,
             listener: req.listener,
             nreq: req.nreq,
+            arrived: req.arrived,
         };
         Dispatch::Done(
             self.server

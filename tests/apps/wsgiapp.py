@@ -8,11 +8,12 @@ Routes:
   /stream?n=&size=  generator without Content-Length
   /status/CODE      that status; tries to send a body anyway
   /sleep?s=         sleeps, then answers
+  /spin?s=          busy for s seconds (yields to no greenlet hub)
   /error            raises
   /noread           answers without reading the body
   /headers          sets response headers used by the access-log tests
   /pid              the worker's pid
-  /kind             which worker kind runs this request: the thread, whether
+  /kind?sleep=      which worker kind runs this request: the thread, greenlet, whether
                     gevent or eventlet patched the standard library, and
                     wsgi.multithread / wsgi.multiprocess
 """
@@ -58,9 +59,16 @@ def _kind(environ):
         "thread_name": _native_thread_name(),
         "gevent": _patched("gevent"),
         "eventlet": _patched("eventlet"),
+        "greenlet": _greenlet_id(),
         "multithread": environ["wsgi.multithread"],
         "multiprocess": environ["wsgi.multiprocess"],
     }
+
+
+def _greenlet_id():
+    """The running greenlet, where a greenlet library is loaded."""
+    mod = sys.modules.get("greenlet")
+    return id(mod.getcurrent()) if mod else None
 
 
 def _native_thread_name():
@@ -117,6 +125,15 @@ def app(environ, start_response):
         time.sleep(s)
         return _send(start_response, "slept %s" % s)
 
+    if path == "/spin":
+        # Busy for s seconds without a call that could yield to a hub.
+        s = float(qs.get("s", ["1"])[0])
+        end = time.perf_counter() + s
+        n = 0
+        while time.perf_counter() < end:
+            n += 1
+        return _send(start_response, "spun %s" % s)
+
     if path == "/error":
         raise RuntimeError("intentional error from /error")
 
@@ -133,6 +150,7 @@ def app(environ, start_response):
                      extra=[("X-Resp", "resp-value"), ("X-Other", "o")])
 
     if path == "/kind":
+        time.sleep(float(qs.get("sleep", ["0"])[0]))
         return _send(start_response, json.dumps(_kind(environ)), ctype="application/json")
 
     if path == "/pid":
