@@ -5,6 +5,8 @@
 #   RUNS=2 bench/run.sh                   # fewer repetitions
 #   ONLY='ferrocorn|bjoern' bench/run.sh  # only configs whose name matches the regex
 #   CORE_ONLY=1 bench/run.sh              # skip the optional rows (ferrocorn -w 2, Flask)
+#   SET=kinds bench/run.sh                # the worker kinds: gthread, gevent, eventlet vs sync,
+#                                         # gunicorn gevent / gthread and granian (results-kinds.md)
 #   SKIP_SETUP=1 WRK_DURATION=3s RUNS=1 bench/run.sh   # quick smoke run
 #
 # Knobs (defaults in brackets):
@@ -14,6 +16,7 @@
 #   ONLY [.]                regex on the server name (ferrocorn, gunicorn-sync, granian-wsgi, bjoern,
 #                           flask@ferrocorn, ...)
 #   CORE_ONLY [0]           1 = only the four target configs
+#   SET [core]              core = the sync worker against the anchors; kinds = the worker kinds
 #   SKIP_SETUP [0]          1 = no apt / pip / cargo (the binary must already be built)
 #   APPEND [0]              1 = keep earlier records in the JSONL file
 #   QUIET_BUSY_PCT [20]     before each config, wait (up to QUIET_WAIT [90] s) until the machine's CPU
@@ -42,12 +45,19 @@ FERRO_VENV="${FERRO_VENV:-$ROOT/.venv}"
 RUNS="${RUNS:-3}"
 ONLY="${ONLY:-.}"
 CORE_ONLY="${CORE_ONLY:-0}"
+SET="${SET:-core}"
+[[ "$SET" == core || "$SET" == kinds ]] || { echo "SET must be core or kinds" >&2; exit 2; }
 QUIET_BUSY_PCT="${QUIET_BUSY_PCT:-20}"
 QUIET_WAIT="${QUIET_WAIT:-90}"
 MAX_FOREIGN_PCT="${MAX_FOREIGN_PCT:-12}"
 RETRIES="${RETRIES:-2}"
-BENCH_OUT="${BENCH_OUT:-$RESULTS/ferrocorn.jsonl}"
-BENCH_REPORT="${BENCH_REPORT:-$BENCH_DIR/results.md}"
+if [[ "$SET" == kinds ]]; then
+  BENCH_OUT="${BENCH_OUT:-$RESULTS/kinds/ferrocorn.jsonl}"
+  BENCH_REPORT="${BENCH_REPORT:-$BENCH_DIR/results-kinds.md}"
+else
+  BENCH_OUT="${BENCH_OUT:-$RESULTS/ferrocorn.jsonl}"
+  BENCH_REPORT="${BENCH_REPORT:-$BENCH_DIR/results.md}"
+fi
 BENCH_VERSIONS="$(dirname "$BENCH_OUT")/versions.txt"
 LOGROOT="$(dirname "$BENCH_OUT")/logs"
 export WRK_THREADS="${WRK_THREADS:-1}" WRK_CONNS="${WRK_CONNS:-50}"
@@ -79,6 +89,10 @@ setup() {
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ANCHORS/requirements-anchors.txt" \
       || die "pip install of the anchors failed"
   fi
+  # gunicorn's gevent worker, the anchor of the gevent kind (the version ferrocorn's tests use).
+  "$VENV/bin/python" -c 'import gevent, packaging' 2>/dev/null \
+    || "$VENV/bin/pip" install -q --disable-pip-version-check 'gevent==26.9.0' 'packaging==26.3' \
+    || say "gevent install failed (the gunicorn-gevent row will be skipped)"
   "$VENV/bin/python" -c 'import bjoern' 2>/dev/null \
     || "$VENV/bin/pip" install -q --disable-pip-version-check 'bjoern==3.2.2' \
     || say "bjoern install failed (its rows will be skipped)"
@@ -147,6 +161,18 @@ wait_quiet() {
 G="$VENV/bin/gunicorn"; GR="$VENV/bin/granian"
 # Config table: index|name|config|workers|command ({PORT} is substituted).  Index fixes the port.
 configs() {
+  if [[ "$SET" == kinds ]]; then
+    local F="env VIRTUAL_ENV=$FERRO_VENV $FERRO -w 1 -b 127.0.0.1:{PORT}"
+    echo "10|ferrocorn|w1 sync|1|$F hello_wsgi:app"
+    echo "11|ferrocorn|w1 gthread threads=4|1|$F -k gthread --threads 4 hello_wsgi:app"
+    echo "12|ferrocorn|w1 gevent|1|$F -k gevent hello_wsgi:app"
+    echo "13|ferrocorn|w1 eventlet|1|$F -k eventlet hello_wsgi:app"
+    echo "14|gunicorn-gevent|w1|1|$G -w1 -k gevent -b 127.0.0.1:{PORT} hello_wsgi:app"
+    echo "15|granian-wsgi|w1 blocking-threads=1|1|$GR --interface wsgi --workers 1 --blocking-threads 1 --host 127.0.0.1 --port {PORT} --log-level warning hello_wsgi:app"
+    echo "16|flask@ferrocorn|w1 gthread threads=4|1|$F -k gthread --threads 4 hello_flask:app"
+    echo "17|flask@gunicorn-gthread|w1 threads=4|1|$G -w1 -k gthread --threads 4 -b 127.0.0.1:{PORT} hello_flask:app"
+    return
+  fi
   echo "0|ferrocorn|w1 sync|1|env VIRTUAL_ENV=$FERRO_VENV $FERRO -w 1 -b 127.0.0.1:{PORT} hello_wsgi:app"
   echo "1|gunicorn-sync|w1|1|$G -w1 -k sync -b 127.0.0.1:{PORT} hello_wsgi:app"
   echo "2|granian-wsgi|w1 blocking-threads=1|1|$GR --interface wsgi --workers 1 --blocking-threads 1 --host 127.0.0.1 --port {PORT} --log-level warning hello_wsgi:app"
@@ -261,7 +287,7 @@ main() {
   local t0=$SECONDS
   run_all
   say "runs took $((SECONDS - t0)) s"
-  "$BENCH_PY" "$BENCH_DIR/report.py" "$BENCH_OUT" "$BENCH_VERSIONS" "$BENCH_REPORT"
+  "$BENCH_PY" "$BENCH_DIR/report.py" "$BENCH_OUT" "$BENCH_VERSIONS" "$BENCH_REPORT" "$SET"
 }
 
 main "$@"

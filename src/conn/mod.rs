@@ -87,10 +87,6 @@ pub struct Settings {
     /// How the loop's own waits release what its thread holds (the GIL
     /// when the app runs on the loop thread).
     pub release: Release,
-    /// The loop's turns prove the worker alive to the master (--timeout).
-    /// Off where something else must prove it: the greenlet hub, which a
-    /// busy app can block while this loop runs on.
-    pub heartbeat: bool,
     /// How a request's body I/O waits for the socket in the code serving
     /// it (the GIL released, or a greenlet hub).
     pub app_wait: Waiter,
@@ -233,6 +229,12 @@ pub enum Dispatch {
 /// the eventfd that wakes it (registered in its poll).
 pub struct Completions {
     done: Mutex<Vec<(usize, Served)>>,
+    /// `done` is not empty (read without the lock at every turn).
+    queued: AtomicBool,
+    /// The loop is in a turn and checks `queued` before it waits again:
+    /// a request finished meanwhile (by a greenlet the turn started) needs
+    /// no eventfd write.
+    in_turn: AtomicBool,
     wake: EventFd,
 }
 
@@ -241,6 +243,7 @@ impl Completions {
         // A panic elsewhere while holding the lock cannot leave the list
         // half-changed (push and take are single operations): go on with it.
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        self.queued.store(false, Ordering::Release);
         std::mem::take(&mut *done)
     }
 }
@@ -254,10 +257,15 @@ pub struct Resumer {
 impl Resumer {
     pub fn resume(self, served: Served) {
         let c = &self.completions;
-        c.done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((self.key, served));
+        let mut done = c.done.lock().unwrap_or_else(|e| e.into_inner());
+        done.push((self.key, served));
+        c.queued.store(true, Ordering::SeqCst);
+        drop(done);
+        // (SeqCst pairs with the loop's: it clears in_turn, then reads
+        // queued; so either it sees this completion or this sees it out.)
+        if c.in_turn.load(Ordering::SeqCst) {
+            return;
+        }
         if let Err(e) = c.wake.write(1) {
             crate::log_error!("waking the event loop: {e}");
         }
@@ -288,6 +296,9 @@ pub struct Loop<H: Handler> {
     /// The worker must exit now with this code.
     exit: Option<i32>,
     completions: Arc<Completions>,
+    events: Events,
+    /// When idle connections are next checked against their deadlines.
+    next_sweep: Instant,
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
@@ -321,6 +332,8 @@ impl<H: Handler> Loop<H> {
             .map_err(|e| setup_err("registering the wake-up eventfd", e))?;
         let completions = Arc::new(Completions {
             done: Mutex::new(Vec::new()),
+            queued: AtomicBool::new(false),
+            in_turn: AtomicBool::new(false),
             wake,
         });
         let deadlines = Deadlines {
@@ -350,77 +363,111 @@ impl<H: Handler> Loop<H> {
             draining: None,
             exit: None,
             completions,
+            events: Events::with_capacity(256),
+            next_sweep: Instant::now() + Duration::from_secs(1),
         })
     }
 
     /// Runs until the worker exits; returns the exit code.
     pub fn run(&mut self) -> i32 {
-        let mut events = Events::with_capacity(256);
-        let mut next_sweep = Instant::now() + Duration::from_secs(1);
         loop {
-            if self.term.load(Ordering::Relaxed) || !self.life.alive {
-                self.stop_gracefully();
-            }
-            if let Some(limit) = self.draining {
-                if self.conns.is_empty() || Instant::now() >= limit {
-                    break;
-                }
-            }
-            let wait = if !self.accept_pending.is_empty() {
-                // Listeners with connections left over from the last batch:
-                // just collect ready events, then accept more.
-                Duration::ZERO
-            } else if self.draining.is_some() {
-                // Wake often enough to close idle connections at their
-                // (short) drain deadlines.
-                Duration::from_millis(50)
-            } else {
-                Duration::from_secs(1)
-            };
-            let mut res = Ok(());
-            let poll = &mut self.poll;
-            (self.settings.release)(&mut || res = poll.poll(&mut events, Some(wait)));
-            if self.settings.heartbeat {
-                self.slot.beat();
-            }
-            if let Err(e) = res {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    crate::log_error!("event loop failed: {e}");
-                    return 1;
-                }
-            }
-            if let Err(code) = self.handler.woke() {
+            if let Some(code) = self.turn(self.next_wait()) {
                 return code;
             }
-            for ev in events.iter() {
-                match ev.token() {
-                    SIGNAL_TOKEN => self.handle_signals(),
-                    WAKE_TOKEN => self.resume_detached(),
-                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
-                    Token(key) => {
-                        if let Next::Close = self.on_readable(key) {
-                            self.close(key);
-                        }
+        }
+    }
+
+    /// The loop's epoll descriptor: readable when a turn has work. A kind
+    /// whose thread waits elsewhere (a greenlet hub) watches it and calls
+    /// [`Loop::turn`] with no wait.
+    pub fn wait_fd(&self) -> std::os::fd::RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    /// The longest the next turn may wait for events.
+    pub fn next_wait(&self) -> Duration {
+        if !self.accept_pending.is_empty() {
+            // Listeners with connections left over from the last batch:
+            // just collect ready events, then accept more.
+            Duration::ZERO
+        } else if self.draining.is_some() {
+            // Wake often enough to close idle connections at their
+            // (short) drain deadlines.
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(1)
+        }
+    }
+
+    /// One turn of the loop: waits up to `wait` for events and handles
+    /// them, and what finished away from the loop meanwhile. Some(code)
+    /// once the worker is done.
+    pub fn turn(&mut self, wait: Duration) -> Option<i32> {
+        if self.term.load(Ordering::Relaxed) || !self.life.alive {
+            self.stop_gracefully();
+        }
+        if let Some(limit) = self.draining {
+            if self.conns.is_empty() || Instant::now() >= limit {
+                return Some(self.finish());
+            }
+        }
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let mut res = Ok(());
+        let poll = &mut self.poll;
+        (self.settings.release)(&mut || res = poll.poll(&mut events, Some(wait)));
+        // Every turn proves the worker alive to the master (--timeout);
+        // in the green kinds the hub runs the turns, so an app that blocks
+        // the hub stops them.
+        self.slot.beat();
+        if let Err(e) = res {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                crate::log_error!("event loop failed: {e}");
+                return Some(1);
+            }
+        }
+        if let Err(code) = self.handler.woke() {
+            return Some(code);
+        }
+        self.completions.in_turn.store(true, Ordering::SeqCst);
+        for ev in events.iter() {
+            match ev.token() {
+                SIGNAL_TOKEN => self.handle_signals(),
+                WAKE_TOKEN => self.resume_detached(),
+                Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                Token(key) => {
+                    if let Next::Close = self.on_readable(key) {
+                        self.close(key);
                     }
                 }
-                if self.exit.is_some() {
-                    break;
-                }
-            }
-            for idx in std::mem::take(&mut self.accept_pending) {
-                self.accept(idx);
             }
             if self.exit.is_some() {
                 break;
             }
-            let now = Instant::now();
-            if now >= next_sweep || self.draining.is_some() {
-                next_sweep = now + Duration::from_secs(1);
-                self.sweep(now);
-            }
-            self.maybe_resume();
         }
-        // Whatever is left (idle past the drain deadline) is closed.
+        self.events = events;
+        for idx in std::mem::take(&mut self.accept_pending) {
+            self.accept(idx);
+        }
+        // Requests finished during the turn (by a greenlet that did not
+        // have to wait) go on without a wake.
+        self.completions.in_turn.store(false, Ordering::SeqCst);
+        if self.exit.is_none() && self.completions.queued.load(Ordering::SeqCst) {
+            self.resume_detached();
+        }
+        if self.exit.is_some() {
+            return Some(self.finish());
+        }
+        let now = Instant::now();
+        if now >= self.next_sweep || self.draining.is_some() {
+            self.next_sweep = now + Duration::from_secs(1);
+            self.sweep(now);
+        }
+        self.maybe_resume();
+        None
+    }
+
+    /// Closes whatever is left (idle past the drain deadline); the exit code.
+    fn finish(&mut self) -> i32 {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.close(k);

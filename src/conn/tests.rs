@@ -115,7 +115,6 @@ impl Server {
                 forwarded_allow: AllowList::default(),
                 release: no_release,
                 app_wait: super::io::POLL,
-                heartbeat: true,
             };
             tune(&mut settings);
             let listeners = vec![WorkerListener {

@@ -1,10 +1,9 @@
 """The Python side of ferrocorn's gevent and eventlet worker kinds.
 
-The connection layer's loop runs on its own OS thread and hands complete
-requests over through a queue and an eventfd; here, on the main thread, the
-library's hub runs one greenlet per request. Everything that waits (the
-eventfd here, a request's socket in the connection layer) waits through the
-hub, so the app's blocking calls, patched by the library, yield to the other
+The library's hub runs the connection layer's loop (its turns, when the
+loop's epoll descriptor is readable) and one greenlet per request, started
+by the turn that read it. A request's socket waits go through the hub, so
+the app's blocking calls, patched by the library, yield to the other
 requests.
 """
 
@@ -46,27 +45,88 @@ def waits(lib):
     return read, write
 
 
-def run(lib, take, wake_fd, beat):
-    """Serves until the loop is done: `take()` returns the requests handed
-    over since the last call (callables), or None once the loop has ended.
-    `beat()` tells the master the worker is alive: a greenlet calls it every
-    second, so an app that blocks the hub misses --timeout."""
-    read, _ = waits(lib)
+def starter(lib, keep=256):
+    """start(job): runs `job` at once in a greenlet whose parent is the hub,
+    as the library's own greenlets: when the job waits, the hub gets control
+    back here; when it ends, too. Greenlets are reused (up to `keep` idle
+    ones): a new greenlet costs CPython a fresh frame stack (an mmap and a
+    munmap per request)."""
+    from greenlet import getcurrent, greenlet
+
     if lib == "gevent":
-        from gevent import sleep, spawn_raw as spawn
+        from gevent.hub import get_hub
+
+        hub = get_hub()
     else:
-        from eventlet import sleep, spawn_n as spawn
+        from eventlet.hubs import get_hub
 
-    def heartbeat():
+        hub = get_hub().greenlet
+    idle = []
+
+    def serve(job):
         while True:
-            beat()
-            sleep(1.0)
+            job()
+            job = None
+            if len(idle) >= keep:
+                return
+            idle.append(getcurrent())
+            # Back to the hub until start() hands over the next job.
+            job = hub.switch()
 
-    spawn(heartbeat)
-    while True:
-        read(wake_fd, None)
-        jobs = take()
-        if jobs is None:
+    def start(job):
+        if idle:
+            idle.pop().switch(job)
+        else:
+            greenlet(serve, parent=hub).switch(job)
+
+    return start
+
+
+def run(lib, turn, loop_fd):
+    """Runs the connection loop's turns in the hub until the worker is done:
+    when its epoll descriptor `loop_fd` is readable, and every 50 ms for
+    its deadlines and heartbeat. Returns the worker's exit code."""
+    if lib == "gevent":
+        from gevent.event import AsyncResult
+        from gevent.hub import get_hub
+
+        loop = get_hub().loop
+        done = AsyncResult()
+        io = loop.io(loop_fd, 1)
+        timer = loop.timer(0.05, 0.05)
+
+        def step():
+            code = turn()
+            if code is not None and not done.ready():
+                io.stop()
+                timer.stop()
+                done.set(code)
+
+        io.start(step)
+        timer.start(step)
+        return done.get()
+
+    from eventlet.event import Event
+    from eventlet.hubs import get_hub
+
+    hub = get_hub()
+    done = Event()
+    state = {}
+
+    def step(*_):
+        if done.ready():
             return
-        for job in jobs:
-            spawn(job)
+        code = turn()
+        if code is not None:
+            hub.remove(state["listener"])
+            done.send(code)
+
+    def tick():
+        step()
+        if not done.ready():
+            hub.schedule_call_global(0.05, tick)
+
+    noop = lambda *_: None  # noqa: E731
+    state["listener"] = hub.add(hub.READ, loop_fd, step, noop, noop)
+    hub.schedule_call_global(0.05, tick)
+    return done.wait()

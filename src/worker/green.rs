@@ -1,28 +1,27 @@
-//! The gevent and eventlet worker kinds: the connection layer's loop runs on
-//! its own OS thread without the GIL; the main thread runs the library's hub
-//! (green.py) with one greenlet per request. A complete request is detached
-//! from the loop, queued, and the hub is woken through an eventfd it watches;
-//! the greenlet hands the connection back with the loop's
+//! The gevent and eventlet worker kinds: one OS thread. The library's hub
+//! runs the connection layer's loop (green.py): when the loop's epoll
+//! descriptor is readable, and on a short timer, the hub calls
+//! [`Loop::turn`] without waiting. Each complete request is detached and
+//! started at once in a new greenlet whose parent is the hub: a request
+//! that never waits is done before the turn goes on (as in the sync kind),
+//! one that waits gives control back to the turn, and the hub resumes it
+//! later. The connection goes back to the loop through its
 //! [`crate::conn::Resumer`]. A request's body and response I/O wait for the
 //! socket through the hub ([`Waiter::Yield`]), so ferrocorn's own waiting
-//! never blocks it.
+//! never blocks it. No thread hand-off, no GIL hand-off.
 
 use std::cell::RefCell;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use pyo3::prelude::*;
-use pyo3::types::PyList;
 
 use super::serve::{ConnValues, Detached, WsgiServer};
 use crate::conn::connection::Peer;
 use crate::conn::io::Waiter;
-use crate::conn::{Dispatch, Handler, Request, Served};
-use crate::shm::Slot;
+use crate::conn::{Dispatch, Handler, Loop, Request, Served};
 use crate::wsgi::HeaderKeys;
 
 const GREEN_SOURCE: &str = include_str!("green.py");
@@ -97,65 +96,26 @@ fn hub_wait(fd: RawFd, write: bool, timeout: Duration) -> std::io::Result<()> {
 /// The waiter requests use in the green kinds.
 pub const WAITER: Waiter = Waiter::Yield(hub_wait);
 
-/// Requests handed from the loop thread to the hub.
-pub struct Queue {
-    jobs: Mutex<Vec<Detached>>,
-    wake: EventFd,
-    /// The loop has ended: the hub stops once the queue is empty.
-    ended: AtomicBool,
-}
-
-impl Queue {
-    pub fn new() -> Result<Arc<Queue>, String> {
-        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-            .map_err(|e| format!("creating the hub's eventfd: {e}"))?;
-        Ok(Arc::new(Queue {
-            jobs: Mutex::new(Vec::new()),
-            wake,
-            ended: AtomicBool::new(false),
-        }))
-    }
-
-    fn push(&self, job: Detached) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(job);
-        self.ring();
-    }
-
-    fn ring(&self) {
-        if let Err(e) = self.wake.write(1) {
-            crate::log_error!("waking the hub: {e}");
-        }
-    }
-
-    /// The loop thread is done: the hub returns.
-    pub fn end(&self) {
-        self.ended.store(true, Ordering::Release);
-        self.ring();
-    }
-
-    /// What the hub runs next; None once the loop has ended and all is taken.
-    fn take(&self) -> Option<Vec<Detached>> {
-        let _ = self.wake.read();
-        let jobs = std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|e| e.into_inner()));
-        if jobs.is_empty() && self.ended.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(jobs)
-    }
-}
-
-/// The loop thread's side of the green kinds.
+/// The loop's side of the green kinds: starts each request in a greenlet.
 pub struct GreenHandler {
-    queue: Arc<Queue>,
+    /// green.py's `start(job)`.
+    start: Py<PyAny>,
     server: Arc<WsgiServer>,
 }
 
 impl GreenHandler {
-    pub fn new(queue: Arc<Queue>, server: Arc<WsgiServer>) -> GreenHandler {
-        GreenHandler { queue, server }
+    pub fn new(py: Python<'_>, lib: Lib, server: Arc<WsgiServer>) -> Result<GreenHandler, String> {
+        let start = module(py)
+            .and_then(|m| m.getattr("starter")?.call1((lib.name(),)))
+            .map_err(|e| {
+                format!(
+                    "starting the {} hub: {}",
+                    lib.name(),
+                    crate::python::format_err(py, &e)
+                )
+            })?
+            .unbind();
+        Ok(GreenHandler { start, server })
     }
 }
 
@@ -167,8 +127,7 @@ impl Handler for GreenHandler {
     }
 
     fn woke(&mut self) -> Result<(), i32> {
-        // The hub runs on the main thread and runs Python's signal
-        // handlers itself.
+        // The hub runs Python's signal handlers itself.
         Ok(())
     }
 
@@ -180,7 +139,22 @@ impl Handler for GreenHandler {
         let Some(job) = Detached::take(&mut req, values) else {
             return Dispatch::Done(Served::closed(None));
         };
-        self.queue.push(job);
+        // The turn runs in the hub, which holds the GIL.
+        Python::attach(|py| {
+            let job = GreenJob {
+                job: Mutex::new(Some(job)),
+                server: Arc::clone(&self.server),
+            };
+            let started = Bound::new(py, job).and_then(|j| self.start.call1(py, (j,)));
+            if let Err(e) = started {
+                // The job (and its Resumer) is gone with the error: the
+                // connection stays detached until the worker stops.
+                crate::log_error!(
+                    "starting a greenlet for a request: {}",
+                    crate::python::format_err(py, &e)
+                );
+            }
+        });
         Dispatch::Detached
     }
 }
@@ -209,15 +183,9 @@ impl GreenJob {
     }
 }
 
-/// Runs the hub on this (the main) thread until the loop ends. Err(code)
-/// when the worker must exit with it (SystemExit in the hub).
-pub fn run(
-    py: Python<'_>,
-    lib: Lib,
-    queue: &Arc<Queue>,
-    server: &Arc<WsgiServer>,
-    slot: &'static Slot,
-) -> Result<(), i32> {
+/// Runs the loop in the hub on this (the main) thread until the worker is
+/// done; returns its exit code.
+pub fn run(py: Python<'_>, lib: Lib, lp: Loop<GreenHandler>) -> i32 {
     let fail = |e: PyErr| {
         crate::python::system_exit_code(py, &e).unwrap_or_else(|| {
             crate::log_error!(
@@ -228,39 +196,37 @@ pub fn run(
             1
         })
     };
-    let m = module(py).map_err(fail)?;
-    let waits: (Py<PyAny>, Py<PyAny>) = m
+    let m = match module(py) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let waits = m
         .getattr("waits")
         .and_then(|w| w.call1((lib.name(),)))
-        .and_then(|w| w.extract())
-        .map_err(fail)?;
-    let _ = WAITS.set(waits);
-    let (q, srv) = (Arc::clone(queue), Arc::clone(server));
-    let take = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
-        let py = args.py();
-        match q.take() {
-            None => Ok::<_, PyErr>(py.None()),
-            Some(jobs) => {
-                let jobs = jobs.into_iter().map(|job| GreenJob {
-                    job: Mutex::new(Some(job)),
-                    server: Arc::clone(&srv),
-                });
-                let list = PyList::empty(py);
-                for j in jobs {
-                    list.append(Bound::new(py, j)?)?;
-                }
-                Ok(list.into_any().unbind())
-            }
+        .and_then(|w| w.extract::<(Py<PyAny>, Py<PyAny>)>());
+    match waits {
+        Ok(w) => {
+            let _ = WAITS.set(w);
         }
-    })
-    .map_err(fail)?;
-    let beat = pyo3::types::PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
-        slot.beat();
-    })
-    .map_err(fail)?;
-    let fd = queue.wake.as_fd().as_raw_fd();
-    m.getattr("run")
-        .and_then(|r| r.call1((lib.name(), take, fd, beat)))
-        .map(|_| ())
-        .map_err(fail)
+        Err(e) => return fail(e),
+    }
+    let fd = lp.wait_fd();
+    let lp = Mutex::new(lp);
+    let turn = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+        // The hub calls one turn at a time: nothing in a turn runs the hub.
+        let Ok(mut lp) = lp.try_lock() else {
+            crate::log_error!("the connection loop was entered twice");
+            return Ok::<_, PyErr>(args.py().None());
+        };
+        Ok(match lp.turn(Duration::ZERO) {
+            Some(code) => code.into_pyobject(args.py())?.into_any().unbind(),
+            None => args.py().None(),
+        })
+    });
+    let code = turn.and_then(|turn| {
+        m.getattr("run")?
+            .call1((lib.name(), turn, fd))?
+            .extract::<i32>()
+    });
+    code.unwrap_or_else(fail)
 }

@@ -11,9 +11,9 @@
 //! is idle (gunicorn #908, #3433).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -23,9 +23,75 @@ use crate::conn::connection::Peer;
 use crate::conn::{Dispatch, Handler, Request, Served};
 use crate::wsgi::HeaderKeys;
 
+/// The requests waiting for a thread. A thread that finished a request
+/// looks here before it sleeps and keeps the GIL while it finds work, so
+/// steady traffic is served without a thread or GIL hand-off per request;
+/// a sleeping thread is woken only when no awake thread is about to look.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    cond: Condvar,
+    /// Threads between a finished request and their next look at `state`.
+    searching: AtomicUsize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Detached>,
+    sleeping: usize,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, job: Detached) {
+        let mut st = self.lock();
+        st.jobs.push_back(job);
+        if st.sleeping > 0 && self.searching.load(Ordering::SeqCst) == 0 {
+            self.cond.notify_one();
+        }
+    }
+
+    /// Takes a job; wakes another thread when more are waiting, so that
+    /// none waits behind this one's request.
+    fn pop(&self, st: &mut QueueState) -> Option<Detached> {
+        let job = st.jobs.pop_front()?;
+        if !st.jobs.is_empty() && st.sleeping > 0 {
+            self.cond.notify_one();
+        }
+        Some(job)
+    }
+
+    /// The next job for a thread that has just finished one (searching).
+    fn next(&self, py: Python<'_>) -> Detached {
+        {
+            let mut st = self.lock();
+            let job = self.pop(&mut st);
+            self.searching.fetch_sub(1, Ordering::SeqCst);
+            if let Some(job) = job {
+                return job;
+            }
+        }
+        // Nothing queued: sleep without the GIL.
+        py.detach(|| {
+            let mut st = self.lock();
+            loop {
+                if let Some(job) = self.pop(&mut st) {
+                    return job;
+                }
+                st.sleeping += 1;
+                st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.sleeping -= 1;
+            }
+        })
+    }
+}
+
 pub struct ThreadHandler {
-    /// Dropped with the handler: the threads then end after their request.
-    jobs: Sender<Detached>,
+    /// The threads live as long as the worker process.
+    jobs: Arc<Queue>,
     server: Arc<WsgiServer>,
     size: usize,
     /// Requests handed to threads and not finished.
@@ -41,14 +107,15 @@ impl ThreadHandler {
     pub fn start(server: WsgiServer, size: usize) -> Result<ThreadHandler, String> {
         let size = size.max(1);
         let server = Arc::new(server);
-        let (tx, rx) = channel::<Detached>();
-        let rx = Arc::new(Mutex::new(rx));
+        let jobs = Arc::new(Queue::default());
         let busy = Arc::new(AtomicUsize::new(0));
         for i in 0..size {
-            let (server, rx, busy) = (Arc::clone(&server), Arc::clone(&rx), Arc::clone(&busy));
+            let (server, jobs, busy) = (Arc::clone(&server), Arc::clone(&jobs), Arc::clone(&busy));
+            // Each thread starts by looking for work, as after a request.
+            jobs.searching.fetch_add(1, Ordering::SeqCst);
             std::thread::Builder::new()
                 .name(format!("gthread-{i}"))
-                .spawn(move || run_thread(&server, &rx, &busy))
+                .spawn(move || run_thread(&server, &jobs, &busy))
                 .map_err(|e| format!("starting thread {i} of {size}: {e}"))?;
         }
         // Python's handlers for these were installed at boot; signal-hook
@@ -64,7 +131,7 @@ impl ThreadHandler {
                 .map_err(|e| format!("watching signal {sig}: {e}"))?;
         }
         Ok(ThreadHandler {
-            jobs: tx,
+            jobs,
             server,
             size,
             busy,
@@ -74,17 +141,16 @@ impl ThreadHandler {
     }
 }
 
-/// One thread of the pool: attached to the interpreter for its whole life,
-/// it releases the GIL while it waits for a request.
-fn run_thread(server: &WsgiServer, rx: &Mutex<Receiver<Detached>>, busy: &AtomicUsize) {
+/// One thread of the pool: attached to the interpreter for its whole life;
+/// it holds the GIL while it serves and finds work, and releases it while
+/// it sleeps (and in its socket waits).
+fn run_thread(server: &WsgiServer, jobs: &Queue, busy: &AtomicUsize) {
     Python::attach(|py| {
         let keys = RefCell::new(HeaderKeys::default());
         loop {
-            let job = py.detach(|| rx.lock().unwrap_or_else(|e| e.into_inner()).recv());
-            let Ok(job) = job else {
-                return; // the worker is exiting
-            };
+            let job = jobs.next(py);
             let (back, served) = job.serve(py, server, &keys);
+            jobs.searching.fetch_add(1, Ordering::SeqCst);
             busy.fetch_sub(1, Ordering::AcqRel);
             back.resume(served);
         }
@@ -123,12 +189,7 @@ impl Handler for ThreadHandler {
             return Dispatch::Done(Served::closed(None));
         };
         self.busy.fetch_add(1, Ordering::AcqRel);
-        if self.jobs.send(job).is_err() {
-            // Every thread is gone (cannot happen while the handler lives).
-            self.busy.fetch_sub(1, Ordering::AcqRel);
-            crate::log_error!("gthread: no thread left to serve a request");
-            return Dispatch::Done(Served::closed(Some(1)));
-        }
+        self.jobs.push(job);
         Dispatch::Detached
     }
 }

@@ -234,15 +234,12 @@ fn serve(
             .map_err(|e| err("proxy_allow_ips", e.to_string()))?,
         forwarded_allow: AllowList::parse(&cfg.forwarded_allow_ips())
             .map_err(|e| err("forwarded_allow_ips", e.to_string()))?,
-        // The sync kind runs the app on the loop thread, which holds the
-        // GIL but while it waits; gthread's loop never holds it.
+        // sync: the loop thread holds the GIL but while it waits; gthread's
+        // loop never holds it; the hub's turns never wait in epoll.
         release: match kind {
             Kind::Sync => crate::python::release_gil,
             Kind::Gthread | Kind::Green(_) => crate::conn::io::no_release,
         },
-        // gevent/eventlet: the hub beats (green.py), so that an app that
-        // blocks it is seen as stuck, as gunicorn's workers are.
-        heartbeat: !matches!(kind, Kind::Green(_)),
         app_wait: match kind {
             Kind::Sync | Kind::Gthread => crate::conn::io::Waiter::Poll(crate::python::release_gil),
             Kind::Green(_) => green::WAITER,
@@ -310,28 +307,10 @@ fn serve(
             Ok(py.detach(|| lp.run()))
         }
         Kind::Green(lib) => {
-            let server = Arc::new(server);
-            let queue = green::Queue::new()?;
-            let handler = green::GreenHandler::new(Arc::clone(&queue), Arc::clone(&server));
-            let mut lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
-            let q = Arc::clone(&queue);
-            let lp_thread = std::thread::Builder::new()
-                .name("ferrocorn-loop".into())
-                .spawn(move || {
-                    let code = lp.run();
-                    q.end();
-                    code
-                })
-                .map_err(|e| err("starting the connection loop's thread", e.to_string()))?;
+            let handler = green::GreenHandler::new(py, lib, Arc::new(server))?;
+            let lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
             slot.set_state(State::Idle);
-            // The hub runs here, on the main thread, until the loop ends.
-            if let Err(code) = green::run(py, lib, &queue, &server, slot) {
-                return Ok(code);
-            }
-            Ok(py.detach(|| lp_thread.join()).unwrap_or_else(|_| {
-                crate::log_error!("the connection loop's thread panicked");
-                1
-            }))
+            Ok(green::run(py, lib, lp))
         }
     }
 }
