@@ -69,7 +69,7 @@ def kind(request):
 
 
 def _worker_kind_proof(pid):
-    """What a worker process shows of its kind: its threads' names and the
+    """What a worker process shows of its kind: its threads and the
     greenlet libraries mapped into it."""
     names = []
     for tid in os.listdir("/proc/%d/task" % pid):
@@ -81,8 +81,8 @@ def _worker_kind_proof(pid):
     with open("/proc/%d/maps" % pid) as f:
         maps = f.read()
     return {
+        "threads": len(names),
         "gthreads": sum(1 for n in names if n.startswith("gthread-")),
-        "loop_thread": "ferrocorn-loop" in names,
         "gevent": "/gevent/" in maps,
         "greenlet": "/greenlet/" in maps,
     }
@@ -231,18 +231,18 @@ class Server:
 
     def assert_kind(self, kind):
         """Every worker runs `kind`: gthread workers have their gthread-N
-        threads, gevent and eventlet workers their loop thread and their
-        library mapped, sync workers none of these."""
+        threads; sync, gevent and eventlet workers one thread, the green
+        ones with their library mapped."""
         deadline = time.monotonic() + 20
         while True:
             # Workers boot one by one: the probe may have been answered by
             # the first while the others still load the app.
             proofs = {pid: _worker_kind_proof(pid) for pid in self.children()}
             ok = {pid: {
-                "sync": p["gthreads"] == 0 and not p["loop_thread"] and not p["greenlet"],
-                "gthread": p["gthreads"] > 0 and not p["loop_thread"] and not p["greenlet"],
-                "gevent": p["gthreads"] == 0 and p["loop_thread"] and p["gevent"],
-                "eventlet": p["gthreads"] == 0 and p["loop_thread"] and p["greenlet"] and not p["gevent"],
+                "sync": p["threads"] == 1 and not p["greenlet"],
+                "gthread": p["gthreads"] > 0 and not p["greenlet"],
+                "gevent": p["threads"] == 1 and p["gevent"],
+                "eventlet": p["threads"] == 1 and p["greenlet"] and not p["gevent"],
             }[kind] for pid, p in proofs.items()}
             if ok and all(ok.values()):
                 return
