@@ -231,6 +231,10 @@ pub struct Completions {
     done: Mutex<Vec<(usize, Served)>>,
     /// `done` is not empty (read without the lock at every turn).
     queued: AtomicBool,
+    /// A request finished away from the loop ended the worker (SystemExit):
+    /// the loop stops accepting and serving at once, before it reads the
+    /// completion.
+    exit: Mutex<Option<i32>>,
     /// The loop is in a turn and checks `queued` before it waits again:
     /// a request finished meanwhile (by a greenlet the turn started) needs
     /// no eventfd write.
@@ -257,6 +261,12 @@ pub struct Resumer {
 impl Resumer {
     pub fn resume(self, served: Served) {
         let c = &self.completions;
+        if let Some(code) = served.exit {
+            c.exit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(code);
+        }
         let mut done = c.done.lock().unwrap_or_else(|e| e.into_inner());
         done.push((self.key, served));
         c.queued.store(true, Ordering::SeqCst);
@@ -333,6 +343,7 @@ impl<H: Handler> Loop<H> {
         let completions = Arc::new(Completions {
             done: Mutex::new(Vec::new()),
             queued: AtomicBool::new(false),
+            exit: Mutex::new(None),
             in_turn: AtomicBool::new(false),
             wake,
         });
@@ -440,7 +451,7 @@ impl<H: Handler> Loop<H> {
                     }
                 }
             }
-            if self.exit.is_some() {
+            if self.exiting() {
                 break;
             }
         }
@@ -454,7 +465,7 @@ impl<H: Handler> Loop<H> {
         if self.exit.is_none() && self.completions.queued.load(Ordering::SeqCst) {
             self.resume_detached();
         }
-        if self.exit.is_some() {
+        if self.exiting() {
             return Some(self.finish());
         }
         let now = Instant::now();
@@ -464,6 +475,19 @@ impl<H: Handler> Loop<H> {
         }
         self.maybe_resume();
         None
+    }
+
+    /// The worker must exit now (its own exit code, or one a request
+    /// finished away from the loop asked for).
+    fn exiting(&mut self) -> bool {
+        if self.exit.is_none() && self.completions.queued.load(Ordering::SeqCst) {
+            self.exit = *self
+                .completions
+                .exit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        self.exit.is_some()
     }
 
     /// Closes whatever is left (idle past the drain deadline); the exit code.
@@ -522,7 +546,7 @@ impl<H: Handler> Loop<H> {
         // A worker about to exit (SystemExit: the timeout abort, a hook)
         // leaves new connections in the backlog for the next worker; one it
         // accepted now would be reset when it exits.
-        if !self.life.alive || self.exit.is_some() {
+        if !self.life.alive || self.exiting() {
             return;
         }
         for _ in 0..ACCEPT_BATCH {
@@ -589,7 +613,7 @@ impl<H: Handler> Loop<H> {
             if let Next::Close = self.on_readable(key) {
                 self.close(key);
             }
-            if !self.life.alive || self.exit.is_some() {
+            if !self.life.alive || self.exiting() {
                 return;
             }
         }
@@ -627,7 +651,7 @@ impl<H: Handler> Loop<H> {
     /// Accepting was paused at the connection limit: resume once there is
     /// room, or an idle connection that could make room.
     fn maybe_resume(&mut self) {
-        if self.listeners.accepting() || !self.life.alive || self.exit.is_some() {
+        if self.listeners.accepting() || !self.life.alive || self.exiting() {
             return;
         }
         let room = self.conns.len() < self.conn_limit()
@@ -731,7 +755,7 @@ impl<H: Handler> Loop<H> {
             if self.term.load(Ordering::Relaxed) || !self.life.alive {
                 self.stop_gracefully();
             }
-            if self.exit.is_some() {
+            if self.exiting() {
                 return Next::Close;
             }
             let open = self.conns.len();
