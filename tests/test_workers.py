@@ -456,3 +456,32 @@ def test_worker_concurrency_gauge(server, args, capacity):
     got = {dict(labels)["state"]: v for (name, labels), v in smp.items()
            if name == "gunicorn_worker_concurrency"}
     assert got == {"busy": 0, "idle": capacity}, got
+
+
+@pytest.mark.parametrize("args", KINDS)
+def test_hup_replaces_workers_of_the_same_kind_and_lets_requests_finish(server, args):
+    s = server(["-w", "1", "--graceful-timeout", "10"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    (old,) = s.children()
+    results = []
+
+    def call():
+        try:
+            r = requests.get(s.url + "/sleep?s=1", timeout=15)
+            results.append((r.status_code, r.text))
+        except requests.RequestException as e:
+            results.append((None, repr(e)))
+
+    clients = [threading.Thread(target=call) for _ in range(3)]
+    for c in clients:
+        c.start()
+    time.sleep(0.4)
+    s.signal(signal.SIGHUP)
+    for c in clients:
+        c.join(20)
+    assert results == [(200, "slept 1.0")] * 3, results
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (s.children() == [old] or len(s.children()) != 1):
+        time.sleep(0.1)
+    assert len(s.children()) == 1 and s.children() != [old], s.log()[-2000:]
+    assert_kind(s, args)
