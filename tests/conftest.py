@@ -227,7 +227,11 @@ class Server:
         if ready:
             self.wait_ready(ready, ready_path, timeout)
             if self.kind and not IS_GUNICORN:
-                self.assert_kind(self.kind)
+                try:
+                    self.assert_kind(self.kind)
+                except AssertionError:
+                    self.kill()  # no factory holds it yet: stop it here
+                    raise
 
     def assert_kind(self, kind):
         """Every worker runs `kind`: gthread workers have their gthread-N
