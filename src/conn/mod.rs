@@ -17,7 +17,7 @@ pub mod transport;
 
 use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,8 @@ use transport::{Inline, Transport};
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const WAKE_TOKEN: Token = Token(usize::MAX - 2);
 const READ_SIZE: usize = 16 * 1024;
+/// `Completions::exit` when no request asked the worker to exit.
+const NO_EXIT: i64 = i64::MIN;
 /// How long a stopping worker keeps an idle connection open for a request
 /// the client may already have sent (at most --keep-alive).
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
@@ -231,10 +233,10 @@ pub struct Completions {
     done: Mutex<Vec<(usize, Served)>>,
     /// `done` is not empty (read without the lock at every turn).
     queued: AtomicBool,
-    /// A request finished away from the loop ended the worker (SystemExit):
-    /// the loop stops accepting and serving at once, before it reads the
-    /// completion.
-    exit: Mutex<Option<i32>>,
+    /// A request finished away from the loop ended the worker (SystemExit)
+    /// with this code ([`NO_EXIT`]: none): the loop stops accepting and
+    /// serving at once, before it reads the completion.
+    exit: AtomicI64,
     /// The loop is in a turn and checks `queued` before it waits again:
     /// a request finished meanwhile (by a greenlet the turn started) needs
     /// no eventfd write.
@@ -262,10 +264,12 @@ impl Resumer {
     pub fn resume(self, served: Served) {
         let c = &self.completions;
         if let Some(code) = served.exit {
-            c.exit
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(code);
+            let _ = c.exit.compare_exchange(
+                NO_EXIT,
+                i64::from(code),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
         }
         let mut done = c.done.lock().unwrap_or_else(|e| e.into_inner());
         done.push((self.key, served));
@@ -343,7 +347,7 @@ impl<H: Handler> Loop<H> {
         let completions = Arc::new(Completions {
             done: Mutex::new(Vec::new()),
             queued: AtomicBool::new(false),
-            exit: Mutex::new(None),
+            exit: AtomicI64::new(NO_EXIT),
             in_turn: AtomicBool::new(false),
             wake,
         });
@@ -480,12 +484,11 @@ impl<H: Handler> Loop<H> {
     /// The worker must exit now (its own exit code, or one a request
     /// finished away from the loop asked for).
     fn exiting(&mut self) -> bool {
-        if self.exit.is_none() && self.completions.queued.load(Ordering::SeqCst) {
-            self.exit = *self
-                .completions
-                .exit
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+        if self.exit.is_none() {
+            let code = self.completions.exit.load(Ordering::SeqCst);
+            if code != NO_EXIT {
+                self.exit = Some(i32::try_from(code).unwrap_or(1));
+            }
         }
         self.exit.is_some()
     }

@@ -6,9 +6,10 @@
 //! the request, on a connection the loop has handed over (the loop reads
 //! nothing from a detached one meanwhile), and waits the kind's way
 //! ([`Waiter`]): poll(2) with the GIL released (sync, gthread), or a
-//! greenlet hub's cooperative wait (gevent, eventlet). Measured against a
-//! channel to the loop thread, that is one copy and two wake-ups less per
-//! response, and the waits are the same.
+//! greenlet hub's cooperative wait (gevent, eventlet). Against a channel to
+//! the loop thread (DESIGN.md's first plan, not built), that saves a copy
+//! of the response and two wake-ups per request, and the waits are the
+//! same.
 
 use std::io;
 use std::os::fd::RawFd;

@@ -7,7 +7,7 @@
 
 mod ffi_init;
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 
 use pyo3::prelude::*;
@@ -115,18 +115,30 @@ fn probe(python: &Path) -> Result<(PathBuf, String), String> {
 pub fn init(interp: &Interpreter) -> Result<(), String> {
     ffi_init::initialize(&interp.executable)?;
     Python::attach(|py| -> Result<(), String> {
-        let code = CString::new(BOOT_SOURCE).map_err(|e| e.to_string())?;
-        let module = PyModule::from_code(py, &code, c"<ferrocorn boot>", c"_ferrocorn_boot")
-            .map_err(|e| format!("loading ferrocorn's boot module: {}", format_err(py, &e)))?;
-        let modules = py
-            .import("sys")
-            .and_then(|sys| sys.getattr("modules"))
-            .map_err(|e| format_err(py, &e))?;
-        modules
-            .set_item("_ferrocorn_boot", module)
-            .map_err(|e| format_err(py, &e))?;
-        Ok(())
+        embedded_module(py, c"_ferrocorn_boot", c"<ferrocorn boot>", BOOT_SOURCE)
+            .map(|_| ())
+            .map_err(|e| format!("loading ferrocorn's boot module: {}", format_err(py, &e)))
     })
+}
+
+/// A Python module whose source is built into the binary: made on first
+/// use and kept in `sys.modules` under `name`.
+pub fn embedded_module<'py>(
+    py: Python<'py>,
+    name: &CStr,
+    file: &CStr,
+    source: &str,
+) -> PyResult<Bound<'py, PyModule>> {
+    let modules = py.import("sys")?.getattr("modules")?;
+    let key = name.to_string_lossy();
+    if let Ok(m) = modules.get_item(&*key) {
+        return Ok(m.cast_into::<PyModule>()?);
+    }
+    let code =
+        CString::new(source).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    let m = PyModule::from_code(py, &code, file, name)?;
+    modules.set_item(&*key, &m)?;
+    Ok(m)
 }
 
 /// The boot module (see boot.py).

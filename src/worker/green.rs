@@ -11,7 +11,6 @@
 //! never blocks it. No thread hand-off, no GIL hand-off.
 
 use std::cell::RefCell;
-use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -43,15 +42,7 @@ impl Lib {
 }
 
 fn module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    let sys_modules = py.import("sys")?.getattr("modules")?;
-    if let Ok(m) = sys_modules.get_item("_ferrocorn_green") {
-        return Ok(m.cast_into::<PyModule>()?);
-    }
-    let code = CString::new(GREEN_SOURCE)
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-    let m = PyModule::from_code(py, &code, c"<ferrocorn green>", c"_ferrocorn_green")?;
-    sys_modules.set_item("_ferrocorn_green", &m)?;
-    Ok(m)
+    crate::python::embedded_module(py, c"_ferrocorn_green", c"<ferrocorn green>", GREEN_SOURCE)
 }
 
 /// Monkey-patches the standard library for `lib` (before the app loads).
