@@ -288,7 +288,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "The type of workers to use.",
         support: Support::Supported,
-        note: "sync, gthread, gevent (also gevent_wsgi, gevent_pywsgi), eventlet, their gunicorn.workers.* paths and gunicorn_prometheus_exporter's Prometheus*Worker names; gevent and eventlet monkey-patch before the app loads (the package must be in the venv); asgi, tornado and uvicorn are refused at start (not yet), as is a Python Worker class of one's own",
+        note: "sync, gthread, gevent (also gevent_wsgi, gevent_pywsgi), eventlet, their gunicorn.workers.* paths and gunicorn_prometheus_exporter's Prometheus*Worker names; gevent and eventlet monkey-patch before the app loads (the package must be in the venv); asgi (also gunicorn.workers.gasgi.ASGIWorker, uvicorn.workers.UvicornWorker / UvicornH11Worker and uvicorn_worker's) runs ASGI 3 HTTP apps on asyncio or uvloop with lifespan (WebSocket not yet: an upgrade request reaches the app as plain HTTP, as under uvicorn without a WebSocket library); tornado is refused at start (not yet), as is a Python Worker class of one's own",
     },
     Setting {
         name: "threads",
@@ -1451,8 +1451,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str("auto"),
         env: None,
         help: "Event loop implementation for ASGI workers.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: auto takes uvloop when it is installed in the app's venv, else asyncio; uvloop without it installed is a boot error",
     },
     Setting {
         name: "asgi_lifespan",
@@ -1463,8 +1463,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str("auto"),
         env: None,
         help: "Control ASGI lifespan protocol handling.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: startup before the worker accepts, shutdown after its last request; a startup failure (or with on, any startup error) is a boot error that stops the master",
     },
     Setting {
         name: "asgi_disconnect_grace_period",
@@ -1511,8 +1511,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str(""),
         env: None,
         help: "The root path for ASGI applications.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: the scope's root_path",
     },
     Setting {
         name: "dirty_apps",

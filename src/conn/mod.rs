@@ -399,6 +399,12 @@ impl<H: Handler> Loop<H> {
         self.poll.as_raw_fd()
     }
 
+    /// The kind's handler (a kind that runs the loop from its own event
+    /// loop reaches its shared state through it).
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
     /// The longest the next turn may wait for events.
     pub fn next_wait(&self) -> Duration {
         if !self.accept_pending.is_empty() {

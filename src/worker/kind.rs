@@ -12,11 +12,14 @@ pub enum Kind {
     Gthread,
     /// One greenlet per request on gevent's or eventlet's hub.
     Green(Lib),
+    /// ASGI 3 apps on an asyncio loop (`asgi`, uvicorn's worker names).
+    Asgi,
 }
 
 /// The names `--worker-class` accepts, for messages.
-const SUPPORTED: &str = "sync, gthread, gevent, gevent_wsgi, gevent_pywsgi, eventlet, their \
-     gunicorn.workers.* class paths, and gunicorn_prometheus_exporter.PrometheusWorker, \
+const SUPPORTED: &str = "sync, gthread, gevent, gevent_wsgi, gevent_pywsgi, eventlet, asgi, \
+     their gunicorn.workers.* class paths, uvicorn.workers.UvicornWorker, UvicornH11Worker \
+     (and uvicorn_worker's), and gunicorn_prometheus_exporter.PrometheusWorker, \
      PrometheusThreadWorker, PrometheusGeventWorker, PrometheusEventletWorker";
 
 /// Resolves `--worker-class` (after gunicorn's `--threads` rule, see
@@ -40,8 +43,10 @@ pub fn resolve(name: &str) -> Result<Kind, String> {
             Ok(Kind::Green(Lib::Eventlet))
         }
         ("tornado", _) | (_, "TornadoWorker" | "PrometheusTornadoWorker") => later("tornado"),
-        ("asgi", _) | (_, "ASGIWorker") => later("asgi"),
-        (_, "UvicornWorker" | "UvicornH11Worker" | "PrometheusUvicornWorker") => later("uvicorn"),
+        ("asgi", _)
+        | (_, "ASGIWorker" | "UvicornWorker" | "UvicornH11Worker" | "PrometheusUvicornWorker") => {
+            Ok(Kind::Asgi)
+        }
         _ => Err(format!(
             "worker class {name:?} is not known to ferrocorn: ferrocorn runs its own worker \
              kinds, not Python Worker classes (supported: {SUPPORTED})"
@@ -92,10 +97,16 @@ mod tests {
         ] {
             assert_eq!(resolve(name), Ok(kind), "{name}");
         }
-        assert!(resolve("uvicorn.workers.UvicornWorker")
-            .unwrap_err()
-            .contains("uvicorn worker is not implemented yet"));
-        assert!(resolve("asgi").is_err());
+        for name in [
+            "asgi",
+            "gunicorn.workers.gasgi.ASGIWorker",
+            "uvicorn.workers.UvicornWorker",
+            "uvicorn.workers.UvicornH11Worker",
+            "uvicorn_worker.UvicornWorker",
+            "uvicorn_worker.UvicornH11Worker",
+        ] {
+            assert_eq!(resolve(name), Ok(Kind::Asgi), "{name}");
+        }
         assert!(resolve("tornado").is_err());
         let e = resolve("myproject.workers.CustomWorker").unwrap_err();
         assert!(

@@ -1,0 +1,337 @@
+"""The Python side of ferrocorn's asgi worker kind.
+
+An asyncio loop (uvloop when asked for or, with --asgi-loop auto, when
+installed) runs on the worker's main thread. The connection layer's loop is
+one of its readers: when the loop's epoll descriptor is readable (and on a
+timer for deadlines and the heartbeat) it calls turn(), which reads, parses
+and starts requests. Each request's app coroutine starts at once inside the
+turn; one that finishes without waiting (most do) never becomes a Task. One
+that waits goes on as a Task from where it stopped.
+
+receive() and send() are native (src/worker/asgi.rs). When they must wait
+for the socket, they return one of the coroutines below, which wait with the
+loop's add_reader/add_writer.
+"""
+
+import asyncio
+import sys
+import types
+
+
+def new_loop(kind):
+    """The event loop for --asgi-loop (auto, asyncio, uvloop)."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise RuntimeError(
+                    "--asgi-loop uvloop: uvloop is not installed in the app's "
+                    "virtualenv (pip install uvloop)"
+                ) from None
+        else:
+            loop = uvloop.new_event_loop()
+            asyncio.set_event_loop(loop)
+            return loop
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
+@types.coroutine
+def _drive(coro, fut):
+    """Goes on with `coro`, which has yielded `fut` to its driver: passes
+    each thing it yields up to the Task, and what the Task sends or throws
+    back down (a Task's protocol, as `yield from` would)."""
+    while True:
+        try:
+            sent = yield fut
+        except BaseException as e:  # noqa: BLE001 - cancellation goes down too
+            try:
+                fut = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            fut = coro.send(sent)
+        except StopIteration as stop:
+            return stop.value
+
+
+def starter(app, loop):
+    """start(cycle, scope): runs one request's app coroutine at once, as a
+    Task that is current meanwhile (anyio and others look it up); when the
+    app has to wait, the same Task goes on with it in the loop.
+
+    Python 3.12+: an eagerly started Task, which costs nothing more when the
+    app finishes without waiting. 3.11: the Task is made first and its first
+    step (scheduled) carries on from where the eager part stopped."""
+    tasks = set()
+
+    def keep(task):
+        if not task.done():
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    if sys.version_info >= (3, 12):
+
+        async def one(cycle, coro):
+            try:
+                await coro
+            except BaseException as e:  # noqa: BLE001 - reported to the server
+                cycle.done(e)
+            else:
+                cycle.done(None)
+
+        Task = asyncio.Task
+
+        def start(cycle, scope):
+            try:
+                coro = app(scope, cycle.receive, cycle.send)
+            except BaseException as e:  # noqa: BLE001
+                cycle.done(e)
+                return
+            keep(Task(one(cycle, coro), loop=loop, eager_start=True))
+
+        return start, tasks
+
+    from asyncio.tasks import _enter_task, _leave_task
+
+    async def rest(cycle, box):
+        if box[0] is None:
+            return
+        try:
+            await _drive(box[0], box[1])
+        except BaseException as e:  # noqa: BLE001 - reported to the server
+            cycle.done(e)
+        else:
+            cycle.done(None)
+
+    def start(cycle, scope):
+        box = [None, None]
+        task = loop.create_task(rest(cycle, box))
+        _enter_task(loop, task)
+        try:
+            coro = app(scope, cycle.receive, cycle.send)
+            box[1] = coro.send(None)
+            box[0] = coro
+        except StopIteration:
+            cycle.done(None)
+        except BaseException as e:  # noqa: BLE001 - reported to the server
+            cycle.done(e)
+        finally:
+            _leave_task(loop, task)
+        keep(task)
+
+    return start, tasks
+
+
+def waits(loop, timeout):
+    """The coroutines receive() and send() return when they must wait."""
+
+    async def ready(cycle, fd, write):
+        """Waits until `fd` is readable (writable). True when it is; False
+        when the request ended meanwhile or after `timeout` seconds. The
+        registration is gone before the request's connection goes back to
+        the server (cycle.on_finish), so a later owner of the descriptor
+        never sees it."""
+        fut = loop.create_future()
+        registered = [True]
+
+        def unregister():
+            if registered[0]:
+                registered[0] = False
+                if write:
+                    loop.remove_writer(fd)
+                else:
+                    loop.remove_reader(fd)
+
+        def settle(result):
+            unregister()
+            if not fut.done():
+                fut.set_result(result)
+
+        if write:
+            loop.add_writer(fd, settle, True)
+        else:
+            loop.add_reader(fd, settle, True)
+        timer = loop.call_later(timeout, settle, False)
+        cycle.on_finish(settle)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            unregister()
+
+    async def receive_body(cycle, fd):
+        while True:
+            if not await ready(cycle, fd, False):
+                return cycle.timed_out_receive()
+            msg = cycle.receive_now()
+            if msg is not None:
+                return msg
+
+    async def receive_disconnect(cycle, fd):
+        """The body is all read: the next message is http.disconnect, when
+        the client goes away (or the response is done)."""
+        while await ready(cycle, fd, False):
+            if cycle.peer_gone():
+                break
+            # The client sent more (a pipelined request): it is still there;
+            # wait for the response to end.
+            fut = loop.create_future()
+            cycle.on_finish(lambda _ended: fut.done() or fut.set_result(None))
+            await fut
+            break
+        return cycle.disconnect()
+
+    async def send_rest(cycle, fd):
+        while not cycle.flush():
+            if not await ready(cycle, fd, True):
+                cycle.abort("timed out writing the response")
+                return
+
+    return receive_body, receive_disconnect, send_rest
+
+
+def run(loop, turn, loop_fd, lifespan, tasks, graceful_timeout):
+    """Runs the connection loop's turns on `loop` until the worker is done;
+    returns the worker's exit code. Lifespan startup has run (see
+    `startup`); shutdown runs here, after the last request."""
+    done = loop.create_future()
+    timer = [None]
+
+    def step():
+        if done.done():
+            return
+        result = turn()
+        if type(result) is int:
+            loop.remove_reader(loop_fd)
+            if timer[0] is not None:
+                timer[0].cancel()
+            done.set_result(result)
+            return
+        # `result`: seconds until the loop needs a turn without events
+        # (deadlines, the heartbeat).
+        t = timer[0]
+        due = loop.time() + result
+        if t is None or t.when() > due + 0.001:
+            if t is not None:
+                t.cancel()
+            timer[0] = loop.call_at(due, tick)
+
+    def tick():
+        timer[0] = None
+        step()
+
+    loop.add_reader(loop_fd, step)
+    loop.call_soon(step)
+    code = loop.run_until_complete(done)
+    if lifespan is not None:
+        loop.run_until_complete(lifespan.shutdown(graceful_timeout))
+    for t in list(tasks):
+        t.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(list(tasks), timeout=1))
+    return code
+
+
+class Lifespan:
+    """The ASGI lifespan protocol for one worker (--asgi-lifespan)."""
+
+    def __init__(self, app, mode, state, log_info, log_error):
+        self.app = app
+        self.mode = mode
+        self.state = state
+        self.info = log_info
+        self.error = log_error
+        self.inbox = asyncio.Queue()
+        self.started = None
+        self.stopped = None
+        self.task = None
+        self.failure = None
+
+    async def _receive(self):
+        return await self.inbox.get()
+
+    async def _send(self, message):
+        kind = message.get("type")
+        if kind == "lifespan.startup.complete":
+            self.started.set_result(None) if not self.started.done() else None
+        elif kind == "lifespan.startup.failed":
+            self.failure = message.get("message", "") or "lifespan.startup.failed"
+            self.started.done() or self.started.set_result(None)
+        elif kind == "lifespan.shutdown.complete":
+            self.stopped.done() or self.stopped.set_result(None)
+        elif kind == "lifespan.shutdown.failed":
+            self.error("ASGI lifespan shutdown failed: %s" % (message.get("message", ""),))
+            self.stopped.done() or self.stopped.set_result(None)
+        else:
+            raise RuntimeError("Unexpected ASGI message %r in the lifespan protocol" % (kind,))
+
+    async def _main(self):
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
+        try:
+            await self.app(scope, self._receive, self._send)
+        except BaseException as e:  # noqa: BLE001
+            if not self.started.done():
+                # Before startup completed: the app does not speak lifespan
+                # (auto), or its startup failed.
+                self.failure = e
+                self.started.set_result(None)
+            else:
+                self.error("Exception in ASGI lifespan: %r" % (e,))
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+        finally:
+            if self.stopped is not None and not self.stopped.done():
+                self.stopped.set_result(None)
+
+    async def startup(self):
+        """None when the app is started (or does not use lifespan in auto
+        mode); else the error message that stops the server."""
+        loop = asyncio.get_running_loop()
+        self.started = loop.create_future()
+        self.stopped = loop.create_future()
+        self.inbox.put_nowait({"type": "lifespan.startup"})
+        self.task = loop.create_task(self._main())
+        await self.started
+        if self.failure is None:
+            return None
+        if isinstance(self.failure, str):
+            return "ASGI lifespan startup failed: %s" % (self.failure,)
+        if self.mode == "auto":
+            self.info("ASGI 'lifespan' protocol appears unsupported: %r" % (self.failure,))
+            self.task = None
+            return None
+        import traceback
+
+        return "ASGI lifespan startup failed:\n" + "".join(
+            traceback.format_exception(type(self.failure), self.failure, self.failure.__traceback__)
+        )
+
+    async def shutdown(self, timeout):
+        if self.task is None or self.task.done():
+            return
+        self.inbox.put_nowait({"type": "lifespan.shutdown"})
+        try:
+            await asyncio.wait_for(asyncio.shield(self.stopped), timeout)
+        except asyncio.TimeoutError:
+            self.error("ASGI lifespan shutdown did not complete in %ss" % (timeout,))
+            self.task.cancel()
+
+
+def startup(loop, app, mode, state, log_info, log_error):
+    """Runs lifespan startup (unless --asgi-lifespan off): (lifespan or
+    None, error message or None)."""
+    if mode == "off":
+        return None, None
+    ls = Lifespan(app, mode, state, log_info, log_error)
+    err = loop.run_until_complete(ls.startup())
+    if err is not None:
+        return None, err
+    return (ls if ls.task is not None else None), None
