@@ -1464,7 +1464,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Control ASGI lifespan protocol handling.",
         support: Support::Supported,
-        note: "asgi worker: startup before the worker accepts, shutdown after its last request; a startup failure (or with on, any startup error) is a boot error that stops the master",
+        note: "asgi worker: startup before the worker accepts, shutdown after its last request; lifespan.startup.failed, or an exception after the app took the startup message (with on: any exception), is a boot error that stops the master; with auto, an app that raises before taking it does not speak lifespan and runs without",
     },
     Setting {
         name: "asgi_disconnect_grace_period",

@@ -250,8 +250,10 @@ class Lifespan:
         self.stopped = None
         self.task = None
         self.failure = None
+        self.received = False
 
     async def _receive(self):
+        self.received = True
         return await self.inbox.get()
 
     async def _send(self, message):
@@ -304,7 +306,10 @@ class Lifespan:
             return None
         if isinstance(self.failure, str):
             return "ASGI lifespan startup failed: %s" % (self.failure,)
-        if self.mode == "auto":
+        # auto: an app that raises without asking for the startup message
+        # does not speak lifespan; one that took it and then raised failed
+        # its startup.
+        if self.mode == "auto" and not self.received:
             self.info("ASGI 'lifespan' protocol appears unsupported: %r" % (self.failure,))
             self.task = None
             return None
