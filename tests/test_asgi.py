@@ -4,6 +4,7 @@ FastAPI (examples/fastapiapp) and Django (examples/djangoproj).
 
 Every server is first proved to run the asgi kind: /kind of asgiapp.py
 reports the running event loop, the current Task and the thread."""
+import contextlib
 import json
 import os
 import signal
@@ -418,3 +419,129 @@ def test_django_asgi(server):
     assert r.content == b"a" * 10 + b"b" * 10 + b"c" * 10
     r = requests.post(s.url + "/form", data={"name": "Ann"}, timeout=10).json()
     assert r["form"] == {"name": ["Ann"]}
+
+
+# -- WebSocket -------------------------------------------------------------------
+
+def ws_connect(url, **kw):
+    from websockets.sync.client import connect
+    return connect(url, open_timeout=10, close_timeout=10, **kw)
+
+
+def test_websocket_fastapi_echo(server):
+    s = server(["-k", "asgi", "-w", "1", "app:app"], cwd=os.path.join(EXAMPLES, "fastapiapp"))
+    ws_url = "ws://127.0.0.1:%d/ws" % s.port
+    with ws_connect(ws_url, subprotocols=["chat", "other"]) as ws:
+        assert ws.subprotocol == "chat"
+        ws.send("hello")
+        assert ws.recv() == "echo:hello"
+        ws.send(b"\x00\x01\x02")
+        assert ws.recv() == b"\x02\x01\x00"
+        big = "x" * 300000
+        ws.send(big)
+        assert ws.recv() == "echo:" + big
+        # a fragmented message, and a ping (the server answers the pong)
+        ws.send(["frag", "mented"])
+        assert ws.recv() == "echo:fragmented"
+        assert ws.ping().wait(5)
+    # the client closed with 1000: the app saw it
+    deadline = time.monotonic() + 5
+    while 1000 not in requests.get(s.url + "/ws-closes", timeout=10).json()["closes"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # the app closes with its own code
+    from websockets.exceptions import ConnectionClosed
+    with ws_connect(ws_url) as ws:
+        ws.send("close:4001")
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert ws.close_code == 4001
+    # plain HTTP still served by the same worker
+    assert requests.get(s.url + "/", timeout=10).json() == {"hello": "world"}
+
+
+def test_websocket_scope_refusal_and_errors(server):
+    from websockets.exceptions import InvalidStatus
+    s = server(ASGI + ["-w", "1", "--root-path", "/r", "asgiapp:app"])
+    with ws_connect("ws://127.0.0.1:%d/ws/x?q=1" % s.port) as ws:
+        ws.send("scope")
+        sc = json.loads(ws.recv())
+    assert sc["type"] == "websocket" and sc["scheme"] == "ws"
+    assert sc["path"] == "/ws/x" and sc["query_string"] == "q=1" and sc["root_path"] == "/r"
+    assert sc["subprotocols"] == [] and "method" not in sc
+    assert ["upgrade", "websocket"] in sc["headers"]
+    with pytest.raises(InvalidStatus) as e:
+        ws_connect("ws://127.0.0.1:%d/ws-reject" % s.port).close()
+    assert e.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as e:
+        ws_connect("ws://127.0.0.1:%d/ws-raise" % s.port).close()
+    assert e.value.response.status_code == 500
+    s.wait_log("websocket refused by an exception")
+    assert requests.get(s.url + "/", timeout=10).text == "Hello, World!"
+
+
+def test_websocket_max_message_size(server, tmp_path):
+    from websockets.exceptions import ConnectionClosed
+    ev = str(tmp_path / "events")
+    s = server(ASGI + ["-w", "1", "--websocket-max-message-size", "1000", "asgiapp:app"],
+               env={"ASGI_EVENTS": ev})
+    with ws_connect("ws://127.0.0.1:%d/ws" % s.port) as ws:
+        ws.send("a" * 1000)
+        assert ws.recv() == "a" * 1000
+        ws.send("b" * 5000)
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert ws.close_code == 1009
+    deadline = time.monotonic() + 5
+    while ["ws-disconnect-1009"] != [e[0] for e in events(ev) if e[0].startswith("ws-")]:
+        assert time.monotonic() < deadline, events(ev)
+        time.sleep(0.05)
+
+
+def test_websocket_metrics_and_graceful_stop(server, tmp_path):
+    ev = str(tmp_path / "events")
+    s = server(ASGI + ["-w", "1", "--graceful-timeout", "15", "asgiapp:app"], env={"ASGI_EVENTS": ev})
+    assert_asgi(s)
+    before = wait_metrics(s)
+    base101 = total(before, "gunicorn_requests_total", status="101")
+    stack = contextlib.ExitStack()
+    socks = [stack.enter_context(ws_connect("ws://127.0.0.1:%d/ws" % s.port)) for _ in range(3)]
+    for i, ws in enumerate(socks):
+        ws.send("m%d" % i)
+        assert ws.recv() == "m%d" % i
+    smp = wait_metrics(s)
+    assert total(smp, "gunicorn_websocket_connections") == 3
+    # one WebSocket ends normally: counted once, with status 101
+    socks.pop().close()
+    deadline = time.monotonic() + 10
+    while True:
+        smp = wait_metrics(s)
+        if total(smp, "gunicorn_websocket_connections") == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert total(smp, "gunicorn_websocket_connections") == 2
+    assert total(smp, "gunicorn_requests_total", status="101") - base101 == 1
+    # graceful stop with an HTTP request in flight: it completes, then the
+    # open WebSockets get 1001 and lifespan shutdown runs
+    result = []
+    t = threading.Thread(target=lambda: result.append(
+        requests.get(s.url + "/sleep?s=1.5", timeout=20).status_code))
+    t.start()
+    time.sleep(0.3)
+    t_term = time.monotonic()
+    s.signal(signal.SIGTERM)
+    codes = []
+    from websockets.exceptions import ConnectionClosed
+    for ws in socks:
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        codes.append((ws.close_code, time.monotonic() - t_term))
+    t.join()
+    assert result == [200]
+    assert [c for c, _ in codes] == [1001, 1001]
+    # the WebSockets were closed after the HTTP request finished (~1.2 s)
+    assert all(dt > 0.8 for _, dt in codes), codes
+    stack.close()
+    assert s.wait(20) == 0
+    got = [e[0] for e in events(ev)]
+    assert got.count("ws-disconnect-1001") == 2 and got[-1] == "shutdown", got

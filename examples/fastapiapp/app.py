@@ -11,11 +11,12 @@ import asyncio
 import os
 from contextlib import asynccontextmanager
 
-from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 DONE = []
+CLOSES = []
 
 
 def record(event):
@@ -85,3 +86,30 @@ async def done():
 async def sleep(s: float = 0.1):
     await asyncio.sleep(s)
     return {"slept": s}
+
+
+@app.websocket("/ws")
+async def ws_echo(websocket: WebSocket):
+    """Echoes text and bytes; "close:<code>" makes the server close."""
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=offered[0] if offered else None)
+    try:
+        while True:
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                CLOSES.append(msg.get("code"))
+                return
+            if msg.get("text") is not None:
+                if msg["text"].startswith("close:"):
+                    await websocket.close(code=int(msg["text"][6:]))
+                    return
+                await websocket.send_text("echo:" + msg["text"])
+            else:
+                await websocket.send_bytes(msg["bytes"][::-1])
+    except WebSocketDisconnect as e:
+        CLOSES.append(e.code)
+
+
+@app.get("/ws-closes")
+async def ws_closes():
+    return {"closes": CLOSES}

@@ -14,6 +14,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::http::RequestHead;
 
+pub mod websocket;
+
 /// Dict keys and constant values, interned once per worker.
 pub struct Keys {
     type_: Py<PyString>,

@@ -288,7 +288,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "The type of workers to use.",
         support: Support::Supported,
-        note: "sync, gthread, gevent (also gevent_wsgi, gevent_pywsgi), eventlet, their gunicorn.workers.* paths and gunicorn_prometheus_exporter's Prometheus*Worker names; gevent and eventlet monkey-patch before the app loads (the package must be in the venv); asgi (also gunicorn.workers.gasgi.ASGIWorker, uvicorn.workers.UvicornWorker / UvicornH11Worker and uvicorn_worker's) runs ASGI 3 HTTP apps on asyncio or uvloop with lifespan (WebSocket not yet: an upgrade request reaches the app as plain HTTP, as under uvicorn without a WebSocket library); tornado is refused at start (not yet), as is a Python Worker class of one's own",
+        note: "sync, gthread, gevent (also gevent_wsgi, gevent_pywsgi), eventlet, their gunicorn.workers.* paths and gunicorn_prometheus_exporter's Prometheus*Worker names; gevent and eventlet monkey-patch before the app loads (the package must be in the venv); asgi (also gunicorn.workers.gasgi.ASGIWorker, uvicorn.workers.UvicornWorker / UvicornH11Worker and uvicorn_worker's) runs ASGI 3 apps (HTTP and WebSocket) on asyncio or uvloop with lifespan; tornado is refused at start (not yet), as is a Python Worker class of one's own",
     },
     Setting {
         name: "threads",
@@ -1487,8 +1487,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Int(16777216),
         env: None,
         help: "Largest WebSocket message, in bytes, the asgi worker accepts.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: a larger message or frame closes the WebSocket with 1009; permessage-deflate is not offered yet",
     },
     Setting {
         name: "http_parser",

@@ -69,6 +69,9 @@ pub trait Handler {
     fn woke(&mut self) -> Result<(), i32>;
     /// USR1: reopen the kind's own log files.
     fn reopen_logs(&mut self);
+    /// The worker began its graceful stop (TERM, max_requests): the
+    /// loop accepts no more and waits for the requests it has.
+    fn stopping(&mut self) {}
 }
 
 /// The loop's settings, from the configuration.
@@ -683,6 +686,7 @@ impl<H: Handler> Loop<H> {
             return;
         }
         self.life.alive = false;
+        self.handler.stopping();
         let now = Instant::now();
         self.draining = Some(now + self.settings.graceful_timeout);
         self.listeners.pause(self.poll.registry());

@@ -115,13 +115,13 @@ def starter(app, loop):
             coro = app(scope, cycle.receive, cycle.send)
             box[1] = coro.send(None)
             box[0] = coro
+            keep(task)
         except StopIteration:
             cycle.done(None)
         except BaseException as e:  # noqa: BLE001 - reported to the server
             cycle.done(e)
         finally:
             _leave_task(loop, task)
-        keep(task)
 
     return start, tasks
 
@@ -129,7 +129,7 @@ def starter(app, loop):
 def waits(loop, timeout):
     """The coroutines receive() and send() return when they must wait."""
 
-    async def ready(cycle, fd, write):
+    async def ready(cycle, fd, write, timeout=timeout):
         """Waits until `fd` is readable (writable). True when it is; False
         when the request ended meanwhile or after `timeout` seconds. The
         registration is gone before the request's connection goes back to
@@ -155,12 +155,13 @@ def waits(loop, timeout):
             loop.add_writer(fd, settle, True)
         else:
             loop.add_reader(fd, settle, True)
-        timer = loop.call_later(timeout, settle, False)
+        timer = None if timeout is None else loop.call_later(timeout, settle, False)
         cycle.on_finish(settle)
         try:
             return await fut
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             unregister()
 
     async def receive_body(cycle, fd):
@@ -191,7 +192,16 @@ def waits(loop, timeout):
                 cycle.abort("timed out writing the response")
                 return
 
-    return receive_body, receive_disconnect, send_rest
+    async def ws_receive(cycle, fd):
+        """The next WebSocket message: an idle session waits as long as
+        the client keeps it open."""
+        while await ready(cycle, fd, False, None):
+            msg = cycle.receive_now()
+            if msg is not None:
+                return msg
+        return cycle.disconnect()
+
+    return receive_body, receive_disconnect, send_rest, ws_receive
 
 
 def run(loop, turn, loop_fd, lifespan, tasks, graceful_timeout):

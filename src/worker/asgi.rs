@@ -11,8 +11,10 @@
 //! boot error, which stops the master, not a respawn loop), shutdown after
 //! the last request.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use super::request::RequestLog;
-use crate::asgi::{self, HeaderNames, Keys, Ready, ScopeParts, Sent};
+use crate::asgi::{self, websocket, HeaderNames, Keys, Ready, ScopeParts, Sent};
 use crate::conn::body::Body;
 use crate::conn::connection::{KeepAlive, Peer};
 use crate::conn::io::Waiter;
@@ -34,6 +36,9 @@ use crate::metrics::store::{method_index, Observation, WorkerMetrics, METHODS};
 use crate::shm::{ErrorTable, Slot};
 use crate::sock::ListenKind;
 use crate::wsgi::{AppError, Outcome};
+
+#[path = "asgi_ws.rs"]
+mod ws;
 
 const ASGI_SOURCE: &str = include_str!("asgi.py");
 
@@ -61,6 +66,8 @@ pub struct AsgiSettings {
     pub loop_kind: String,
     pub graceful_timeout: Duration,
     pub io_timeout: Duration,
+    /// --websocket-max-message-size (0: no limit).
+    pub ws_max_message: usize,
 }
 
 /// Everything the requests of one worker share.
@@ -82,6 +89,26 @@ struct AsgiServer {
     receive_body: Py<PyAny>,
     receive_disconnect: Py<PyAny>,
     send_rest: Py<PyAny>,
+    ws_receive: Py<PyAny>,
+    ws_max_message: usize,
+    /// Open WebSocket sessions (closed with 1001 at a graceful stop).
+    open_ws: Mutex<HashMap<u64, Py<ws::WsCycle>>>,
+    next_ws: AtomicU64,
+    /// The worker is stopping gracefully; `going_away`: the 1001 closes
+    /// were sent.
+    stopping: AtomicBool,
+    going_away: AtomicBool,
+}
+
+impl AsgiServer {
+    fn forget_ws(&self, id: u64) {
+        let gone = self
+            .open_ws
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        drop(gone);
+    }
 }
 
 /// The loop's side of the asgi kind: starts each request's app.
@@ -125,18 +152,133 @@ struct CycleState {
     gone: bool,
     keep: KeepAlive,
     back: Option<Resumer>,
-    /// Called when the request finishes (asgi.py's waits unregister).
-    on_finish: Vec<Py<PyAny>>,
+    on_finish: OnFinish,
+    rec: Rec,
+    app_error: Option<AppError>,
+    exit: Option<i32>,
+    /// Status and headers as the app gave them (for the access log).
+    response_headers: Vec<(String, String)>,
+}
+
+/// Called with False when a request ends: asgi.py's waits on its socket
+/// unregister before the connection goes back to the loop.
+#[derive(Default)]
+struct OnFinish(Vec<Py<PyAny>>);
+
+impl OnFinish {
+    /// Keeps `f` for the end of the request (calls it now if it `ended`).
+    fn add(&mut self, py: Python<'_>, ended: bool, f: Py<PyAny>) {
+        if ended {
+            Self::call(py, &f);
+        } else {
+            self.0.push(f);
+        }
+    }
+
+    fn run(&mut self, py: Python<'_>) {
+        for f in std::mem::take(&mut self.0) {
+            Self::call(py, &f);
+        }
+    }
+
+    fn call(py: Python<'_>, f: &Py<PyAny>) {
+        if let Err(e) = f.call1(py, (false,)) {
+            crate::log_error!("ending an ASGI wait: {}", crate::python::format_err(py, &e));
+        }
+    }
+}
+
+/// What the records of a request (access log, metrics) need from its start.
+struct Rec {
     method: usize,
     path: String,
     t0: Instant,
     wall: Option<SystemTime>,
     log_info: Option<RequestLog>,
     peer: Peer,
-    app_error: Option<AppError>,
-    exit: Option<i32>,
-    /// Status and headers as the app gave them (for the access log).
-    response_headers: Vec<(String, String)>,
+}
+
+impl Rec {
+    fn new(server: &AsgiServer, head: &crate::http::RequestHead<'_>, peer: &Peer) -> Rec {
+        Rec {
+            method: method_index(&head.method),
+            path: String::from_utf8_lossy(head.path).into_owned(),
+            t0: Instant::now(),
+            wall: server.access.as_ref().map(|_| SystemTime::now()),
+            log_info: server.access.as_ref().map(|_| RequestLog::capture(head)),
+            peer: peer.clone(),
+        }
+    }
+
+    /// The request ended: access-log line, metrics, failures, the slot.
+    fn end(
+        &mut self,
+        server: &AsgiServer,
+        status: u16,
+        sent: u64,
+        request_bytes: u64,
+        response_headers: Vec<(String, String)>,
+        app_error: Option<&AppError>,
+    ) {
+        if let (Some(access), Some(info), Some(start)) =
+            (&server.access, self.log_info.take(), self.wall)
+        {
+            let out = Outcome {
+                status,
+                sent,
+                response_headers,
+                ..Outcome::default()
+            };
+            info.log(
+                access,
+                &self.peer.ip_string(),
+                &out,
+                start,
+                self.t0.elapsed(),
+                None,
+            );
+        }
+        server.metrics.record(&Observation {
+            method: self.method,
+            status,
+            seconds: self.t0.elapsed().as_secs_f64(),
+            request_bytes,
+            response_bytes: sent,
+        });
+        if let Some(e) = app_error {
+            server
+                .errors
+                .record_failure(METHODS[self.method], &e.endpoint, &e.error_type);
+        }
+        server.slot.end_request();
+    }
+}
+
+/// An exception from the app, for the logs and the failure metrics; the
+/// exit code when it is a SystemExit.
+fn app_failure(
+    py: Python<'_>,
+    e: Bound<'_, PyAny>,
+    path: &str,
+    log: bool,
+) -> (AppError, Option<i32>) {
+    let err = PyErr::from_value(e);
+    let exit = crate::python::system_exit_code(py, &err);
+    if exit.is_none() && log {
+        crate::log_error!(
+            "Exception in ASGI application\n{}",
+            crate::python::format_err(py, &err)
+        );
+    }
+    let error = AppError {
+        error_type: err
+            .get_type(py)
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        endpoint: path.to_string(),
+    };
+    (error, exit)
 }
 
 impl AsgiHandler {
@@ -152,7 +294,12 @@ impl AsgiHandler {
         let m = module(py)?;
         let (start, tasks): (Py<PyAny>, Py<PyAny>) =
             m.getattr("starter")?.call1((app, event_loop))?.extract()?;
-        let (receive_body, receive_disconnect, send_rest): (Py<PyAny>, Py<PyAny>, Py<PyAny>) = m
+        let (receive_body, receive_disconnect, send_rest, ws_receive): (
+            Py<PyAny>,
+            Py<PyAny>,
+            Py<PyAny>,
+            Py<PyAny>,
+        ) = m
             .getattr("waits")?
             .call1((event_loop, settings.io_timeout.as_secs_f64()))?
             .extract()?;
@@ -180,6 +327,12 @@ impl AsgiHandler {
             receive_body,
             receive_disconnect,
             send_rest,
+            ws_receive,
+            ws_max_message: settings.ws_max_message,
+            open_ws: Mutex::new(HashMap::new()),
+            next_ws: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            going_away: AtomicBool::new(false),
         };
         Ok(AsgiHandler {
             server: Arc::new(server),
@@ -197,14 +350,7 @@ impl AsgiHandler {
         let head = &req.head;
         let t0 = Instant::now();
         server.slot.begin_request();
-        server
-            .slot
-            .requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        server
-            .metrics
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        server.slot.requests.fetch_add(1, Ordering::Relaxed);
         let client = req.peer.addr.map(|a| (a.ip().to_string(), a.port()));
         let client = asgi::addr_value(py, &client)?;
         let server_addr = server
@@ -220,6 +366,26 @@ impl AsgiHandler {
             client: &client,
             state: Some(state),
         };
+        if websocket::is_upgrade(head) {
+            let scope = websocket::scope(py, &server.keys, &mut self.names, head, &parts)?;
+            let id = server.next_ws.fetch_add(1, Ordering::Relaxed);
+            let rec = Rec {
+                t0,
+                ..Rec::new(server, head, req.peer)
+            };
+            let cycle = Bound::new(
+                py,
+                ws::WsCycle::new(id, Arc::clone(server), head, body, back, rec),
+            )?;
+            server
+                .open_ws
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, cycle.clone().unbind());
+            server.start.call1(py, (cycle, scope))?;
+            return Ok(());
+        }
+        server.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let scope = asgi::http_scope(py, &server.keys, &mut self.names, head, &parts)?;
         let io = Arc::clone(body.transport());
         let cycle = Cycle {
@@ -236,13 +402,11 @@ impl AsgiHandler {
                 gone: false,
                 keep,
                 back: Some(back),
-                on_finish: Vec::new(),
-                method: method_index(&head.method),
-                path: String::from_utf8_lossy(head.path).into_owned(),
-                t0,
-                wall: server.access.as_ref().map(|_| SystemTime::now()),
-                log_info: server.access.as_ref().map(|_| RequestLog::capture(head)),
-                peer: req.peer.clone(),
+                on_finish: OnFinish::default(),
+                rec: Rec {
+                    t0,
+                    ..Rec::new(server, head, req.peer)
+                },
                 app_error: None,
                 exit: None,
                 response_headers: Vec::new(),
@@ -263,8 +427,33 @@ impl Handler for AsgiHandler {
     fn connection(&mut self, _peer: &Peer, _listener: usize) {}
 
     fn woke(&mut self) -> Result<(), i32> {
-        // The event loop runs Python's signal handlers itself.
+        // (The event loop runs Python's signal handlers itself.) At a
+        // graceful stop, open WebSockets are closed with 1001 once the HTTP
+        // requests in flight are done.
+        let s = &self.server;
+        if s.stopping.load(Ordering::Relaxed)
+            && !s.going_away.load(Ordering::Relaxed)
+            && s.metrics.in_flight.load(Ordering::Relaxed) == 0
+        {
+            s.going_away.store(true, Ordering::Relaxed);
+            Python::attach(|py| {
+                let open: Vec<Py<ws::WsCycle>> = s
+                    .open_ws
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(|c| c.clone_ref(py))
+                    .collect();
+                for c in open {
+                    c.get().going_away(py);
+                }
+            });
+        }
         Ok(())
+    }
+
+    fn stopping(&mut self) {
+        self.server.stopping.store(true, Ordering::Relaxed);
     }
 
     fn reopen_logs(&mut self) {
@@ -339,11 +528,7 @@ impl CycleState {
             return;
         }
         self.phase = Phase::Finished;
-        for f in std::mem::take(&mut self.on_finish) {
-            if let Err(e) = f.call1(py, (false,)) {
-                crate::log_error!("ending an ASGI wait: {}", crate::python::format_err(py, &e));
-            }
-        }
+        self.on_finish.run(py);
         let server = Arc::clone(&self.server);
         let reusable = !self.gone && !self.enc.should_close() && self.app_error.is_none();
         let reuse = reusable && self.keep.before;
@@ -351,42 +536,16 @@ impl CycleState {
             Some(b) => b.finish(reuse),
             None => (0, None),
         };
-        let status = self.enc.status_code();
-        if let (Some(access), Some(info), Some(start)) =
-            (&server.access, self.log_info.take(), self.wall)
-        {
-            let out = Outcome {
-                status,
-                sent: self.enc.sent(),
-                response_headers: std::mem::take(&mut self.response_headers),
-                ..Outcome::default()
-            };
-            info.log(
-                access,
-                &self.peer.ip_string(),
-                &out,
-                start,
-                self.t0.elapsed(),
-                None,
-            );
-        }
-        server
-            .metrics
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        server.metrics.record(&Observation {
-            method: self.method,
-            status,
-            seconds: self.t0.elapsed().as_secs_f64(),
+        server.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let headers = std::mem::take(&mut self.response_headers);
+        self.rec.end(
+            &server,
+            self.enc.status_code(),
+            self.enc.sent(),
             request_bytes,
-            response_bytes: self.enc.sent(),
-        });
-        if let Some(e) = &self.app_error {
-            server
-                .errors
-                .record_failure(METHODS[self.method], &e.endpoint, &e.error_type);
-        }
-        server.slot.end_request();
+            headers,
+            self.app_error.as_ref(),
+        );
         if let Some(back) = self.back.take() {
             back.resume(Served {
                 reusable: reuse && leftover.is_some(),
@@ -576,12 +735,11 @@ impl Cycle {
     fn send(slf: &Bound<'_, Self>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let mut st = lock(slf.get());
-        if st.send(py, message)? {
-            return ready(py, None);
-        }
-        let (f, fd) = (st.server.send_rest.clone_ref(py), st.io.fd());
+        let all = st.send(py, message)?;
+        let server = Arc::clone(&st.server);
+        let fd = st.io.fd();
         drop(st);
-        f.call1(py, (slf, fd))
+        sent_or_wait(slf.as_any(), all, &server, fd)
     }
 
     /// Writes pending response bytes; true once all are out.
@@ -604,35 +762,18 @@ impl Cycle {
     /// `f(False)` is called when the request ends.
     fn on_finish(&self, py: Python<'_>, f: Py<PyAny>) {
         let mut st = lock(self);
-        if st.phase == Phase::Finished {
-            drop(st);
-            let _ = f.call1(py, (false,));
-            return;
-        }
-        st.on_finish.push(f);
+        let ended = st.phase == Phase::Finished;
+        st.on_finish.add(py, ended, f);
     }
 
     /// The app returned (`error` None) or raised.
     fn done(&self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
         let mut st = lock(self);
         if let Some(e) = error {
-            let err = PyErr::from_value(e);
-            if let Some(code) = crate::python::system_exit_code(py, &err) {
-                st.exit = Some(code);
-            } else if st.phase != Phase::Finished || !st.gone {
-                crate::log_error!(
-                    "Exception in ASGI application\n{}",
-                    crate::python::format_err(py, &err)
-                );
-            }
-            st.app_error = Some(AppError {
-                error_type: err
-                    .get_type(py)
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default(),
-                endpoint: st.path.clone(),
-            });
+            let log = st.phase != Phase::Finished || !st.gone;
+            let (error, exit) = app_failure(py, e, &st.rec.path, log);
+            st.exit = exit;
+            st.app_error = Some(error);
         }
         match st.phase {
             Phase::Finished => {}
@@ -665,6 +806,20 @@ impl Cycle {
             }
         }
     }
+}
+
+/// What `send()` returns: done when everything went out, else asgi.py's
+/// coroutine that writes the rest as the socket allows.
+fn sent_or_wait(
+    cycle: &Bound<'_, PyAny>,
+    all: bool,
+    server: &AsgiServer,
+    fd: RawFd,
+) -> PyResult<Py<PyAny>> {
+    if all {
+        return ready(cycle.py(), None);
+    }
+    server.send_rest.call1(cycle.py(), (cycle, fd))
 }
 
 fn ready(py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {

@@ -267,6 +267,7 @@ fn serve(
             loop_kind: cfg.str("asgi_loop").unwrap_or("auto").to_string(),
             graceful_timeout: settings.graceful_timeout,
             io_timeout,
+            ws_max_message: usize::try_from(cfg.int("websocket_max_message_size")).unwrap_or(0),
         };
         let code = asgi::run(py, &app, &asgi_settings, |event_loop| {
             let handler = asgi::AsgiHandler::new(

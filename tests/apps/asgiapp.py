@@ -81,9 +81,32 @@ def _scope_json(scope):
     return conv(scope)
 
 
+async def _websocket(scope, receive, send):
+    assert (await receive())["type"] == "websocket.connect"
+    if scope["path"] == "/ws-reject":
+        await send({"type": "websocket.close"})
+        return
+    if scope["path"] == "/ws-raise":
+        raise RuntimeError("websocket refused by an exception")
+    await send({"type": "websocket.accept"})
+    while True:
+        m = await receive()
+        if m["type"] == "websocket.disconnect":
+            _record("ws-disconnect-%s" % m["code"])
+            return
+        if m.get("text") == "scope":
+            await send({"type": "websocket.send", "text": json.dumps(_scope_json(scope))})
+        elif m.get("text") is not None:
+            await send({"type": "websocket.send", "text": m["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": m["bytes"]})
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         return await _lifespan(scope, receive, send)
+    if scope["type"] == "websocket":
+        return await _websocket(scope, receive, send)
     assert scope["type"] == "http", scope["type"]
     path = scope["path"]
     q = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
