@@ -545,3 +545,39 @@ def test_websocket_metrics_and_graceful_stop(server, tmp_path):
     assert s.wait(20) == 0
     got = [e[0] for e in events(ev)]
     assert got.count("ws-disconnect-1001") == 2 and got[-1] == "shutdown", got
+
+
+def test_request_hooks_and_access_log(server, tmp_path):
+    out = tmp_path / "hooks.jsonl"
+    conf = (
+        "import json\n"
+        "def pre_request(worker, req):\n"
+        "    if req.path == '/deny':\n"
+        "        raise RuntimeError('denied by pre_request')\n"
+        "    with open(%r, 'a') as f:\n"
+        "        f.write(json.dumps({'hook': 'pre', 'path': req.path, 'method': req.method}) + '\\n')\n"
+        "def post_request(worker, req, environ, resp):\n"
+        "    with open(%r, 'a') as f:\n"
+        "        f.write(json.dumps({'hook': 'post', 'path': req.path, 'status': resp.status,\n"
+        "                            'raw_uri': environ['RAW_URI'], 'ua': environ.get('HTTP_USER_AGENT'),\n"
+        "                            'sent': resp.sent}) + '\\n')\n"
+    ) % (str(out), str(out))
+    s = server(ASGI + ["-w", "1", "--access-logfile", "-", "asgiapp:app"], config_text=conf)
+    r = requests.get(s.url + "/stream?n=2", headers={"User-Agent": "hook-test"}, timeout=10)
+    assert r.status_code == 200
+    assert requests.get(s.url + "/deny", timeout=10).status_code == 500
+    s.wait_log("denied by pre_request")
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+        if len([x for x in lines if x["path"] == "/stream" and x["hook"] == "post"]) == 1:
+            break
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.05)
+    stream = [x for x in lines if x["path"] == "/stream"]
+    assert stream[0] == {"hook": "pre", "path": "/stream", "method": "GET"}
+    assert stream[1] == {"hook": "post", "path": "/stream", "status": "200 OK",
+                         "raw_uri": "/stream?n=2", "ua": "hook-test", "sent": 14}
+    assert not [x for x in lines if x["path"] == "/deny" and x["hook"] == "pre"]
+    log = s.wait_log('"GET /stream?n=2 HTTP/1.1" 200 14')
+    assert "hook-test" in log

@@ -1056,7 +1056,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Called just before a worker processes the request.",
         support: Support::Supported,
-        note: "",
+        note: "asgi worker: called before the app, as gunicorn's asgi worker; an exception is answered with 500",
     },
     Setting {
         name: "post_request",
@@ -1068,7 +1068,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Called after a worker processes the request.",
         support: Support::Supported,
-        note: "",
+        note: "asgi worker: environ is the minimal one gunicorn's asgi worker builds (REQUEST_METHOD, RAW_URI, PATH_INFO, QUERY_STRING, SERVER_PROTOCOL, REMOTE_ADDR, HTTP_*)",
     },
     Setting {
         name: "child_exit",

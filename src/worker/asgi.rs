@@ -30,6 +30,7 @@ use crate::conn::io::Waiter;
 use crate::conn::listen::WorkerListener;
 use crate::conn::transport::Transport;
 use crate::conn::{Dispatch, Handler, Loop, Request, Resumer, Served};
+use crate::hooks::{HookRequest, Hooks, RequestView, ResponseView, WorkerView};
 use crate::http::response::Encoder;
 use crate::log::access::AccessLog;
 use crate::metrics::store::{method_index, Observation, WorkerMetrics, METHODS};
@@ -94,6 +95,11 @@ struct AsgiServer {
     /// Open WebSocket sessions (closed with 1001 at a graceful stop).
     open_ws: Mutex<HashMap<u64, Py<ws::WsCycle>>>,
     next_ws: AtomicU64,
+    hooks: Arc<Hooks>,
+    /// pre_request or post_request is set.
+    request_hooks: bool,
+    /// The worker as hooks see it (counters filled in per call).
+    view: WorkerView,
     /// The worker is stopping gracefully; `going_away`: the 1001 closes
     /// were sent.
     stopping: AtomicBool,
@@ -101,6 +107,16 @@ struct AsgiServer {
 }
 
 impl AsgiServer {
+    /// The worker as a hook sees it now.
+    fn live_view(&self) -> WorkerView {
+        super::live_view(
+            &self.view,
+            self.slot,
+            !self.stopping.load(Ordering::Relaxed),
+            true,
+        )
+    }
+
     fn forget_ws(&self, id: u64) {
         let gone = self
             .open_ws
@@ -158,6 +174,9 @@ struct CycleState {
     exit: Option<i32>,
     /// Status and headers as the app gave them (for the access log).
     response_headers: Vec<(String, String)>,
+    /// The `req` of pre_request / post_request, and the minimal environ
+    /// post_request gets (gunicorn's asgi worker gives the same fields).
+    hook: Option<(HookRequest, Py<PyDict>)>,
 }
 
 /// Called with False when a request ends: asgi.py's waits on its socket
@@ -333,6 +352,9 @@ impl AsgiHandler {
             next_ws: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             going_away: AtomicBool::new(false),
+            request_hooks: ctx.hooks.has("pre_request") || ctx.hooks.has("post_request"),
+            hooks: Arc::clone(&ctx.hooks),
+            view: ctx.view,
         };
         Ok(AsgiHandler {
             server: Arc::new(server),
@@ -386,6 +408,11 @@ impl AsgiHandler {
             return Ok(());
         }
         server.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let hook = if server.request_hooks {
+            Some(request_hook(py, server, head, req.peer, req.nreq)?)
+        } else {
+            None
+        };
         let scope = asgi::http_scope(py, &server.keys, &mut self.names, head, &parts)?;
         let io = Arc::clone(body.transport());
         let cycle = Cycle {
@@ -410,12 +437,29 @@ impl AsgiHandler {
                 app_error: None,
                 exit: None,
                 response_headers: Vec::new(),
+                hook,
             }),
         };
         server
             .metrics
             .record_queue(req.arrived.elapsed().as_secs_f64());
+        // gunicorn's asgi worker runs pre_request inside the app's try:
+        // its exception is answered as the app's (500).
+        let refused = match &lock(&cycle).hook {
+            Some((r, _)) => server.hooks.pre_request(py, &server.live_view(), r).err(),
+            None => None,
+        };
         let cycle = Bound::new(py, cycle)?;
+        if let Some(e) = refused {
+            let err = match e.system_exit {
+                Some(code) => pyo3::exceptions::PySystemExit::new_err(code),
+                None => PyRuntimeError::new_err("the pre_request hook failed"),
+            };
+            cycle
+                .get()
+                .done(py, Some(err.into_value(py).into_bound(py).into_any()));
+            return Ok(());
+        }
         server.start.call1(py, (cycle, scope))?;
         Ok(())
     }
@@ -531,12 +575,36 @@ impl CycleState {
         self.on_finish.run(py);
         let server = Arc::clone(&self.server);
         let reusable = !self.gone && !self.enc.should_close() && self.app_error.is_none();
-        let reuse = reusable && self.keep.before;
+        let mut reuse = reusable && self.keep.before;
         let (request_bytes, leftover) = match self.body.take() {
             Some(b) => b.finish(reuse),
             None => (0, None),
         };
         server.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some((r, env)) = self.hook.take() {
+            let status = self.enc.status_code();
+            let line = format!("{status} {}", crate::http::reason_phrase(status));
+            let rv = ResponseView {
+                status: Some(&line),
+                status_code: Some(status),
+                headers: &self.response_headers,
+                sent: self.enc.sent(),
+                response_length: self.enc.length(),
+                headers_sent: self.enc.headers_sent(),
+            };
+            if let Err(e) = server.hooks.post_request(
+                py,
+                &server.live_view(),
+                &r,
+                Some(env.bind(py)),
+                Some(&rv),
+            ) {
+                self.exit = self.exit.or(e.system_exit);
+            }
+            if r.must_close(py) {
+                reuse = false;
+            }
+        }
         let headers = std::mem::take(&mut self.response_headers);
         self.rec.end(
             &server,
@@ -806,6 +874,58 @@ impl Cycle {
             }
         }
     }
+}
+
+/// The `req` object of the request hooks, and the minimal environ
+/// post_request gets (the fields gunicorn's asgi worker gives it).
+fn request_hook(
+    py: Python<'_>,
+    server: &AsgiServer,
+    head: &crate::http::RequestHead<'_>,
+    peer: &Peer,
+    nreq: u64,
+) -> PyResult<(HookRequest, Py<PyDict>)> {
+    let headers: Vec<(&[u8], &[u8])> = head.headers.iter().map(|h| (h.name, &*h.value)).collect();
+    let rv = RequestView {
+        method: &head.method,
+        uri: head.uri,
+        path: head.path,
+        query: head.query,
+        fragment: head.fragment,
+        version: head.version,
+        headers: &headers,
+        scheme: "http",
+        peer: peer.addr,
+        req_number: nreq,
+    };
+    let r = server.hooks.request(py, &rv);
+    let env = PyDict::new(py);
+    env.set_item("REQUEST_METHOD", &*head.method)?;
+    env.set_item("RAW_URI", crate::http::latin1_to_string(head.uri))?;
+    env.set_item(
+        "PATH_INFO",
+        crate::http::latin1_to_string(&crate::http::percent_decode_path(head.path)),
+    )?;
+    env.set_item("QUERY_STRING", crate::http::latin1_to_string(head.query))?;
+    env.set_item(
+        "SERVER_PROTOCOL",
+        format!("HTTP/{}.{}", head.version.0, head.version.1),
+    )?;
+    env.set_item(
+        "REMOTE_ADDR",
+        peer.addr
+            .map_or_else(|| "-".to_string(), |a| a.ip().to_string()),
+    )?;
+    for h in &head.headers {
+        let name = String::from_utf8_lossy(h.name)
+            .to_ascii_uppercase()
+            .replace('-', "_");
+        env.set_item(
+            format!("HTTP_{name}"),
+            crate::http::latin1_to_string(&h.value),
+        )?;
+    }
+    Ok((r, env.unbind()))
 }
 
 /// What `send()` returns: done when everything went out, else asgi.py's
