@@ -581,3 +581,45 @@ def test_request_hooks_and_access_log(server, tmp_path):
     assert not [x for x in lines if x["path"] == "/deny" and x["hook"] == "pre"]
     log = s.wait_log('"GET /stream?n=2 HTTP/1.1" 200 14')
     assert "hook-test" in log
+
+
+# -- tornado ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tornado", "gunicorn.workers.gtornado.TornadoWorker",
+                                  "gunicorn_prometheus_exporter.PrometheusTornadoWorker"])
+def test_tornado_app(server, name):
+    s = server(["-k", name, "-w", "1", "tornadoapp:app"])
+    k = requests.get(s.url + "/kind", timeout=10).json()
+    # tornado's IOLoop is the worker's asyncio loop, on the main thread
+    assert k["ioloop_wraps_it"] is True and k["main_thread"] is True, k
+    assert k["loop"] == "uvloop.Loop", k
+    assert k["remote_ip"] == "127.0.0.1" and k["protocol"] == "http", k
+    assert k["host"] == "127.0.0.1:%d" % s.port, k
+    assert "Using worker: %s" % name in s.log()
+    sess = requests.Session()
+    for _ in range(3):
+        assert sess.get(s.url + "/", timeout=10).text == "Hello from Tornado"
+    r = sess.post(s.url + "/echo?a=1", data=b"tornado body", timeout=10)
+    assert r.content == b"tornado body" and r.headers["X-Arg"] == "1"
+    r = sess.get(s.url + "/stream?n=3", timeout=10)
+    assert r.text == "part 0\npart 1\npart 2\n"
+    assert sess.get(s.url + "/teapot", timeout=10).status_code == 418
+    assert sess.get(s.url + "/nothing-here", timeout=10).status_code == 404
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=lambda: requests.get(s.url + "/sleep?s=0.5", timeout=10))
+               for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 20 requests sleeping 0.5 s each, concurrently on one worker
+    assert time.monotonic() - t0 < 3
+
+
+def test_tornado_serves_a_wsgi_app(server):
+    # gunicorn's tornado worker wraps a WSGI app in tornado's WSGIContainer
+    s = server(["-k", "tornado", "-w", "1", "wsgiapp:app"])
+    r = requests.get(s.url + "/", timeout=10)
+    assert r.status_code == 200, r.text
+    r = requests.post(s.url + "/echo", data=b"to wsgi", timeout=10)
+    assert r.status_code == 200 and b"to wsgi" in r.content, r.content

@@ -350,3 +350,111 @@ def startup(loop, app, mode, state, log_info, log_error):
     if err is not None:
         return None, err
     return (ls if ls.task is not None else None), None
+
+
+def tornado_app(app):
+    """The tornado kind: an ASGI app that serves a tornado.web.Application
+    (any tornado HTTPServerConnectionDelegate), or a WSGI app through
+    tornado's WSGIContainer, as gunicorn's tornado worker serves them.
+    Tornado runs on the worker's asyncio loop (tornado 6 IOLoops are
+    asyncio loops); each request is fed to the app's delegate as tornado's
+    HTTPServer would, and its HTTPConnection writes go out as ASGI sends."""
+    import tornado.web
+    from tornado import httputil
+    from tornado.httpserver import _CallableAdapter
+    from tornado.wsgi import WSGIContainer
+
+    if not isinstance(app, (WSGIContainer, tornado.web.Application)) and not isinstance(
+        app, httputil.HTTPServerConnectionDelegate
+    ):
+        app = WSGIContainer(app)
+    if isinstance(app, httputil.HTTPServerConnectionDelegate):
+
+        def delegate_for(conn):
+            return app.start_request(None, conn)
+
+    else:
+
+        def delegate_for(conn):
+            return _CallableAdapter(app, conn)
+
+    class Context:
+        def __init__(self, scope):
+            client = scope.get("client")
+            self.remote_ip = client[0] if client else "127.0.0.1"
+            self.address = tuple(client) if client else ("127.0.0.1", 0)
+            self.protocol = "https" if scope.get("scheme") in ("https", "wss") else "http"
+            self.trusted_downstream = set()
+
+        def __str__(self):
+            return self.remote_ip
+
+    class Connection(httputil.HTTPConnection):
+        def __init__(self, context):
+            self.context = context
+            self.out = asyncio.Queue()
+            self.close_callback = None
+
+        def set_close_callback(self, callback):
+            self.close_callback = callback
+
+        def _push(self, message):
+            sent = asyncio.get_running_loop().create_future()
+            self.out.put_nowait((message, sent))
+            return sent
+
+        def write_headers(self, start_line, headers, chunk=None):
+            sent = self._push({
+                "type": "http.response.start",
+                "status": start_line.code,
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                            for k, v in headers.get_all()],
+            })
+            if chunk:
+                sent = self.write(chunk)
+            return sent
+
+        def write(self, chunk):
+            return self._push({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+
+        def finish(self):
+            self._push({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def asgi(scope, receive, send):
+        if scope["type"] != "http":
+            raise RuntimeError("the tornado worker serves HTTP only (scope type %r)" % scope["type"])
+        headers = httputil.HTTPHeaders()
+        for name, value in scope["headers"]:
+            headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        uri = scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            uri += "?" + scope["query_string"].decode("latin-1")
+        start = httputil.RequestStartLine(scope["method"], uri, "HTTP/" + scope["http_version"])
+        conn = Connection(Context(scope))
+        delegate = delegate_for(conn)
+        pending = delegate.headers_received(start, headers)
+        if pending is not None:
+            await pending
+        while True:
+            m = await receive()
+            if m["type"] == "http.disconnect":
+                if conn.close_callback is not None:
+                    conn.close_callback()
+                delegate.on_connection_close()
+                return
+            if m.get("body"):
+                pending = delegate.data_received(m["body"])
+                if pending is not None:
+                    await pending
+            if not m.get("more_body"):
+                break
+        delegate.finish()
+        while True:
+            message, sent = await conn.out.get()
+            await send(message)
+            if not sent.done():
+                sent.set_result(None)
+            if message["type"] == "http.response.body" and not message["more_body"]:
+                return
+
+    return asgi

@@ -69,6 +69,9 @@ pub struct AsgiSettings {
     pub io_timeout: Duration,
     /// --websocket-max-message-size (0: no limit).
     pub ws_max_message: usize,
+    /// The tornado kind: the app is a tornado app (or WSGI through
+    /// tornado's WSGIContainer), served through asgi.py's adapter.
+    pub tornado: bool,
 }
 
 /// Everything the requests of one worker share.
@@ -950,7 +953,7 @@ fn ready(py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
 /// lifespan shutdown. Returns the exit code.
 pub fn run<F>(py: Python<'_>, app: &Py<PyAny>, settings: &AsgiSettings, make: F) -> i32
 where
-    F: FnOnce(&Bound<'_, PyAny>) -> Result<Loop<AsgiHandler>, String>,
+    F: FnOnce(&Bound<'_, PyAny>, &Py<PyAny>) -> Result<Loop<AsgiHandler>, String>,
 {
     let fail = |e: PyErr| {
         crate::python::system_exit_code(py, &e).unwrap_or_else(|| {
@@ -978,7 +981,24 @@ where
             return super::WORKER_BOOT_ERROR;
         }
     };
-    let lp = match make(&event_loop) {
+    let adapted;
+    let app = if settings.tornado {
+        adapted = match m.getattr("tornado_app").and_then(|f| f.call1((app,))) {
+            Ok(a) => a.unbind(),
+            Err(e) => {
+                crate::log_error!(
+                    "Exception in worker process: the tornado worker needs the tornado package \
+                     in the app's virtualenv (pip install tornado): {}",
+                    crate::python::format_err(py, &e)
+                );
+                return super::WORKER_BOOT_ERROR;
+            }
+        };
+        &adapted
+    } else {
+        app
+    };
+    let lp = match make(&event_loop, app) {
         Ok(lp) => lp,
         Err(e) => {
             crate::log_error!("Exception in worker process: {e}");

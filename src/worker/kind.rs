@@ -14,24 +14,23 @@ pub enum Kind {
     Green(Lib),
     /// ASGI 3 apps on an asyncio loop (`asgi`, uvicorn's worker names).
     Asgi,
+    /// Tornado apps (and WSGI apps through tornado's WSGIContainer) on the
+    /// asgi kind's loop.
+    Tornado,
 }
 
 /// The names `--worker-class` accepts, for messages.
-const SUPPORTED: &str = "sync, gthread, gevent, gevent_wsgi, gevent_pywsgi, eventlet, asgi, \
+const SUPPORTED: &str =
+    "sync, gthread, gevent, gevent_wsgi, gevent_pywsgi, eventlet, asgi, tornado, \
      their gunicorn.workers.* class paths, uvicorn.workers.UvicornWorker, UvicornH11Worker \
      (and uvicorn_worker's), and gunicorn_prometheus_exporter.PrometheusWorker, \
-     PrometheusThreadWorker, PrometheusGeventWorker, PrometheusEventletWorker";
+     PrometheusThreadWorker, PrometheusGeventWorker, PrometheusEventletWorker, \
+     PrometheusTornadoWorker";
 
 /// Resolves `--worker-class` (after gunicorn's `--threads` rule, see
 /// `Config::worker_class`).
 pub fn resolve(name: &str) -> Result<Kind, String> {
     let last = name.rsplit('.').next().unwrap_or(name);
-    let later = |kind: &str| {
-        Err(format!(
-            "worker class {name:?}: the {kind} worker is not implemented yet in ferrocorn \
-             (supported: {SUPPORTED})"
-        ))
-    };
     match (name, last) {
         ("sync", _) | (_, "SyncWorker" | "PrometheusWorker") => Ok(Kind::Sync),
         ("gthread", _) | (_, "ThreadWorker" | "PrometheusThreadWorker") => Ok(Kind::Gthread),
@@ -42,7 +41,7 @@ pub fn resolve(name: &str) -> Result<Kind, String> {
         ("eventlet", _) | (_, "EventletWorker" | "PrometheusEventletWorker") => {
             Ok(Kind::Green(Lib::Eventlet))
         }
-        ("tornado", _) | (_, "TornadoWorker" | "PrometheusTornadoWorker") => later("tornado"),
+        ("tornado", _) | (_, "TornadoWorker" | "PrometheusTornadoWorker") => Ok(Kind::Tornado),
         ("asgi", _)
         | (_, "ASGIWorker" | "UvicornWorker" | "UvicornH11Worker" | "PrometheusUvicornWorker") => {
             Ok(Kind::Asgi)
@@ -107,7 +106,13 @@ mod tests {
         ] {
             assert_eq!(resolve(name), Ok(Kind::Asgi), "{name}");
         }
-        assert!(resolve("tornado").is_err());
+        for name in [
+            "tornado",
+            "gunicorn.workers.gtornado.TornadoWorker",
+            "gunicorn_prometheus_exporter.PrometheusTornadoWorker",
+        ] {
+            assert_eq!(resolve(name), Ok(Kind::Tornado), "{name}");
+        }
         let e = resolve("myproject.workers.CustomWorker").unwrap_err();
         assert!(
             e.contains("not known") && e.contains("gevent_pywsgi"),

@@ -239,12 +239,14 @@ fn serve(
         // loop never holds it; the hub's turns never wait in epoll.
         release: match kind {
             Kind::Sync => crate::python::release_gil,
-            Kind::Gthread | Kind::Green(_) | Kind::Asgi => crate::conn::io::no_release,
+            Kind::Gthread | Kind::Green(_) | Kind::Asgi | Kind::Tornado => {
+                crate::conn::io::no_release
+            }
         },
         app_wait: match kind {
             Kind::Sync | Kind::Gthread => crate::conn::io::Waiter::Poll(crate::python::release_gil),
             Kind::Green(_) => green::WAITER,
-            Kind::Asgi => asgi::WAITER,
+            Kind::Asgi | Kind::Tornado => asgi::WAITER,
         },
     };
     let access = match cfg.accesslog() {
@@ -255,24 +257,31 @@ fn serve(
         match kind {
             Kind::Sync => 1,
             Kind::Gthread => cfg.threads().max(1) as u64,
-            Kind::Green(_) | Kind::Asgi => cfg.worker_connections().max(1) as u64,
+            Kind::Green(_) | Kind::Asgi | Kind::Tornado => cfg.worker_connections().max(1) as u64,
         },
         Ordering::Relaxed,
     );
-    if kind == Kind::Asgi {
+    if matches!(kind, Kind::Asgi | Kind::Tornado) {
         let slot = ctx.slot;
         let asgi_settings = asgi::AsgiSettings {
             root_path: cfg.str("root_path").unwrap_or("").to_string(),
-            lifespan: cfg.str("asgi_lifespan").unwrap_or("auto").to_string(),
+            // Tornado apps have no lifespan protocol (gunicorn's tornado
+            // worker has none either).
+            lifespan: if kind == Kind::Tornado {
+                "off".to_string()
+            } else {
+                cfg.str("asgi_lifespan").unwrap_or("auto").to_string()
+            },
+            tornado: kind == Kind::Tornado,
             loop_kind: cfg.str("asgi_loop").unwrap_or("auto").to_string(),
             graceful_timeout: settings.graceful_timeout,
             io_timeout,
             ws_max_message: usize::try_from(cfg.int("websocket_max_message_size")).unwrap_or(0),
         };
-        let code = asgi::run(py, &app, &asgi_settings, |event_loop| {
+        let code = asgi::run(py, &app, &asgi_settings, |event_loop, app| {
             let handler = asgi::AsgiHandler::new(
                 py,
-                &app,
+                app,
                 &listeners,
                 access,
                 &ctx,
@@ -346,7 +355,9 @@ fn serve(
             slot.set_state(State::Idle);
             Ok(green::run(py, lib, lp))
         }
-        Kind::Asgi => Err("the asgi kind is served above".to_string()),
+        Kind::Asgi | Kind::Tornado => {
+            Err("the asgi and tornado kinds are served above".to_string())
+        }
     }
 }
 
