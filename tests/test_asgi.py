@@ -623,3 +623,26 @@ def test_tornado_serves_a_wsgi_app(server):
     assert r.status_code == 200, r.text
     r = requests.post(s.url + "/echo", data=b"to wsgi", timeout=10)
     assert r.status_code == 200 and b"to wsgi" in r.content, r.content
+
+
+def test_disconnect_grace_period_cancels_the_task(server):
+    s = server(ASGI + ["-w", "1", "--asgi-disconnect-grace-period", "1", "asgiapp:app"])
+    assert_asgi(s)
+    base = requests.get(s.url + "/stats", timeout=10).json()
+    sock = socket.create_connection(("127.0.0.1", s.port))
+    sock.sendall(b"GET /forever HTTP/1.1\r\nHost: h\r\n\r\n")
+    sock.recv(4096)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        st = requests.get(s.url + "/stats", timeout=10).json()
+        if st["cancelled"] == 1:
+            break
+        time.sleep(0.05)
+    took = time.monotonic() - t0
+    assert st["cancelled"] == 1, st
+    # cancelled after the grace period, not before
+    assert 0.8 < took < 4, took
+    assert st["tasks"] <= base["tasks"], (base, st)
+    assert "Exception in ASGI application" not in s.log()

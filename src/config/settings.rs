@@ -1475,8 +1475,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Int(3),
         env: None,
         help: "Grace period (seconds) for ASGI apps to handle client disconnects.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: once the client is gone (http.disconnect delivered, or a write failed), a request that goes on is cancelled after this many seconds",
     },
     Setting {
         name: "websocket_max_message_size",

@@ -68,10 +68,11 @@ def starter(app, loop):
     step (scheduled) carries on from where the eager part stopped."""
     tasks = set()
 
-    def keep(task):
+    def keep(task, cycle):
         if not task.done():
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            cycle.running(task)
 
     if sys.version_info >= (3, 12):
 
@@ -91,7 +92,7 @@ def starter(app, loop):
             except BaseException as e:  # noqa: BLE001
                 cycle.done(e)
                 return
-            keep(Task(one(cycle, coro), loop=loop, eager_start=True))
+            keep(Task(one(cycle, coro), loop=loop, eager_start=True), cycle)
 
         return start, tasks
 
@@ -115,7 +116,7 @@ def starter(app, loop):
             coro = app(scope, cycle.receive, cycle.send)
             box[1] = coro.send(None)
             box[0] = coro
-            keep(task)
+            keep(task, cycle)
         except StopIteration:
             cycle.done(None)
         except BaseException as e:  # noqa: BLE001 - reported to the server
@@ -124,6 +125,17 @@ def starter(app, loop):
             _leave_task(loop, task)
 
     return start, tasks
+
+
+def canceller(loop):
+    """cancel_later(task, seconds): --asgi-disconnect-grace-period, the time
+    an app has after its client went away before its Task is cancelled."""
+
+    def cancel_later(task, seconds):
+        if not task.done():
+            loop.call_later(seconds, task.cancel)
+
+    return cancel_later
 
 
 def waits(loop, timeout):

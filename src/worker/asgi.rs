@@ -69,6 +69,8 @@ pub struct AsgiSettings {
     pub io_timeout: Duration,
     /// --websocket-max-message-size (0: no limit).
     pub ws_max_message: usize,
+    /// --asgi-disconnect-grace-period.
+    pub disconnect_grace: Duration,
     /// The tornado kind: the app is a tornado app (or WSGI through
     /// tornado's WSGIContainer), served through asgi.py's adapter.
     pub tornado: bool,
@@ -95,6 +97,9 @@ struct AsgiServer {
     send_rest: Py<PyAny>,
     ws_receive: Py<PyAny>,
     ws_max_message: usize,
+    /// asgi.py's cancel_later(task, seconds), and the grace it is given.
+    cancel_later: Py<PyAny>,
+    disconnect_grace: f64,
     /// Open WebSocket sessions (closed with 1001 at a graceful stop).
     open_ws: Mutex<HashMap<u64, Py<ws::WsCycle>>>,
     next_ws: AtomicU64,
@@ -180,6 +185,9 @@ struct CycleState {
     /// The `req` of pre_request / post_request, and the minimal environ
     /// post_request gets (gunicorn's asgi worker gives the same fields).
     hook: Option<(HookRequest, Py<PyDict>)>,
+    /// The request's Task, once it waited (the eager part did not finish
+    /// it), until its cancellation is scheduled when the client goes away.
+    task: Option<Py<PyAny>>,
 }
 
 /// Called with False when a request ends: asgi.py's waits on its socket
@@ -325,6 +333,7 @@ impl AsgiHandler {
             .getattr("waits")?
             .call1((event_loop, settings.io_timeout.as_secs_f64()))?
             .extract()?;
+        let cancel_later = m.getattr("canceller")?.call1((event_loop,))?.unbind();
         let servers = listeners
             .iter()
             .map(|l| {
@@ -351,6 +360,8 @@ impl AsgiHandler {
             send_rest,
             ws_receive,
             ws_max_message: settings.ws_max_message,
+            cancel_later,
+            disconnect_grace: settings.disconnect_grace.as_secs_f64(),
             open_ws: Mutex::new(HashMap::new()),
             next_ws: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -441,6 +452,7 @@ impl AsgiHandler {
                 exit: None,
                 response_headers: Vec::new(),
                 hook,
+                task: None,
             }),
         };
         server
@@ -528,6 +540,24 @@ impl Handler for AsgiHandler {
 }
 
 impl CycleState {
+    /// The client went away while the app runs: the app has seen (or will
+    /// see) http.disconnect, and after --asgi-disconnect-grace-period its
+    /// Task is cancelled.
+    fn watch_gone(&mut self, py: Python<'_>) {
+        if !self.gone || self.phase == Phase::Finished {
+            return;
+        }
+        if let Some(task) = self.task.take() {
+            let grace = self.server.disconnect_grace;
+            if let Err(e) = self.server.cancel_later.call1(py, (task, grace)) {
+                crate::log_error!(
+                    "scheduling the cancellation of a request: {}",
+                    crate::python::format_err(py, &e)
+                );
+            }
+        }
+    }
+
     /// Writes what is pending; Ok(true) once all is written.
     fn write_pending(&mut self) -> bool {
         if self.gone {
@@ -732,6 +762,7 @@ impl Cycle {
         let py = slf.py();
         let mut st = lock(slf.get());
         if st.body_done || st.gone {
+            st.watch_gone(py);
             if st.gone || st.phase == Phase::Finished {
                 let msg = st.server.keys.disconnect_message(py)?;
                 return ready(py, Some(msg.into_any().unbind()));
@@ -740,7 +771,9 @@ impl Cycle {
             drop(st);
             return f.call1(py, (slf, fd));
         }
-        match st.body_message(py)? {
+        let msg = st.body_message(py)?;
+        st.watch_gone(py);
+        match msg {
             Some(msg) => ready(py, Some(msg.into_any().unbind())),
             None => {
                 let (f, fd) = (st.server.receive_body.clone_ref(py), st.io.fd());
@@ -758,13 +791,16 @@ impl Cycle {
                 st.server.keys.disconnect_message(py)?.into_any().unbind(),
             ));
         }
-        Ok(st.body_message(py)?.map(|m| m.into_any().unbind()))
+        let msg = st.body_message(py)?;
+        st.watch_gone(py);
+        Ok(msg.map(|m| m.into_any().unbind()))
     }
 
     /// The client stopped sending its body for longer than the timeout.
     fn timed_out_receive(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let mut st = lock(self);
         st.gone = true;
+        st.watch_gone(py);
         Ok(st.server.keys.disconnect_message(py)?.into_any().unbind())
     }
 
@@ -776,7 +812,7 @@ impl Cycle {
 
     /// The socket is readable after the whole body: true when the client
     /// closed (or reset) the connection.
-    fn peer_gone(&self) -> bool {
+    fn peer_gone(&self, py: Python<'_>) -> bool {
         let mut st = lock(self);
         let fd = st.io.fd();
         if fd < 0 {
@@ -798,8 +834,14 @@ impl Cycle {
             n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock);
         if gone {
             st.gone = true;
+            st.watch_gone(py);
         }
         gone
+    }
+
+    /// asgi.py: the request's Task (the app had to wait).
+    fn running(&self, task: Py<PyAny>) {
+        lock(self).task = Some(task);
     }
 
     /// ASGI `send(message)`.
@@ -807,6 +849,7 @@ impl Cycle {
         let py = slf.py();
         let mut st = lock(slf.get());
         let all = st.send(py, message)?;
+        st.watch_gone(py);
         let server = Arc::clone(&st.server);
         let fd = st.io.fd();
         drop(st);
@@ -817,6 +860,7 @@ impl Cycle {
     fn flush(&self, py: Python<'_>) -> bool {
         let mut st = lock(self);
         let all = st.write_pending();
+        st.watch_gone(py);
         if all && st.phase == Phase::Sent {
             st.finish(py);
         }
@@ -841,7 +885,9 @@ impl Cycle {
     fn done(&self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
         let mut st = lock(self);
         if let Some(e) = error {
-            let log = st.phase != Phase::Finished || !st.gone;
+            // An exception once the client is gone is the disconnect's
+            // (the grace period's cancellation, a write that failed).
+            let log = !st.gone;
             let (error, exit) = app_failure(py, e, &st.rec.path, log);
             st.exit = exit;
             st.app_error = Some(error);

@@ -450,6 +450,10 @@ impl WsCycle {
         all
     }
 
+    /// asgi.py: the session's Task. A WebSocket app learns of the client's
+    /// going away from websocket.disconnect and is never cancelled.
+    fn running(&self, _task: Py<PyAny>) {}
+
     fn abort(&self, py: Python<'_>, why: &str) {
         let mut st = lock(self);
         crate::log_debug!("WebSocket aborted: {why}");

@@ -277,6 +277,9 @@ fn serve(
             graceful_timeout: settings.graceful_timeout,
             io_timeout,
             ws_max_message: usize::try_from(cfg.int("websocket_max_message_size")).unwrap_or(0),
+            disconnect_grace: Duration::from_secs(
+                u64::try_from(cfg.int("asgi_disconnect_grace_period")).unwrap_or(0),
+            ),
         };
         let code = asgi::run(py, &app, &asgi_settings, |event_loop, app| {
             let handler = asgi::AsgiHandler::new(

@@ -21,7 +21,7 @@ import os
 import threading
 import urllib.parse
 
-STATS = {"disconnects": 0, "stream_disconnects": 0}
+STATS = {"disconnects": 0, "stream_disconnects": 0, "cancelled": 0, "cleanup_ran": 0}
 
 
 def _record(line):
@@ -164,6 +164,17 @@ async def app(scope, receive, send):
         finally:
             pass
         return
+    if path == "/forever":
+        # streams until cancelled; after http.disconnect it keeps going
+        # (a slow cleanup): the grace period then cancels it
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"y" * 1024, "more_body": True})
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            STATS["cancelled"] += 1
+            raise
     if path == "/stats":
         return await _json(send, {"tasks": len(asyncio.all_tasks()), **STATS,
                                   "fds": len(os.listdir("/proc/self/fd"))})
