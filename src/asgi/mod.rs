@@ -199,9 +199,12 @@ pub fn http_scope<'py>(
     // `path` is percent-decoded UTF-8 (invalid sequences replaced, as
     // uvicorn's unquote does); `raw_path` the bytes as sent.
     let path = if head.path.contains(&b'%') {
-        String::from_utf8_lossy(&crate::http::percent_decode_path(head.path)).into_owned()
+        PyString::new(
+            py,
+            &String::from_utf8_lossy(&crate::http::percent_decode_path(head.path)),
+        )
     } else {
-        String::from_utf8_lossy(head.path).into_owned()
+        PyString::new(py, &String::from_utf8_lossy(head.path))
     };
     scope.set_item(keys.path.bind(py), path)?;
     scope.set_item(keys.raw_path.bind(py), PyBytes::new(py, head.path))?;
@@ -228,15 +231,38 @@ pub fn http_scope<'py>(
 }
 
 /// A message the app sent, as far as the server needs it.
-pub enum Sent {
+pub enum Sent<'py> {
     Start {
         status: u16,
         headers: Vec<(String, String)>,
     },
     Body {
-        body: Vec<u8>,
+        /// A bytes-like object (bytes, bytearray, memoryview), read where
+        /// it is encoded (no copy of a bytes body before that).
+        body: Option<Bound<'py, PyAny>>,
         more: bool,
     },
+}
+
+impl Sent<'_> {
+    /// Calls `f` with the body bytes of a Body message.
+    pub fn with_body<R>(
+        body: &Option<Bound<'_, PyAny>>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> PyResult<R> {
+        match body {
+            None => Ok(f(b"")),
+            Some(b) => match b.cast::<PyBytes>() {
+                Ok(b) => Ok(f(b.as_bytes())),
+                Err(_) => {
+                    let v = b
+                        .extract::<Vec<u8>>()
+                        .map_err(|_| PyTypeError::new_err("ASGI response body must be bytes"))?;
+                    Ok(f(&v))
+                }
+            },
+        }
+    }
 }
 
 /// Header bytes as a str of the same code points (latin-1), for the encoder.
@@ -252,7 +278,11 @@ fn latin1_field(v: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
 
 /// Reads an `http.response.*` message; a message of another type (or a
 /// malformed one) is the app's error (as uvicorn raises it).
-pub fn parse_sent(py: Python<'_>, keys: &Keys, msg: &Bound<'_, PyAny>) -> PyResult<Sent> {
+pub fn parse_sent<'py>(
+    py: Python<'py>,
+    keys: &Keys,
+    msg: &Bound<'py, PyAny>,
+) -> PyResult<Sent<'py>> {
     let msg = msg.cast::<PyDict>().map_err(|_| {
         PyTypeError::new_err(format!(
             "ASGI message must be a dict, not {}",
@@ -265,8 +295,10 @@ pub fn parse_sent(py: Python<'_>, keys: &Keys, msg: &Bound<'_, PyAny>) -> PyResu
     let kind = msg
         .get_item(keys.type_.bind(py))?
         .ok_or_else(|| PyValueError::new_err("ASGI message has no 'type'"))?;
-    let kind: String = kind.extract()?;
-    match kind.as_str() {
+    let kind = kind
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err("ASGI message 'type' must be a str"))?;
+    match kind.to_str()? {
         "http.response.start" => {
             let status = msg
                 .get_item(keys.status.bind(py))?
@@ -298,15 +330,7 @@ pub fn parse_sent(py: Python<'_>, keys: &Keys, msg: &Bound<'_, PyAny>) -> PyResu
             Ok(Sent::Start { status, headers })
         }
         "http.response.body" => {
-            let body = match msg.get_item(keys.body.bind(py))? {
-                None => Vec::new(),
-                Some(b) => match b.cast::<PyBytes>() {
-                    Ok(b) => b.as_bytes().to_vec(),
-                    Err(_) => b
-                        .extract::<Vec<u8>>()
-                        .map_err(|_| PyTypeError::new_err("ASGI response body must be bytes"))?,
-                },
-            };
+            let body = msg.get_item(keys.body.bind(py))?;
             let more = match msg.get_item(keys.more_body.bind(py))? {
                 None => false,
                 Some(m) => m.is_truthy()?,

@@ -304,6 +304,27 @@ pub fn error_response(status: u16, reason: &str, detail: &str) -> Vec<u8> {
     out
 }
 
+/// The status line of a status code ("200 OK"), without allocating for
+/// the common ones.
+pub fn status_line(code: u16) -> std::borrow::Cow<'static, str> {
+    match code {
+        200 => "200 OK".into(),
+        201 => "201 Created".into(),
+        204 => "204 No Content".into(),
+        301 => "301 Moved Permanently".into(),
+        302 => "302 Found".into(),
+        304 => "304 Not Modified".into(),
+        307 => "307 Temporary Redirect".into(),
+        400 => "400 Bad Request".into(),
+        401 => "401 Unauthorized".into(),
+        403 => "403 Forbidden".into(),
+        404 => "404 Not Found".into(),
+        422 => "422 Unprocessable Content".into(),
+        500 => "500 Internal Server Error".into(),
+        _ => format!("{code} {}", reason_phrase(code)).into(),
+    }
+}
+
 /// The reason phrase of a status code (RFC 9110 and the registered
 /// extensions), for servers given only the number (ASGI); "" for an
 /// unknown code, as a status line may have an empty reason.

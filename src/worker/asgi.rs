@@ -616,7 +616,7 @@ impl CycleState {
         server.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some((r, env)) = self.hook.take() {
             let status = self.enc.status_code();
-            let line = format!("{status} {}", crate::http::reason_phrase(status));
+            let line = crate::http::status_line(status);
             let rv = ResponseView {
                 status: Some(&line),
                 status_code: Some(status),
@@ -698,7 +698,7 @@ impl CycleState {
         let sent = asgi::parse_sent(py, &self.server.keys, msg)?;
         match (self.phase, sent) {
             (Phase::Start, Sent::Start { status, headers }) => {
-                let line = format!("{status} {}", crate::http::reason_phrase(status));
+                let line = crate::http::status_line(status);
                 self.enc
                     .begin(&line)
                     .map_err(pyo3::exceptions::PyValueError::new_err)?;
@@ -712,20 +712,23 @@ impl CycleState {
                 Ok(true)
             }
             (Phase::Body, Sent::Body { body, more }) => {
-                if !self.enc.headers_sent() {
-                    // A whole response in one message: say its length rather
-                    // than chunk it.
-                    let code = self.enc.status_code();
-                    if !more
-                        && self.enc.length().is_none()
-                        && !matches!(code, 100..=199 | 204 | 304)
-                        && !self.enc.is_head()
-                    {
-                        let _ = self.enc.header("content-length", &body.len().to_string());
+                let enc = &mut self.enc;
+                Sent::with_body(&body, |body| {
+                    if !enc.headers_sent() {
+                        // A whole response in one message: say its length
+                        // rather than chunk it.
+                        let code = enc.status_code();
+                        if !more
+                            && enc.length().is_none()
+                            && !matches!(code, 100..=199 | 204 | 304)
+                            && !enc.is_head()
+                        {
+                            let _ = enc.header("content-length", &body.len().to_string());
+                        }
+                        enc.end_headers();
                     }
-                    self.enc.end_headers();
-                }
-                self.enc.body(&body);
+                    enc.body(body);
+                })?;
                 if !more {
                     self.enc.finish();
                     self.phase = Phase::Sent;
