@@ -24,6 +24,17 @@ pytestmark = pytest.mark.ferrocorn_only
 ASGI = ["-k", "asgi"]
 
 
+@pytest.fixture(autouse=True)
+def no_event_loop_errors(request):
+    """After each test: no exception escaped a callback of a server's event
+    loop (asyncio logs those and goes on, so a test would not see them)."""
+    yield
+    factory = request.node.funcargs.get("server")
+    for s in getattr(factory, "servers", []):
+        log = s.log()
+        assert "Exception in callback" not in log, log[-3000:]
+
+
 def assert_asgi(s, loop="uvloop.Loop"):
     """The request ran as an asyncio Task on the worker's main thread, in
     the expected event loop."""
@@ -283,6 +294,8 @@ def test_many_concurrent_waiting_requests(server):
     assert results.count(200) == 500
     # 500 requests of 100 ms each, 100 at a time, on one worker
     assert took < 4, took
+    # nothing went wrong in the event loop's callbacks meanwhile
+    assert "Traceback" not in s.log() and "Exception in callback" not in s.log(), s.log()[-3000:]
 
 
 def test_disconnect_is_seen_and_nothing_leaks(server):

@@ -221,7 +221,8 @@ def run(loop, turn, loop_fd, lifespan, tasks, graceful_timeout):
     returns the worker's exit code. Lifespan startup has run (see
     `startup`); shutdown runs here, after the last request."""
     done = loop.create_future()
-    timer = [None]
+    # The timer's handle and when it is due (uvloop's handles have no when()).
+    timer = [None, 0.0]
 
     def step():
         if done.done():
@@ -235,12 +236,12 @@ def run(loop, turn, loop_fd, lifespan, tasks, graceful_timeout):
             return
         # `result`: seconds until the loop needs a turn without events
         # (deadlines, the heartbeat).
-        t = timer[0]
         due = loop.time() + result
-        if t is None or t.when() > due + 0.001:
-            if t is not None:
-                t.cancel()
+        if timer[0] is None or timer[1] > due + 0.001:
+            if timer[0] is not None:
+                timer[0].cancel()
             timer[0] = loop.call_at(due, tick)
+            timer[1] = due
 
     def tick():
         timer[0] = None
