@@ -25,12 +25,12 @@ ASGI = ["-k", "asgi"]
 
 
 @pytest.fixture(autouse=True)
-def no_event_loop_errors(request):
+def no_event_loop_errors(server):
     """After each test: no exception escaped a callback of a server's event
-    loop (asyncio logs those and goes on, so a test would not see them)."""
+    loop (asyncio logs those and goes on, so a test would not see them).
+    (Takes `server` so that it runs before the factory removes the logs.)"""
     yield
-    factory = request.node.funcargs.get("server")
-    for s in getattr(factory, "servers", []):
+    for s in server.servers:
         log = s.log()
         assert "Exception in callback" not in log, log[-3000:]
 
