@@ -659,3 +659,28 @@ def test_disconnect_grace_period_cancels_the_task(server):
     assert 0.8 < took < 4, took
     assert st["tasks"] <= base["tasks"], (base, st)
     assert "Exception in ASGI application" not in s.log()
+
+
+def test_connection_burst(server):
+    """300 connections at once: the loop accepts them in batches and asks
+    the event loop for an immediate turn in between."""
+    s = server(ASGI + ["-w", "1", "asgiapp:app"])
+    socks = []
+    for _ in range(300):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", s.port))
+        except BlockingIOError:
+            pass
+        socks.append(c)
+    time.sleep(0.3)
+    for c in socks:
+        c.setblocking(True)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    ok = 0
+    for c in socks:
+        c.settimeout(10)
+        ok += c.recv(4096).startswith(b"HTTP/1.1 200")
+        c.close()
+    assert ok == 300
