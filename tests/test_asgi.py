@@ -684,3 +684,4 @@ def test_connection_burst(server):
         ok += c.recv(4096).startswith(b"HTTP/1.1 200")
         c.close()
     assert ok == 300
+    time.sleep(0.2)  # the worker's stderr reaches the log
