@@ -392,6 +392,10 @@ def test_starlette(server, tmp_path):
     sess = requests.Session()
     for _ in range(5):
         assert sess.get(s.url + "/", timeout=10).status_code == 200
+    with ws_connect("ws://127.0.0.1:%d/ws" % s.port) as ws:
+        for word in ("one", "two"):
+            ws.send(word)
+            assert ws.recv() == word.upper()
     s.stop()
     assert [e[0] for e in events(ev)] == ["startup", "shutdown"]
 

@@ -6,7 +6,8 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocketDisconnect
 
 
 @asynccontextmanager
@@ -40,5 +41,15 @@ async def stream(request):
     return StreamingResponse(gen(), media_type="text/plain")
 
 
+async def ws_echo(websocket):
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await websocket.send_text(text.upper())
+    except WebSocketDisconnect:
+        pass
+
+
 app = Starlette(routes=[Route("/", index), Route("/echo", echo, methods=["POST"]),
-                        Route("/stream", stream)], lifespan=lifespan)
+                        Route("/stream", stream), WebSocketRoute("/ws", ws_echo)], lifespan=lifespan)
