@@ -78,6 +78,11 @@ pub struct Conn<S> {
     pub state: Option<S>,
     /// The keep-alive decision of a detached request, until it is back.
     pub keep: Option<KeepAlive>,
+    /// The socket may hold bytes the loop has not read: a readiness edge
+    /// came while the connection was detached, or it was detached before a
+    /// read came up short. When it is handed back, the loop reads only then
+    /// (edge-triggered epoll reports anything that arrives later).
+    pub unread: bool,
 }
 
 impl<S> Conn<S> {

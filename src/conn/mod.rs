@@ -620,6 +620,7 @@ impl<H: Handler> Loop<H> {
                 nreq: 0,
                 state: None,
                 keep: None,
+                unread: false,
             });
             // The first request usually arrives with the connection: read it now.
             if let Next::Close = self.on_readable(key) {
@@ -738,6 +739,7 @@ impl<H: Handler> Loop<H> {
             if conn.phase == Phase::Detached {
                 // Served elsewhere: what arrives waits in the socket until
                 // the connection is handed back.
+                conn.unread = true;
                 return Next::Wait;
             }
             if conn.start > 0 && conn.start == conn.buf.len() {
@@ -895,7 +897,19 @@ impl<H: Handler> Loop<H> {
                 Next::Close => Next::Close,
                 Next::Wait => match self.process(key) {
                     Next::Close => Next::Close,
-                    Next::Wait => self.on_readable(key),
+                    // A read that would find nothing costs a syscall per
+                    // keep-alive request: read only if bytes may be there.
+                    Next::Wait => {
+                        let unread = match self.conns.get_mut(key) {
+                            Some(c) if c.phase != Phase::Detached => std::mem::take(&mut c.unread),
+                            _ => false,
+                        };
+                        if unread {
+                            self.on_readable(key)
+                        } else {
+                            Next::Wait
+                        }
+                    }
                 },
             };
             if let Next::Close = next {

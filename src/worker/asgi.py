@@ -92,7 +92,8 @@ def starter(app, loop):
             except BaseException as e:  # noqa: BLE001
                 cycle.done(e)
                 return
-            keep(Task(one(cycle, coro), loop=loop, eager_start=True), cycle)
+            # (A name given saves formatting "Task-N" per request.)
+            keep(Task(one(cycle, coro), loop=loop, name="ferrocorn-request", eager_start=True), cycle)
 
         return start, tasks
 
@@ -110,7 +111,8 @@ def starter(app, loop):
 
     def start(cycle, scope):
         box = [None, None]
-        task = loop.create_task(rest(cycle, box))
+        # (A name given saves formatting "Task-N" per request.)
+        task = loop.create_task(rest(cycle, box), name="ferrocorn-request")
         _enter_task(loop, task)
         try:
             coro = app(scope, cycle.receive, cycle.send)
