@@ -17,8 +17,6 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "no cycles between top-level modules"
-# worker <-> wsgi goes away with the connection layer (issue 9, the lead's
-# branch); drop the --allow then.
 python3 scripts/module-cycles.py
 
 step "cargo clippy --release -- -D warnings"
