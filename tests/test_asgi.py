@@ -689,3 +689,28 @@ def test_connection_burst(server):
         c.close()
     assert ok == 300
     time.sleep(0.2)  # the worker's stderr reaches the log
+
+
+def _rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_websocket_long_session_memory_flat(server):
+    """A session waits in the event loop once per message: nothing of a
+    finished wait may stay behind (30,000 waits would keep ~10 MB)."""
+    s = server(ASGI + ["-w", "1", "asgiapp:app"])
+    (worker,) = s.children()
+    with ws_connect("ws://127.0.0.1:%d/ws" % s.port) as ws:
+        for i in range(2000):
+            ws.send("w%d" % i)
+            assert ws.recv() == "w%d" % i
+        before = _rss_kb(worker)
+        for i in range(30000):
+            ws.send("m")
+            assert ws.recv() == "m"
+        after = _rss_kb(worker)
+    assert after - before < 3000, (before, after)

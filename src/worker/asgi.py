@@ -177,6 +177,7 @@ def waits(loop, timeout):
             if timer is not None:
                 timer.cancel()
             unregister()
+            cycle.off_finish(settle)
 
     async def receive_body(cycle, fd):
         while True:
@@ -195,8 +196,15 @@ def waits(loop, timeout):
             # The client sent more (a pipelined request): it is still there;
             # wait for the response to end.
             fut = loop.create_future()
-            cycle.on_finish(lambda _ended: fut.done() or fut.set_result(None))
-            await fut
+
+            def ended(_ended):
+                fut.done() or fut.set_result(None)
+
+            cycle.on_finish(ended)
+            try:
+                await fut
+            finally:
+                cycle.off_finish(ended)
             break
         return cycle.disconnect()
 

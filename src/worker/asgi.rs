@@ -205,6 +205,14 @@ impl OnFinish {
         }
     }
 
+    /// Drops `f` (a wait that ended by itself): a long WebSocket session
+    /// waits once per message, and must not keep every wait's callback.
+    fn remove(&mut self, py: Python<'_>, f: &Py<PyAny>) {
+        if let Some(i) = self.0.iter().position(|g| g.bind(py).is(f.bind(py))) {
+            self.0.swap_remove(i);
+        }
+    }
+
     fn run(&mut self, py: Python<'_>) {
         for f in std::mem::take(&mut self.0) {
             Self::call(py, &f);
@@ -882,6 +890,11 @@ impl Cycle {
         let mut st = lock(self);
         let ended = st.phase == Phase::Finished;
         st.on_finish.add(py, ended, f);
+    }
+
+    /// `f` is no longer to be called (its wait ended).
+    fn off_finish(&self, py: Python<'_>, f: Py<PyAny>) {
+        lock(self).on_finish.remove(py, &f);
     }
 
     /// The app returned (`error` None) or raised.

@@ -467,6 +467,10 @@ impl WsCycle {
         st.on_finish.add(py, ended, f);
     }
 
+    fn off_finish(&self, py: Python<'_>, f: Py<PyAny>) {
+        lock(self).on_finish.remove(py, &f);
+    }
+
     /// The app returned (`error` None) or raised.
     fn done(&self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
         let mut st = lock(self);
