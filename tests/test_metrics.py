@@ -484,14 +484,6 @@ def test_gunicorn_prometheus_exporter_config_runs_unchanged(server):
     assert s.stop() == 0
 
 
-def test_redis_enabled_is_reported_as_not_implemented(server):
-    # Set the way the exporter's docs do it: os.environ.setdefault in the config.
-    conf = "import os\nos.environ.setdefault('REDIS_ENABLED', 'true')\n"
-    s = server(["-w", "1", "wsgiapp:app"], config_text=conf)
-    assert "REDIS_ENABLED is set, but ferrocorn has no Redis storage yet" in s.log()
-    assert total(wait_metrics(s), "gunicorn_workers") == 1
-
-
 def test_cleanup_db_files_empties_the_directory_at_start(server):
     d = tempfile.mkdtemp(prefix="fc-mp-")
     stale = os.path.join(d, "counter_999999.db")

@@ -60,7 +60,7 @@ pub fn run(cfg: EnvConfig, master_pid: u32, source: Source) -> i32 {
     }
     let mut collector = Collector::new(source);
     server::run(
-        cfg.into_server_config(master_pid, log_line),
+        cfg.into_server_config(Some(master_pid), log_line),
         Box::new(move || {
             let mut families = collector.collect();
             if let Some(s) = &stats {

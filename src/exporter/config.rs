@@ -33,7 +33,8 @@ pub struct EnvConfig {
 
 impl EnvConfig {
     /// Completes a [`ServerConfig`] with what only the master knows.
-    pub fn into_server_config(self, master_pid: u32, log: fn(&str)) -> ServerConfig {
+    /// `master_pid`: `None` for the standalone read side.
+    pub fn into_server_config(self, master_pid: Option<u32>, log: fn(&str)) -> ServerConfig {
         ServerConfig {
             bind_address: self.bind_address,
             port: self.port,

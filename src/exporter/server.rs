@@ -33,9 +33,9 @@ pub struct ServerConfig {
     pub port: u16,
     /// HTTPS (and optional mTLS) when set.
     pub tls: Option<TlsConfig>,
-    /// `/health` answers 200 while this pid is our parent process (always
-    /// when 0: the standalone read side has no master).
-    pub master_pid: u32,
+    /// `/health` answers 200 while this pid is our parent process; `None`
+    /// (the standalone read side, which has no master): while it serves.
+    pub master_pid: Option<u32>,
     /// Receives the exporter's error lines (and the line saying it
     /// recovered), one complete line per call, without trailing newline.
     pub log: fn(&str),
@@ -303,7 +303,7 @@ impl Drop for ConnGuard {
 struct Shared {
     collect: Mutex<Collect>,
     refresh: Option<Refresh>,
-    master_pid: u32,
+    master_pid: Option<u32>,
     log: fn(&str),
 }
 
@@ -364,9 +364,10 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return resp;
     }
     if path == "/health" {
-        // master_pid 0: no master (`ferrocorn exporter`), healthy while serving.
-        return if shared.master_pid == 0 || std::os::unix::process::parent_id() == shared.master_pid
-        {
+        let master_alive = shared
+            .master_pid
+            .is_none_or(|pid| std::os::unix::process::parent_id() == pid);
+        return if master_alive {
             text_response(StatusCode::OK, "OK")
         } else {
             text_response(StatusCode::SERVICE_UNAVAILABLE, "master process is gone")
@@ -544,7 +545,7 @@ mod tests {
             bind_address: "127.0.0.1".into(),
             port,
             tls,
-            master_pid,
+            master_pid: Some(master_pid),
             log: test_log,
         };
         let thread = std::thread::spawn(move || {
@@ -1019,7 +1020,7 @@ mod tests {
                 bind_address: "127.0.0.1".into(),
                 port,
                 tls: None,
-                master_pid: std::os::unix::process::parent_id(),
+                master_pid: Some(std::os::unix::process::parent_id()),
                 log: |l| eprintln!("{l}"),
             };
             std::process::exit(run(cfg, Box::new(families), Extras::default()));

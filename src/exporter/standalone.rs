@@ -100,7 +100,7 @@ pub fn main(args: &[OsString]) -> i32 {
     let for_collect = state;
     server::run(
         // No master: /health is 200 while this process serves.
-        cfg.into_server_config(0, log_line),
+        cfg.into_server_config(None, log_line),
         Box::new(move || {
             for_collect
                 .cache

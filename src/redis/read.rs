@@ -182,6 +182,8 @@ fn sums(f: &Family) -> Vec<Sample> {
             }
             (Some(SampleValue::Scalar(a)), SampleValue::Scalar(b)) => *a += b,
             (Some(SampleValue::Raw { value: a, .. }), SampleValue::Raw { value: b, .. }) => *a += b,
+            // Cumulative counts of different bounds cannot be added: such a
+            // pair falls to the last arm and the group gets no sum.
             (
                 Some(SampleValue::Histogram {
                     buckets,
@@ -193,19 +195,12 @@ fn sums(f: &Family) -> Vec<Sample> {
                     sum: s2,
                     count: c2,
                 },
-            ) => {
-                // Cumulative counts of different bounds cannot be added.
-                if buckets.len() == b2.len()
-                    && buckets.iter().zip(b2).all(|((l1, _), (l2, _))| l1 == l2)
-                {
-                    for ((_, c), (_, c2)) in buckets.iter_mut().zip(b2) {
-                        *c += c2;
-                    }
-                    *sum += s2;
-                    *count += c2;
-                } else {
-                    broken.insert(key);
+            ) if same_bounds(buckets, b2) => {
+                for ((_, c), (_, c2)) in buckets.iter_mut().zip(b2) {
+                    *c += c2;
                 }
+                *sum += s2;
+                *count += c2;
             }
             _ => {
                 broken.insert(key);
@@ -220,6 +215,10 @@ fn sums(f: &Family) -> Vec<Sample> {
             Sample { labels, value }
         })
         .collect()
+}
+
+fn same_bounds(a: &[(f64, u64)], b: &[(f64, u64)]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((l1, _), (l2, _))| l1 == l2)
 }
 
 /// The read side's own families: how many instances it serves.

@@ -1,0 +1,403 @@
+"""The Redis backend (issue 12): each instance's exporter pushes its merged
+state to a real redis-server that the test starts on a free 127.0.0.1 port
+(and stops, by PID); `ferrocorn exporter` serves the union of the instances.
+
+Redis is looked at with redis-cli; scrapes are parsed with prometheus_client's
+parser."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import APPS, SERVER_BIN, free_port, server_env
+from test_hooks import Load, wait_for
+
+pytestmark = pytest.mark.ferrocorn_only
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+HOST = socket.gethostname()
+
+
+class Redis:
+    """A redis-server of our own on a free loopback port, no persistence."""
+
+    def __init__(self, extra=(), port=None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="fc-redis-")
+        self.extra = list(extra)
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "redis.log"), "ab")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir] + self.extra,
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
+        wait_for(lambda: self.proc.poll() is None and self.ping(), 10,
+                 msg="redis-server on port %d" % self.port)
+
+    def ping(self):
+        try:
+            return self.cli("PING", timeout=2) == "PONG"
+        except (subprocess.SubprocessError, OSError):
+            return False
+
+    def cli(self, *args, timeout=10):
+        r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port)] + list(args),
+                           capture_output=True, text=True, timeout=timeout)
+        return r.stdout.strip()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+    def commandstats(self):
+        """{command: calls} from INFO commandstats."""
+        out = {}
+        for line in self.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, rest = line[len("cmdstat_"):].split(":", 1)
+                out[name] = int(dict(kv.split("=") for kv in rest.split(","))["calls"])
+        return out
+
+
+@pytest.fixture
+def redis():
+    made = []
+
+    def make(*extra, port=None):
+        r = Redis(extra, port)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.stop()
+        shutil.rmtree(r.dir, ignore_errors=True)
+
+
+def redis_env(r, prefix, interval="0.5", **more):
+    env = {"REDIS_ENABLED": "true", "REDIS_PORT": str(r.port), "REDIS_KEY_PREFIX": prefix,
+           "REDIS_PUSH_INTERVAL": interval}
+    env.update(more)
+    return env
+
+
+def parse(text):
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for x in fam.samples:
+            out[(x.name, frozenset(x.labels.items()))] = x.value
+    return out
+
+
+def scrape(port, timeout=10):
+    r = requests.get("http://127.0.0.1:%d/metrics" % port, timeout=timeout)
+    assert r.status_code == 200, r.text
+    return parse(r.text)
+
+
+def total(smp, name, **want):
+    return sum(v for (n, labels), v in smp.items()
+               if n == name and all(dict(labels).get(k) == w for k, w in want.items()))
+
+
+def read_side(server, r, prefix, **more):
+    """`ferrocorn exporter` reading `prefix` from `r`, ready."""
+    env = {"REDIS_PORT": str(r.port), "REDIS_KEY_PREFIX": prefix}
+    env.update(more)
+    s = server(["exporter"], bind=False, ready=None, env=env)
+    s.wait_ready(addr=("127.0.0.1", s.metrics_port), path="/health")
+    return s
+
+
+def served(s):
+    return total(scrape(s.metrics_port), "gunicorn_requests_total")
+
+
+def state_key(prefix, instance):
+    return "%s:ferrocorn:state:%s:%s" % (prefix, HOST, instance)
+
+
+def pushing(server, r, prefix, workers="1", **env):
+    """A server pushing to `r` under `prefix`, once its first push is in;
+    returns it and its state key."""
+    s = server(["-w", workers, "wsgiapp:app"], env=redis_env(r, prefix, **env))
+    key = state_key(prefix, "127.0.0.1:%d" % s.port)
+    wait_for(lambda: r.cli("EXISTS", key) == "1", 10, msg=key)
+    return s, key
+
+
+# -- settings ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("var,value", [
+    ("REDIS_PORT", "abc"),
+    ("REDIS_PORT", "70000"),
+    ("REDIS_DB", "-1"),
+    ("REDIS_TTL_SECONDS", "0"),
+    ("REDIS_TTL_DISABLED", "maybe"),
+    ("REDIS_PUSH_INTERVAL", "0"),
+    ("REDIS_PUSH_INTERVAL", "5s"),
+    ("REDIS_URL", "http://127.0.0.1:6379"),
+    ("REDIS_KEY_PREFIX", "two words"),
+])
+def test_bad_redis_settings_stop_the_start(run_cmd, var, value):
+    r = run_cmd(["-b", "127.0.0.1:%d" % free_port(), "wsgiapp:app"],
+                env={"REDIS_ENABLED": "true", var: value})
+    assert r.returncode == 1, r
+    assert var in r.stderr, r.stderr
+    assert "panicked" not in r.output
+
+
+def test_bad_redis_enabled_and_cli_values_stop_the_start(run_cmd):
+    r = run_cmd(["wsgiapp:app"], env={"REDIS_ENABLED": "ture"})
+    assert r.returncode == 1 and "REDIS_ENABLED" in r.stderr, r
+    r = run_cmd(["--redis-enabled", "--redis-port", "0", "wsgiapp:app"])
+    assert r.returncode == 1 and "--redis-port" in r.stderr, r
+    r = subprocess.run([SERVER_BIN, "exporter"], env=server_env({"REDIS_URL": "redis://:x@/nodb"}),
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "REDIS_URL" in r.stderr and ":x@" not in r.stderr, r.stderr
+    r = subprocess.run([SERVER_BIN, "exporter", "--bogus"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2 and "takes no arguments" in r.stderr, r.stderr
+
+
+# -- push and read side ---------------------------------------------------------------
+
+def test_two_instances_share_one_redis_and_the_read_side_sums_them(server, redis):
+    r = redis()
+    prefix = "t2inst"
+    # One instance configured by environment variables, one by its config
+    # file and command line, as the settings table allows.
+    a = server(["-w", "2", "wsgiapp:app"], env=redis_env(r, prefix))
+    conf = ("redis_enabled = True\nredis_port = %d\nredis_key_prefix = %r\n" % (r.port, prefix))
+    b = server(["-w", "1", "--redis-push-interval", "0.5", "wsgiapp:app"], config_text=conf)
+    for s, n in ((a, 7), (b, 11)):
+        for _ in range(n):
+            assert requests.get(s.url + "/").status_code == 200
+    want = {"127.0.0.1:%d" % a.port: served(a), "127.0.0.1:%d" % b.port: served(b)}
+    assert sum(want.values()) >= 18
+    for s in (a, b):
+        key = state_key(prefix, "127.0.0.1:%d" % s.port)
+        wait_for(lambda: r.cli("EXISTS", key) == "1", 10, msg=key)
+        assert 0 < int(r.cli("TTL", key)) <= 300
+    assert set(r.cli("SMEMBERS", prefix + ":ferrocorn:instances").split()) == {
+        state_key(prefix, i) for i in want}
+
+    rs = read_side(server, r, prefix)
+
+    def current():
+        smp = scrape(rs.metrics_port)
+        got = {i: total(smp, "gunicorn_requests_total", instance=i, host=HOST) for i in want}
+        return smp if got == want else None
+
+    smp = wait_for(current, 10, msg="the read side to show %r" % want)
+    assert total(smp, "gunicorn_requests_total", instance="all", host="all") == sum(want.values())
+    assert total(smp, "gunicorn_worker_requests_total", instance="all") == sum(want.values())
+    # Per-worker series keep their worker_id under their instance.
+    workers = {dict(l)["worker_id"] for (n, l) in smp
+               if n == "gunicorn_worker_requests_total" and dict(l)["instance"] != "all"}
+    assert len(workers) == 3, workers
+    # Histograms are summed bucket by bucket.
+    assert total(smp, "gunicorn_request_duration_seconds_count", instance="all") == sum(want.values())
+    # Gauges are per instance only.
+    assert total(smp, "gunicorn_workers", instance="all") == 0
+    assert total(smp, "gunicorn_workers", instance="127.0.0.1:%d" % a.port) == 2
+    assert total(smp, "ferrocorn_redis_instances") == 2
+    # The app servers' own /metrics keep their local state, without labels added.
+    local = scrape(a.metrics_port)
+    assert total(local, "gunicorn_requests_total") == want["127.0.0.1:%d" % a.port]
+    assert not any("instance" in dict(l) for (n, l) in local if n == "gunicorn_requests_total")
+    assert total(local, "ferrocorn_redis_up") == 1
+
+
+def test_a_gunicorn_prometheus_exporter_redis_config_pushes(server, redis):
+    # Set the way that exporter's docs do it: os.environ.setdefault in the
+    # config file, its redis_when_ready hook assigned (not called by ferrocorn).
+    r = redis()
+    conf = ("import os\n"
+            "os.environ.setdefault('REDIS_ENABLED', 'true')\n"
+            "os.environ.setdefault('REDIS_HOST', '127.0.0.1')\n"
+            "os.environ.setdefault('REDIS_PORT', '%d')\n"
+            "os.environ.setdefault('REDIS_DB', '3')\n"
+            "os.environ.setdefault('REDIS_PASSWORD', '')\n"
+            "os.environ.setdefault('REDIS_KEY_PREFIX', 'gpe')\n"
+            "from gunicorn_prometheus_exporter.hooks import redis_when_ready\n"
+            "when_ready = redis_when_ready\n" % r.port)
+    s = server(["-w", "1", "wsgiapp:app"], config_text=conf)
+    key = state_key("gpe", "127.0.0.1:%d" % s.port)
+    wait_for(lambda: r.cli("-n", "3", "EXISTS", key) == "1", 10, msg=key + " in db 3")
+    assert r.cli("EXISTS", key) == "0"
+    assert "redis_when_ready is not called" in s.log()
+
+
+def test_final_push_at_shutdown_and_ttl(server, redis):
+    r = redis()
+    prefix = "tfinal"
+    s = server(["-w", "2", "wsgiapp:app"], env=redis_env(r, prefix, interval="30"))
+    # The first push happens at start; these requests are after it, and the
+    # interval is long: only the push at shutdown can carry them.
+    time.sleep(0.5)
+    for _ in range(9):
+        assert requests.get(s.url + "/").status_code == 200
+    n = served(s)
+    assert s.stop() == 0
+    rs = read_side(server, r, prefix)
+    smp = scrape(rs.metrics_port)
+    assert total(smp, "gunicorn_requests_total", instance="127.0.0.1:%d" % s.port) == n
+    # The key stays for its TTL after a clean shutdown with the TTL on.
+    assert 0 < int(r.cli("TTL", state_key(prefix, "127.0.0.1:%d" % s.port))) <= 300
+
+
+def test_ttl_disabled_keys_stay_until_a_clean_shutdown_removes_them(server, redis):
+    r = redis()
+    prefix = "tnottl"
+    s, key = pushing(server, r, prefix, REDIS_TTL_DISABLED="true")
+    assert r.cli("TTL", key) == "-1"
+    # HUP restarts the exporter: the instance lives on, so do its keys.
+    s.signal(signal.SIGHUP)
+    s.wait_log("Starting metrics exporter", 10)
+    time.sleep(1.5)
+    assert r.cli("EXISTS", key) == "1"
+    assert s.stop() == 0
+    assert r.cli("EXISTS", key) == "0"
+    assert r.cli("SISMEMBER", prefix + ":ferrocorn:instances", key) == "0"
+    assert "removed %s at shutdown" % key in s.log()
+
+
+def test_an_instance_that_dies_leaves_the_read_side_after_the_ttl(server, redis):
+    r = redis()
+    prefix = "tdies"
+    s = server(["-w", "1", "wsgiapp:app"], env=redis_env(r, prefix, REDIS_TTL_SECONDS="2"))
+    inst = "127.0.0.1:%d" % s.port
+    rs = read_side(server, r, prefix)
+    wait_for(lambda: total(scrape(rs.metrics_port), "gunicorn_workers", instance=inst) == 1, 10,
+             msg="the instance on the read side")
+    s.kill()  # SIGKILL to the whole group: no clean-up
+    time.sleep(1.0)
+    assert total(scrape(rs.metrics_port), "gunicorn_workers", instance=inst) == 1
+    wait_for(lambda: total(scrape(rs.metrics_port), "ferrocorn_redis_instances") == 0, 5,
+             msg="the dead instance to expire")
+    assert r.cli("SMEMBERS", prefix + ":ferrocorn:instances") == ""
+
+
+# -- cost per request ---------------------------------------------------------------------
+
+def test_redis_commands_per_request_is_zero(server, redis):
+    r = redis()
+    prefix = "tcost"
+    s, _ = pushing(server, r, prefix, workers="2", interval="1")
+    pushes0 = total(scrape(s.metrics_port), "ferrocorn_redis_pushes_total")
+    before = r.commandstats()
+    n0 = served(s)
+    out = subprocess.run(["wrk", "-t", "2", "-c", "4", "-d", "3s", s.url + "/"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    n = served(s) - n0
+    after = r.commandstats()
+    pushes = total(scrape(s.metrics_port), "ferrocorn_redis_pushes_total") - pushes0
+    calls = {c: after.get(c, 0) - before.get(c, 0) for c in after}
+    calls.pop("info", None)  # ours, the commandstats themselves
+    spent = sum(calls.values())
+    assert n >= 10000, (n, out.stdout)
+    # Every command Redis saw is one of the pushes' three (SET, SADD,
+    # EXPIRE), whatever the number of requests.
+    assert {c for c, k in calls.items() if k} <= {"set", "sadd", "expire"}, calls
+    assert spent <= 3 * (pushes + 1), (calls, pushes)
+    print("requests=%d redis commands=%d pushes=%d commands/request=%.6f"
+          % (n, spent, pushes, spent / n))
+    assert spent / n < 0.002
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+def test_redis_down_at_start_then_up(server, redis):
+    port = free_port()
+    prefix = "tdownstart"
+    s = server(["-w", "1", "wsgiapp:app"],
+               env={"REDIS_ENABLED": "true", "REDIS_PORT": str(port), "REDIS_KEY_PREFIX": prefix,
+                    "REDIS_PUSH_INTERVAL": "0.3"})
+    s.wait_log("failed: cannot connect", 10)
+    for _ in range(5):
+        assert requests.get(s.url + "/").status_code == 200
+    time.sleep(1.5)  # several failed pushes
+    smp = scrape(s.metrics_port)
+    assert total(smp, "gunicorn_workers") == 1
+    assert total(smp, "ferrocorn_redis_up") == 0
+    assert total(smp, "ferrocorn_redis_pushes_total", result="error") >= 3
+    assert s.log().count("failed: cannot connect") == 1, s.log()
+    r = redis(port=port)
+    key = state_key(prefix, "127.0.0.1:%d" % s.port)
+    wait_for(lambda: r.cli("EXISTS", key) == "1", 5, msg=key)
+    s.wait_log("is reachable again after", 5)
+
+
+def test_redis_stopped_and_slow_during_load(server, redis):
+    r = redis()
+    prefix = "tfault"
+    interval = 1.0
+    s = server(["-w", "2", "-k", "gthread", "--threads", "4", "wsgiapp:app"],
+               env=redis_env(r, prefix, interval=str(interval)))
+    rs = read_side(server, r, prefix)
+    inst = "127.0.0.1:%d" % s.port
+    wait_for(lambda: total(scrape(rs.metrics_port), "gunicorn_workers", instance=inst) == 2, 10,
+             msg="the instance on the read side")
+    load = Load(s.url, path="/", threads=4, keepalive=(True, False), max_seconds=60)
+    try:
+        time.sleep(1.0)
+        # Slow: redis-server stopped in its tracks (SIGSTOP), connections open.
+        r.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)
+        for _ in range(3):
+            t0 = time.monotonic()
+            smp = scrape(s.metrics_port, timeout=5)
+            assert time.monotonic() - t0 < 0.5, "a hung Redis delayed a local scrape"
+            assert total(smp, "gunicorn_workers") == 2
+            time.sleep(interval)
+        r.proc.send_signal(signal.SIGCONT)
+        time.sleep(1.0)
+        # Down: redis-server gone (its data with it: no persistence).
+        r.stop()
+        time.sleep(3 * interval)
+        smp = scrape(s.metrics_port, timeout=5)
+        assert total(smp, "gunicorn_workers") == 2
+        assert total(smp, "gunicorn_requests_total") > 0
+        assert total(smp, "ferrocorn_redis_up") == 0
+        r.start()
+        t_up = time.monotonic()
+    finally:
+        load.stop()
+    assert load.errors == [], load.errors[:5]
+    assert len(load.ok) > 100 and all(st == 200 for (_, st, _) in load.ok)
+    n = served(s)
+
+    def current():
+        smp = scrape(rs.metrics_port)
+        return total(smp, "gunicorn_requests_total", instance=inst) == n and time.monotonic()
+
+    t_current = wait_for(current, 10, interval=0.05, msg="the read side to be current")
+    took = t_current - t_up
+    print("read side current %.2fs after Redis came back (push interval %.1fs)" % (took, interval))
+    assert took <= 2 * interval, took
+    log = s.log()
+    # One line per outage (the stall and the stop may be one or two outages),
+    # and a line for each recovery; never one per failed push.
+    failed = log.count("redis push: redis://127.0.0.1:%d/0 failed" % r.port)
+    recovered = log.count("redis push: redis://127.0.0.1:%d/0 is reachable again" % r.port)
+    assert 1 <= failed <= 2 and recovered == failed, log
+    assert "panicked" not in log
