@@ -260,6 +260,10 @@ impl Arbiter {
             crate::mpfiles::appdir::prepare(py, dir.as_deref(), cleanup, owner)
         })
         .map_err(|e| format!("metrics: {e}"))?;
+        let mut app_dir = app_dir;
+        if self.cfg.bool("keep_dead_worker_gauges") {
+            app_dir.all_mode = crate::mpfiles::AllMode::Keep;
+        }
         self.app_dir = Some(app_dir);
         Ok(())
     }

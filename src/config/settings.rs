@@ -1797,6 +1797,18 @@ pub static SETTINGS: &[Setting] = &[
         note: "",
     },
     Setting {
+        name: "keep_dead_worker_gauges",
+        section: "Metrics",
+        cli: &["--keep-dead-worker-gauges"],
+        meta: None,
+        kind: Kind::Flag,
+        default: DefaultValue::Bool(false),
+        env: Some("FERROCORN_KEEP_DEAD_WORKER_GAUGES"),
+        help: "Keep the application's mode-all gauges of dead workers, as prometheus_client does (default: dropped when the worker is reaped).",
+        support: Support::Extension,
+        note: "",
+    },
+    Setting {
         name: "redis_enabled",
         section: "Redis",
         cli: &["--redis-enabled"],
