@@ -247,6 +247,12 @@ impl Arbiter {
             format!("{}.{}.{}", v.major, v.minor, v.patch)
         });
         if !self.cfg.metrics() {
+            if self.cfg.bool("redis_enabled") {
+                crate::log_warning!(
+                    "redis_enabled (REDIS_ENABLED) has no effect with --no-metrics: the \
+                     exporter pushes to Redis, and there is none"
+                );
+            }
             return Ok(());
         }
         self.exporter_cfg = Some(self.exporter_settings()?);

@@ -29,8 +29,10 @@ HOST = socket.gethostname()
 class Redis:
     """A redis-server of our own on a free loopback port, no persistence."""
 
-    def __init__(self, extra=(), port=None):
+    def __init__(self, extra=(), port=None, tls=None, password=None):
         self.port = port or free_port()
+        self.tls = tls  # the CA file: redis-cli talks TLS
+        self.password = password  # the default user's: redis-cli logs in
         self.dir = tempfile.mkdtemp(prefix="fc-redis-")
         self.extra = list(extra)
         self.proc = None
@@ -52,7 +54,9 @@ class Redis:
             return False
 
     def cli(self, *args, timeout=10):
-        r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port)] + list(args),
+        tls = ["--tls", "--cacert", self.tls] if self.tls else []
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port)] + tls + auth + list(args),
                            capture_output=True, text=True, timeout=timeout)
         return r.stdout.strip()
 
@@ -81,8 +85,8 @@ class Redis:
 def redis():
     made = []
 
-    def make(*extra, port=None):
-        r = Redis(extra, port)
+    def make(*extra, port=None, tls=None, password=None):
+        r = Redis(extra, port, tls, password)
         made.append(r)
         return r
 
@@ -401,3 +405,88 @@ def test_redis_stopped_and_slow_during_load(server, redis):
     recovered = log.count("redis push: redis://127.0.0.1:%d/0 is reachable again" % r.port)
     assert 1 <= failed <= 2 and recovered == failed, log
     assert "panicked" not in log
+
+
+# -- authentication and TLS -------------------------------------------------------------------
+
+def test_password_and_acl_user(server, redis):
+    # The default user needs a password; `app` is an ACL user allowed only
+    # the commands ferrocorn sends, on its own keys.
+    r = redis("--requirepass", "s3cret-default",
+              "--user", *("app on >app-pw ~acl:* &* -@all +set +sadd +expire +smembers +mget +srem "
+                          "+del +ping").split(),
+              password="s3cret-default")
+    a = server(["-w", "1", "wsgiapp:app"],
+               env=redis_env(r, "acl", REDIS_PASSWORD="s3cret-default"))
+    b = server(["-w", "1", "wsgiapp:app"],
+               env={"REDIS_ENABLED": "true", "REDIS_KEY_PREFIX": "acl", "REDIS_PUSH_INTERVAL": "0.5",
+                    "REDIS_URL": "redis://app:app-pw@127.0.0.1:%d/0" % r.port})
+    bad = server(["-w", "1", "wsgiapp:app"],
+                 env={"REDIS_ENABLED": "true", "REDIS_KEY_PREFIX": "acl", "REDIS_PUSH_INTERVAL": "0.3",
+                      "REDIS_URL": "redis://app:wrong-pw@127.0.0.1:%d/0" % r.port})
+    rs = read_side(server, r, "acl", REDIS_URL="redis://app:app-pw@127.0.0.1:%d/0" % r.port)
+    insts = {"127.0.0.1:%d" % s.port for s in (a, b)}
+
+    def both():
+        smp = scrape(rs.metrics_port)
+        return {dict(l)["instance"] for (n, l) in smp if n == "gunicorn_workers"} == insts
+
+    wait_for(both, 10, msg="both authenticated instances on the read side")
+    # The wrong password: one error line, requests and local /metrics fine.
+    bad.wait_log("redis push: redis://app:***@127.0.0.1:%d/0 failed" % r.port, 10)
+    time.sleep(1.0)
+    assert requests.get(bad.url + "/").status_code == 200
+    assert total(scrape(bad.metrics_port), "ferrocorn_redis_up") == 0
+    log = bad.log()
+    assert log.count("failed:") == 1, log
+    for s in (a, b, bad, rs):
+        assert "s3cret-default" not in s.log() and "app-pw" not in s.log()
+        assert "wrong-pw" not in s.log()
+
+
+def make_tls_files(d):
+    """A CA and a server certificate for 127.0.0.1, with openssl."""
+    def ossl(*args):
+        subprocess.run(["openssl"] + list(args), cwd=d, check=True, capture_output=True, timeout=60)
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+         "-days", "2", "-subj", "/CN=ferrocorn test CA")
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+         "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+    return {n: os.path.join(d, n) for n in ("ca.pem", "server.pem", "server.key")}
+
+
+def test_rediss_to_a_tls_redis_server(server, redis):
+    d = tempfile.mkdtemp(prefix="fc-redis-tls-")
+    files = make_tls_files(d)
+    port = free_port()
+    r = redis("--port", "0", "--tls-port", str(port), "--tls-cert-file", files["server.pem"],
+              "--tls-key-file", files["server.key"], "--tls-ca-cert-file", files["ca.pem"],
+              "--tls-auth-clients", "no", port=port, tls=files["ca.pem"])
+    url = "rediss://127.0.0.1:%d/0" % port
+    # The test CA is trusted through SSL_CERT_FILE (rustls-native-certs).
+    env = {"REDIS_ENABLED": "true", "REDIS_KEY_PREFIX": "tls", "REDIS_PUSH_INTERVAL": "0.5",
+           "REDIS_URL": url, "SSL_CERT_FILE": files["ca.pem"]}
+    s = server(["-w", "1", "wsgiapp:app"], env=env)
+    key = state_key("tls", "127.0.0.1:%d" % s.port)
+    wait_for(lambda: r.cli("EXISTS", key) == "1", 10, msg=key + " over TLS\n" + s.log())
+    rs = read_side(server, r, "tls", REDIS_URL=url, SSL_CERT_FILE=files["ca.pem"])
+    assert total(scrape(rs.metrics_port), "gunicorn_workers", instance="127.0.0.1:%d" % s.port) == 1
+    # Without the CA, the certificate is refused: logged once, serving goes on.
+    untrusted = server(["-w", "1", "wsgiapp:app"], env=dict(env, SSL_CERT_FILE=os.path.join(d, "none.pem")))
+    untrusted.wait_log("redis push: %s failed" % url, 10)
+    assert requests.get(untrusted.url + "/").status_code == 200
+    # Plain redis:// to the TLS port fails the same way.
+    plain = server(["-w", "1", "wsgiapp:app"], env=dict(env, REDIS_URL="redis://127.0.0.1:%d/0" % port))
+    plain.wait_log("redis push: redis://127.0.0.1:%d/0 failed" % port, 15)
+    assert requests.get(plain.url + "/").status_code == 200
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_redis_enabled_with_no_metrics_warns(server):
+    s = server(["-w", "1", "--no-metrics", "wsgiapp:app"], env={"REDIS_ENABLED": "true"})
+    assert "REDIS_ENABLED) has no effect with --no-metrics" in s.log()
+    assert s.exporter_pid() is None
