@@ -136,7 +136,11 @@ def served(s):
 
 
 def state_key(prefix, instance):
-    return "%s:ferrocorn:state:%s:%s" % (prefix, HOST, instance)
+    return "%s:ferrocorn:{%s}:state:%s:%s" % (prefix, prefix, HOST, instance)
+
+
+def index_key(prefix):
+    return "%s:ferrocorn:{%s}:instances" % (prefix, prefix)
 
 
 def pushing(server, r, prefix, workers="1", **env):
@@ -200,7 +204,7 @@ def test_two_instances_share_one_redis_and_the_read_side_sums_them(server, redis
         key = state_key(prefix, "127.0.0.1:%d" % s.port)
         wait_for(lambda: r.cli("EXISTS", key) == "1", 10, msg=key)
         assert 0 < int(r.cli("TTL", key)) <= 300
-    assert set(r.cli("SMEMBERS", prefix + ":ferrocorn:instances").split()) == {
+    assert set(r.cli("SMEMBERS", index_key(prefix)).split()) == {
         state_key(prefix, i) for i in want}
 
     rs = read_side(server, r, prefix)
@@ -280,7 +284,7 @@ def test_ttl_disabled_keys_stay_until_a_clean_shutdown_removes_them(server, redi
     assert r.cli("EXISTS", key) == "1"
     assert s.stop() == 0
     assert r.cli("EXISTS", key) == "0"
-    assert r.cli("SISMEMBER", prefix + ":ferrocorn:instances", key) == "0"
+    assert r.cli("SISMEMBER", index_key(prefix), key) == "0"
     assert "removed %s at shutdown" % key in s.log()
 
 
@@ -297,7 +301,7 @@ def test_an_instance_that_dies_leaves_the_read_side_after_the_ttl(server, redis)
     assert total(scrape(rs.metrics_port), "gunicorn_workers", instance=inst) == 1
     wait_for(lambda: total(scrape(rs.metrics_port), "ferrocorn_redis_instances") == 0, 5,
              msg="the dead instance to expire")
-    assert r.cli("SMEMBERS", prefix + ":ferrocorn:instances") == ""
+    assert r.cli("SMEMBERS", index_key(prefix)) == ""
 
 
 # -- cost per request ---------------------------------------------------------------------
@@ -405,6 +409,54 @@ def test_redis_stopped_and_slow_during_load(server, redis):
     recovered = log.count("redis push: redis://127.0.0.1:%d/0 is reachable again" % r.port)
     assert 1 <= failed <= 2 and recovered == failed, log
     assert "panicked" not in log
+
+
+# -- Redis Cluster ------------------------------------------------------------------------------
+
+@pytest.fixture
+def cluster(redis):
+    """Three masters on free ports, joined with redis-cli --cluster create."""
+    nodes = [redis("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                   "--cluster-node-timeout", "5000") for _ in range(3)]
+    addrs = ["127.0.0.1:%d" % n.port for n in nodes]
+    out = subprocess.run([REDIS_CLI, "--cluster", "create"] + addrs + ["--cluster-replicas", "0",
+                         "--cluster-yes"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in nodes), 20,
+             msg="cluster_state:ok on the three nodes")
+    return nodes
+
+
+def test_two_instances_through_a_three_master_cluster(server, cluster):
+    seeds = ",".join("127.0.0.1:%d" % n.port for n in cluster)
+    prefix = "tcluster"
+    env = {"REDIS_ENABLED": "true", "REDIS_CLUSTER_NODES": seeds, "REDIS_KEY_PREFIX": prefix,
+           "REDIS_PUSH_INTERVAL": "0.5"}
+    a = server(["-w", "2", "wsgiapp:app"], env=env)
+    # A single seed is enough: the client discovers the other masters.
+    b = server(["-w", "1", "wsgiapp:app"], env=dict(env, REDIS_CLUSTER_NODES="127.0.0.1:%d" % cluster[2].port))
+    for s, n in ((a, 5), (b, 8)):
+        for _ in range(n):
+            assert requests.get(s.url + "/").status_code == 200
+    want = {"127.0.0.1:%d" % a.port: served(a), "127.0.0.1:%d" % b.port: served(b)}
+    env.pop("REDIS_ENABLED")
+    rs = server(["exporter"], bind=False, ready=None, env=env)
+    rs.wait_ready(addr=("127.0.0.1", rs.metrics_port), path="/health")
+
+    def current():
+        smp = scrape(rs.metrics_port)
+        got = {i: total(smp, "gunicorn_requests_total", instance=i) for i in want}
+        return smp if got == want else None
+
+    smp = wait_for(current, 10, msg="the read side to show %r" % want)
+    assert total(smp, "gunicorn_requests_total", instance="all") == sum(want.values())
+    # The keys live on the master that owns the prefix's hash tag slot.
+    slot = int(cluster[0].cli("CLUSTER", "KEYSLOT", index_key(prefix)))
+    assert slot == int(cluster[0].cli("CLUSTER", "KEYSLOT", state_key(prefix, "127.0.0.1:%d" % a.port)))
+    holders = [n for n in cluster if n.cli("EXISTS", state_key(prefix, "127.0.0.1:%d" % a.port)) == "1"]
+    assert len(holders) == 1
+    assert sorted(holders[0].cli("SMEMBERS", index_key(prefix)).split()) == sorted(
+        state_key(prefix, i) for i in want)
 
 
 # -- authentication and TLS -------------------------------------------------------------------

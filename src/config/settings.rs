@@ -1833,6 +1833,18 @@ pub static SETTINGS: &[Setting] = &[
         note: "",
     },
     Setting {
+        name: "redis_cluster_nodes",
+        section: "Redis",
+        cli: &["--redis-cluster-nodes"],
+        meta: Some("HOST:PORT,..."),
+        kind: Kind::Str,
+        default: DefaultValue::None,
+        env: Some("REDIS_CLUSTER_NODES"),
+        help: "Seed nodes of a Redis Cluster (host:port or redis[s]:// URLs, comma-separated); replaces redis_url and redis_host.",
+        support: Support::Extension,
+        note: "",
+    },
+    Setting {
         name: "redis_host",
         section: "Redis",
         cli: &["--redis-host"],

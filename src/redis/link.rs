@@ -6,17 +6,35 @@
 use std::time::{Duration, Instant};
 
 use ::redis::aio::MultiplexedConnection;
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use ::redis::cluster_async::ClusterConnection;
 use ::redis::{AsyncConnectionConfig, Client, FromRedisValue, Pipeline};
 
 use super::settings::Target;
+
+/// A standalone server or a cluster: the `redis` crate has a client type
+/// for each.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per link, made once: the size difference costs nothing"
+)]
+enum Clients {
+    Single(Client),
+    Cluster(ClusterClient),
+}
+
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
 
 /// Receives complete log lines (no trailing newline).
 pub type Log = fn(&str);
 
 pub struct Link {
     target: Target,
-    client: Client,
-    conn: Option<MultiplexedConnection>,
+    client: Clients,
+    conn: Option<Conn>,
     timeout: Duration,
     /// What this link is for, in log lines ("push", "read").
     role: &'static str,
@@ -38,8 +56,26 @@ impl Link {
         role: &'static str,
         log: Log,
     ) -> Result<Link, String> {
-        let info = target.connection_info()?;
-        let client = Client::open(info).map_err(|e| format!("{}: {e}", target.display()))?;
+        let mut infos = target.connection_infos()?;
+        let bad = |e: ::redis::RedisError| format!("{}: {e}", target.display());
+        let client = match target {
+            Target::Cluster { .. } => Clients::Cluster(
+                ClusterClientBuilder::new(infos)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    // One quick retry (MOVED after a failover is handled
+                    // anyway); the next push is the real retry.
+                    .retries(1)
+                    .build()
+                    .map_err(bad)?,
+            ),
+            _ => {
+                let info = infos
+                    .pop()
+                    .ok_or_else(|| format!("{}: no address", target.display()))?;
+                Clients::Single(Client::open(info).map_err(bad)?)
+            }
+        };
         Ok(Link {
             target: target.clone(),
             client,
@@ -95,22 +131,37 @@ impl Link {
                 .set_connection_timeout(Some(self.timeout))
                 .set_response_timeout(Some(self.timeout));
             // The crate's own timeouts cover the TCP connect and each
-            // response; the outer one also bounds DNS, TLS and AUTH.
-            let conn = tokio::time::timeout(
-                self.timeout * 2,
-                self.client
-                    .get_multiplexed_async_connection_with_config(&cfg),
-            )
-            .await
-            .map_err(|_| format!("connecting timed out after {:?}", self.timeout * 2))?
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            // response; the outer one also bounds DNS, TLS, AUTH and, for a
+            // cluster, the discovery of its slots.
+            let limit = self.timeout * 2;
+            let late = |_| format!("connecting timed out after {limit:?}");
+            let conn = match &self.client {
+                Clients::Single(c) => Conn::Single(
+                    tokio::time::timeout(
+                        limit,
+                        c.get_multiplexed_async_connection_with_config(&cfg),
+                    )
+                    .await
+                    .map_err(late)?
+                    .map_err(|e| format!("cannot connect: {e}"))?,
+                ),
+                Clients::Cluster(c) => Conn::Cluster(
+                    tokio::time::timeout(limit, c.get_async_connection())
+                        .await
+                        .map_err(late)?
+                        .map_err(|e| format!("cannot connect: {e}"))?,
+                ),
+            };
             self.conn = Some(conn);
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err("no connection".to_owned());
         };
-        tokio::time::timeout(self.timeout, pipe.query_async::<T>(conn))
-            .await
+        let answer = match conn {
+            Conn::Single(c) => tokio::time::timeout(self.timeout, pipe.query_async::<T>(c)).await,
+            Conn::Cluster(c) => tokio::time::timeout(self.timeout, pipe.query_async::<T>(c)).await,
+        };
+        answer
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
             .map_err(|e| e.to_string())
     }

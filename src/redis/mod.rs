@@ -17,15 +17,19 @@ pub mod push;
 pub mod read;
 pub mod settings;
 
-/// The key of one instance's state: `{prefix}:ferrocorn:state:{host}:{instance}`.
+/// The key of one instance's state:
+/// `{prefix}:ferrocorn:{{prefix}}:state:{host}:{instance}`. The `{prefix}` in
+/// braces is a Redis Cluster hash tag: an instance's key and the index are
+/// in one slot, so that a push is one pipeline to one node and the read
+/// side's MGET one command (prefixes have no braces of their own).
 pub fn state_key(prefix: &str, host: &str, instance: &str) -> String {
-    format!("{prefix}:ferrocorn:state:{host}:{instance}")
+    format!("{prefix}:ferrocorn:{{{prefix}}}:state:{host}:{instance}")
 }
 
 /// The set of the state keys of every instance under `prefix` (the read
 /// side's index, so that it never scans the keyspace).
 pub fn index_key(prefix: &str) -> String {
-    format!("{prefix}:ferrocorn:instances")
+    format!("{prefix}:ferrocorn:{{{prefix}}}:instances")
 }
 
 /// This machine's host name (the `host` label and part of the keys).

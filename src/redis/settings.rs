@@ -20,6 +20,7 @@ pub const ENV_TTL_SECONDS: &str = "REDIS_TTL_SECONDS";
 pub const ENV_TTL_DISABLED: &str = "REDIS_TTL_DISABLED";
 pub const ENV_PUSH_INTERVAL: &str = "REDIS_PUSH_INTERVAL";
 pub const ENV_INSTANCE: &str = "REDIS_INSTANCE";
+pub const ENV_CLUSTER_NODES: &str = "REDIS_CLUSTER_NODES";
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 6379;
@@ -33,10 +34,16 @@ pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(5);
 const MIN_INTERVAL: f64 = 0.1;
 const MAX_INTERVAL: f64 = 3600.0;
 
-/// Where Redis is: a URL, or gunicorn-prometheus-exporter's separate parts.
+/// Where Redis is: a URL, gunicorn-prometheus-exporter's separate parts,
+/// or the seed nodes of a Redis Cluster.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     Url(String),
+    /// `host:port` or `redis[s]://...` seeds; a bare seed gets the password.
+    Cluster {
+        nodes: Vec<String>,
+        password: Option<String>,
+    },
     Parts {
         host: String,
         port: u16,
@@ -53,13 +60,15 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
-    /// The connection parameters for the `redis` crate. Checked once at
-    /// start ([`from_vars`]), so later calls only fail on what cannot fail.
-    pub fn connection_info(&self) -> Result<ConnectionInfo, String> {
+    /// The connection parameters for the `redis` crate (for a cluster, its
+    /// seed nodes). Checked once at start ([`from_vars`]), so later calls
+    /// only fail on what cannot fail.
+    pub fn connection_infos(&self) -> Result<Vec<ConnectionInfo>, String> {
         match self {
             Target::Url(u) => u
                 .as_str()
                 .into_connection_info()
+                .map(|c| vec![c])
                 .map_err(|e| format!("{ENV_URL}={}: {e}", redact_url(u))),
             Target::Parts {
                 host,
@@ -73,9 +82,36 @@ impl Target {
                 }
                 (host.as_str(), *port)
                     .into_connection_info()
-                    .map(|c| c.set_redis_settings(redis))
+                    .map(|c| vec![c.set_redis_settings(redis)])
                     .map_err(|e| format!("{ENV_HOST}={host:?}, {ENV_PORT}={port}: {e}"))
             }
+            Target::Cluster { nodes, password } => nodes
+                .iter()
+                .map(|n| {
+                    let bad = |e: String| format!("{ENV_CLUSTER_NODES}: {}: {e}", redact_url(n));
+                    if n.contains("://") {
+                        return n
+                            .as_str()
+                            .into_connection_info()
+                            .map_err(|e| bad(e.to_string()));
+                    }
+                    let (host, port) = n
+                        .rsplit_once(':')
+                        .and_then(|(h, p)| {
+                            Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?))
+                        })
+                        .filter(|(h, p)| !h.is_empty() && *p > 0)
+                        .ok_or_else(|| bad("not host:port or a redis:// URL".to_owned()))?;
+                    let mut redis = RedisConnectionInfo::default();
+                    if let Some(p) = password {
+                        redis = redis.set_password(p);
+                    }
+                    (host, port)
+                        .into_connection_info()
+                        .map(|c| c.set_redis_settings(redis))
+                        .map_err(|e| bad(e.to_string()))
+                })
+                .collect(),
         }
     }
 
@@ -91,6 +127,14 @@ impl Target {
                 };
                 format!("redis://{host}:{port}/{db}")
             }
+            Target::Cluster { nodes, .. } => format!(
+                "redis cluster {}",
+                nodes
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         }
     }
 }
@@ -186,25 +230,46 @@ pub fn from_vars(
         }
     };
 
-    let target = match text(ENV_URL)? {
-        Some(url) => Target::Url(url),
-        None => Target::Parts {
+    // Not trimmed: a password may end in a space.
+    let password = || -> Result<Option<String>, String> {
+        Ok(get(ENV_PASSWORD)
+            .map(|v| {
+                v.into_string()
+                    .map_err(|_| format!("{ENV_PASSWORD} is not valid UTF-8"))
+            })
+            .transpose()?
+            .filter(|p| !p.is_empty()))
+    };
+    let cluster = text(ENV_CLUSTER_NODES)?;
+    let target = match (cluster, text(ENV_URL)?) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{ENV_CLUSTER_NODES} and {ENV_URL} are both set: give one"
+            ))
+        }
+        (Some(nodes), None) => Target::Cluster {
+            nodes: nodes
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            password: password()?,
+        },
+        (None, Some(url)) => Target::Url(url),
+        (None, None) => Target::Parts {
             host: text(ENV_HOST)?.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
             port: int(ENV_PORT, 1, 65_535, DEFAULT_PORT.into())? as u16,
             db: int(ENV_DB, 0, i64::from(i32::MAX), 0)?,
-            // Not trimmed: a password may end in a space.
-            password: get(ENV_PASSWORD)
-                .map(|v| {
-                    v.into_string()
-                        .map_err(|_| format!("{ENV_PASSWORD} is not valid UTF-8"))
-                })
-                .transpose()?
-                .filter(|p| !p.is_empty()),
+            password: password()?,
         },
     };
     // A wrong URL or scheme is a start-up error, not an outage later.
-    let info = target.connection_info()?;
-    if !info.addr().is_supported() {
+    let infos = target.connection_infos()?;
+    if infos.is_empty() {
+        return Err(format!("{ENV_CLUSTER_NODES}: no node given"));
+    }
+    if infos.iter().any(|i| !i.addr().is_supported()) {
         return Err(format!(
             "{}: this kind of Redis address is not supported",
             target.display()
@@ -212,9 +277,13 @@ pub fn from_vars(
     }
 
     let prefix = text(ENV_KEY_PREFIX)?.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
-    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // Braces would change the keys' hash tag (see `super::state_key`).
+    if prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+    {
         return Err(format!(
-            "{ENV_KEY_PREFIX}={prefix:?}: must not contain spaces or control characters"
+            "{ENV_KEY_PREFIX}={prefix:?}: must not contain spaces, braces or control characters"
         ));
     }
     let ttl = int(
@@ -316,6 +385,10 @@ mod tests {
             (ENV_PUSH_INTERVAL, "5s"),
             (ENV_PUSH_INTERVAL, "NaN"),
             (ENV_KEY_PREFIX, "a b"),
+            (ENV_KEY_PREFIX, "{a}"),
+            (ENV_CLUSTER_NODES, "127.0.0.1"),
+            (ENV_CLUSTER_NODES, " , "),
+            (ENV_CLUSTER_NODES, "127.0.0.1:0"),
             (ENV_URL, "http://localhost:6379"),
             (ENV_URL, "redis://"),
         ] {
@@ -340,7 +413,7 @@ mod tests {
         let shown = s.target.display();
         assert_eq!(shown, "rediss://app:***@redis.example:6380/2");
         assert!(!format!("{:?}", s).contains("s3cret"));
-        let info = s.target.connection_info().expect("info");
+        let info = s.target.connection_infos().expect("info").remove(0);
         assert_eq!(info.redis_settings().username(), Some("app"));
         assert_eq!(info.redis_settings().password(), Some("s3cret"));
         assert_eq!(info.redis_settings().db(), 2);
@@ -348,6 +421,36 @@ mod tests {
         assert!(!e.contains("pw@"), "{e}");
         assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+    }
+
+    #[test]
+    fn cluster_nodes() {
+        let s = from(&[
+            (ENV_ENABLED, "true"),
+            (
+                ENV_CLUSTER_NODES,
+                "10.0.0.1:7000, 10.0.0.2:7001,redis://:pw2@10.0.0.3:7002",
+            ),
+            (ENV_PASSWORD, "pw"),
+        ])
+        .expect("ok")
+        .expect("on");
+        let infos = s.target.connection_infos().expect("infos");
+        assert_eq!(infos.len(), 3);
+        assert_eq!(infos[0].addr().to_string(), "10.0.0.1:7000");
+        assert_eq!(infos[1].redis_settings().password(), Some("pw"));
+        assert_eq!(infos[2].redis_settings().password(), Some("pw2"));
+        assert_eq!(
+            s.target.display(),
+            "redis cluster 10.0.0.1:7000,10.0.0.2:7001,redis://:***@10.0.0.3:7002"
+        );
+        let e = from(&[
+            (ENV_ENABLED, "true"),
+            (ENV_CLUSTER_NODES, "a:1"),
+            (ENV_URL, "redis://b"),
+        ])
+        .expect_err("both");
+        assert!(e.contains(ENV_CLUSTER_NODES) && e.contains(ENV_URL), "{e}");
     }
 
     #[test]
@@ -362,7 +465,7 @@ mod tests {
         .expect("ok")
         .expect("on");
         assert_eq!(s.target.display(), "redis://10.0.0.5:6380/3");
-        let info = s.target.connection_info().expect("info");
+        let info = s.target.connection_infos().expect("info").remove(0);
         assert_eq!(info.redis_settings().password(), Some("p w"));
         assert_eq!(info.redis_settings().db(), 3);
     }
