@@ -29,10 +29,11 @@ HOST = socket.gethostname()
 class Redis:
     """A redis-server of our own on a free loopback port, no persistence."""
 
-    def __init__(self, extra=(), port=None, tls=None, password=None):
+    def __init__(self, extra=(), port=None, tls=None, password=None, conf=None):
         self.port = port or free_port()
         self.tls = tls  # the CA file: redis-cli talks TLS
         self.password = password  # the default user's: redis-cli logs in
+        self.conf = conf  # a config file (a sentinel's must be writable)
         self.dir = tempfile.mkdtemp(prefix="fc-redis-")
         self.extra = list(extra)
         self.proc = None
@@ -40,9 +41,10 @@ class Redis:
 
     def start(self):
         self.log = open(os.path.join(self.dir, "redis.log"), "ab")
+        conf = [self.conf] if self.conf else []
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir] + self.extra,
+            [REDIS_SERVER] + conf + ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                     "--appendonly", "no", "--dir", self.dir] + self.extra,
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
         wait_for(lambda: self.proc.poll() is None and self.ping(), 10,
                  msg="redis-server on port %d" % self.port)
@@ -85,8 +87,8 @@ class Redis:
 def redis():
     made = []
 
-    def make(*extra, port=None, tls=None, password=None):
-        r = Redis(extra, port, tls, password)
+    def make(*extra, port=None, tls=None, password=None, conf=None):
+        r = Redis(extra, port, tls, password, conf)
         made.append(r)
         return r
 
@@ -457,6 +459,46 @@ def test_two_instances_through_a_three_master_cluster(server, cluster):
     assert len(holders) == 1
     assert sorted(holders[0].cli("SMEMBERS", index_key(prefix)).split()) == sorted(
         state_key(prefix, i) for i in want)
+
+
+# -- Sentinel ------------------------------------------------------------------------------------
+
+def test_sentinel_names_the_master_and_a_failover_is_followed(server, redis):
+    master = redis()
+    replica = redis("--replicaof", "127.0.0.1", str(master.port))
+    d = tempfile.mkdtemp(prefix="fc-sentinel-")
+    conf = os.path.join(d, "sentinel.conf")
+    with open(conf, "w") as f:
+        f.write("sentinel monitor fcmaster 127.0.0.1 %d 1\n"
+                "sentinel down-after-milliseconds fcmaster 1000\n"
+                "sentinel failover-timeout fcmaster 5000\n" % master.port)
+    sentinel = redis("--sentinel", conf=conf)
+    wait_for(lambda: "slaves=1" in sentinel.cli("INFO", "sentinel"), 20,
+             msg="the sentinel to see the replica\n" + sentinel.cli("INFO", "sentinel"))
+    prefix = "tsentinel"
+    env = {"REDIS_ENABLED": "true", "REDIS_SENTINEL_NODES": "127.0.0.1:%d" % sentinel.port,
+           "REDIS_SENTINEL_SERVICE": "fcmaster", "REDIS_KEY_PREFIX": prefix, "REDIS_PUSH_INTERVAL": "0.5"}
+    s = server(["-w", "1", "wsgiapp:app"], env=env)
+    key = state_key(prefix, "127.0.0.1:%d" % s.port)
+    wait_for(lambda: master.cli("EXISTS", key) == "1", 10, msg=key + " on the master")
+    load = Load(s.url, path="/", threads=2, max_seconds=60)
+    try:
+        master.stop()
+        wait_for(lambda: sentinel.cli("SENTINEL", "get-master-addr-by-name", "fcmaster").split()[-1:]
+                 == [str(replica.port)], 30, msg="the failover to the replica")
+        # The replica, now master, takes the pushes: the document changes.
+        first = replica.cli("GET", key)
+        wait_for(lambda: replica.cli("GET", key) != first, 10, msg="a push to the new master\n" + s.log())
+    finally:
+        load.stop()
+    assert load.errors == [] and len(load.ok) > 0, load.errors[:5]
+    n = served(s)
+    env.pop("REDIS_ENABLED")
+    rs = server(["exporter"], bind=False, ready=None, env=env)
+    rs.wait_ready(addr=("127.0.0.1", rs.metrics_port), path="/health")
+    wait_for(lambda: total(scrape(rs.metrics_port), "gunicorn_requests_total",
+                           instance="127.0.0.1:%d" % s.port) == n, 10, msg="the read side via the sentinel")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 # -- authentication and TLS -------------------------------------------------------------------

@@ -8,19 +8,19 @@ use std::time::{Duration, Instant};
 use ::redis::aio::MultiplexedConnection;
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use ::redis::{AsyncConnectionConfig, Client, FromRedisValue, Pipeline};
 
 use super::settings::Target;
 
 /// A standalone server or a cluster: the `redis` crate has a client type
 /// for each.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per link, made once: the size difference costs nothing"
-)]
 enum Clients {
     Single(Client),
     Cluster(ClusterClient),
+    /// Asks the sentinels for the master at every (re)connect, so a
+    /// failover is followed at the next push after the old master fails.
+    Sentinel(SentinelClient),
 }
 
 enum Conn {
@@ -59,6 +59,28 @@ impl Link {
         let mut infos = target.connection_infos()?;
         let bad = |e: ::redis::RedisError| format!("{}: {e}", target.display());
         let client = match target {
+            Target::Sentinel {
+                service,
+                db,
+                password,
+                ..
+            } => {
+                let mut master = ::redis::RedisConnectionInfo::default().set_db(*db);
+                if let Some(p) = password {
+                    master = master.set_password(p);
+                }
+                Clients::Sentinel(
+                    SentinelClient::build(
+                        infos,
+                        service.as_str(),
+                        Some(
+                            SentinelNodeConnectionInfo::default().set_redis_connection_info(master),
+                        ),
+                        SentinelServerType::Master,
+                    )
+                    .map_err(bad)?,
+                )
+            }
             Target::Cluster { .. } => Clients::Cluster(
                 ClusterClientBuilder::new(infos)
                     .connection_timeout(timeout)
@@ -135,7 +157,7 @@ impl Link {
             // cluster, the discovery of its slots.
             let limit = self.timeout * 2;
             let late = |_| format!("connecting timed out after {limit:?}");
-            let conn = match &self.client {
+            let conn = match &mut self.client {
                 Clients::Single(c) => Conn::Single(
                     tokio::time::timeout(
                         limit,
@@ -144,6 +166,12 @@ impl Link {
                     .await
                     .map_err(late)?
                     .map_err(|e| format!("cannot connect: {e}"))?,
+                ),
+                Clients::Sentinel(c) => Conn::Single(
+                    tokio::time::timeout(limit, c.get_async_connection_with_config(&cfg))
+                        .await
+                        .map_err(late)?
+                        .map_err(|e| format!("cannot connect: {e}"))?,
                 ),
                 Clients::Cluster(c) => Conn::Cluster(
                     tokio::time::timeout(limit, c.get_async_connection())

@@ -21,6 +21,9 @@ pub const ENV_TTL_DISABLED: &str = "REDIS_TTL_DISABLED";
 pub const ENV_PUSH_INTERVAL: &str = "REDIS_PUSH_INTERVAL";
 pub const ENV_INSTANCE: &str = "REDIS_INSTANCE";
 pub const ENV_CLUSTER_NODES: &str = "REDIS_CLUSTER_NODES";
+pub const ENV_SENTINEL_NODES: &str = "REDIS_SENTINEL_NODES";
+pub const ENV_SENTINEL_SERVICE: &str = "REDIS_SENTINEL_SERVICE";
+pub const DEFAULT_SENTINEL_SERVICE: &str = "mymaster";
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 6379;
@@ -42,6 +45,15 @@ pub enum Target {
     /// `host:port` or `redis[s]://...` seeds; a bare seed gets the password.
     Cluster {
         nodes: Vec<String>,
+        password: Option<String>,
+    },
+    /// Sentinels (`host:port` or `redis://` URLs, whose password is the
+    /// sentinels') that name the master of `service`; the master is
+    /// logged into with `db` and `password`.
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+        db: i64,
         password: Option<String>,
     },
     Parts {
@@ -87,30 +99,12 @@ impl Target {
             }
             Target::Cluster { nodes, password } => nodes
                 .iter()
-                .map(|n| {
-                    let bad = |e: String| format!("{ENV_CLUSTER_NODES}: {}: {e}", redact_url(n));
-                    if n.contains("://") {
-                        return n
-                            .as_str()
-                            .into_connection_info()
-                            .map_err(|e| bad(e.to_string()));
-                    }
-                    let (host, port) = n
-                        .rsplit_once(':')
-                        .and_then(|(h, p)| {
-                            Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?))
-                        })
-                        .filter(|(h, p)| !h.is_empty() && *p > 0)
-                        .ok_or_else(|| bad("not host:port or a redis:// URL".to_owned()))?;
-                    let mut redis = RedisConnectionInfo::default();
-                    if let Some(p) = password {
-                        redis = redis.set_password(p);
-                    }
-                    (host, port)
-                        .into_connection_info()
-                        .map(|c| c.set_redis_settings(redis))
-                        .map_err(|e| bad(e.to_string()))
-                })
+                .map(|n| node_info(ENV_CLUSTER_NODES, n, password.as_deref()))
+                .collect(),
+            // The sentinels themselves; the master's comes from them.
+            Target::Sentinel { sentinels, .. } => sentinels
+                .iter()
+                .map(|n| node_info(ENV_SENTINEL_NODES, n, None))
                 .collect(),
         }
     }
@@ -127,16 +121,48 @@ impl Target {
                 };
                 format!("redis://{host}:{port}/{db}")
             }
-            Target::Cluster { nodes, .. } => format!(
-                "redis cluster {}",
-                nodes
-                    .iter()
-                    .map(|n| redact_url(n))
-                    .collect::<Vec<_>>()
-                    .join(",")
+            Target::Cluster { nodes, .. } => format!("redis cluster {}", redact_list(nodes)),
+            Target::Sentinel {
+                sentinels,
+                service,
+                db,
+                ..
+            } => format!(
+                "redis sentinel {} master {service:?} db {db}",
+                redact_list(sentinels)
             ),
         }
     }
+}
+
+fn redact_list(nodes: &[String]) -> String {
+    nodes
+        .iter()
+        .map(|n| redact_url(n))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One node of a list: a `redis[s]://` URL, or `host:port` (logging in
+/// with `password`).
+fn node_info(var: &str, n: &str, password: Option<&str>) -> Result<ConnectionInfo, String> {
+    let bad = |e: String| format!("{var}: {}: {e}", redact_url(n));
+    if n.contains("://") {
+        return n.into_connection_info().map_err(|e| bad(e.to_string()));
+    }
+    let (host, port) = n
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+        .filter(|(h, p)| !h.is_empty() && *p > 0)
+        .ok_or_else(|| bad("not host:port or a redis:// URL".to_owned()))?;
+    let mut redis = RedisConnectionInfo::default();
+    if let Some(p) = password {
+        redis = redis.set_password(p);
+    }
+    (host, port)
+        .into_connection_info()
+        .map(|c| c.set_redis_settings(redis))
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// `scheme://user:secret@host/db` -> `scheme://user:***@host/db`.
@@ -240,24 +266,38 @@ pub fn from_vars(
             .transpose()?
             .filter(|p| !p.is_empty()))
     };
-    let cluster = text(ENV_CLUSTER_NODES)?;
-    let target = match (cluster, text(ENV_URL)?) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "{ENV_CLUSTER_NODES} and {ENV_URL} are both set: give one"
-            ))
-        }
-        (Some(nodes), None) => Target::Cluster {
-            nodes: nodes
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned)
-                .collect(),
+    let list = |v: String| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let chosen: Vec<&str> = [ENV_URL, ENV_CLUSTER_NODES, ENV_SENTINEL_NODES]
+        .into_iter()
+        .filter(|v| get(v).is_some_and(|x| !x.to_string_lossy().trim().is_empty()))
+        .collect();
+    if chosen.len() > 1 {
+        return Err(format!("{} are all set: give one", chosen.join(" and ")));
+    }
+    let target = match (
+        text(ENV_CLUSTER_NODES)?,
+        text(ENV_SENTINEL_NODES)?,
+        text(ENV_URL)?,
+    ) {
+        (Some(nodes), _, _) => Target::Cluster {
+            nodes: list(nodes),
             password: password()?,
         },
-        (None, Some(url)) => Target::Url(url),
-        (None, None) => Target::Parts {
+        (_, Some(nodes), _) => Target::Sentinel {
+            sentinels: list(nodes),
+            service: text(ENV_SENTINEL_SERVICE)?
+                .unwrap_or_else(|| DEFAULT_SENTINEL_SERVICE.to_owned()),
+            db: int(ENV_DB, 0, i64::from(i32::MAX), 0)?,
+            password: password()?,
+        },
+        (_, _, Some(url)) => Target::Url(url),
+        (None, None, None) => Target::Parts {
             host: text(ENV_HOST)?.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
             port: int(ENV_PORT, 1, 65_535, DEFAULT_PORT.into())? as u16,
             db: int(ENV_DB, 0, i64::from(i32::MAX), 0)?,
@@ -267,7 +307,13 @@ pub fn from_vars(
     // A wrong URL or scheme is a start-up error, not an outage later.
     let infos = target.connection_infos()?;
     if infos.is_empty() {
-        return Err(format!("{ENV_CLUSTER_NODES}: no node given"));
+        return Err(format!(
+            "{}: no node given",
+            match target {
+                Target::Sentinel { .. } => ENV_SENTINEL_NODES,
+                _ => ENV_CLUSTER_NODES,
+            }
+        ));
     }
     if infos.iter().any(|i| !i.addr().is_supported()) {
         return Err(format!(
@@ -451,6 +497,26 @@ mod tests {
         ])
         .expect_err("both");
         assert!(e.contains(ENV_CLUSTER_NODES) && e.contains(ENV_URL), "{e}");
+        let s = from(&[
+            (ENV_ENABLED, "true"),
+            (ENV_SENTINEL_NODES, "10.0.0.1:26379,10.0.0.2:26379"),
+            (ENV_DB, "2"),
+            (ENV_PASSWORD, "pw"),
+        ])
+        .expect("ok")
+        .expect("on");
+        assert_eq!(
+            s.target,
+            Target::Sentinel {
+                sentinels: vec!["10.0.0.1:26379".into(), "10.0.0.2:26379".into()],
+                service: "mymaster".into(),
+                db: 2,
+                password: Some("pw".into())
+            }
+        );
+        assert!(from(&[(ENV_ENABLED, "true"), (ENV_SENTINEL_NODES, "x")])
+            .expect_err("bad")
+            .contains(ENV_SENTINEL_NODES));
     }
 
     #[test]
