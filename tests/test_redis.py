@@ -161,6 +161,7 @@ def pushing(server, r, prefix, workers="1", **env):
     ("REDIS_PORT", "70000"),
     ("REDIS_DB", "-1"),
     ("REDIS_TTL_SECONDS", "0"),
+    ("REDIS_TTL_SECONDS", "5"),  # not longer than the push interval
     ("REDIS_TTL_DISABLED", "maybe"),
     ("REDIS_PUSH_INTERVAL", "0"),
     ("REDIS_PUSH_INTERVAL", "5s"),
@@ -415,11 +416,24 @@ def test_redis_stopped_and_slow_during_load(server, redis):
 
 # -- Redis Cluster ------------------------------------------------------------------------------
 
+def cluster_port():
+    """A free port whose cluster bus port (+10000) is valid and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535:
+            try:
+                with socket.socket() as b:
+                    b.bind(("127.0.0.1", port + 10000))
+                return port
+            except OSError:
+                pass
+
+
 @pytest.fixture
 def cluster(redis):
     """Three masters on free ports, joined with redis-cli --cluster create."""
     nodes = [redis("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                   "--cluster-node-timeout", "5000") for _ in range(3)]
+                   "--cluster-node-timeout", "5000", port=cluster_port()) for _ in range(3)]
     addrs = ["127.0.0.1:%d" % n.port for n in nodes]
     out = subprocess.run([REDIS_CLI, "--cluster", "create"] + addrs + ["--cluster-replicas", "0",
                          "--cluster-yes"], capture_output=True, text=True, timeout=60)

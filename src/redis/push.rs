@@ -35,6 +35,8 @@ pub struct PushStats {
     pub ok: u64,
     pub failed: u64,
     pub last_seconds: f64,
+    /// Of `last_seconds`, collecting and encoding (the rest is the round trip).
+    pub last_collect_seconds: f64,
     pub last_bytes: usize,
     pub up: bool,
 }
@@ -61,6 +63,12 @@ impl PushStats {
                 help: "Duration of the last push to Redis (collect, encode, one round trip)".into(),
                 kind: Kind::Gauge,
                 samples: vec![scalar(vec![], self.last_seconds)],
+            },
+            Family {
+                name: "ferrocorn_redis_push_collect_seconds".into(),
+                help: "Of the last push's duration, collecting and encoding the metrics (the rest is the round trip to Redis)".into(),
+                kind: Kind::Gauge,
+                samples: vec![scalar(vec![], self.last_collect_seconds)],
             },
             Family {
                 name: "ferrocorn_redis_push_bytes".into(),
@@ -187,6 +195,7 @@ impl Pusher {
             families: (self.collect)(),
         };
         let doc = codec::encode(&snap);
+        let encoded = t0.elapsed();
         let bytes = doc.len();
         let mut pipe = ::redis::pipe();
         match self.settings.ttl_seconds {
@@ -210,6 +219,7 @@ impl Pusher {
         if ok {
             s.ok += 1;
             s.last_seconds = t0.elapsed().as_secs_f64();
+            s.last_collect_seconds = encoded.as_secs_f64();
             s.last_bytes = bytes;
         } else {
             s.failed += 1;

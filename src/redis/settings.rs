@@ -352,6 +352,13 @@ pub fn from_vars(
             }
         },
     };
+    if ttl_seconds.is_some_and(|t| (t as f64) <= push_interval.as_secs_f64()) {
+        return Err(format!(
+            "{ENV_TTL_SECONDS}={ttl} is not longer than {ENV_PUSH_INTERVAL} ({}s): the keys \
+             would expire between two pushes",
+            push_interval.as_secs_f64()
+        ));
+    }
     let instance = text(ENV_INSTANCE)?;
     if let Some(i) = &instance {
         if i.chars().any(char::is_control) {
@@ -430,6 +437,7 @@ mod tests {
             (ENV_PUSH_INTERVAL, "0.01"),
             (ENV_PUSH_INTERVAL, "5s"),
             (ENV_PUSH_INTERVAL, "NaN"),
+            (ENV_TTL_SECONDS, "5"),
             (ENV_KEY_PREFIX, "a b"),
             (ENV_KEY_PREFIX, "{a}"),
             (ENV_CLUSTER_NODES, "127.0.0.1"),
