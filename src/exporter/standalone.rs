@@ -66,7 +66,11 @@ pub fn main(args: &[OsString]) -> i32 {
     }
     let redis = match crate::redis::settings::from_vars(env, false) {
         Ok(Some(r)) => r,
-        Ok(None) => return 1, // not reached: not required to be enabled
+        // from_vars only answers None when REDIS_ENABLED is required.
+        Ok(None) => {
+            eprintln!("Error: no Redis settings");
+            return 1;
+        }
         Err(e) => {
             eprintln!("Error: {e}");
             return 1;
