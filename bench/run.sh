@@ -7,6 +7,8 @@
 #   CORE_ONLY=1 bench/run.sh              # skip the optional rows (ferrocorn -w 2, Flask)
 #   SET=kinds bench/run.sh                # the worker kinds: gthread, gevent, eventlet vs sync,
 #                                         # gunicorn gevent / gthread and granian (results-kinds.md)
+#   SET=asgi bench/run.sh                 # the asgi kind vs granian --interface asgi and uvicorn
+#                                         # (httptools + uvloop), plain ASGI and FastAPI (results-asgi.md)
 #   SKIP_SETUP=1 WRK_DURATION=3s RUNS=1 bench/run.sh   # quick smoke run
 #
 # Knobs (defaults in brackets):
@@ -16,7 +18,8 @@
 #   ONLY [.]                regex on the server name (ferrocorn, gunicorn-sync, granian-wsgi, bjoern,
 #                           flask@ferrocorn, ...)
 #   CORE_ONLY [0]           1 = only the four target configs
-#   SET [core]              core = the sync worker against the anchors; kinds = the worker kinds
+#   SET [core]              core = the sync worker against the anchors; kinds = the worker kinds;
+#                           asgi = the asgi kind
 #   SKIP_SETUP [0]          1 = no apt / pip / cargo (the binary must already be built)
 #   APPEND [0]              1 = keep earlier records in the JSONL file
 #   QUIET_BUSY_PCT [20]     before each config, wait (up to QUIET_WAIT [90] s) until the machine's CPU
@@ -46,14 +49,14 @@ RUNS="${RUNS:-3}"
 ONLY="${ONLY:-.}"
 CORE_ONLY="${CORE_ONLY:-0}"
 SET="${SET:-core}"
-[[ "$SET" == core || "$SET" == kinds ]] || { echo "SET must be core or kinds" >&2; exit 2; }
+[[ "$SET" == core || "$SET" == kinds || "$SET" == asgi ]] || { echo "SET must be core, kinds or asgi" >&2; exit 2; }
 QUIET_BUSY_PCT="${QUIET_BUSY_PCT:-20}"
 QUIET_WAIT="${QUIET_WAIT:-90}"
 MAX_FOREIGN_PCT="${MAX_FOREIGN_PCT:-12}"
 RETRIES="${RETRIES:-2}"
-if [[ "$SET" == kinds ]]; then
-  BENCH_OUT="${BENCH_OUT:-$RESULTS/kinds/ferrocorn.jsonl}"
-  BENCH_REPORT="${BENCH_REPORT:-$BENCH_DIR/results-kinds.md}"
+if [[ "$SET" == kinds || "$SET" == asgi ]]; then
+  BENCH_OUT="${BENCH_OUT:-$RESULTS/$SET/ferrocorn.jsonl}"
+  BENCH_REPORT="${BENCH_REPORT:-$BENCH_DIR/results-$SET.md}"
 else
   BENCH_OUT="${BENCH_OUT:-$RESULTS/ferrocorn.jsonl}"
   BENCH_REPORT="${BENCH_REPORT:-$BENCH_DIR/results.md}"
@@ -93,6 +96,11 @@ setup() {
   "$VENV/bin/python" -c 'import gevent, packaging' 2>/dev/null \
     || "$VENV/bin/pip" install -q --disable-pip-version-check 'gevent==26.9.0' 'packaging==26.3' \
     || say "gevent install failed (the gunicorn-gevent row will be skipped)"
+  # FastAPI for the framework rows of SET=asgi (the version ferrocorn's tests use); granian and
+  # uvicorn (httptools, uvloop) come with the anchor pins.
+  "$VENV/bin/python" -c 'import fastapi' 2>/dev/null \
+    || "$VENV/bin/pip" install -q --disable-pip-version-check 'fastapi==0.163.2' 'starlette==1.10.0' \
+    || say "fastapi install failed (the fastapi rows will be skipped)"
   "$VENV/bin/python" -c 'import bjoern' 2>/dev/null \
     || "$VENV/bin/pip" install -q --disable-pip-version-check 'bjoern==3.2.2' \
     || say "bjoern install failed (its rows will be skipped)"
@@ -171,6 +179,16 @@ configs() {
     echo "15|granian-wsgi|w1 blocking-threads=1|1|$GR --interface wsgi --workers 1 --blocking-threads 1 --host 127.0.0.1 --port {PORT} --log-level warning hello_wsgi:app"
     echo "16|flask@ferrocorn|w1 gthread threads=4|1|$F -k gthread --threads 4 hello_flask:app"
     echo "17|flask@gunicorn-gthread|w1 threads=4|1|$G -w1 -k gthread --threads 4 -b 127.0.0.1:{PORT} hello_flask:app"
+    return
+  fi
+  if [[ "$SET" == asgi ]]; then
+    local F="env VIRTUAL_ENV=$FERRO_VENV $FERRO -w 1 -b 127.0.0.1:{PORT}"
+    local GA="$GR --interface asgi --workers 1 --host 127.0.0.1 --port {PORT} --log-level warning"
+    echo "20|ferrocorn|w1 asgi|1|$F -k asgi hello_asgi:app"
+    echo "21|granian-asgi|w1|1|$GA hello_asgi:app"
+    echo "22|uvicorn|w1 httptools uvloop|1|$VENV/bin/uvicorn --host 127.0.0.1 --port {PORT} --loop uvloop --http httptools --log-level warning --no-access-log hello_asgi:app"
+    echo "23|fastapi@ferrocorn|w1 asgi|1|$F -k asgi --chdir $BENCH_DIR/apps hello_fastapi:app"
+    echo "24|fastapi@granian-asgi|w1|1|$GA --working-dir $BENCH_DIR/apps hello_fastapi:app"
     return
   fi
   echo "0|ferrocorn|w1 sync|1|env VIRTUAL_ENV=$FERRO_VENV $FERRO -w 1 -b 127.0.0.1:{PORT} hello_wsgi:app"

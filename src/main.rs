@@ -2,6 +2,7 @@
 //! exactly like `gunicorn`. See docs/architecture.md.
 
 mod arbiter;
+mod asgi;
 mod config;
 mod conn;
 mod exporter;

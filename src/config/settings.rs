@@ -294,7 +294,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "The type of workers to use.",
         support: Support::Supported,
-        note: "sync, gthread, gevent (also gevent_wsgi, gevent_pywsgi), eventlet, their gunicorn.workers.* paths and gunicorn_prometheus_exporter's Prometheus*Worker names; gevent and eventlet monkey-patch before the app loads (the package must be in the venv); asgi, tornado and uvicorn are refused at start (not yet), as is a Python Worker class of one's own",
+        note: "sync, gthread, gevent (also gevent_wsgi, gevent_pywsgi), eventlet, their gunicorn.workers.* paths and gunicorn_prometheus_exporter's Prometheus*Worker names; gevent and eventlet monkey-patch before the app loads (the package must be in the venv); asgi (also gunicorn.workers.gasgi.ASGIWorker, uvicorn.workers.UvicornWorker / UvicornH11Worker and uvicorn_worker's) runs ASGI 3 apps (HTTP and WebSocket) on asyncio or uvloop with lifespan; tornado (also gunicorn.workers.gtornado.TornadoWorker, PrometheusTornadoWorker) serves tornado.web.Application, and WSGI apps through tornado's WSGIContainer, on the same loop (tornado's WebSocketHandler not yet); a Python Worker class of one's own is refused at start",
     },
     Setting {
         name: "threads",
@@ -1062,7 +1062,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Called just before a worker processes the request.",
         support: Support::Supported,
-        note: "",
+        note: "asgi worker: called before the app, as gunicorn's asgi worker; an exception is answered with 500",
     },
     Setting {
         name: "post_request",
@@ -1074,7 +1074,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Called after a worker processes the request.",
         support: Support::Supported,
-        note: "",
+        note: "asgi worker: environ is the minimal one gunicorn's asgi worker builds (REQUEST_METHOD, RAW_URI, PATH_INFO, QUERY_STRING, SERVER_PROTOCOL, REMOTE_ADDR, HTTP_*)",
     },
     Setting {
         name: "child_exit",
@@ -1457,8 +1457,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str("auto"),
         env: None,
         help: "Event loop implementation for ASGI workers.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: auto takes uvloop when it is installed in the app's venv, else asyncio; uvloop without it installed is a boot error",
     },
     Setting {
         name: "asgi_lifespan",
@@ -1469,8 +1469,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str("auto"),
         env: None,
         help: "Control ASGI lifespan protocol handling.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: startup before the worker accepts, shutdown after its last request; lifespan.startup.failed, or an exception after the app took the startup message (with on: any exception), is a boot error that stops the master; with auto, an app that raises before taking it does not speak lifespan and runs without",
     },
     Setting {
         name: "asgi_disconnect_grace_period",
@@ -1481,8 +1481,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Int(3),
         env: None,
         help: "Grace period (seconds) for ASGI apps to handle client disconnects.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: once the client is gone (http.disconnect delivered, or a write failed), a request that goes on is cancelled after this many seconds",
     },
     Setting {
         name: "websocket_max_message_size",
@@ -1493,8 +1493,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Int(16777216),
         env: None,
         help: "Largest WebSocket message, in bytes, the asgi worker accepts.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: a larger message or frame closes the WebSocket with 1009; permessage-deflate is not offered yet",
     },
     Setting {
         name: "http_parser",
@@ -1517,8 +1517,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str(""),
         env: None,
         help: "The root path for ASGI applications.",
-        support: Support::NotYet,
-        note: "ASGI worker",
+        support: Support::Supported,
+        note: "asgi worker: the scope's root_path",
     },
     Setting {
         name: "dirty_apps",

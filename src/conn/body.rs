@@ -205,6 +205,28 @@ impl Body {
         Ok(out)
     }
 
+    /// Up to `max` body bytes that can be had with at most one read from
+    /// the socket: for a caller that must not wait (an event loop), whose
+    /// transport then fails with `WouldBlock` and leaves the body as it was.
+    /// Empty at the end of the body.
+    pub fn read_some(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        if self.ensure()? {
+            self.take_avail(max, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Whether body bytes may still come (false once the body is known to
+    /// be complete; a chunked body may say true until its last chunk is read).
+    pub fn more(&self) -> bool {
+        match &self.framing {
+            Framing::Done => self.dpos < self.decoded.len(),
+            Framing::Length(left) => *left > 0,
+            Framing::Chunked(dec) => self.dpos < self.decoded.len() || !dec.is_done(),
+        }
+    }
+
     /// Reads a line (through b'\n'), at most `size` bytes.
     pub fn readline(&mut self, size: Option<usize>) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();

@@ -71,11 +71,10 @@ fn wait(waiter: Waiter, fd: RawFd, flags: PollFlags, deadline: Instant) -> io::R
     }
 }
 
-/// write(2) once (MSG_NOSIGNAL semantics come from SIGPIPE being ignored).
-pub fn write_nb(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+/// Runs a read(2)/write(2)-style call again while it is interrupted.
+fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
-        // SAFETY: buf is a valid readable slice of buf.len() bytes.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        let n = call();
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -84,6 +83,18 @@ pub fn write_nb(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
             return Err(e);
         }
     }
+}
+
+/// write(2) once (MSG_NOSIGNAL semantics come from SIGPIPE being ignored).
+pub fn write_nb(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid readable slice of buf.len() bytes.
+    retry_eintr(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+/// read(2) once into `buf`. Ok(0) means end of stream.
+pub fn read_nb(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid writable slice of buf.len() bytes.
+    retry_eintr(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// read(2) once, appending up to `max` bytes to `buf` without zeroing the

@@ -69,6 +69,9 @@ pub trait Handler {
     fn woke(&mut self) -> Result<(), i32>;
     /// USR1: reopen the kind's own log files.
     fn reopen_logs(&mut self);
+    /// The worker began its graceful stop (TERM, max_requests): the
+    /// loop accepts no more and waits for the requests it has.
+    fn stopping(&mut self) {}
 }
 
 /// The loop's settings, from the configuration.
@@ -399,6 +402,12 @@ impl<H: Handler> Loop<H> {
         self.poll.as_raw_fd()
     }
 
+    /// The kind's handler (a kind that runs the loop from its own event
+    /// loop reaches its shared state through it).
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
     /// The longest the next turn may wait for events.
     pub fn next_wait(&self) -> Duration {
         if !self.accept_pending.is_empty() {
@@ -677,6 +686,7 @@ impl<H: Handler> Loop<H> {
             return;
         }
         self.life.alive = false;
+        self.handler.stopping();
         let now = Instant::now();
         self.draining = Some(now + self.settings.graceful_timeout);
         self.listeners.pause(self.poll.registry());

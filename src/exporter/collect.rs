@@ -246,6 +246,15 @@ impl Collector {
                 })
             })
             .collect();
+        let websockets = live
+            .iter()
+            .map(|(w, m)| {
+                scalar(
+                    vec![("worker_id", w.id.clone())],
+                    load(&m.websockets) as f64,
+                )
+            })
+            .collect();
 
         vec![
             family(
@@ -301,6 +310,12 @@ impl Collector {
                 "Requests the worker is running (busy) and could run besides (idle): threads, greenlets, or 1 for sync",
                 Kind::Gauge,
                 concurrency,
+            ),
+            family(
+                "gunicorn_websocket_connections",
+                "WebSocket sessions open now, per worker (asgi)",
+                Kind::Gauge,
+                websockets,
             ),
         ]
     }

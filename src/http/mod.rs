@@ -304,6 +304,98 @@ pub fn error_response(status: u16, reason: &str, detail: &str) -> Vec<u8> {
     out
 }
 
+/// The status line of a status code ("200 OK"), without allocating for
+/// the common ones.
+pub fn status_line(code: u16) -> std::borrow::Cow<'static, str> {
+    match code {
+        200 => "200 OK".into(),
+        201 => "201 Created".into(),
+        204 => "204 No Content".into(),
+        301 => "301 Moved Permanently".into(),
+        302 => "302 Found".into(),
+        304 => "304 Not Modified".into(),
+        307 => "307 Temporary Redirect".into(),
+        400 => "400 Bad Request".into(),
+        401 => "401 Unauthorized".into(),
+        403 => "403 Forbidden".into(),
+        404 => "404 Not Found".into(),
+        422 => "422 Unprocessable Content".into(),
+        500 => "500 Internal Server Error".into(),
+        _ => format!("{code} {}", reason_phrase(code)).into(),
+    }
+}
+
+/// The reason phrase of a status code (RFC 9110 and the registered
+/// extensions), for servers given only the number (ASGI); "" for an
+/// unknown code, as a status line may have an empty reason.
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        102 => "Processing",
+        103 => "Early Hints",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        418 => "I'm a Teapot",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => "",
+    }
+}
+
 /// The length of the body of [`error_response`] (for the logs and metrics).
 pub fn error_body_len(response: &[u8]) -> u64 {
     memchr::memmem::find(response, b"\r\n\r\n").map_or(0, |i| (response.len() - i - 4) as u64)

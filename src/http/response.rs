@@ -170,6 +170,11 @@ impl Encoder {
         self.status.is_some()
     }
 
+    /// The response to a HEAD request (no body goes out).
+    pub fn is_head(&self) -> bool {
+        self.is_head
+    }
+
     pub fn headers_sent(&self) -> bool {
         self.headers_sent
     }

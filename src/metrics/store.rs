@@ -199,6 +199,8 @@ pub struct WorkerMetrics {
     /// Requests the worker can run at once (1, --threads, or
     /// --worker-connections), set when it starts serving.
     pub capacity: AtomicU64,
+    /// WebSocket sessions open now (asgi).
+    pub websockets: AtomicU64,
 }
 
 /// What the worker records once a request is answered.
@@ -294,6 +296,7 @@ impl WorkerMetrics {
         self.in_flight.store(0, Ordering::Relaxed);
         self.queue.clear();
         self.capacity.store(0, Ordering::Relaxed);
+        self.websockets.store(0, Ordering::Relaxed);
     }
 }
 

@@ -12,23 +12,25 @@ pub enum Kind {
     Gthread,
     /// One greenlet per request on gevent's or eventlet's hub.
     Green(Lib),
+    /// ASGI 3 apps on an asyncio loop (`asgi`, uvicorn's worker names).
+    Asgi,
+    /// Tornado apps (and WSGI apps through tornado's WSGIContainer) on the
+    /// asgi kind's loop.
+    Tornado,
 }
 
 /// The names `--worker-class` accepts, for messages.
-const SUPPORTED: &str = "sync, gthread, gevent, gevent_wsgi, gevent_pywsgi, eventlet, their \
-     gunicorn.workers.* class paths, and gunicorn_prometheus_exporter.PrometheusWorker, \
-     PrometheusThreadWorker, PrometheusGeventWorker, PrometheusEventletWorker";
+const SUPPORTED: &str =
+    "sync, gthread, gevent, gevent_wsgi, gevent_pywsgi, eventlet, asgi, tornado, \
+     their gunicorn.workers.* class paths, uvicorn.workers.UvicornWorker, UvicornH11Worker \
+     (and uvicorn_worker's), and gunicorn_prometheus_exporter.PrometheusWorker, \
+     PrometheusThreadWorker, PrometheusGeventWorker, PrometheusEventletWorker, \
+     PrometheusTornadoWorker";
 
 /// Resolves `--worker-class` (after gunicorn's `--threads` rule, see
 /// `Config::worker_class`).
 pub fn resolve(name: &str) -> Result<Kind, String> {
     let last = name.rsplit('.').next().unwrap_or(name);
-    let later = |kind: &str| {
-        Err(format!(
-            "worker class {name:?}: the {kind} worker is not implemented yet in ferrocorn \
-             (supported: {SUPPORTED})"
-        ))
-    };
     match (name, last) {
         ("sync", _) | (_, "SyncWorker" | "PrometheusWorker") => Ok(Kind::Sync),
         ("gthread", _) | (_, "ThreadWorker" | "PrometheusThreadWorker") => Ok(Kind::Gthread),
@@ -39,9 +41,11 @@ pub fn resolve(name: &str) -> Result<Kind, String> {
         ("eventlet", _) | (_, "EventletWorker" | "PrometheusEventletWorker") => {
             Ok(Kind::Green(Lib::Eventlet))
         }
-        ("tornado", _) | (_, "TornadoWorker" | "PrometheusTornadoWorker") => later("tornado"),
-        ("asgi", _) | (_, "ASGIWorker") => later("asgi"),
-        (_, "UvicornWorker" | "UvicornH11Worker" | "PrometheusUvicornWorker") => later("uvicorn"),
+        ("tornado", _) | (_, "TornadoWorker" | "PrometheusTornadoWorker") => Ok(Kind::Tornado),
+        ("asgi", _)
+        | (_, "ASGIWorker" | "UvicornWorker" | "UvicornH11Worker" | "PrometheusUvicornWorker") => {
+            Ok(Kind::Asgi)
+        }
         _ => Err(format!(
             "worker class {name:?} is not known to ferrocorn: ferrocorn runs its own worker \
              kinds, not Python Worker classes (supported: {SUPPORTED})"
@@ -92,11 +96,23 @@ mod tests {
         ] {
             assert_eq!(resolve(name), Ok(kind), "{name}");
         }
-        assert!(resolve("uvicorn.workers.UvicornWorker")
-            .unwrap_err()
-            .contains("uvicorn worker is not implemented yet"));
-        assert!(resolve("asgi").is_err());
-        assert!(resolve("tornado").is_err());
+        for name in [
+            "asgi",
+            "gunicorn.workers.gasgi.ASGIWorker",
+            "uvicorn.workers.UvicornWorker",
+            "uvicorn.workers.UvicornH11Worker",
+            "uvicorn_worker.UvicornWorker",
+            "uvicorn_worker.UvicornH11Worker",
+        ] {
+            assert_eq!(resolve(name), Ok(Kind::Asgi), "{name}");
+        }
+        for name in [
+            "tornado",
+            "gunicorn.workers.gtornado.TornadoWorker",
+            "gunicorn_prometheus_exporter.PrometheusTornadoWorker",
+        ] {
+            assert_eq!(resolve(name), Ok(Kind::Tornado), "{name}");
+        }
         let e = resolve("myproject.workers.CustomWorker").unwrap_err();
         assert!(
             e.contains("not known") && e.contains("gevent_pywsgi"),

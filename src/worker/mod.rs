@@ -1,6 +1,7 @@
 //! Worker processes: what every worker kind does after the fork (signals,
 //! loading the app, exit codes), then the kind's own loop.
 
+mod asgi;
 pub mod green;
 mod gthread;
 pub mod kind;
@@ -238,13 +239,70 @@ fn serve(
         // loop never holds it; the hub's turns never wait in epoll.
         release: match kind {
             Kind::Sync => crate::python::release_gil,
-            Kind::Gthread | Kind::Green(_) => crate::conn::io::no_release,
+            Kind::Gthread | Kind::Green(_) | Kind::Asgi | Kind::Tornado => {
+                crate::conn::io::no_release
+            }
         },
         app_wait: match kind {
             Kind::Sync | Kind::Gthread => crate::conn::io::Waiter::Poll(crate::python::release_gil),
             Kind::Green(_) => green::WAITER,
+            Kind::Asgi | Kind::Tornado => asgi::WAITER,
         },
     };
+    let access = match cfg.accesslog() {
+        Some(target) => Some(AccessLog::new(&target, &cfg.access_log_format())?),
+        None => None,
+    };
+    ctx.metrics.capacity.store(
+        match kind {
+            Kind::Sync => 1,
+            Kind::Gthread => cfg.threads().max(1) as u64,
+            Kind::Green(_) | Kind::Asgi | Kind::Tornado => cfg.worker_connections().max(1) as u64,
+        },
+        Ordering::Relaxed,
+    );
+    if matches!(kind, Kind::Asgi | Kind::Tornado) {
+        let slot = ctx.slot;
+        let asgi_settings = asgi::AsgiSettings {
+            root_path: cfg.str("root_path").unwrap_or("").to_string(),
+            // Tornado apps have no lifespan protocol (gunicorn's tornado
+            // worker has none either).
+            lifespan: if kind == Kind::Tornado {
+                "off".to_string()
+            } else {
+                cfg.str("asgi_lifespan").unwrap_or("auto").to_string()
+            },
+            tornado: kind == Kind::Tornado,
+            loop_kind: cfg.str("asgi_loop").unwrap_or("auto").to_string(),
+            graceful_timeout: settings.graceful_timeout,
+            io_timeout,
+            ws_max_message: usize::try_from(cfg.int("websocket_max_message_size")).unwrap_or(0),
+            disconnect_grace: Duration::from_secs(
+                u64::try_from(cfg.int("asgi_disconnect_grace_period")).unwrap_or(0),
+            ),
+        };
+        let code = asgi::run(py, &app, &asgi_settings, |event_loop, app| {
+            let handler = asgi::AsgiHandler::new(
+                py,
+                app,
+                &listeners,
+                access,
+                &ctx,
+                &asgi_settings,
+                event_loop,
+            )
+            .map_err(|e| {
+                format!(
+                    "starting the asgi worker: {}",
+                    crate::python::format_err(py, &e)
+                )
+            })?;
+            let lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
+            slot.set_state(State::Idle);
+            Ok(lp)
+        });
+        return Ok(code);
+    }
     let wsgi = Wsgi::new(
         py,
         app,
@@ -266,19 +324,7 @@ fn serve(
             crate::python::format_err(py, &e),
         )
     })?;
-    let access = match cfg.accesslog() {
-        Some(target) => Some(AccessLog::new(&target, &cfg.access_log_format())?),
-        None => None,
-    };
     let slot = ctx.slot;
-    ctx.metrics.capacity.store(
-        match kind {
-            Kind::Sync => 1,
-            Kind::Gthread => cfg.threads().max(1) as u64,
-            Kind::Green(_) => cfg.worker_connections().max(1) as u64,
-        },
-        Ordering::Relaxed,
-    );
     let ctx = Context {
         view: WorkerView {
             max_requests: if max_requests == u64::MAX {
@@ -311,6 +357,9 @@ fn serve(
             let lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
             slot.set_state(State::Idle);
             Ok(green::run(py, lib, lp))
+        }
+        Kind::Asgi | Kind::Tornado => {
+            Err("the asgi and tornado kinds are served above".to_string())
         }
     }
 }
