@@ -12,9 +12,12 @@ die() { printf '==> setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages --------------------------------------------------------
 # command name -> Debian package
-# (redis-server joins this list when the tests need it; prometheus and
-# promtool scrape and check the metrics exporter in tests/test_metrics_*.py)
-declare -A NEED=([curl]=curl [wrk]=wrk [prometheus]=prometheus [promtool]=prometheus)
+# (prometheus and promtool scrape and check the metrics exporter in
+# tests/test_metrics_*.py; redis-server and redis-cli are the real Redis that
+# tests/test_redis.py starts, standalone, as a cluster and with TLS; openssl
+# makes that test's certificates)
+declare -A NEED=([curl]=curl [wrk]=wrk [prometheus]=prometheus [promtool]=prometheus
+                 [redis-server]=redis-server [redis-cli]=redis-tools [openssl]=openssl)
 missing=()
 for cmd in "${!NEED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
@@ -31,7 +34,7 @@ if ((${#missing[@]})); then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
         || die "apt-get install ${missing[*]} failed"
 else
-    say "system packages present (curl, wrk, prometheus)"
+    say "system packages present (curl, wrk, prometheus, redis-server, redis-cli, openssl)"
 fi
 
 # --- Python virtualenv ------------------------------------------------------

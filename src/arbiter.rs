@@ -97,6 +97,10 @@ pub struct Arbiter {
     python_version: String,
 }
 
+/// How long a stopping master waits for the exporter once the workers are
+/// gone (its last Redis push), before SIGKILL.
+const EXPORTER_STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// An exporter that dies sooner than this after its start is restarted
 /// only after [`EXPORTER_RESPAWN_DELAY`], so a crash loop cannot spin.
 const EXPORTER_MIN_LIFE: Duration = Duration::from_secs(5);
@@ -243,16 +247,15 @@ impl Arbiter {
             format!("{}.{}.{}", v.major, v.minor, v.patch)
         });
         if !self.cfg.metrics() {
+            if self.cfg.bool("redis_enabled") {
+                crate::log_warning!(
+                    "redis_enabled (REDIS_ENABLED) has no effect with --no-metrics: the \
+                     exporter pushes to Redis, and there is none"
+                );
+            }
             return Ok(());
         }
         self.exporter_cfg = Some(self.exporter_settings()?);
-        if crate::exporter::config::redis_requested() {
-            crate::log_warning!(
-                "REDIS_ENABLED is set, but ferrocorn has no Redis storage yet: metrics stay \
-                 in shared memory and files on this host and are served at /metrics; nothing \
-                 is written to Redis"
-            );
-        }
         let (uid, gid) = (self.cfg.uid(), self.cfg.gid());
         let owner = (uid != nix::unistd::geteuid().as_raw()
             || gid != nix::unistd::getegid().as_raw())
@@ -263,6 +266,10 @@ impl Arbiter {
             crate::mpfiles::appdir::prepare(py, dir.as_deref(), cleanup, owner)
         })
         .map_err(|e| format!("metrics: {e}"))?;
+        let mut app_dir = app_dir;
+        if self.cfg.bool("keep_dead_worker_gauges") {
+            app_dir.all_mode = crate::mpfiles::AllMode::Keep;
+        }
         self.app_dir = Some(app_dir);
         Ok(())
     }
@@ -379,7 +386,9 @@ impl Arbiter {
         };
         if let Some((pid, _)) = self.exporter {
             self.exporter_restart = true;
-            let _ = kill(pid, Signal::SIGTERM);
+            // HUP, not TERM: the exporter pushes to Redis once more and
+            // keeps the instance's keys, as the instance lives on.
+            let _ = kill(pid, Signal::SIGHUP);
         }
     }
 
@@ -1039,6 +1048,14 @@ impl Arbiter {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.kill_workers(Signal::SIGKILL);
+        // The exporter's last Redis push waits for the workers to be reaped
+        // (it carries their final counts): give it a moment before SIGKILL.
+        // Without Redis it has exited on TERM already.
+        let limit = Instant::now() + EXPORTER_STOP_GRACE;
+        while self.exporter.is_some() && Instant::now() < limit {
+            let _ = self.reap_workers(true);
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if let Some((pid, _)) = self.exporter {
             let _ = kill(pid, Signal::SIGKILL);
         }

@@ -13,6 +13,7 @@ mod metrics;
 mod mpfiles;
 mod process;
 mod python;
+mod redis;
 mod shm;
 mod sock;
 mod worker;
@@ -33,6 +34,12 @@ fn real_main() -> i32 {
     // SAFETY: setting a signal disposition to SIG_IGN before any thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    // `ferrocorn exporter`: the Redis read side, no Python, no master. (An
+    // application module named `exporter` is given as `exporter:app`.)
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "exporter") {
+        return exporter::standalone::main(&args[2..]);
     }
     // First, before anything changes the environment: USR2 re-exec needs
     // the original argv, environment and executable.

@@ -318,7 +318,9 @@ def wait_workers_serving(s, n):
 
 def test_app_metrics_equal_multiprocess_collector_while_workers_live_and_die(server):
     d = tempfile.mkdtemp(prefix="fc-mp-")
-    s = server(["-w", "2", "metrics_app:app"], env={"PROMETHEUS_MULTIPROC_DIR": d})
+    # prometheus_client's exact answer, dead workers' `all` gauges included
+    s = server(["-w", "2", "--keep-dead-worker-gauges", "metrics_app:app"],
+               env={"PROMETHEUS_MULTIPROC_DIR": d})
     wait_workers_serving(s, 2)
     for i in range(1, 31):
         assert requests.get(s.url + "/work?n=%d" % i).status_code == 200
@@ -360,6 +362,70 @@ def test_app_metrics_equal_multiprocess_collector_while_workers_live_and_die(ser
     names = [os.path.basename(p) for p in glob.glob(os.path.join(d, "*.db"))]
     per_pid = {n.rsplit("_", 1)[1][:-3] for n in names if not n.startswith(("counter_archive", "histogram_archive", "summary_archive", "gauge_"))}
     assert per_pid <= live, (names, live)
+
+
+def dead_files(d, live):
+    """The .db files of processes that are not live workers (archives aside)."""
+    names = [os.path.basename(p) for p in glob.glob(os.path.join(d, "*.db"))]
+    return [n for n in names if not n.endswith("_archive.db") and n.rsplit("_", 1)[1][:-3] not in live]
+
+
+def scrape_ms(s, n=30):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        assert scrape(s).status_code == 200
+        times.append((time.perf_counter() - t0) * 1000)
+    return sorted(times)[n // 2]
+
+
+def churn(s, restarts):
+    """Requests until `restarts` workers were replaced (max_requests)."""
+    pids = set(s.children())
+    while len(pids) < restarts + 2:
+        r = requests.get(s.url + "/work?n=1", timeout=10)
+        assert r.status_code == 200
+        pids |= set(s.children())
+    return pids
+
+
+def test_dead_workers_all_mode_gauges_are_dropped_at_reap(server):
+    # The app has gauges in every mode, `all` (prometheus_client's default)
+    # among them; each worker writes its gauge_all_<pid>.db at import.
+    d = tempfile.mkdtemp(prefix="fc-mp-")
+    s = server(["-w", "2", "--max-requests", "20", "--preload", "metrics_app:app"],
+               env={"PROMETHEUS_MULTIPROC_DIR": d})
+    wait_workers_serving(s, 2)
+    churn(s, 10)
+    early = scrape_ms(s)
+    seen = churn(s, 300)
+    wait_workers_serving(s, 2)
+    late = scrape_ms(s)
+    # --preload: the master imported the app, its own files are alive too
+    live = {str(p) for p in s.children() + [s.proc.pid]}
+    dead = dead_files(d, live)
+    print("restarts=%d dead files=%d scrape median early=%.2fms late=%.2fms"
+          % (len(seen) - 2, len(dead), early, late))
+    assert len(dead) <= 6, dead
+    assert late < early * 1.5 + 0.5, (early, late)
+    ours = app_samples(wait_metrics(s))
+    pids_in_all = {dict(l).get("pid") for (n, l) in ours if n == "app_gauge_all"}
+    assert pids_in_all <= live | {str(p) for p in s.children()}, (pids_in_all, live)
+    assert total(ours, "app_jobs_total") == total(collector_samples(d), "app_jobs_total")
+
+
+def test_keep_dead_worker_gauges_keeps_them(server):
+    d = tempfile.mkdtemp(prefix="fc-mp-")
+    s = server(["-w", "2", "--max-requests", "20", "--preload", "metrics_app:app"],
+               env={"PROMETHEUS_MULTIPROC_DIR": d, "FERROCORN_KEEP_DEAD_WORKER_GAUGES": "true"})
+    wait_workers_serving(s, 2)
+    seen = churn(s, 30) | {s.proc.pid}  # --preload: the master has files too
+    live = {str(p) for p in s.children() + [s.proc.pid]}
+    dead = [n for n in dead_files(d, live) if n.startswith("gauge_all_")]
+    assert len(dead) >= 30, dead
+    ours = app_samples(wait_metrics(s))
+    pids_in_all = {dict(l).get("pid") for (n, l) in ours if n == "app_gauge_all"}
+    assert len(pids_in_all) >= 30 and pids_in_all <= {str(p) for p in seen}, pids_in_all
 
 
 def test_private_multiproc_dir_for_the_run(server):
@@ -486,14 +552,6 @@ def test_gunicorn_prometheus_exporter_config_runs_unchanged(server):
     assert total(smp, "gunicorn_workers") == 2
     assert total(smp, "gunicorn_requests_total", method="GET", status="200") >= 3
     assert s.stop() == 0
-
-
-def test_redis_enabled_is_reported_as_not_implemented(server):
-    # Set the way the exporter's docs do it: os.environ.setdefault in the config.
-    conf = "import os\nos.environ.setdefault('REDIS_ENABLED', 'true')\n"
-    s = server(["-w", "1", "wsgiapp:app"], config_text=conf)
-    assert "REDIS_ENABLED is set, but ferrocorn has no Redis storage yet" in s.log()
-    assert total(wait_metrics(s), "gunicorn_workers") == 1
 
 
 def test_cleanup_db_files_empties_the_directory_at_start(server):

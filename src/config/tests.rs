@@ -30,7 +30,9 @@ dirty_worker_exit control_socket control_socket_mode control_socket_disable";
 const FERROCORN_SETTINGS: &str = "metrics prometheus_bind_address prometheus_metrics_port \
 prometheus_ssl_certfile prometheus_ssl_keyfile prometheus_ssl_client_cafile \
 prometheus_ssl_client_capath prometheus_ssl_client_auth_required prometheus_multiproc_dir \
-cleanup_db_files metrics_duration_buckets";
+cleanup_db_files metrics_duration_buckets keep_dead_worker_gauges redis_enabled redis_url redis_cluster_nodes redis_sentinel_nodes redis_sentinel_service redis_host redis_port \
+redis_db redis_password redis_key_prefix redis_ttl_seconds redis_ttl_disabled \
+redis_push_interval redis_instance";
 
 /// A fresh, empty directory for one test.
 fn tmpdir() -> PathBuf {

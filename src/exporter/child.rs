@@ -1,9 +1,18 @@
 //! The exporter process proper: what the child the master forks for
 //! metrics runs until it is told to stop.
 
-use super::collect::{Collector, Source};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::collect::{live_workers, Collector, Source};
 use super::config::EnvConfig;
-use super::server;
+use super::server::{self, Companion, Extras};
+use crate::redis::push::{PushStats, Pusher};
+
+/// At shutdown the last push waits for the workers to be reaped (so that
+/// it carries their final counts), at most this long; the master stops
+/// waiting for the exporter sooner than that anyway.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs the exporter (in the forked child) and returns its exit status.
 pub fn run(cfg: EnvConfig, master_pid: u32, source: Source) -> i32 {
@@ -12,11 +21,70 @@ pub fn run(cfg: EnvConfig, master_pid: u32, source: Source) -> i32 {
     if !crate::process::die_with_master(master_pid) {
         return 0;
     }
+    let shm = source.shm;
+    let mut extras = Extras::default();
+    let mut stats: Option<Arc<Mutex<PushStats>>> = None;
+    if let Some(redis) = cfg.redis.clone() {
+        // A collector of its own: a push must not shorten the CPU window
+        // (or move the application counters' floor) of the local scrapes.
+        let mut push_collector = Collector::new(source.clone());
+        let instance = redis
+            .instance
+            .clone()
+            .unwrap_or_else(|| default_instance(&source, master_pid));
+        match Pusher::new(
+            redis,
+            crate::redis::hostname(),
+            instance,
+            Box::new(move || push_collector.collect()),
+            log_line,
+        ) {
+            Ok(pusher) => {
+                stats = Some(pusher.stats());
+                let companion: Companion = Box::new(move |stop| {
+                    Box::pin(pusher.run(
+                        stop,
+                        move || {
+                            live_workers(shm) == 0
+                                || std::os::unix::process::parent_id() != master_pid
+                        },
+                        DRAIN_LIMIT,
+                    ))
+                });
+                extras.companion = Some(companion);
+            }
+            // Checked at start (config_from_settings), so only a change of
+            // the environment in between gets here: serve locally anyway.
+            Err(e) => log_line(&format!("redis push: {e}; not pushing")),
+        }
+    }
     let mut collector = Collector::new(source);
     server::run(
-        cfg.into_server_config(master_pid, log_line),
-        Box::new(move || collector.collect()),
+        cfg.into_server_config(Some(master_pid), log_line),
+        Box::new(move || {
+            let mut families = collector.collect();
+            if let Some(s) = &stats {
+                families.extend(s.lock().unwrap_or_else(|p| p.into_inner()).families());
+            }
+            families
+        }),
+        extras,
     )
+}
+
+/// The instance's name when REDIS_INSTANCE is not set: its first TCP
+/// listener's address (as logged, without the scheme), else the master's
+/// pid (unix sockets only: set REDIS_INSTANCE there).
+fn default_instance(source: &Source, master_pid: u32) -> String {
+    source
+        .tcp_listeners
+        .first()
+        .map(|(_, url)| {
+            url.split_once("://")
+                .map_or(url.as_str(), |(_, a)| a)
+                .to_owned()
+        })
+        .unwrap_or_else(|| format!("pid-{master_pid}"))
 }
 
 fn log_line(line: &str) {

@@ -17,6 +17,7 @@ use crate::metrics::store::{
 use crate::shm::{monotonic_ms, Shm, State};
 
 /// What the collector reads, fixed when the master forks the exporter.
+#[derive(Clone)]
 pub struct Source {
     pub shm: &'static Shm,
     /// TCP listeners (fd inherited from the master, URL as logged).
@@ -70,6 +71,16 @@ struct Worker {
     state_since_ms: u64,
     born_ms: u64,
     slot: usize,
+}
+
+/// How many workers are alive in `shm` (slots the master has not reaped).
+pub fn live_workers(shm: &Shm) -> usize {
+    (0..shm.len())
+        .filter_map(|i| shm.slot(i))
+        .filter(|s| {
+            s.state() != State::Free && s.pid.load(std::sync::atomic::Ordering::Relaxed) != 0
+        })
+        .count()
 }
 
 /// How often a scrape is re-read when the master folded a reaped worker

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use super::server::ServerConfig;
 use super::tls::TlsConfig;
+use crate::redis::settings::RedisSettings;
 
 pub const ENV_BIND_ADDRESS: &str = "PROMETHEUS_BIND_ADDRESS";
 pub const ENV_METRICS_PORT: &str = "PROMETHEUS_METRICS_PORT";
@@ -26,11 +27,14 @@ pub struct EnvConfig {
     pub bind_address: String,
     pub port: u16,
     pub tls: Option<TlsConfig>,
+    /// The Redis push (REDIS_ENABLED and the REDIS_* settings), if on.
+    pub redis: Option<RedisSettings>,
 }
 
 impl EnvConfig {
     /// Completes a [`ServerConfig`] with what only the master knows.
-    pub fn into_server_config(self, master_pid: u32, log: fn(&str)) -> ServerConfig {
+    /// `master_pid`: `None` for the standalone read side.
+    pub fn into_server_config(self, master_pid: Option<u32>, log: fn(&str)) -> ServerConfig {
         ServerConfig {
             bind_address: self.bind_address,
             port: self.port,
@@ -149,22 +153,14 @@ pub fn config_from_vars(get: impl Fn(&str) -> Option<OsString>) -> Result<EnvCon
         }
     };
 
+    let redis = crate::redis::settings::from_vars(&get, true)?;
+
     Ok(EnvConfig {
         bind_address,
         port,
         tls,
+        redis,
     })
-}
-
-/// Whether the environment asks for gunicorn-prometheus-exporter's Redis
-/// storage (`REDIS_ENABLED`), which ferrocorn does not have yet. Read after
-/// the config file ran, as the PROMETHEUS_* variables.
-pub fn redis_requested() -> bool {
-    std::env::var("REDIS_ENABLED")
-        .ok()
-        .as_deref()
-        .and_then(parse_bool)
-        .unwrap_or(false)
 }
 
 /// gunicorn-prometheus-exporter's truthy set, plus the matching falsy set.
@@ -216,7 +212,8 @@ mod tests {
             EnvConfig {
                 bind_address: "0.0.0.0".into(),
                 port: 9090,
-                tls: None
+                tls: None,
+                redis: None,
             }
         );
         // Empty values mean "unset".

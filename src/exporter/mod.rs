@@ -14,11 +14,13 @@
 //! - `server`: tokio current-thread + hyper server, signals, bind retries.
 //! - `tls`: rustls server configuration, mTLS.
 //! - `config`: the PROMETHEUS_* settings.
-//! - `child`: the exporter process's entry point.
+//! - `child`: the exporter process's entry point (and the Redis push beside it).
+//! - `standalone`: `ferrocorn exporter`, the Redis read side.
 
 pub mod child;
 pub mod collect;
 pub mod config;
 pub mod expose;
 pub mod server;
+pub mod standalone;
 pub mod tls;

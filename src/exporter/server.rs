@@ -18,9 +18,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use tokio::sync::watch;
+
 use super::expose::{self, Format};
 use super::tls::{self, TlsConfig};
 use crate::metrics::model::Family;
+pub use crate::redis::push::Stop as StopReason;
 
 /// What the exporter serves and where.
 #[derive(Debug, Clone)]
@@ -30,8 +33,9 @@ pub struct ServerConfig {
     pub port: u16,
     /// HTTPS (and optional mTLS) when set.
     pub tls: Option<TlsConfig>,
-    /// `/health` answers 200 while this pid is our parent process.
-    pub master_pid: u32,
+    /// `/health` answers 200 while this pid is our parent process; `None`
+    /// (the standalone read side, which has no master): while it serves.
+    pub master_pid: Option<u32>,
     /// Receives the exporter's error lines (and the line saying it
     /// recovered), one complete line per call, without trailing newline.
     pub log: fn(&str),
@@ -39,6 +43,23 @@ pub struct ServerConfig {
 
 /// Produces the families to expose; called once per `/metrics` request.
 pub type Collect = Box<dyn FnMut() -> Vec<Family> + Send>;
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Awaited before each `/metrics` collect (the read side fetches from Redis
+/// there); bounded by its own timeouts.
+pub type Refresh = Arc<dyn Fn() -> BoxFuture + Send + Sync>;
+
+/// A task that runs beside the server (the Redis push). It is told why the
+/// server stops and the process exits once both have finished.
+pub type Companion = Box<dyn FnOnce(watch::Receiver<Option<StopReason>>) -> BoxFuture + Send>;
+
+/// What the server does besides serving; `Default`: nothing.
+#[derive(Default)]
+pub struct Extras {
+    pub refresh: Option<Refresh>,
+    pub companion: Option<Companion>,
+}
 
 /// Timing and limits. `Default` is what [`run`] uses.
 #[derive(Debug, Clone)]
@@ -71,12 +92,14 @@ impl Default for Tunables {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then returns 0. Builds its own tokio
-/// current-thread runtime, so call it in the exporter child after the fork
-/// (never in the master). Never panics on peer data, a busy port (it logs
-/// one line and retries every 5 s) or unreadable TLS files (same); returns
-/// 1 only if the runtime or the signal handlers cannot be set up.
-pub fn run(cfg: ServerConfig, collect: Collect) -> i32 {
+/// Serves until SIGTERM or SIGINT (the server stops) or SIGHUP (the master
+/// restarts the exporter), then returns 0 once the companion task, if any,
+/// has finished too. Builds its own tokio current-thread runtime, so call it
+/// in the exporter child after the fork (never in the master). Never panics
+/// on peer data, a busy port (it logs one line and retries every 5 s) or
+/// unreadable TLS files (same); returns 1 only if the runtime or the signal
+/// handlers cannot be set up.
+pub fn run(cfg: ServerConfig, collect: Collect, extras: Extras) -> i32 {
     let log = cfg.log;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -91,25 +114,40 @@ pub fn run(cfg: ServerConfig, collect: Collect) -> i32 {
     };
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = match (
+        let (mut term, mut int, mut hup) = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 log(&format!(
                     "metrics exporter: cannot install signal handlers: {e}"
                 ));
                 return 1;
             }
         };
+        let (tx, rx) = watch::channel(None);
+        let signals = async move {
+            let why = tokio::select! {
+                _ = term.recv() => StopReason::Shutdown,
+                _ = int.recv() => StopReason::Shutdown,
+                _ = hup.recv() => StopReason::Restart,
+            };
+            let _ = tx.send(Some(why));
+        };
+        let mut server_rx = rx.clone();
         let stop = Box::pin(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            let _ = server_rx.wait_for(Option::is_some).await;
+        });
+        let companion = extras.companion.map(|c| c(rx));
+        let server = serve(cfg, collect, extras.refresh, Tunables::default(), stop);
+        let (code, (), ()) = tokio::join!(server, signals, async move {
+            if let Some(c) = companion {
+                c.await;
             }
         });
-        serve(cfg, collect, Tunables::default(), stop).await
+        code
     })
 }
 
@@ -119,6 +157,7 @@ type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) async fn serve(
     cfg: ServerConfig,
     collect: Collect,
+    refresh: Option<Refresh>,
     tun: Tunables,
     mut stop: Stop,
 ) -> i32 {
@@ -191,6 +230,7 @@ pub(crate) async fn serve(
 
     let shared = Arc::new(Shared {
         collect: Mutex::new(collect),
+        refresh,
         master_pid: cfg.master_pid,
         log,
     });
@@ -262,7 +302,8 @@ impl Drop for ConnGuard {
 
 struct Shared {
     collect: Mutex<Collect>,
-    master_pid: u32,
+    refresh: Option<Refresh>,
+    master_pid: Option<u32>,
     log: fn(&str),
 }
 
@@ -272,7 +313,15 @@ where
 {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+        async move {
+            let get = req.method() == Method::GET || req.method() == Method::HEAD;
+            if get && req.uri().path() == "/metrics" {
+                if let Some(refresh) = &shared.refresh {
+                    refresh().await;
+                }
+            }
+            Ok::<_, Infallible>(handle(&shared, &req))
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -315,7 +364,10 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return resp;
     }
     if path == "/health" {
-        return if std::os::unix::process::parent_id() == shared.master_pid {
+        let master_alive = shared
+            .master_pid
+            .is_none_or(|pid| std::os::unix::process::parent_id() == pid);
+        return if master_alive {
             text_response(StatusCode::OK, "OK")
         } else {
             text_response(StatusCode::SERVICE_UNAVAILABLE, "master process is gone")
@@ -493,7 +545,7 @@ mod tests {
             bind_address: "127.0.0.1".into(),
             port,
             tls,
-            master_pid,
+            master_pid: Some(master_pid),
             log: test_log,
         };
         let thread = std::thread::spawn(move || {
@@ -507,7 +559,7 @@ mod tests {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 });
-                serve(cfg, Box::new(families), tun, stop).await
+                serve(cfg, Box::new(families), None, tun, stop).await
             })
         });
         Running {
@@ -968,10 +1020,10 @@ mod tests {
                 bind_address: "127.0.0.1".into(),
                 port,
                 tls: None,
-                master_pid: std::os::unix::process::parent_id(),
+                master_pid: Some(std::os::unix::process::parent_id()),
                 log: |l| eprintln!("{l}"),
             };
-            std::process::exit(run(cfg, Box::new(families)));
+            std::process::exit(run(cfg, Box::new(families), Extras::default()));
         }
         let port = free_port();
         let exe = std::env::current_exe().expect("current exe");

@@ -30,6 +30,9 @@ pub struct AppDir {
     pub owned: bool,
     /// The shared lock on [`OWNER_LOCK`] (private directories only).
     _owner_lock: Option<Flock<File>>,
+    /// Dead workers' `all`-mode gauges: dropped at reap unless
+    /// `keep_dead_worker_gauges`.
+    pub all_mode: super::AllMode,
 }
 
 /// Chooses (and creates) the directory and points PROMETHEUS_MULTIPROC_DIR
@@ -92,6 +95,7 @@ pub fn prepare(
         path,
         owned,
         _owner_lock: owner_lock,
+        all_mode: super::AllMode::default(),
     })
 }
 
@@ -203,7 +207,7 @@ use std::os::unix::fs::DirBuilderExt;
 impl AppDir {
     /// Folds a reaped worker's files into the archives (master).
     pub fn compact(&self, pid: u32) {
-        if let Err(e) = super::compact_dead(&self.path, pid) {
+        if let Err(e) = super::compact_dead(&self.path, pid, self.all_mode) {
             crate::log_error!("compacting the metrics files of worker {pid}: {e}");
         }
     }

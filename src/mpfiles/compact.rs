@@ -17,14 +17,13 @@ use super::format::{self, Entry, FileData, FileIdent, FileName, ARCHIVE_PID, TEM
 pub enum AllMode {
     /// Keep the file, as prometheus_client's `mark_process_dead` does: its
     /// series (labelled `pid="<pid>"`) stay visible, as they would with
-    /// prometheus_client alone. One file per dead pid remains.
-    #[default]
+    /// prometheus_client alone. One file per dead pid remains
+    /// (`keep_dead_worker_gauges`).
     Keep,
-    /// Delete it: the dead pid's `all` series disappear (as `liveall` ones do).
-    /// Planned as the default (dead workers' `all` gauges describe nothing
-    /// alive), behind a setting that does not exist yet; only the tests
-    /// choose it for now.
-    #[cfg_attr(not(test), expect(dead_code, reason = "no setting selects it yet"))]
+    /// Delete it: the dead pid's `all` series disappear (as `liveall` ones
+    /// do). The default: they describe nothing alive, and keeping them is
+    /// the file and series pile-up of prometheus_client #204/#367/#443.
+    #[default]
     Drop,
 }
 
@@ -132,9 +131,9 @@ impl Folded {
     }
 }
 
-/// [`compact_dead_with`] with [`AllMode::Keep`].
-pub fn compact_dead(dir: &Path, pid: u32) -> Result<(), String> {
-    compact_dead_with(dir, pid, AllMode::Keep).map(|_| ())
+/// [`compact_dead_with`], without the report.
+pub fn compact_dead(dir: &Path, pid: u32, all: AllMode) -> Result<(), String> {
+    compact_dead_with(dir, pid, all).map(|_| ())
 }
 
 /// Folds the files of the dead worker `pid` into the archive files of `dir`

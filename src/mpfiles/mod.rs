@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 
-pub use compact::{cleanup_dir, compact_dead};
+pub use compact::{cleanup_dir, compact_dead, AllMode};
 pub use format::{FileData, FileName};
 pub use merge::KeyCache;
 

@@ -256,7 +256,7 @@ fn compaction_keeps_totals() {
     assert_same("rust after compaction", &collect(&mp, &live), &sorted);
 
     // A second compaction of the same pid changes nothing.
-    compact_dead(&mp, 203).expect("again");
+    compact_dead(&mp, 203, AllMode::Keep).expect("again");
     let (_, again) = py.collect(&mp);
     assert_same("idempotent", &normalized(&again), &normalized(&before));
 
@@ -484,7 +484,7 @@ fn concurrent_compactions_take_turns() {
             let mp = &mp;
             s.spawn(move || {
                 for pid in half {
-                    compact_dead(mp, *pid).expect("compact");
+                    compact_dead(mp, *pid, AllMode::Keep).expect("compact");
                 }
             });
         }
