@@ -633,6 +633,16 @@ def test_tornado_app(server, name):
     assert time.monotonic() - t0 < 3
 
 
+def test_tornado_websocket_handler_is_refused_clearly(server):
+    s = server(["-k", "tornado", "-w", "1", "tornadoapp:app"])
+    r = requests.get(s.url + "/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                            "Sec-WebSocket-Version": "13"}, timeout=10)
+    assert r.status_code == 500
+    s.wait_log("WebSocketHandler is not supported by ferrocorn's tornado worker yet")
+    assert requests.get(s.url + "/", timeout=10).text == "Hello from Tornado"
+
+
 def test_tornado_serves_a_wsgi_app(server):
     # gunicorn's tornado worker wraps a WSGI app in tornado's WSGIContainer
     s = server(["-k", "tornado", "-w", "1", "wsgiapp:app"])

@@ -443,7 +443,19 @@ def tornado_app(app):
         def finish(self):
             self._push({"type": "http.response.body", "body": b"", "more_body": False})
 
+        def detach(self):
+            # tornado.websocket.WebSocketHandler takes the raw stream.
+            raise NotImplementedError(
+                "tornado's WebSocketHandler is not supported by ferrocorn's tornado worker yet "
+                "(serve WebSockets from an ASGI app with -k asgi)"
+            )
+
     async def asgi(scope, receive, send):
+        if scope["type"] == "websocket":
+            raise NotImplementedError(
+                "tornado's WebSocketHandler is not supported by ferrocorn's tornado worker yet "
+                "(serve WebSockets from an ASGI app with -k asgi)"
+            )
         if scope["type"] != "http":
             raise RuntimeError("the tornado worker serves HTTP only (scope type %r)" % scope["type"])
         headers = httputil.HTTPHeaders()

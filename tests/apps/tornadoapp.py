@@ -6,6 +6,7 @@ import threading
 
 import tornado.ioloop
 import tornado.web
+import tornado.websocket
 
 
 class Kind(tornado.web.RequestHandler):
@@ -52,7 +53,13 @@ class Missing(tornado.web.RequestHandler):
         raise tornado.web.HTTPError(418)
 
 
+class Echo2(tornado.websocket.WebSocketHandler):
+    def on_message(self, message):
+        self.write_message(message)
+
+
 app = tornado.web.Application([
+    (r"/ws", Echo2),
     (r"/", Hello), (r"/kind", Kind), (r"/echo", Echo), (r"/stream", Stream),
     (r"/sleep", Sleep), (r"/teapot", Missing),
 ])
