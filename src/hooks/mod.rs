@@ -484,6 +484,34 @@ impl Hooks {
         self.worker_hook(py, Hook::WorkerAbort, worker, Report::WorkerProcess)
     }
 
+    /// The `req` object for a parsed request head, as every worker kind
+    /// builds it (plain http: TLS is not served yet).
+    pub fn request_for(
+        &self,
+        py: Python<'_>,
+        head: &crate::http::RequestHead<'_>,
+        peer: Option<SocketAddr>,
+        req_number: u64,
+    ) -> HookRequest {
+        let headers: Vec<(&[u8], &[u8])> =
+            head.headers.iter().map(|h| (h.name, &*h.value)).collect();
+        self.request(
+            py,
+            &RequestView {
+                method: &head.method,
+                uri: head.uri,
+                path: head.path,
+                query: head.query,
+                fragment: head.fragment,
+                version: head.version,
+                headers: &headers,
+                scheme: "http",
+                peer,
+                req_number,
+            },
+        )
+    }
+
     /// The `req` object for `pre_request`/`post_request`; empty when
     /// neither is set.
     pub fn request(&self, py: Python<'_>, req: &RequestView<'_>) -> HookRequest {

@@ -30,7 +30,7 @@ use crate::conn::io::Waiter;
 use crate::conn::listen::WorkerListener;
 use crate::conn::transport::Transport;
 use crate::conn::{Dispatch, Handler, Loop, Request, Resumer, Served};
-use crate::hooks::{HookRequest, Hooks, RequestView, ResponseView, WorkerView};
+use crate::hooks::{HookRequest, Hooks, ResponseView, WorkerView};
 use crate::http::response::Encoder;
 use crate::log::access::AccessLog;
 use crate::metrics::store::{method_index, Observation, WorkerMetrics, METHODS};
@@ -176,10 +176,8 @@ struct CycleState {
     gone: bool,
     keep: KeepAlive,
     back: Option<Resumer>,
-    on_finish: OnFinish,
+    ending: Ending,
     rec: Rec,
-    app_error: Option<AppError>,
-    exit: Option<i32>,
     /// Status and headers as the app gave them (for the access log).
     response_headers: Vec<(String, String)>,
     /// The `req` of pre_request / post_request, and the minimal environ
@@ -190,31 +188,40 @@ struct CycleState {
     task: Option<Py<PyAny>>,
 }
 
-/// Called with False when a request ends: asgi.py's waits on its socket
-/// unregister before the connection goes back to the loop.
+/// How a request (or WebSocket session) ends, kept the same way by both
+/// kinds of cycle: the app's failure, a SystemExit's code, and asgi.py's
+/// waits on the socket, each called with False when the request ends so
+/// that it unregisters before the connection goes back to the loop.
 #[derive(Default)]
-struct OnFinish(Vec<Py<PyAny>>);
+struct Ending {
+    waits: Vec<Py<PyAny>>,
+    ended: bool,
+    app_error: Option<AppError>,
+    exit: Option<i32>,
+}
 
-impl OnFinish {
-    /// Keeps `f` for the end of the request (calls it now if it `ended`).
-    fn add(&mut self, py: Python<'_>, ended: bool, f: Py<PyAny>) {
-        if ended {
+impl Ending {
+    /// Keeps `f` for the end of the request (calls it now if it ended).
+    fn watch(&mut self, py: Python<'_>, f: Py<PyAny>) {
+        if self.ended {
             Self::call(py, &f);
         } else {
-            self.0.push(f);
+            self.waits.push(f);
         }
     }
 
     /// Drops `f` (a wait that ended by itself): a long WebSocket session
     /// waits once per message, and must not keep every wait's callback.
-    fn remove(&mut self, py: Python<'_>, f: &Py<PyAny>) {
-        if let Some(i) = self.0.iter().position(|g| g.bind(py).is(f.bind(py))) {
-            self.0.swap_remove(i);
+    fn unwatch(&mut self, py: Python<'_>, f: &Py<PyAny>) {
+        if let Some(i) = self.waits.iter().position(|g| g.bind(py).is(f.bind(py))) {
+            self.waits.swap_remove(i);
         }
     }
 
-    fn run(&mut self, py: Python<'_>) {
-        for f in std::mem::take(&mut self.0) {
+    /// The request ended: every wait is told.
+    fn end(&mut self, py: Python<'_>) {
+        self.ended = true;
+        for f in std::mem::take(&mut self.waits) {
             Self::call(py, &f);
         }
     }
@@ -223,6 +230,18 @@ impl OnFinish {
         if let Err(e) = f.call1(py, (false,)) {
             crate::log_error!("ending an ASGI wait: {}", crate::python::format_err(py, &e));
         }
+    }
+
+    /// The app raised `e` (logged unless `log` is false, or a SystemExit).
+    fn failed(&mut self, py: Python<'_>, e: Bound<'_, PyAny>, path: &str, log: bool) {
+        let (error, exit) = app_failure(py, e, path, log);
+        self.exit = exit;
+        self.app_error = Some(error);
+    }
+
+    /// The app raised or asked the worker to exit.
+    fn failing(&self) -> bool {
+        self.app_error.is_some() || self.exit.is_some()
     }
 }
 
@@ -451,13 +470,11 @@ impl AsgiHandler {
                 gone: false,
                 keep,
                 back: Some(back),
-                on_finish: OnFinish::default(),
+                ending: Ending::default(),
                 rec: Rec {
                     t0,
                     ..Rec::new(server, head, req.peer)
                 },
-                app_error: None,
-                exit: None,
                 response_headers: Vec::new(),
                 hook,
                 task: None,
@@ -613,9 +630,9 @@ impl CycleState {
             return;
         }
         self.phase = Phase::Finished;
-        self.on_finish.run(py);
+        self.ending.end(py);
         let server = Arc::clone(&self.server);
-        let reusable = !self.gone && !self.enc.should_close() && self.app_error.is_none();
+        let reusable = !self.gone && !self.enc.should_close() && self.ending.app_error.is_none();
         let mut reuse = reusable && self.keep.before;
         let (request_bytes, leftover) = match self.body.take() {
             Some(b) => b.finish(reuse),
@@ -640,7 +657,7 @@ impl CycleState {
                 Some(env.bind(py)),
                 Some(&rv),
             ) {
-                self.exit = self.exit.or(e.system_exit);
+                self.ending.exit = self.ending.exit.or(e.system_exit);
             }
             if r.must_close(py) {
                 reuse = false;
@@ -653,13 +670,13 @@ impl CycleState {
             self.enc.sent(),
             request_bytes,
             headers,
-            self.app_error.as_ref(),
+            self.ending.app_error.as_ref(),
         );
         if let Some(back) = self.back.take() {
             back.resume(Served {
                 reusable: reuse && leftover.is_some(),
                 leftover,
-                exit: self.exit,
+                exit: self.ending.exit,
             });
         }
     }
@@ -887,31 +904,27 @@ impl Cycle {
 
     /// `f(False)` is called when the request ends.
     fn on_finish(&self, py: Python<'_>, f: Py<PyAny>) {
-        let mut st = lock(self);
-        let ended = st.phase == Phase::Finished;
-        st.on_finish.add(py, ended, f);
+        lock(self).ending.watch(py, f);
     }
 
     /// `f` is no longer to be called (its wait ended).
     fn off_finish(&self, py: Python<'_>, f: Py<PyAny>) {
-        lock(self).on_finish.remove(py, &f);
+        lock(self).ending.unwatch(py, &f);
     }
 
     /// The app returned (`error` None) or raised.
     fn done(&self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
-        let mut st = lock(self);
+        let mut guard = lock(self);
+        let st = &mut *guard;
         if let Some(e) = error {
             // An exception once the client is gone is the disconnect's
             // (the grace period's cancellation, a write that failed).
-            let log = !st.gone;
-            let (error, exit) = app_failure(py, e, &st.rec.path, log);
-            st.exit = exit;
-            st.app_error = Some(error);
+            st.ending.failed(py, e, &st.rec.path, !st.gone);
         }
         match st.phase {
             Phase::Finished => {}
             Phase::Start => {
-                if st.app_error.is_none() && st.exit.is_none() {
+                if !st.ending.failing() {
                     crate::log_error!("ASGI callable returned without starting response.");
                 }
                 let page = crate::http::error_response(500, "Internal Server Error", "");
@@ -926,14 +939,14 @@ impl Cycle {
                 st.finish(py);
             }
             Phase::Body => {
-                if st.app_error.is_none() && st.exit.is_none() {
+                if !st.ending.failing() {
                     crate::log_error!("ASGI callable returned without completing response.");
                 }
                 st.abort(py);
             }
             Phase::Sent => {
                 // Still writing (send_rest runs): an error ends it now.
-                if st.app_error.is_some() || st.exit.is_some() {
+                if st.ending.failing() {
                     st.abort(py);
                 }
             }
@@ -950,20 +963,7 @@ fn request_hook(
     peer: &Peer,
     nreq: u64,
 ) -> PyResult<(HookRequest, Py<PyDict>)> {
-    let headers: Vec<(&[u8], &[u8])> = head.headers.iter().map(|h| (h.name, &*h.value)).collect();
-    let rv = RequestView {
-        method: &head.method,
-        uri: head.uri,
-        path: head.path,
-        query: head.query,
-        fragment: head.fragment,
-        version: head.version,
-        headers: &headers,
-        scheme: "http",
-        peer: peer.addr,
-        req_number: nreq,
-    };
-    let r = server.hooks.request(py, &rv);
+    let r = server.hooks.request_for(py, head, peer.addr, nreq);
     let env = PyDict::new(py);
     env.set_item("REQUEST_METHOD", &*head.method)?;
     env.set_item("RAW_URI", crate::http::latin1_to_string(head.uri))?;

@@ -19,12 +19,11 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message};
 
-use super::{app_failure, ready, sent_or_wait, AsgiServer, OnFinish, Rec};
+use super::{ready, sent_or_wait, AsgiServer, Ending, Rec};
 use crate::asgi::websocket::{self, Session};
 use crate::conn::body::Body;
 use crate::conn::transport::Transport;
 use crate::conn::{Resumer, Served};
-use crate::wsgi::AppError;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -66,10 +65,8 @@ pub(super) struct WsState {
     sent: u64,
     received: u64,
     back: Option<Resumer>,
-    on_finish: OnFinish,
+    ending: Ending,
     rec: Rec,
-    app_error: Option<AppError>,
-    exit: Option<i32>,
 }
 
 fn lock(c: &WsCycle) -> MutexGuard<'_, WsState> {
@@ -103,10 +100,8 @@ impl WsCycle {
                 sent: 0,
                 received: 0,
                 back: Some(back),
-                on_finish: OnFinish::default(),
+                ending: Ending::default(),
                 rec,
-                app_error: None,
-                exit: None,
             }),
         }
     }
@@ -358,7 +353,7 @@ impl WsState {
             return;
         }
         self.phase = Phase::Finished;
-        self.on_finish.run(py);
+        self.ending.end(py);
         if self.open_counted {
             self.open_counted = false;
             self.server
@@ -376,10 +371,10 @@ impl WsState {
             self.sent,
             self.received,
             Vec::new(),
-            self.app_error.as_ref(),
+            self.ending.app_error.as_ref(),
         );
         if let Some(back) = self.back.take() {
-            back.resume(Served::closed(self.exit));
+            back.resume(Served::closed(self.ending.exit));
         }
     }
 }
@@ -462,30 +457,27 @@ impl WsCycle {
     }
 
     fn on_finish(&self, py: Python<'_>, f: Py<PyAny>) {
-        let mut st = lock(self);
-        let ended = st.phase == Phase::Finished;
-        st.on_finish.add(py, ended, f);
+        lock(self).ending.watch(py, f);
     }
 
     fn off_finish(&self, py: Python<'_>, f: Py<PyAny>) {
-        lock(self).on_finish.remove(py, &f);
+        lock(self).ending.unwatch(py, &f);
     }
 
     /// The app returned (`error` None) or raised.
     fn done(&self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
-        let mut st = lock(self);
+        let mut guard = lock(self);
+        let st = &mut *guard;
         if let Some(e) = error {
             let log = st.phase != Phase::Finished;
-            let (error, exit) = app_failure(py, e, &st.rec.path, log);
-            st.exit = exit;
-            st.app_error = Some(error);
+            st.ending.failed(py, e, &st.rec.path, log);
         }
         match st.phase {
             Phase::Finished => {}
             Phase::Connect | Phase::Handshake => {
                 // Never accepted: 403 when the app just returned (uvicorn),
                 // 500 when it raised.
-                let (status, line): (u16, &[u8]) = if st.app_error.is_some() {
+                let (status, line): (u16, &[u8]) = if st.ending.app_error.is_some() {
                     (500, b"HTTP/1.1 500 Internal Server Error\r\n")
                 } else {
                     (403, b"HTTP/1.1 403 Forbidden\r\n")
@@ -502,7 +494,11 @@ impl WsCycle {
             }
             Phase::Open => {
                 if !st.closing {
-                    let code = if st.app_error.is_some() { 1011 } else { 1000 };
+                    let code = if st.ending.app_error.is_some() {
+                        1011
+                    } else {
+                        1000
+                    };
                     st.close(py, code, "");
                 }
                 st.finish(py);

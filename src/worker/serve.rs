@@ -16,7 +16,7 @@ use crate::conn::body::Body;
 use crate::conn::connection::{KeepAlive, Peer};
 use crate::conn::listen::WorkerListener;
 use crate::conn::{Control, Request, Resumer, Served};
-use crate::hooks::{Hooks, RequestView, ResponseView, WorkerView};
+use crate::hooks::{Hooks, ResponseView, WorkerView};
 use crate::http::owned::OwnedHead;
 use crate::http::response::Encoder;
 use crate::http::RequestHead;
@@ -158,21 +158,7 @@ impl WsgiServer {
             arrived,
         } = call;
         let hook_req = if self.request_hooks {
-            let headers: Vec<(&[u8], &[u8])> =
-                head.headers.iter().map(|h| (h.name, &*h.value)).collect();
-            let rv = RequestView {
-                method: &head.method,
-                uri: head.uri,
-                path: head.path,
-                query: head.query,
-                fragment: head.fragment,
-                version: head.version,
-                headers: &headers,
-                scheme: "http",
-                peer: conn_peer.addr,
-                req_number: nreq,
-            };
-            let r = self.hooks.request(py, &rv);
+            let r = self.hooks.request_for(py, &head, conn_peer.addr, nreq);
             let view = self.live_view(budget.alive());
             if let Err(e) = self.hooks.pre_request(py, &view, &r) {
                 // gunicorn: a 500, the connection closed, nr not counted;
