@@ -158,7 +158,7 @@ impl WsgiServer {
             arrived,
         } = call;
         let hook_req = if self.request_hooks {
-            let r = self.hooks.request_for(py, &head, conn_peer.addr, nreq);
+            let r = self.hooks.request_for(py, head, conn_peer.addr, nreq);
             let view = self.live_view(budget.alive());
             if let Err(e) = self.hooks.pre_request(py, &view, &r) {
                 // gunicorn: a 500, the connection closed, nr not counted;
