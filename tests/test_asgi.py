@@ -274,6 +274,38 @@ def test_lifespan_auto_without_lifespan_support(server, tmp_path):
     assert "only http here" in s2.log()
 
 
+def test_each_request_has_its_task_and_context(asgi_srv):
+    """A request that finishes at once runs as the current task too, and
+    sees none of an earlier request's context variables; a request that
+    waits keeps one Task (an anyio cancel scope spans its wait) and its own
+    context, apart from the requests waiting beside it."""
+    s = asgi_srv
+    sess = requests.Session()
+    for i in range(20):
+        r = sess.get(s.url + "/task?id=quick%d" % i, timeout=10).json()
+        assert r["is_task"] and r["same_task"], r
+        assert r["seen_before"] is None, r
+        assert r["id_after_wait"] == "quick%d" % i, r
+    out = {}
+
+    def waiting(i):
+        out[i] = requests.get(s.url + "/task?id=slow%d&s=0.3" % i, timeout=10).json()
+
+    threads = [threading.Thread(target=waiting, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 8
+    for i, r in out.items():
+        assert r["is_task"] and r["same_task"], r
+        assert r["seen_before"] is None, r
+        assert r["id_after_wait"] == "slow%d" % i, r
+    # all 8 waited at the same time: 8 different Tasks
+    assert len({r["task"] for r in out.values()}) == 8, out
+    assert "Traceback" not in s.log(), s.log()[-3000:]
+
+
 def test_many_concurrent_waiting_requests(server):
     s = server(ASGI + ["-w", "1", "asgiapp:app"])
     assert_asgi(s)

@@ -14,13 +14,19 @@ set; ASGI_STARTUP=fail|raise makes startup fail. Endpoints:
   /wait-disconnect  reads the body, then waits for http.disconnect; records it
   /slowstream?n=&s= n chunks, s seconds apart; records a disconnect
   /stats      tasks alive, disconnects seen
+  /task?id=&s= the current task before and after an optional wait (inside
+              an anyio cancel scope), and a context variable set per request
 """
 import asyncio
+import contextvars
 import json
 import os
 import threading
 import urllib.parse
 
+import anyio
+
+REQUEST_ID = contextvars.ContextVar("request_id")
 STATS = {"disconnects": 0, "stream_disconnects": 0, "cancelled": 0, "cleanup_ran": 0}
 
 
@@ -175,6 +181,21 @@ async def app(scope, receive, send):
         except asyncio.CancelledError:
             STATS["cancelled"] += 1
             raise
+    if path == "/task":
+        before = asyncio.current_task()
+        seen = REQUEST_ID.get(None)
+        REQUEST_ID.set(q.get("id"))
+        with anyio.CancelScope():
+            if float(q.get("s", "0")):
+                await asyncio.sleep(float(q["s"]))
+        after = asyncio.current_task()
+        return await _json(send, {
+            "is_task": isinstance(before, asyncio.Task),
+            "same_task": before is after,
+            "task": id(before),
+            "seen_before": seen,
+            "id_after_wait": REQUEST_ID.get(None),
+        })
     if path == "/stats":
         return await _json(send, {"tasks": len(asyncio.all_tasks()), **STATS,
                                   "fds": len(os.listdir("/proc/self/fd"))})
