@@ -435,6 +435,12 @@ pub(crate) fn repr(b: &[u8]) -> String {
 /// Decode bytes as latin-1 (every byte is the code point of the same value),
 /// the conversion gunicorn uses for every environ string (PEP 3333).
 pub fn latin1_to_string(b: &[u8]) -> String {
+    if b.is_ascii() {
+        // ASCII bytes are the same code points in UTF-8.
+        if let Ok(s) = std::str::from_utf8(b) {
+            return s.to_owned();
+        }
+    }
     b.iter().map(|&c| char::from(c)).collect()
 }
 

@@ -18,6 +18,9 @@ pub struct Encoder {
     status_code: u16,
     headers: Vec<(String, String)>,
     length: Option<u64>,
+    /// The Content-Length header is the server's (set_length), not in
+    /// `headers`.
+    length_header: bool,
     chunked: bool,
     omits_body: bool,
     upgrade: bool,
@@ -99,6 +102,7 @@ impl Encoder {
             status_code: 0,
             headers: Vec::new(),
             length: None,
+            length_header: false,
             chunked: false,
             omits_body: false,
             upgrade: false,
@@ -120,6 +124,7 @@ impl Encoder {
         self.status = Some(status.to_string());
         self.headers.clear();
         self.length = None;
+        self.length_header = false;
         self.upgrade = false;
         Ok(())
     }
@@ -127,13 +132,23 @@ impl Encoder {
     /// Adds a response header, validated; hop-by-hop headers are dropped
     /// (a WebSocket upgrade keeps its `Upgrade`).
     pub fn header(&mut self, name: &str, value: &str) -> Result<(), String> {
-        if !is_token(name) {
-            return Err(invalid_header_name(name));
+        self.header_owned(name.to_string(), value.to_string())
+    }
+
+    /// [`Encoder::header`] for strings the caller owns (kept, not copied).
+    pub fn header_owned(&mut self, name: String, value: String) -> Result<(), String> {
+        if !is_token(&name) {
+            return Err(invalid_header_name(&name));
         }
-        if !is_field_value(value) {
-            return Err(invalid_header(name));
+        if !is_field_value(&value) {
+            return Err(invalid_header(&name));
         }
-        let value = value.trim_matches(|c| c == ' ' || c == '\t');
+        let trimmed = value.trim_matches(|c| c == ' ' || c == '\t');
+        let value = if trimmed.len() == value.len() {
+            value
+        } else {
+            trimmed.to_string()
+        };
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         if is("content-length") {
             self.length = Some(
@@ -141,16 +156,23 @@ impl Encoder {
                     .parse::<u64>()
                     .map_err(|_| format!("invalid literal for Content-Length: {value:?}"))?,
             );
-        } else if is_hop_by_hop(name) {
+        } else if is_hop_by_hop(&name) {
             if is("connection") && value.eq_ignore_ascii_case("upgrade") {
                 self.upgrade = true;
             } else if is("upgrade") && value.eq_ignore_ascii_case("websocket") {
-                self.headers.push((name.to_string(), value.to_string()));
+                self.headers.push((name, value));
             }
             return Ok(());
         }
-        self.headers.push((name.to_string(), value.to_string()));
+        self.headers.push((name, value));
         Ok(())
+    }
+
+    /// The server knows the whole body (`n` bytes) before the head goes
+    /// out: a Content-Length header of its own, as if the app gave it.
+    pub fn set_length(&mut self, n: u64) {
+        self.length = Some(n);
+        self.length_header = true;
     }
 
     /// Decides the framing once the headers are known.
@@ -239,18 +261,24 @@ impl Encoder {
         } else {
             b"keep-alive"
         };
+        let status = self
+            .status
+            .as_deref()
+            .unwrap_or("500 Internal Server Error");
+        // One allocation for the whole head (the date, the fixed headers
+        // and a length take under 128 bytes).
+        let size = self
+            .headers
+            .iter()
+            .fold(128 + status.len(), |n, (k, v)| n + k.len() + v.len() + 4);
         let out = &mut self.out;
+        out.reserve(size);
         out.extend_from_slice(if self.version == (1, 0) {
             b"HTTP/1.0 "
         } else {
             b"HTTP/1.1 "
         });
-        push_latin1(
-            out,
-            self.status
-                .as_deref()
-                .unwrap_or("500 Internal Server Error"),
-        );
+        push_latin1(out, status);
         out.extend_from_slice(b"\r\nServer: ferrocorn\r\nDate: ");
         super::date::append_now(out);
         out.extend_from_slice(b"\r\nConnection: ");
@@ -264,6 +292,11 @@ impl Encoder {
             out.extend_from_slice(b": ");
             push_latin1(out, v);
             out.extend_from_slice(b"\r\n");
+        }
+        if let (true, Some(n)) = (self.length_header, self.length) {
+            use std::io::Write as _;
+            // (Writing to a Vec cannot fail.)
+            let _ = write!(out, "Content-Length: {n}\r\n");
         }
         out.extend_from_slice(b"\r\n");
     }

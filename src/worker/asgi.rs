@@ -727,12 +727,15 @@ impl CycleState {
                 self.enc
                     .begin(&line)
                     .map_err(pyo3::exceptions::PyValueError::new_err)?;
-                for (k, v) in &headers {
+                // The access log and post_request see the app's headers.
+                if self.server.access.is_some() || self.hook.is_some() {
+                    self.response_headers = headers.clone();
+                }
+                for (k, v) in headers {
                     self.enc
-                        .header(k, v)
+                        .header_owned(k, v)
                         .map_err(pyo3::exceptions::PyValueError::new_err)?;
                 }
-                self.response_headers = headers;
                 self.phase = Phase::Body;
                 Ok(true)
             }
@@ -748,7 +751,7 @@ impl CycleState {
                             && !matches!(code, 100..=199 | 204 | 304)
                             && !enc.is_head()
                         {
-                            let _ = enc.header("content-length", &body.len().to_string());
+                            enc.set_length(body.len() as u64);
                         }
                         enc.end_headers();
                     }
