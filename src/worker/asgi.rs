@@ -403,7 +403,14 @@ impl AsgiHandler {
         })
     }
 
-    fn start(&mut self, py: Python<'_>, mut req: Request<'_>) -> PyResult<()> {
+    /// `client`: the scope's client tuple of this connection, made at its
+    /// first request.
+    fn start(
+        &mut self,
+        py: Python<'_>,
+        mut req: Request<'_>,
+        client: &mut Option<Py<PyAny>>,
+    ) -> PyResult<()> {
         let Some(body) = req.body.take() else {
             return Ok(());
         };
@@ -414,8 +421,15 @@ impl AsgiHandler {
         let t0 = Instant::now();
         server.slot.begin_request();
         server.slot.requests.fetch_add(1, Ordering::Relaxed);
-        let client = req.peer.addr.map(|a| (a.ip().to_string(), a.port()));
-        let client = asgi::addr_value(py, &client)?;
+        let client = match client {
+            Some(c) => c.bind(py).clone(),
+            None => {
+                let addr = req.peer.addr.map(|a| (a.ip().to_string(), a.port()));
+                let c = asgi::addr_value(py, &addr)?;
+                *client = Some(c.clone().unbind());
+                c
+            }
+        };
         let server_addr = server
             .servers
             .get(req.listener)
@@ -506,9 +520,12 @@ impl AsgiHandler {
 }
 
 impl Handler for AsgiHandler {
-    type ConnState = ();
+    /// The scope's client tuple (made once per connection).
+    type ConnState = Option<Py<PyAny>>;
 
-    fn connection(&mut self, _peer: &Peer, _listener: usize) {}
+    fn connection(&mut self, _peer: &Peer, _listener: usize) -> Self::ConnState {
+        None
+    }
 
     fn woke(&mut self) -> Result<(), i32> {
         // (The event loop runs Python's signal handlers itself.) At a
@@ -548,10 +565,10 @@ impl Handler for AsgiHandler {
         }
     }
 
-    fn serve(&mut self, req: Request<'_>, _state: &mut ()) -> Dispatch {
+    fn serve(&mut self, req: Request<'_>, client: &mut Self::ConnState) -> Dispatch {
         // The turn runs in the event loop, which holds the GIL.
         Python::attach(|py| {
-            if let Err(e) = self.start(py, req) {
+            if let Err(e) = self.start(py, req, client) {
                 // The request (and its Resumer) is gone with the error: the
                 // connection stays detached until the worker stops.
                 crate::log_error!(
