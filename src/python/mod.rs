@@ -5,6 +5,7 @@
 //! `install_signal_handlers = 0`: Rust owns every signal. Workers inherit it
 //! through `fork` and call [`after_fork_child`].
 
+pub mod coro;
 mod ffi_init;
 
 use std::ffi::{CStr, CString};

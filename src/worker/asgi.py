@@ -14,7 +14,6 @@ loop's add_reader/add_writer.
 """
 
 import asyncio
-import contextvars
 import types
 
 
@@ -59,8 +58,8 @@ def _drive(ctx, coro, fut):
             return stop.value
 
 
-def starter(app, loop):
-    """start(cycle, scope): runs one request's app coroutine at once.
+def starter(loop):
+    """What asgi.rs's Starter needs to run each request's first step at once.
 
     Most requests finish without waiting. Making an asyncio Task for each
     would cost more than the rest of the request (about 15,000 instructions
@@ -70,9 +69,11 @@ def starter(app, loop):
     it to its end, and a new Task stands by for the next requests. So every
     request that waits has a Task of its own, and the requests that share
     the standing Task run one after the other, never interleaved. Each
-    request runs in a copy of the context, as in a Task of its own."""
+    request runs in a copy of the context, as in a Task of its own.
+
+    Returns stand_by() -> (task, handoff), the set of those Tasks (cancelled
+    at the end), and asyncio's _enter_task / _leave_task."""
     tasks = set()
-    standing = [None, None]  # the standing Task, and the future it waits on
 
     async def carry(handoff):
         try:
@@ -92,36 +93,9 @@ def starter(app, loop):
         task = loop.create_task(carry(handoff), name="ferrocorn-request")
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        standing[0] = task
-        standing[1] = handoff
-        return task
+        return task, handoff
 
-    copy_context = contextvars.copy_context
-    enter = asyncio.tasks._enter_task
-    leave = asyncio.tasks._leave_task
-
-    def start(cycle, scope):
-        task = standing[0]
-        if task is None or task.done():
-            task = stand_by()
-        ctx = copy_context()
-        enter(loop, task)
-        try:
-            coro = ctx.run(app, scope, cycle.receive, cycle.send)
-            fut = ctx.run(coro.send, None)
-        except StopIteration:
-            cycle.done(None)
-            return
-        except BaseException as e:  # noqa: BLE001 - reported to the server
-            cycle.done(e)
-            return
-        finally:
-            leave(loop, task)
-        standing[1].set_result((cycle, ctx, coro, fut))
-        standing[0] = None
-        cycle.running(task)
-
-    return start, tasks
+    return stand_by, tasks, asyncio.tasks._enter_task, asyncio.tasks._leave_task
 
 
 def canceller(loop):

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
@@ -34,6 +35,7 @@ use crate::hooks::{HookRequest, Hooks, ResponseView, WorkerView};
 use crate::http::response::Encoder;
 use crate::log::access::AccessLog;
 use crate::metrics::store::{method_index, Observation, WorkerMetrics, METHODS};
+use crate::python::coro::{send_none, Context, Step};
 use crate::shm::{ErrorTable, Slot};
 use crate::sock::ListenKind;
 use crate::wsgi::{AppError, Outcome};
@@ -88,9 +90,8 @@ struct AsgiServer {
     slot: &'static Slot,
     metrics: &'static WorkerMetrics,
     errors: &'static ErrorTable,
-    /// asgi.py's start(cycle, scope), the set of requests running as
-    /// Tasks, and the waiting coroutines.
-    start: Py<PyAny>,
+    /// The set of asgi.py's Tasks (requests that wait), and the waiting
+    /// coroutines.
     tasks: Py<PyAny>,
     receive_body: Py<PyAny>,
     receive_disconnect: Py<PyAny>,
@@ -139,6 +140,7 @@ impl AsgiServer {
 pub struct AsgiHandler {
     server: Arc<AsgiServer>,
     names: HeaderNames,
+    starter: Starter,
 }
 
 /// Where a request's response stands.
@@ -349,8 +351,16 @@ impl AsgiHandler {
         event_loop: &Bound<'_, PyAny>,
     ) -> PyResult<AsgiHandler> {
         let m = module(py)?;
-        let (start, tasks): (Py<PyAny>, Py<PyAny>) =
-            m.getattr("starter")?.call1((app, event_loop))?.extract()?;
+        let (stand_by, tasks, enter, leave): (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>) =
+            m.getattr("starter")?.call1((event_loop,))?.extract()?;
+        let starter = Starter {
+            app: app.clone_ref(py),
+            event_loop: event_loop.clone().unbind(),
+            stand_by,
+            enter,
+            leave,
+            standing: None,
+        };
         let (receive_body, receive_disconnect, send_rest, ws_receive): (
             Py<PyAny>,
             Py<PyAny>,
@@ -380,7 +390,6 @@ impl AsgiHandler {
             slot: ctx.slot,
             metrics: ctx.metrics,
             errors: ctx.errors,
-            start,
             tasks,
             receive_body,
             receive_disconnect,
@@ -400,6 +409,7 @@ impl AsgiHandler {
         Ok(AsgiHandler {
             server: Arc::new(server),
             names: HeaderNames::default(),
+            starter,
         })
     }
 
@@ -459,7 +469,7 @@ impl AsgiHandler {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id, cycle.clone().unbind());
-            server.start.call1(py, (cycle, scope))?;
+            self.starter.start(py, &cycle, scope)?;
             return Ok(());
         }
         server.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -514,8 +524,90 @@ impl AsgiHandler {
                 .done(py, Some(err.into_value(py).into_bound(py).into_any()));
             return Ok(());
         }
-        server.start.call1(py, (cycle, scope))?;
-        Ok(())
+        self.starter.start(py, &cycle, scope)
+    }
+}
+
+/// What [`Starter`] tells a request's cycle.
+trait Driven: pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
+    /// The app returned (`error` None) or raised.
+    fn ended(&self, py: Python<'_>, error: Option<Bound<'_, PyAny>>);
+    /// The request waits, and goes on in `task`.
+    fn waits_in(&self, task: Py<PyAny>);
+}
+
+impl Driven for Cycle {
+    fn ended(&self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
+        self.done(py, error);
+    }
+    fn waits_in(&self, task: Py<PyAny>) {
+        self.running(task);
+    }
+}
+
+/// Runs each request's app coroutine at once, up to its end or its first
+/// wait, with asgi.py's standing Task current (asgi.py's `starter` says
+/// why there is no Task per request); a request that waits is handed to
+/// that Task, and a new one stands by.
+struct Starter {
+    app: Py<PyAny>,
+    event_loop: Py<PyAny>,
+    /// asgi.py's stand_by() -> (task, handoff), and asyncio's
+    /// _enter_task / _leave_task.
+    stand_by: Py<PyAny>,
+    enter: Py<PyAny>,
+    leave: Py<PyAny>,
+    /// The standing Task and the future it waits on for a request.
+    standing: Option<(Py<PyAny>, Py<PyAny>)>,
+}
+
+impl Starter {
+    fn start<C: Driven>(
+        &mut self,
+        py: Python<'_>,
+        cycle: &Bound<'_, C>,
+        scope: Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let (task, handoff) = match self.standing.take() {
+            // (Done only when cancelled: the worker stops, or an app
+            // cancelled its current task.)
+            Some((t, h)) if !t.bind(py).call_method0(intern!(py, "done"))?.is_truthy()? => (t, h),
+            _ => self.stand_by.call0(py)?.extract(py)?,
+        };
+        let ctx = Context::copy_current(py)?;
+        self.enter.call1(py, (&self.event_loop, &task))?;
+        let first = ctx.run(|| -> PyResult<_> {
+            let coro = self.app.bind(py).call1((
+                scope,
+                cycle.as_any().getattr(intern!(py, "receive"))?,
+                cycle.as_any().getattr(intern!(py, "send"))?,
+            ))?;
+            let step = send_none(&coro)?;
+            Ok((coro, step))
+        });
+        let first = first.and_then(|r| r);
+        let left = self.leave.call1(py, (&self.event_loop, &task));
+        match first {
+            Ok((coro, Step::Yielded(fut))) => {
+                handoff.call_method1(
+                    py,
+                    intern!(py, "set_result"),
+                    ((cycle, ctx.as_any(), coro, fut),),
+                )?;
+                cycle.get().waits_in(task);
+            }
+            Ok((_, Step::Returned)) => {
+                self.standing = Some((task, handoff));
+                cycle.get().ended(py, None);
+            }
+            Err(e) => {
+                self.standing = Some((task, handoff));
+                cycle
+                    .get()
+                    .ended(py, Some(e.into_value(py).into_bound(py).into_any()));
+            }
+        }
+        left.map(drop)
     }
 }
 

@@ -506,3 +506,12 @@ impl WsCycle {
         }
     }
 }
+
+impl super::Driven for WsCycle {
+    fn ended(&self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
+        self.done(py, error);
+    }
+    fn waits_in(&self, task: Py<PyAny>) {
+        self.running(task);
+    }
+}
