@@ -91,6 +91,25 @@ pub fn write_nb(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     retry_eintr(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
 }
 
+/// Whether the peer closed (or reset) a connection with nothing left to
+/// read, without taking any byte that is there (recv with MSG_PEEK).
+pub fn peer_closed(fd: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: `b` is a valid one-byte buffer; MSG_PEEK leaves the data in
+    // the socket for the next request.
+    match retry_eintr(|| unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    }) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
 /// read(2) once into `buf`. Ok(0) means end of stream.
 pub fn read_nb(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: buf is a valid writable slice of buf.len() bytes.

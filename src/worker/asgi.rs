@@ -959,19 +959,7 @@ impl Cycle {
             st.gone = true;
             return true;
         }
-        let mut b = [0u8; 1];
-        // SAFETY: `b` is a valid one-byte buffer; MSG_PEEK leaves the
-        // data in the socket for the next request.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                b.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        let gone =
-            n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock);
+        let gone = crate::conn::io::peer_closed(fd);
         if gone {
             st.gone = true;
             st.watch_gone(py);
