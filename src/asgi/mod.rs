@@ -145,8 +145,8 @@ pub type Addr = Option<(String, u16)>;
 /// What an HTTP scope is made of besides the head.
 pub struct ScopeParts<'a, 'py> {
     pub scheme: &'a str,
-    pub root_path: &'a Bound<'py, PyString>,
-    pub server: &'a Bound<'py, PyAny>,
+    /// [`scope_template`] of the request's listener.
+    pub template: &'a Bound<'py, PyDict>,
     pub client: &'a Bound<'py, PyAny>,
     /// The lifespan state; each request gets a shallow copy (ASGI lifespan
     /// spec: one request's changes never reach another).
@@ -168,6 +168,33 @@ pub fn addr_value<'py>(py: Python<'py>, addr: &Addr) -> PyResult<Bound<'py, PyAn
     })
 }
 
+/// The fields every HTTP scope of one listener shares, and the others
+/// (None here) in their places: each scope starts as a copy of it, which
+/// costs less than a dozen inserts into a new dict.
+pub fn scope_template<'py>(
+    py: Python<'py>,
+    keys: &Keys,
+    scheme: &str,
+    root_path: &Bound<'py, PyString>,
+    server: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let t = PyDict::new(py);
+    let none = py.None();
+    t.set_item(keys.type_.bind(py), keys.http.bind(py))?;
+    t.set_item(keys.asgi.bind(py), &none)?;
+    t.set_item(keys.http_version.bind(py), &none)?;
+    t.set_item(keys.method.bind(py), &none)?;
+    t.set_item(keys.scheme.bind(py), scheme)?;
+    t.set_item(keys.path.bind(py), &none)?;
+    t.set_item(keys.raw_path.bind(py), &none)?;
+    t.set_item(keys.query_string.bind(py), &none)?;
+    t.set_item(keys.root_path.bind(py), root_path)?;
+    t.set_item(keys.headers.bind(py), &none)?;
+    t.set_item(keys.server.bind(py), server)?;
+    t.set_item(keys.client.bind(py), &none)?;
+    Ok(t)
+}
+
 /// The HTTP connection scope of one request.
 pub fn http_scope<'py>(
     py: Python<'py>,
@@ -176,8 +203,7 @@ pub fn http_scope<'py>(
     head: &RequestHead<'_>,
     parts: &ScopeParts<'_, 'py>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let scope = PyDict::new(py);
-    scope.set_item(keys.type_.bind(py), keys.http.bind(py))?;
+    let scope = parts.template.copy()?;
     let asgi = PyDict::new(py);
     asgi.set_item(keys.version.bind(py), keys.v3.bind(py))?;
     asgi.set_item(keys.spec_version.bind(py), keys.spec.bind(py))?;
@@ -195,7 +221,6 @@ pub fn http_scope<'py>(
         None => PyString::new(py, &head.method),
     };
     scope.set_item(keys.method.bind(py), method)?;
-    scope.set_item(keys.scheme.bind(py), parts.scheme)?;
     // `path` is percent-decoded UTF-8 (invalid sequences replaced, as
     // uvicorn's unquote does); `raw_path` the bytes as sent.
     let path = if head.path.contains(&b'%') {
@@ -209,7 +234,6 @@ pub fn http_scope<'py>(
     scope.set_item(keys.path.bind(py), path)?;
     scope.set_item(keys.raw_path.bind(py), PyBytes::new(py, head.path))?;
     scope.set_item(keys.query_string.bind(py), PyBytes::new(py, head.query))?;
-    scope.set_item(keys.root_path.bind(py), parts.root_path)?;
     let headers = PyList::empty(py);
     for h in &head.headers {
         let pair = PyTuple::new(
@@ -222,7 +246,6 @@ pub fn http_scope<'py>(
         headers.append(pair)?;
     }
     scope.set_item(keys.headers.bind(py), headers)?;
-    scope.set_item(keys.server.bind(py), parts.server)?;
     scope.set_item(keys.client.bind(py), parts.client)?;
     if let Some(state) = parts.state {
         scope.set_item(keys.state.bind(py), state.copy()?)?;

@@ -81,9 +81,8 @@ pub struct AsgiSettings {
 /// Everything the requests of one worker share.
 struct AsgiServer {
     keys: Keys,
-    root_path: Py<PyString>,
-    /// The scope's `server` per listener.
-    servers: Vec<Py<PyAny>>,
+    /// asgi::scope_template per listener (its `server`, the root path).
+    templates: Vec<Py<PyDict>>,
     /// The lifespan state (copied into each request's scope).
     state: Py<PyDict>,
     access: Option<AccessLog>,
@@ -371,20 +370,22 @@ impl AsgiHandler {
             .call1((event_loop, settings.io_timeout.as_secs_f64()))?
             .extract()?;
         let cancel_later = m.getattr("canceller")?.call1((event_loop,))?.unbind();
-        let servers = listeners
+        let keys = Keys::new(py);
+        let root_path = PyString::new(py, &settings.root_path);
+        let templates = listeners
             .iter()
             .map(|l| {
                 let addr = match &l.kind {
                     ListenKind::Tcp(a) => Some((a.ip().to_string(), a.port())),
                     ListenKind::Unix(_) => None,
                 };
-                asgi::addr_value(py, &addr).map(Bound::unbind)
+                let server = asgi::addr_value(py, &addr)?;
+                asgi::scope_template(py, &keys, "http", &root_path, &server).map(Bound::unbind)
             })
             .collect::<PyResult<Vec<_>>>()?;
         let server = AsgiServer {
-            keys: Keys::new(py),
-            root_path: PyString::new(py, &settings.root_path).unbind(),
-            servers,
+            keys,
+            templates,
             state: PyDict::new(py).unbind(),
             access,
             slot: ctx.slot,
@@ -440,16 +441,15 @@ impl AsgiHandler {
                 c
             }
         };
-        let server_addr = server
-            .servers
-            .get(req.listener)
-            .map(|s| s.bind(py).clone())
-            .unwrap_or_else(|| py.None().into_bound(py));
+        let Some(template) = server.templates.get(req.listener) else {
+            return Err(PyRuntimeError::new_err(
+                "a request from an unknown listener",
+            ));
+        };
         let state = server.state.bind(py);
         let parts = ScopeParts {
             scheme: "http",
-            root_path: server.root_path.bind(py),
-            server: &server_addr,
+            template: template.bind(py),
             client: &client,
             state: Some(state),
         };
