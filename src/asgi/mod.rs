@@ -389,16 +389,19 @@ impl Ready {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<()> {
+    /// Ends the await: with None, by returning nothing (no StopIteration
+    /// is made: this is how every `await send(...)` ends); with a value, by
+    /// StopIteration(value).
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         match self.value.take() {
-            None => Err(PyStopIteration::new_err(())),
+            None => Ok(None),
             // StopIteration(value) carries the await's result (a tuple
             // argument, so that a tuple value is not unpacked).
             Some(v) => Err(PyStopIteration::new_err((v.clone_ref(py),))),
         }
     }
 
-    fn send(&mut self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn send(&mut self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
         self.__next__(py)
     }
 }
