@@ -337,35 +337,38 @@ struct Flat {
 }
 
 impl Flat {
-    fn new() -> Flat {
+    /// Sized for `n` samples (at most `n` groups and values, plus a
+    /// histogram's `_count` per group), so that the tables never grow.
+    fn with_capacity(n: usize) -> Flat {
         Flat {
-            groups: HashMap::default(),
-            group_list: Vec::new(),
-            index: HashMap::default(),
-            values: Vec::new(),
+            groups: HashMap::with_capacity_and_hasher(n, Default::default()),
+            group_list: Vec::with_capacity(n),
+            index: HashMap::with_capacity_and_hasher(n, Default::default()),
+            values: Vec::with_capacity(n),
         }
     }
 
     fn group(&mut self, g: &Group) -> usize {
-        match self.groups.get(g) {
-            Some(&i) => i,
-            None => {
+        let next = self.group_list.len();
+        match self.groups.entry(g.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(next);
                 self.group_list.push(g.clone());
-                self.groups.insert(g.clone(), self.group_list.len() - 1);
-                self.group_list.len() - 1
+                next
             }
         }
     }
 
     /// The value of `key` in group `gi`, made with `init` when new.
     fn slot(&mut self, gi: usize, key: &SKey, init: impl FnOnce() -> f64) -> &mut f64 {
-        let k = (gi, key.clone());
-        let i = match self.index.get(&k) {
-            Some(&i) => i,
-            None => {
+        let next = self.values.len();
+        let i = match self.index.entry((gi, key.clone())) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(next);
                 self.values.push((gi, key.clone(), init()));
-                self.index.insert(k, self.values.len() - 1);
-                self.values.len() - 1
+                next
             }
         };
         &mut self.values[i].2
@@ -380,7 +383,7 @@ impl Flat {
 }
 
 fn accumulate(m: Metric, int: &mut Interner) -> Family {
-    let mut samples = Flat::new();
+    let mut samples = Flat::with_capacity(m.samples.len());
     let mut stamps: HashMap<(Group, I<str>), f64> = HashMap::default();
     let mut buckets: OMap<Group, Vec<(f64, f64)>> = OMap::new();
     let rule = gauge_rule(m.mode.as_deref());
