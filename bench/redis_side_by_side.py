@@ -276,10 +276,10 @@ def main():
                 seen[c] = seen.get(c, 0) + n
         top = ", ".join("%s %.2f" % (c, n / sum(r["requests"] for r in rs))
                         for c, n in sorted(seen.items(), key=lambda kv: -kv[1])[:6])
-        print("| %s | %.4f | %.0f | %s | %s |" % (
+        print("| %s | %.6f | %.0f | %s | %s |" % (
             names[kind], statistics.median(r["per_request"] for r in rs),
             statistics.median(r["rps"] for r in rs),
-            "; ".join("%d; %.0f; %.4f" % (r["requests"], r["rps"], r["per_request"]) for r in rs),
+            "; ".join("%d; %.0f; %.6f" % (r["requests"], r["rps"], r["per_request"]) for r in rs),
             ("per request: " + top) if top else "none"))
 
 

@@ -487,11 +487,11 @@ fn write_sample(
 ) {
     match (kind, val) {
         (Kind::Counter, Val::Scalar(v)) => {
-            render_labels(rendered, &labels);
+            render_labels(rendered, labels);
             sample_line(out, names.total, "", rendered, *v);
         }
         (Kind::Gauge, Val::Scalar(v)) => {
-            render_labels(rendered, &labels);
+            render_labels(rendered, labels);
             sample_line(out, names.base, "", rendered, *v);
         }
         (
@@ -529,14 +529,14 @@ fn write_sample(
                 );
             }
             bucket_line(out, &names.bucket, rendered, "+Inf", after, *count as f64);
-            render_labels(rendered, &labels);
+            render_labels(rendered, labels);
             sample_line(out, &names.count, "", rendered, *count as f64);
             if first_bound >= 0.0 {
                 sample_line(out, &names.sum, "", rendered, *sum);
             }
         }
         (_, Val::Raw { suffix, value }) => {
-            render_labels(rendered, &labels);
+            render_labels(rendered, labels);
             sample_line(out, names.base, suffix, rendered, *value);
         }
         _ => {}

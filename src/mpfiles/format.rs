@@ -202,9 +202,12 @@ pub(crate) fn parse_entries(data: &[u8]) -> (Vec<Entry>, usize, Option<String>) 
     (entries, used, err)
 }
 
-/// [`parse_entries`] with the keys borrowed from `data`: (key, value,
+/// One entry with its key borrowed from the file's bytes: (key, value,
 /// timestamp).
-pub(crate) fn parse_entries_ref(data: &[u8]) -> (Vec<(&str, f64, f64)>, usize, Option<String>) {
+pub(crate) type EntryRef<'d> = (&'d str, f64, f64);
+
+/// [`parse_entries`] with the keys borrowed from `data`.
+pub(crate) fn parse_entries_ref(data: &[u8]) -> (Vec<EntryRef<'_>>, usize, Option<String>) {
     let Some(used) = rd_i32(data, 0) else {
         // Empty or shorter than the header: a file being created.
         return (Vec::new(), 0, None);
