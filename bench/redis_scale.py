@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """Redis backend at scale (issue 12; not part of the tests).
 
-1. One instance, 8 workers, 500 application series per worker (a Gauge in
-   mode `all`: 4,000 series): the push's duration and size, read from the
-   instance's own ferrocorn_redis_* families over ~20 pushes, and the Redis
+1. One instance, 8 workers, 500 application series per worker, in two
+   shapes (APPS below: a Gauge in mode `all`, 4,000 series per instance;
+   a Counter and a Histogram with the same labels in every worker, ~505
+   series per instance): the push's duration and size, read from the
+   instance's own ferrocorn_redis_* families over 20 pushes, and the Redis
    commands per push from INFO commandstats.
-2. 200 instances' state in one Redis, written in the push format (the real
-   instance's document, renamed 200 times): `ferrocorn exporter` scrape time.
+2. 200 instances' state in one Redis, written in the push format (a real
+   instance's document, renamed 200 times), for three document sizes (the
+   two shapes, and ferrocorn's own families only): `ferrocorn exporter`
+   scrape time, BENCH_ROUNDS (default 3) runs of 20 scrapes each.
 3. The same 200 instances in a 3-master Redis Cluster.
 
     .venv/bin/python bench/redis_scale.py        # prints a Markdown table
+    BENCH_ONLY=push .venv/bin/python bench/redis_scale.py    # or read
 
 Everything runs on 127.0.0.1 free ports; the processes it starts are
 stopped by PID at the end.
@@ -31,16 +36,35 @@ BIN = os.environ.get("FERROCORN_BIN", os.path.join(ROOT, "target", "release", "f
 VENV = os.path.join(ROOT, ".venv")
 HOST = socket.gethostname()
 
-APP = '''
+# The application's 500 series per worker, two shapes:
+# - "gauge-all": a Gauge in multiprocess_mode "all" (prometheus_client's
+#   default): every worker's series stays its own (pid label), 4,000 series
+#   per instance;
+# - "counters": a Counter and a Histogram whose labels are the same in every
+#   worker (the usual case): merged to ~505 series per instance.
+APPS = {
+    "gauge-all": '''
 from prometheus_client import Gauge
 G = Gauge("bench_item_value", "one series per item and worker", ["item"], multiprocess_mode="all")
 for i in range(500):
     G.labels(item="item%03d" % i).set(i)
-
+''',
+    "counters": '''
+from prometheus_client import Counter, Histogram
+C = Counter("bench_jobs", "jobs by item", ["item"])
+H = Histogram("bench_job_seconds", "job latency by queue", ["queue"])
+for i in range(250):
+    C.labels(item="item%03d" % i).inc(i + 1)
+for q in range(15):
+    H.labels(queue="q%02d" % q).observe(0.01 * q)
+''',
+}
+APP_TAIL = '''
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
 '''
+APP_FAMILIES = ("bench_item_value", "bench_jobs", "bench_job_seconds")
 
 procs = []
 
@@ -136,86 +160,142 @@ def fill(port, prefix, doc, n):
 def scrape_times(env, n=20):
     port = free_port()
     env = dict(env, PROMETHEUS_BIND_ADDRESS="127.0.0.1", PROMETHEUS_METRICS_PORT=str(port))
-    start([BIN, "exporter"], env=env)
+    p = start([BIN, "exporter"], env=env)
     url = "http://127.0.0.1:%d/metrics" % port
-    wait(lambda: get(url), 10, "the read side")
+    wait(lambda: get(url), 30, "the read side")
     times, size = [], 0
     for _ in range(n):
+        time.sleep(0.15)  # past the read side's 100 ms reuse of a read
         t0 = time.perf_counter()
-        size = len(get(url))
+        with urllib.request.urlopen(url, timeout=60) as r:  # bytes: no decoding in the timing
+            size = len(r.read())
         times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times), max(times), size
+    # As Prometheus asks: gzip.
+    gz = []
+    for _ in range(5):
+        time.sleep(0.15)
+        t0 = time.perf_counter()
+        req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            r.read()
+        gz.append((time.perf_counter() - t0) * 1000)
+    p.send_signal(signal.SIGTERM)
+    p.wait(10)
+    return statistics.median(times), max(times), size, statistics.median(gz)
+
+
+def load():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
+def push_case(tmp, rport, shape):
+    """One instance of 8 workers with the app of `shape`: its pushes (about
+    20, read from its ferrocorn_redis_* families), a local scrape, and its
+    pushed document."""
+    d = tempfile.mkdtemp(dir=tmp)
+    with open(os.path.join(d, "benchapp.py"), "w") as f:
+        f.write(APPS[shape] + APP_TAIL)
+    app_port, mport = free_port(), free_port()
+    env = dict(os.environ, VIRTUAL_ENV=VENV, PATH=os.path.join(VENV, "bin") + ":" + os.environ["PATH"],
+               REDIS_ENABLED="true", REDIS_PORT=str(rport), REDIS_KEY_PREFIX="bench-" + shape,
+               REDIS_PUSH_INTERVAL="1", PROMETHEUS_BIND_ADDRESS="127.0.0.1",
+               PROMETHEUS_METRICS_PORT=str(mport))
+    log = open(os.path.join(d, "server.log"), "wb")
+    p = start([BIN, "-w", "8", "-b", "127.0.0.1:%d" % app_port, "--chdir", d, "benchapp:app"], env=env, log=log)
+    murl = "http://127.0.0.1:%d/metrics" % mport
+
+    def ready():
+        t = get(murl)
+        f = families(t)
+        return t if f.get('gunicorn_workers{state="idle"}') == 8 and any(
+            l.startswith(APP_FAMILIES) for l in t.splitlines()) else None
+    local = wait(ready, 60, "8 workers and the app's series")
+    time.sleep(2)  # the last worker's series in the next push
+    series = sum(1 for line in get(murl).splitlines() if line and not line.startswith("#"))
+    app_series = sum(1 for line in local.splitlines() if line.startswith(APP_FAMILIES))
+    before = commandstats(rport)
+    f0 = families(get(murl))
+    durations, collects, scrapes = [], [], []
+    for _ in range(20):
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        f = families(get(murl))
+        scrapes.append((time.perf_counter() - t0) * 1000)
+        durations.append(f["ferrocorn_redis_push_duration_seconds"] * 1000)
+        collects.append(f["ferrocorn_redis_push_collect_seconds"] * 1000)
+    f1 = families(get(murl))
+    after = commandstats(rport)
+    pushes = f1['ferrocorn_redis_pushes_total{result="ok"}'] - f0['ferrocorn_redis_pushes_total{result="ok"}']
+    cmds = sum(after.get(c, 0) - before.get(c, 0) for c in after if c != "info")
+    row = ("push, app of %s: 8 workers x 500 app series (%d app series, %d series in all on /metrics)"
+           % (shape, app_series, series),
+           "median %.2f ms (collect + encode %.2f ms, round trip %.2f ms), max %.2f ms over %d "
+           "pushes; %d bytes; %.1f commands/push in 1 pipeline; a local scrape: median %.2f ms"
+           % (statistics.median(durations), statistics.median(collects),
+              statistics.median(d - c for d, c in zip(durations, collects)), max(durations),
+              len(durations), f1["ferrocorn_redis_push_bytes"], cmds / max(pushes, 1),
+              statistics.median(scrapes)))
+    key = "bench-%s:ferrocorn:{bench-%s}:state:%s:127.0.0.1:%d" % (shape, shape, HOST, app_port)
+    doc = subprocess.run(["redis-cli", "-p", str(rport), "--raw", "GET", key], capture_output=True,
+                         timeout=30).stdout.rstrip(b"\n")
+    p.send_signal(signal.SIGTERM)
+    p.wait(30)
+    return row, doc
 
 
 def main():
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    only = os.environ.get("BENCH_ONLY", "push,read")
     tmp = tempfile.mkdtemp(prefix="fc-redis-bench-")
     rows = []
+    print("load average at start: %s" % load(), file=sys.stderr)
     try:
-        with open(os.path.join(tmp, "benchapp.py"), "w") as f:
-            f.write(APP)
         rport = redis(tmp)
-        app_port, mport = free_port(), free_port()
-        env = dict(os.environ, VIRTUAL_ENV=VENV, PATH=os.path.join(VENV, "bin") + ":" + os.environ["PATH"],
-                   REDIS_ENABLED="true", REDIS_PORT=str(rport), REDIS_KEY_PREFIX="bench",
-                   REDIS_PUSH_INTERVAL="1", PROMETHEUS_BIND_ADDRESS="127.0.0.1",
-                   PROMETHEUS_METRICS_PORT=str(mport))
-        log = open(os.path.join(tmp, "server.log"), "wb")
-        start([BIN, "-w", "8", "-b", "127.0.0.1:%d" % app_port, "--chdir", tmp, "benchapp:app"], env=env, log=log)
-        murl = "http://127.0.0.1:%d/metrics" % mport
-        local = wait(lambda: (lambda t: t if t.count("bench_item_value{") >= 4000 else None)(get(murl)), 60,
-                     "8 workers' 4,000 series")
-        series = sum(1 for line in local.splitlines() if line and not line.startswith("#"))
-        time.sleep(2)
-        before = commandstats(rport)
-        f0 = families(get(murl))
-        durations, collects, scrapes = [], [], []
-        for _ in range(20):
-            time.sleep(1.0)
-            t0 = time.perf_counter()
-            f = families(get(murl))
-            scrapes.append((time.perf_counter() - t0) * 1000)
-            durations.append(f["ferrocorn_redis_push_duration_seconds"] * 1000)
-            collects.append(f["ferrocorn_redis_push_collect_seconds"] * 1000)
-        f1 = families(get(murl))
-        after = commandstats(rport)
-        pushes = f1['ferrocorn_redis_pushes_total{result="ok"}'] - f0['ferrocorn_redis_pushes_total{result="ok"}']
-        cmds = sum(after.get(c, 0) - before.get(c, 0) for c in after if c != "info")
-        rows.append(("push: 8 workers x 500 app series (%d series on /metrics)" % series,
-                     "median %.2f ms (collect + encode %.2f ms, round trip %.2f ms), max %.2f ms over %d "
-                     "pushes; %d bytes; %.1f commands/push in 1 pipeline; a local scrape: median %.2f ms"
-                     % (statistics.median(durations), statistics.median(collects),
-                        statistics.median(d - c for d, c in zip(durations, collects)), max(durations),
-                        len(durations), f1["ferrocorn_redis_push_bytes"], cmds / max(pushes, 1),
-                        statistics.median(scrapes))))
-
-        key = "bench:ferrocorn:{bench}:state:%s:127.0.0.1:%d" % (HOST, app_port)
-        doc = subprocess.run(["redis-cli", "-p", str(rport), "--raw", "GET", key], capture_output=True,
-                             timeout=30).stdout.rstrip(b"\n")
-        # The same instance without its application gauges: ferrocorn's own
-        # families of 8 workers only.
-        d = json.loads(doc)
-        d["families"] = [f for f in d["families"] if f["n"] != "bench_item_value"]
+        docs = {}
+        for shape in ("gauge-all", "counters"):
+            row, docs[shape] = push_case(tmp, rport, shape)
+            if "push" in only:
+                rows.append(row)
+                print(row, file=sys.stderr)
+        # ferrocorn's own families of 8 workers only.
+        d = json.loads(docs["counters"])
+        d["families"] = [f for f in d["families"] if not f["n"].startswith(APP_FAMILIES)]
         small = json.dumps(d).encode()
-        for name, body in (("fleet", doc), ("small", small)):
-            fill(rport, name, body, 200)
-            med, mx, size = scrape_times({"REDIS_PORT": str(rport), "REDIS_KEY_PREFIX": name, "PATH": env["PATH"]})
-            rows.append(("read side: 200 instances of %d KB (%s), standalone Redis"
-                         % (len(body) // 1000, "8 workers, 500 app series each" if name == "fleet"
-                            else "8 workers, ferrocorn's families only"),
-                         "scrape median %.0f ms, max %.0f ms; %.1f MB exposition" % (med, mx, size / 1e6)))
-
-        nodes = [redis(tmp, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf") for _ in range(3)]
-        out = subprocess.run(["redis-cli", "--cluster", "create"] + ["127.0.0.1:%d" % p for p in nodes]
-                             + ["--cluster-replicas", "0", "--cluster-yes"], capture_output=True, timeout=60)
-        assert out.returncode == 0, out.stdout
-        wait(lambda: all("cluster_state:ok" in cli(p, "CLUSTER", "INFO") for p in nodes), 20, "cluster ok")
-        owner = next(p for p in nodes if "MOVED" not in cli(p, "EXISTS", "small:ferrocorn:{small}:instances"))
-        fill(owner, "small", small, 200)
-        med, mx, size = scrape_times({"REDIS_CLUSTER_NODES": "127.0.0.1:%d" % nodes[0],
-                                      "REDIS_KEY_PREFIX": "small", "PATH": env["PATH"]})
-        rows.append(("read side: 200 instances of %d KB (ferrocorn's families only), 3-master Cluster"
-                     % (len(small) // 1000),
-                     "scrape median %.0f ms, max %.0f ms; %.1f MB exposition" % (med, mx, size / 1e6)))
+        sizes = [("gauge-all", docs["gauge-all"], "8 workers, gauge-all app: 4,000 app series"),
+                 ("counters", docs["counters"], "8 workers, counters/histogram app: ~505 app series"),
+                 ("small", small, "8 workers, ferrocorn's families only")]
+        if "read" not in only:
+            sizes = []
+        nodes = []
+        if sizes:
+            nodes = [redis(tmp, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+                     for _ in range(3)]
+            out = subprocess.run(["redis-cli", "--cluster", "create"] + ["127.0.0.1:%d" % p for p in nodes]
+                                 + ["--cluster-replicas", "0", "--cluster-yes"], capture_output=True, timeout=60)
+            assert out.returncode == 0, out.stdout
+            wait(lambda: all("cluster_state:ok" in cli(p, "CLUSTER", "INFO") for p in nodes), 20, "cluster ok")
+        for name, body, what in sizes:
+            prefix = "fleet-" + name
+            fill(rport, prefix, body, 200)
+            owner = next(p for p in nodes if "MOVED" not in cli(p, "EXISTS", "%s:ferrocorn:{%s}:instances"
+                                                                % (prefix, prefix)))
+            fill(owner, prefix, body, 200)
+            for where, env in (("standalone Redis", {"REDIS_PORT": str(rport)}),
+                               ("3-master Cluster", {"REDIS_CLUSTER_NODES": "127.0.0.1:%d" % nodes[0]})):
+                meds, maxes, gzs, size = [], [], [], 0
+                for _ in range(rounds):
+                    med, mx, size, gz = scrape_times(dict(env, REDIS_KEY_PREFIX=prefix, PATH=os.environ["PATH"]))
+                    meds.append(med)
+                    maxes.append(mx)
+                    gzs.append(gz)
+                row = ("read side: 200 instances of %d KB (%s), %s" % (len(body) // 1000, what, where),
+                       "scrape median %.0f ms (medians of %d runs of 20 scrapes: %s), max %.0f ms; "
+                       "%.1f MB exposition; with Accept-Encoding: gzip, median %.0f ms"
+                       % (statistics.median(meds), rounds, ", ".join("%.0f" % m for m in meds), max(maxes),
+                          size / 1e6, statistics.median(gzs)))
+                rows.append(row)
+                print(row, file=sys.stderr)
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -225,6 +305,7 @@ def main():
                 except subprocess.TimeoutExpired:
                     p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+    print("load average at end: %s" % load(), file=sys.stderr)
     print("| case | result |\n|---|---|")
     for case, result in rows:
         print("| %s | %s |" % (case, result))

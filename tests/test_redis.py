@@ -188,6 +188,27 @@ def test_bad_redis_enabled_and_cli_values_stop_the_start(run_cmd):
     assert r.returncode == 2 and "takes no arguments" in r.stderr, r.stderr
 
 
+def test_print_config_hides_redis_passwords(run_cmd):
+    # From the environment: the password, and one inside REDIS_URL.
+    r = run_cmd(["--print-config", "wsgiapp:app"],
+                env={"REDIS_PASSWORD": "pw-env-secret", "REDIS_URL": "redis://alice:pw-url-secret@h:1/0"})
+    assert r.returncode == 0, r
+    assert "pw-env-secret" not in r.output and "pw-url-secret" not in r.output, r.stdout
+    lines = {k.strip(): v for k, _, v in (l.partition(" = ") for l in r.stdout.splitlines())}
+    assert lines["redis_password"] == "***", r.stdout
+    assert lines["redis_url"] == "redis://alice:***@h:1/0", r.stdout
+    # From the command line and a config file, the node lists too.
+    r = run_cmd(["--print-config", "--redis-password", "pw-cli-secret", "wsgiapp:app"],
+                config_text="redis_cluster_nodes = 'redis://:pw-node-secret@a:1,b:2'\n")
+    assert r.returncode == 0, r
+    assert "pw-cli-secret" not in r.output and "pw-node-secret" not in r.output, r.stdout
+    assert "redis_cluster_nodes" in r.stdout and "redis://:***@a:1,b:2" in r.stdout, r.stdout
+    # Unset stays visible as unset.
+    r = run_cmd(["--print-config", "wsgiapp:app"])
+    lines = {k.strip(): v for k, _, v in (l.partition(" = ") for l in r.stdout.splitlines())}
+    assert lines["redis_password"] == "None", r.stdout
+
+
 # -- push and read side ---------------------------------------------------------------
 
 def test_two_instances_share_one_redis_and_the_read_side_sums_them(server, redis):

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use pyo3::prelude::*;
 
 pub use settings::{Setting, Support};
-pub use value::{env_bool, Value};
+pub use value::{env_bool, env_text, redact_url, Value};
 
 use settings::{DefaultValue, SETTINGS};
 use value::CliRaw;
@@ -519,6 +519,7 @@ impl Config {
                 }
                 (v, _) => v.display(),
             };
+            let shown = value::redact_setting(s.name, shown);
             lines.push(format!("{:width$} = {shown}", s.name));
         }
         lines.join("\n")

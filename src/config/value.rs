@@ -7,6 +7,7 @@
 //! error is a one-line reason that names the offending value and what is
 //! allowed; the caller prefixes the setting's name and where it came from.
 
+use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -261,6 +262,74 @@ pub fn env_bool(s: &str) -> Option<bool> {
         "false" | "0" | "no" | "off" => Some(false),
         _ => None,
     }
+}
+
+/// A text environment variable as the REDIS_* and PROMETHEUS_* readers take
+/// them: `None` when unset or blank, else trimmed; an error naming the
+/// variable when it is not UTF-8.
+pub fn env_text(
+    get: &impl Fn(&str) -> Option<OsString>,
+    name: &str,
+) -> Result<Option<String>, String> {
+    match get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .into_string()
+            .map(|s| {
+                let t = s.trim();
+                (!t.is_empty()).then(|| t.to_owned())
+            })
+            .map_err(|v| format!("{name}={v:?} is not valid UTF-8")),
+    }
+}
+
+/// `scheme://user:secret@host/db` -> `scheme://user:***@host/db` (a URL
+/// without a password is returned as it is).
+pub fn redact_url(u: &str) -> String {
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return u.to_owned();
+    };
+    let (auth_end, _) = rest
+        .char_indices()
+        .find(|(_, c)| *c == '/' || *c == '?')
+        .unwrap_or((rest.len(), ' '));
+    let authority = &rest[..auth_end];
+    match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{hidden}@{hostport}{}", &rest[auth_end..])
+        }
+        None => u.to_owned(),
+    }
+}
+
+/// Settings whose value is a secret, or may hold one in a URL.
+const SECRET_SETTINGS: [&str; 1] = ["redis_password"];
+const URL_SETTINGS: [&str; 3] = ["redis_url", "redis_cluster_nodes", "redis_sentinel_nodes"];
+
+/// How `--print-config` (and the debug log of the configuration) shows a
+/// setting's value: a password as `***`, the passwords inside URLs (one or
+/// a comma-separated list) redacted, every other value as it is.
+pub fn redact_setting(name: &str, shown: String) -> String {
+    if SECRET_SETTINGS.contains(&name) {
+        if shown == "None" || shown.is_empty() {
+            return shown;
+        }
+        return "***".to_owned();
+    }
+    if URL_SETTINGS.contains(&name) && shown.contains('@') {
+        return shown
+            .split(',')
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    shown
 }
 
 /// Python's `int(s)` (`base0 == false`) or `int(s, 0)` (`base0 == true`).

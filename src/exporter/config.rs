@@ -70,18 +70,7 @@ pub fn config_from_settings(cfg: &crate::config::Config) -> Result<EnvConfig, St
 ///
 /// File contents are not checked here: call [`super::tls::validate`].
 pub fn config_from_vars(get: impl Fn(&str) -> Option<OsString>) -> Result<EnvConfig, String> {
-    let text = |name: &str| -> Result<Option<String>, String> {
-        match get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .into_string()
-                .map(|s| {
-                    let t = s.trim();
-                    (!t.is_empty()).then(|| t.to_owned())
-                })
-                .map_err(|v| format!("{name}={v:?} is not valid UTF-8")),
-        }
-    };
+    let text = |name: &str| crate::config::env_text(&get, name);
     let path =
         |name: &str| -> Option<PathBuf> { get(name).filter(|v| !v.is_empty()).map(PathBuf::from) };
 

@@ -314,21 +314,40 @@ fn is_legacy_label_char(c: char, i: usize) -> bool {
 
 /// Metric names outside the legacy character set get prometheus_client's
 /// default "underscores" escaping: each invalid character becomes `_`.
-fn escape_name(name: &str) -> String {
+pub(crate) fn escape_name(name: &str) -> String {
+    if name
+        .chars()
+        .enumerate()
+        .all(|(i, c)| is_legacy_metric_char(c, i))
+    {
+        return name.to_owned();
+    }
     name.chars()
         .enumerate()
         .map(|(i, c)| if is_legacy_metric_char(c, i) { c } else { '_' })
         .collect()
 }
 
-fn escape_label_name(out: &mut String, name: &str) {
+pub(crate) fn escape_label_name(out: &mut String, name: &str) {
+    if name
+        .chars()
+        .enumerate()
+        .all(|(i, c)| is_legacy_label_char(c, i))
+    {
+        out.push_str(name);
+        return;
+    }
     for (i, c) in name.chars().enumerate() {
         out.push(if is_legacy_label_char(c, i) { c } else { '_' });
     }
 }
 
 /// Label values (both formats) and OpenMetrics HELP: `\` `\n` `"` escaped.
-fn escape_value(out: &mut String, v: &str) {
+pub(crate) fn escape_value(out: &mut String, v: &str) {
+    if !v.bytes().any(|b| b == b'\\' || b == b'\n' || b == b'"') {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -340,7 +359,7 @@ fn escape_value(out: &mut String, v: &str) {
 }
 
 /// Text 0.0.4 HELP: only `\` and `\n` escaped.
-fn escape_help_004(out: &mut String, v: &str) {
+pub(crate) fn escape_help_004(out: &mut String, v: &str) {
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -352,12 +371,13 @@ fn escape_help_004(out: &mut String, v: &str) {
 
 /// [`float_to_go_string`] appended to `out`, with a fast path for the
 /// common whole numbers (counts): `7.0`, `-3.0`.
-fn write_float(out: &mut String, v: f64) {
+pub(crate) fn write_float(out: &mut String, v: f64) {
     // Whole numbers below 10^6 (positive; the Go exponent form starts
     // there) or above -10^16 (negative; Python's repr switches there) print
     // as the integer plus ".0". -0.0 goes the general way ("-0.0").
     if v.fract() == 0.0 && v < 1e6 && v > -1e16 && (v != 0.0 || v.is_sign_positive()) {
-        let _ = write!(out, "{}.0", v as i64);
+        out.push_str(itoa::Buffer::new().format(v as i64));
+        out.push_str(".0");
     } else {
         out.push_str(&float_to_go_string(v));
     }

@@ -16,6 +16,7 @@
 //! - `config`: the PROMETHEUS_* settings.
 //! - `child`: the exporter process's entry point (and the Redis push beside it).
 //! - `standalone`: `ferrocorn exporter`, the Redis read side.
+//! - `view`: the read side's exposition, rendered from the documents.
 
 pub mod child;
 pub mod collect;
@@ -24,3 +25,4 @@ pub mod expose;
 pub mod server;
 pub mod standalone;
 pub mod tls;
+pub mod view;

@@ -54,11 +54,17 @@ pub type Refresh = Arc<dyn Fn() -> BoxFuture + Send + Sync>;
 /// server stops and the process exits once both have finished.
 pub type Companion = Box<dyn FnOnce(watch::Receiver<Option<StopReason>>) -> BoxFuture + Send>;
 
+/// Renders the `/metrics` body itself (the Redis read side, whose
+/// exposition is too large to go through the families model); when set,
+/// it replaces the collect and the render.
+pub type Render = Box<dyn FnMut(Format) -> Bytes + Send>;
+
 /// What the server does besides serving; `Default`: nothing.
 #[derive(Default)]
 pub struct Extras {
     pub refresh: Option<Refresh>,
     pub companion: Option<Companion>,
+    pub render: Option<Render>,
 }
 
 /// Timing and limits. `Default` is what [`run`] uses.
@@ -141,7 +147,14 @@ pub fn run(cfg: ServerConfig, collect: Collect, extras: Extras) -> i32 {
             let _ = server_rx.wait_for(Option::is_some).await;
         });
         let companion = extras.companion.map(|c| c(rx));
-        let server = serve(cfg, collect, extras.refresh, Tunables::default(), stop);
+        let server = serve(
+            cfg,
+            collect,
+            extras.refresh,
+            extras.render,
+            Tunables::default(),
+            stop,
+        );
         let (code, (), ()) = tokio::join!(server, signals, async move {
             if let Some(c) = companion {
                 c.await;
@@ -158,6 +171,7 @@ pub(crate) async fn serve(
     cfg: ServerConfig,
     collect: Collect,
     refresh: Option<Refresh>,
+    render: Option<Render>,
     tun: Tunables,
     mut stop: Stop,
 ) -> i32 {
@@ -230,6 +244,7 @@ pub(crate) async fn serve(
 
     let shared = Arc::new(Shared {
         collect: Mutex::new(collect),
+        render: render.map(Mutex::new),
         refresh,
         master_pid: cfg.master_pid,
         log,
@@ -302,6 +317,7 @@ impl Drop for ConnGuard {
 
 struct Shared {
     collect: Mutex<Collect>,
+    render: Option<Mutex<Render>>,
     refresh: Option<Refresh>,
     master_pid: Option<u32>,
     log: fn(&str),
@@ -375,6 +391,19 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 
     let format = Format::from_accept(header(req, hyper::header::ACCEPT));
+    if let Some(render) = &shared.render {
+        let mut render = render.lock().unwrap_or_else(|p| p.into_inner());
+        return match std::panic::catch_unwind(AssertUnwindSafe(|| (*render)(format))) {
+            Ok(body) => metrics_response(req, format, body),
+            Err(_) => {
+                (shared.log)("metrics exporter: rendering metrics panicked; answered 500");
+                text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "collecting metrics failed\n",
+                )
+            }
+        };
+    }
     let families = {
         let mut collect = shared
             .collect
@@ -389,16 +418,21 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "collecting metrics failed\n",
         );
     };
-    let body = expose::render(&families, format).into_bytes();
+    let body = Bytes::from(expose::render(&families, format).into_bytes());
+    metrics_response(req, format, body)
+}
+
+/// The `/metrics` response for a rendered body: gzipped when accepted.
+fn metrics_response(req: &Request<Incoming>, format: Format, body: Bytes) -> Response<Full<Bytes>> {
     let (body, gzipped) = if expose::gzip_accepted(header(req, hyper::header::ACCEPT_ENCODING)) {
         match expose::gzip(&body) {
-            Ok(z) => (z, true),
+            Ok(z) => (Bytes::from(z), true),
             Err(_) => (body, false),
         }
     } else {
         (body, false)
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Full::new(body));
     let h = resp.headers_mut();
     h.insert(
         CONTENT_TYPE,
@@ -559,7 +593,7 @@ mod tests {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 });
-                serve(cfg, Box::new(families), None, tun, stop).await
+                serve(cfg, Box::new(families), None, None, tun, stop).await
             })
         });
         Running {

@@ -4,14 +4,18 @@
 //! PROMETHEUS_* variables for where and how to serve, the REDIS_* ones
 //! (REDIS_ENABLED not needed) for where to read.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::config::config_from_vars;
-use super::server::{self, Extras, Refresh};
-use crate::metrics::model::Family;
-use crate::redis::read::{merge, own_families, Reader};
+use super::expose::Format;
+use super::server::{self, Extras, Refresh, Render};
+use super::view::render_found;
+use crate::redis::read::{Found, Reader};
 
 const USAGE: &str = "\
 usage: ferrocorn exporter
@@ -101,21 +105,17 @@ pub fn main(args: &[OsString]) -> i32 {
         let st = for_refresh.clone();
         Box::pin(async move { st.refresh().await })
     });
-    let for_collect = state;
+    let for_render = state;
+    let render: Render = Box::new(move |format| for_render.render(format));
     server::run(
         // No master: /health is 200 while this process serves.
         cfg.into_server_config(None, log_line),
-        Box::new(move || {
-            for_collect
-                .cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .families
-                .clone()
-        }),
+        // Unused: the read side renders its body itself.
+        Box::new(Vec::new),
         Extras {
             refresh: Some(refresh),
             companion: None,
+            render: Some(render),
         },
     )
 }
@@ -125,10 +125,17 @@ struct ReadState {
     cache: Mutex<Cache>,
 }
 
+/// The last read and its renderings (made at the first scrape that asks
+/// for each format).
 #[derive(Default)]
 struct Cache {
-    families: Vec<Family>,
+    /// `None` (after a read): Redis could not be read.
+    found: Option<Arc<Found>>,
     at: Option<Instant>,
+    text: Option<Bytes>,
+    openmetrics: Option<Bytes>,
+    /// Keys whose document could not be read, so each is logged once.
+    bad: HashSet<String>,
 }
 
 impl ReadState {
@@ -146,18 +153,32 @@ impl ReadState {
         if fresh {
             return;
         }
-        let families = match reader.fetch().await {
-            Some(found) => {
-                let mut f = merge(&found.snapshots);
-                f.extend(own_families(found.snapshots.len(), true));
-                f
-            }
-            None => own_families(0, false),
+        let found = reader.fetch().await.map(Arc::new);
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.found = found;
+        c.at = Some(Instant::now());
+        c.text = None;
+        c.openmetrics = None;
+    }
+
+    /// The body of a scrape in `format`, rendered from the last read.
+    fn render(&self, format: Format) -> Bytes {
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let done = match format {
+            Format::Text004 => &c.text,
+            Format::OpenMetrics100 => &c.openmetrics,
         };
-        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Cache {
-            families,
-            at: Some(Instant::now()),
-        };
+        if let Some(b) = done {
+            return b.clone();
+        }
+        let found = c.found.clone();
+        let body =
+            Bytes::from(render_found(found.as_deref(), &mut c.bad, log_line, format).into_bytes());
+        match format {
+            Format::Text004 => c.text = Some(body.clone()),
+            Format::OpenMetrics100 => c.openmetrics = Some(body.clone()),
+        }
+        body
     }
 }
 

@@ -145,7 +145,11 @@ pub(crate) fn python_pid_label(file_name: &str) -> Option<String> {
 /// One parsed `.db` file.
 #[derive(Debug, Clone)]
 pub struct FileData {
+    // Read by the merge of whole files (the tests' path; the collector
+    // merges without parsing into FileData).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub path: PathBuf,
+    #[cfg_attr(not(test), allow(dead_code))]
     pub name: FileName,
     /// Entries in file order, up to the first damaged one.
     pub entries: Vec<Entry>,
@@ -186,6 +190,24 @@ fn pad_len(len: usize) -> usize {
 /// Parses the entries of `data` (the file's first bytes; `used` from its
 /// header). Returns the entries read and an error for damage found.
 pub(crate) fn parse_entries(data: &[u8]) -> (Vec<Entry>, usize, Option<String>) {
+    let (entries, used, err) = parse_entries_ref(data);
+    let entries = entries
+        .into_iter()
+        .map(|(key, value, timestamp)| Entry {
+            key: key.to_string(),
+            value,
+            timestamp,
+        })
+        .collect();
+    (entries, used, err)
+}
+
+/// One entry with its key borrowed from the file's bytes: (key, value,
+/// timestamp).
+pub(crate) type EntryRef<'d> = (&'d str, f64, f64);
+
+/// [`parse_entries`] with the keys borrowed from `data`.
+pub(crate) fn parse_entries_ref(data: &[u8]) -> (Vec<EntryRef<'_>>, usize, Option<String>) {
     let Some(used) = rd_i32(data, 0) else {
         // Empty or shorter than the header: a file being created.
         return (Vec::new(), 0, None);
@@ -232,11 +254,7 @@ pub(crate) fn parse_entries(data: &[u8]) -> (Vec<Entry>, usize, Option<String>) 
             break;
         };
         match std::str::from_utf8(&data[key_start..key_start + len]) {
-            Ok(key) => entries.push(Entry {
-                key: key.to_string(),
-                value,
-                timestamp,
-            }),
+            Ok(key) => entries.push((key, value, timestamp)),
             Err(_) => {
                 err.get_or_insert_with(|| format!("key at offset {pos} is not UTF-8"));
             }
@@ -288,7 +306,29 @@ fn parse_trailer(data: &[u8], used: usize) -> Vec<FileIdent> {
 /// Reads one `.db` file. `Err(io)` only when the file cannot be opened or
 /// read at all (e.g. `NotFound` when it vanished); damage inside the file is
 /// reported in [`FileData::error`].
+/// One `.db` file's bytes (up to its used size; archives whole), identity
+/// and, for archives, the files folded into it.
+pub(crate) struct RawFile {
+    pub data: Vec<u8>,
+    pub ident: FileIdent,
+    pub folded: Vec<FileIdent>,
+}
+
 pub(crate) fn read_file_io(path: &Path, name: FileName) -> io::Result<FileData> {
+    let raw = read_raw(path, &name)?;
+    let (entries, _, error) = parse_entries(&raw.data);
+    Ok(FileData {
+        path: path.to_path_buf(),
+        name,
+        entries,
+        error,
+        ident: raw.ident,
+        folded: raw.folded,
+    })
+}
+
+/// Reads one `.db` file's bytes without parsing its entries.
+pub(crate) fn read_raw(path: &Path, name: &FileName) -> io::Result<RawFile> {
     let mut f = File::open(path)?;
     let md = f.metadata()?;
     if !md.is_file() {
@@ -319,17 +359,16 @@ pub(crate) fn read_file_io(path: &Path, name: FileName) -> io::Result<FileData> 
             }
         }
     }
-    let (entries, used, error) = parse_entries(&data);
-    let folded = if name.pid == ARCHIVE_PID && used > 0 {
-        parse_trailer(&data, used)
+    let folded = if name.pid == ARCHIVE_PID {
+        match rd_i32(&data, 0) {
+            Some(used) if used >= HEADER_LEN as i32 => parse_trailer(&data, used as usize),
+            _ => Vec::new(),
+        }
     } else {
         Vec::new()
     };
-    Ok(FileData {
-        path: path.to_path_buf(),
-        name,
-        entries,
-        error,
+    Ok(RawFile {
+        data,
         ident,
         folded,
     })

@@ -6,7 +6,7 @@ use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
-use super::format::{float_to_go_string, py_float, python_pid_label, FileData};
+use super::format::{float_to_go_string, py_float, python_pid_label, FileName};
 use super::{Family, Kind, RawSample};
 
 type Str = Arc<str>;
@@ -245,16 +245,24 @@ fn kind_of(typ: &str) -> Option<Kind> {
     }
 }
 
-/// Merges files the way prometheus_client does, in the order given.
-pub(crate) fn merge(files: &[&FileData], cache: &mut KeyCache) -> Vec<Family> {
+/// One file to merge: its name (parsed, and as on disk) and its entries
+/// (key, value, timestamp), the keys borrowed from wherever they were read.
+pub(crate) struct MergeFile<'f> {
+    pub name: &'f FileName,
+    pub file_name: &'f str,
+    pub entries: Vec<(&'f str, f64, f64)>,
+}
+
+/// Merges files the way prometheus_client does, in the order given. The
+/// entries' keys are borrowed from the bytes read (none is copied out).
+pub(crate) fn merge_entries(files: &[MergeFile<'_>], cache: &mut KeyCache) -> Vec<Family> {
     let mut metrics: OMap<I<str>, Metric> = OMap::new();
     for f in files {
         let Some(kind) = kind_of(&f.name.typ) else {
             continue;
         };
         let pid: Option<I<str>> = if kind == Kind::Gauge {
-            let file_name = f.path.file_name().map(|n| n.to_string_lossy());
-            match file_name.as_deref().and_then(python_pid_label) {
+            match python_pid_label(f.file_name) {
                 Some(p) => Some(cache.int.str(&p)),
                 None => continue,
             }
@@ -262,8 +270,8 @@ pub(crate) fn merge(files: &[&FileData], cache: &mut KeyCache) -> Vec<Family> {
             None
         };
         let mode: Option<Str> = f.name.mode.as_deref().map(Str::from);
-        for e in &f.entries {
-            let Some(k) = cache.get(&e.key) else {
+        for &(key, value, timestamp) in &f.entries {
+            let Some(k) = cache.get(key) else {
                 continue;
             };
             let m = metrics.get_or_insert_with(&k.metric, || Metric {
@@ -279,8 +287,8 @@ pub(crate) fn merge(files: &[&FileData], cache: &mut KeyCache) -> Vec<Family> {
             m.samples.push(InSample {
                 key: k,
                 pid: pid.clone(),
-                value: e.value,
-                timestamp: pid.as_ref().map(|_| e.timestamp),
+                value,
+                timestamp: pid.as_ref().map(|_| timestamp),
             });
         }
     }
@@ -317,8 +325,65 @@ type Group = (I<LabelSet>, Option<I<str>>);
 /// Inner key of a group: sample name, and the `le` label for buckets.
 type SKey = (I<str>, Option<Str>);
 
+/// prometheus_client's `samples: dict[labels, dict[(name, le), value]]`
+/// flattened into one table: groups in first-seen order, each group's
+/// values in first-seen order (one hash table for a metric, rather than one
+/// per label set: with a series per pid, thousands of tiny tables).
+struct Flat {
+    groups: HashMap<Group, usize>,
+    group_list: Vec<Group>,
+    index: HashMap<(usize, SKey), usize>,
+    values: Vec<(usize, SKey, f64)>,
+}
+
+impl Flat {
+    /// Sized for `n` samples (at most `n` groups and values, plus a
+    /// histogram's `_count` per group), so that the tables never grow.
+    fn with_capacity(n: usize) -> Flat {
+        Flat {
+            groups: HashMap::with_capacity_and_hasher(n, Default::default()),
+            group_list: Vec::with_capacity(n),
+            index: HashMap::with_capacity_and_hasher(n, Default::default()),
+            values: Vec::with_capacity(n),
+        }
+    }
+
+    fn group(&mut self, g: &Group) -> usize {
+        let next = self.group_list.len();
+        match self.groups.entry(g.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(next);
+                self.group_list.push(g.clone());
+                next
+            }
+        }
+    }
+
+    /// The value of `key` in group `gi`, made with `init` when new.
+    fn slot(&mut self, gi: usize, key: &SKey, init: impl FnOnce() -> f64) -> &mut f64 {
+        let next = self.values.len();
+        let i = match self.index.entry((gi, key.clone())) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(next);
+                self.values.push((gi, key.clone(), init()));
+                next
+            }
+        };
+        &mut self.values[i].2
+    }
+
+    /// (group, name and le, value), groups in first-seen order.
+    fn into_items(mut self) -> (Vec<Group>, Vec<(usize, SKey, f64)>) {
+        // Stable: each group's values keep their first-seen order.
+        self.values.sort_by_key(|(gi, _, _)| *gi);
+        (self.group_list, self.values)
+    }
+}
+
 fn accumulate(m: Metric, int: &mut Interner) -> Family {
-    let mut samples: OMap<Group, OMap<SKey, f64>> = OMap::new();
+    let mut samples = Flat::with_capacity(m.samples.len());
     let mut stamps: HashMap<(Group, I<str>), f64> = HashMap::default();
     let mut buckets: OMap<Group, Vec<(f64, f64)>> = OMap::new();
     let rule = gauge_rule(m.mode.as_deref());
@@ -335,9 +400,8 @@ fn accumulate(m: Metric, int: &mut Interner) -> Family {
                 let key: SKey = (k.name.clone(), None);
                 match rule {
                     GaugeRule::Min | GaugeRule::Max => {
-                        let slot = samples
-                            .get_or_insert_with(&group, OMap::new)
-                            .get_or_insert_with(&key, || v);
+                        let gi = samples.group(&group);
+                        let slot = samples.slot(gi, &key, || v);
                         let better = if rule == GaugeRule::Min {
                             v < *slot
                         } else {
@@ -348,24 +412,21 @@ fn accumulate(m: Metric, int: &mut Interner) -> Family {
                         }
                     }
                     GaugeRule::Sum => {
-                        *samples
-                            .get_or_insert_with(&group, OMap::new)
-                            .get_or_insert_with(&key, || 0.0) += v;
+                        let gi = samples.group(&group);
+                        *samples.slot(gi, &key, || 0.0) += v;
                     }
                     GaugeRule::MostRecent => {
                         let cur = stamps.entry((group.clone(), k.name.clone())).or_insert(0.0);
                         let ts = s.timestamp.unwrap_or(0.0);
                         if *cur < ts {
-                            *samples
-                                .get_or_insert_with(&group, OMap::new)
-                                .get_or_insert_with(&key, || v) = v;
+                            let gi = samples.group(&group);
+                            *samples.slot(gi, &key, || v) = v;
                             *cur = ts;
                         }
                     }
                     GaugeRule::All => {
-                        *samples
-                            .get_or_insert_with(&group, OMap::new)
-                            .get_or_insert_with(&key, || v) = v;
+                        let gi = samples.group(&group);
+                        *samples.slot(gi, &key, || v) = v;
                     }
                 }
             }
@@ -381,15 +442,13 @@ fn accumulate(m: Metric, int: &mut Interner) -> Family {
                         None => list.push((bound, 0.0 + v)),
                     }
                 } else {
-                    *samples
-                        .get_or_insert_with(&(k.labels.clone(), s.pid), OMap::new)
-                        .get_or_insert_with(&(k.name.clone(), None), || 0.0) += v;
+                    let gi = samples.group(&(k.labels.clone(), s.pid));
+                    *samples.slot(gi, &(k.name.clone(), None), || 0.0) += v;
                 }
             }
             Kind::Counter | Kind::Summary => {
-                *samples
-                    .get_or_insert_with(&(k.labels.clone(), s.pid), OMap::new)
-                    .get_or_insert_with(&(k.name.clone(), None), || 0.0) += v;
+                let gi = samples.group(&(k.labels.clone(), s.pid));
+                *samples.slot(gi, &(k.name.clone(), None), || 0.0) += v;
             }
         }
     }
@@ -398,44 +457,44 @@ fn accumulate(m: Metric, int: &mut Interner) -> Family {
         let count_name = int.str(&format!("{}_count", &*m.name.0));
         for (group, mut values) in buckets.items {
             values.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-            let g = samples.get_or_insert_with(&group, OMap::new);
+            let gi = samples.group(&group);
             let mut acc = 0.0;
             for (bound, v) in values {
                 acc += v;
                 let le: Str = float_to_go_string(bound).into();
-                *g.get_or_insert_with(&(bucket_name.clone(), Some(le)), || 0.0) = acc;
+                *samples.slot(gi, &(bucket_name.clone(), Some(le)), || 0.0) = acc;
             }
-            *g.get_or_insert_with(&(count_name.clone(), None), || 0.0) = acc;
+            *samples.slot(gi, &(count_name.clone(), None), || 0.0) = acc;
         }
     }
-    let mut out = Vec::new();
-    for ((labels, pid), group) in samples.items {
-        for ((name, le), value) in group.items {
-            let mut dict: Vec<(String, String)> = Vec::with_capacity(labels.0.len() + 2);
-            let extra = [
-                pid.as_ref().map(|p| ("pid", &*p.0)),
-                le.as_deref().map(|le| ("le", le)),
-            ];
-            let all = labels
-                .0
-                .iter()
-                .map(|(k, v)| (&**k, &**v))
-                .chain(extra.into_iter().flatten());
-            // `dict(labels)`: a repeated name keeps its first position and
-            // takes the last value.
-            for (k, v) in all {
-                match dict.iter_mut().find(|(dk, _)| dk == k) {
-                    Some(slot) => slot.1 = v.to_string(),
-                    None => dict.push((k.to_string(), v.to_string())),
-                }
+    let (groups, values) = samples.into_items();
+    let mut out = Vec::with_capacity(values.len());
+    for (gi, (name, le), value) in values {
+        let (labels, pid) = &groups[gi];
+        let mut dict: Vec<(String, String)> = Vec::with_capacity(labels.0.len() + 2);
+        let extra = [
+            pid.as_ref().map(|p| ("pid", &*p.0)),
+            le.as_deref().map(|le| ("le", le)),
+        ];
+        let all = labels
+            .0
+            .iter()
+            .map(|(k, v)| (&**k, &**v))
+            .chain(extra.into_iter().flatten());
+        // `dict(labels)`: a repeated name keeps its first position and
+        // takes the last value.
+        for (k, v) in all {
+            match dict.iter_mut().find(|(dk, _)| dk == k) {
+                Some(slot) => slot.1 = v.to_string(),
+                None => dict.push((k.to_string(), v.to_string())),
             }
-            out.push(RawSample {
-                name: name.0.to_string(),
-                labels: dict,
-                value,
-                timestamp: None,
-            });
         }
+        out.push(RawSample {
+            name: name.0.to_string(),
+            labels: dict,
+            value,
+            timestamp: None,
+        });
     }
     Family {
         name: m.name.0.to_string(),

@@ -29,7 +29,9 @@ use std::io;
 use std::path::Path;
 
 pub use compact::{cleanup_dir, compact_dead, AllMode};
-pub use format::{FileData, FileName};
+#[cfg(test)]
+pub use format::FileData;
+pub use format::FileName;
 pub use merge::KeyCache;
 
 /// Metric type of a family: the metrics data model's, so that app families
@@ -70,6 +72,7 @@ const READ_ATTEMPTS: usize = 3;
 /// is skipped. The view is consistent with compaction: a file that an archive
 /// says it already holds is left out, and when a listed file vanishes while
 /// being read the directory is read again (a few times at most).
+#[cfg(test)]
 pub fn read_dir(dir: &Path) -> Result<Vec<FileData>, String> {
     let mut last = Vec::new();
     for _ in 0..READ_ATTEMPTS {
@@ -99,6 +102,7 @@ pub(crate) fn list_db_files(dir: &Path) -> Result<Vec<(String, FileName)>, Strin
     Ok(names)
 }
 
+#[cfg(test)]
 fn read_dir_once(dir: &Path) -> Result<(Vec<FileData>, bool), String> {
     let names = list_db_files(dir)?;
     let mut files = Vec::with_capacity(names.len());
@@ -125,29 +129,13 @@ fn read_dir_once(dir: &Path) -> Result<(Vec<FileData>, bool), String> {
 /// Whether prometheus_client would show this file: a `live*` gauge file of a
 /// pid that is not alive is left out (prometheus_client relies on
 /// `mark_process_dead` deleting it; this does not need it).
-fn shown(f: &FileData, live_pids: &dyn Fn(u32) -> bool) -> bool {
-    if f.name.typ == "gauge"
-        && f.name
-            .mode
-            .as_deref()
-            .is_some_and(|m| m.starts_with("live"))
-    {
-        if let Some(pid) = f.name.pid_u32() {
+fn shown_name(name: &FileName, live_pids: &dyn Fn(u32) -> bool) -> bool {
+    if name.typ == "gauge" && name.mode.as_deref().is_some_and(|m| m.starts_with("live")) {
+        if let Some(pid) = name.pid_u32() {
             return live_pids(pid);
         }
     }
     true
-}
-
-/// Merges already read files as `MultiProcessCollector.merge(files)` does, in
-/// the order given, leaving out `live*` gauge files of dead pids.
-pub fn merge_files(
-    files: &[FileData],
-    live_pids: &dyn Fn(u32) -> bool,
-    cache: &mut KeyCache,
-) -> Vec<Family> {
-    let shown: Vec<&FileData> = files.iter().filter(|f| shown(f, live_pids)).collect();
-    merge::merge(&shown, cache)
 }
 
 /// A collector that keeps parsed keys between scrapes.
@@ -164,12 +152,59 @@ impl Collector {
     /// What `MultiProcessCollector(registry, dir).collect()` yields (files
     /// taken in name order), with `live*` gauges limited to `live_pids`.
     /// An unreadable directory yields no families.
+    ///
+    /// The same view of the directory as [`read_dir`], without copying
+    /// the keys out of the bytes read (they are looked up in the key cache
+    /// where they lie).
     pub fn collect(&mut self, dir: &Path, live_pids: &dyn Fn(u32) -> bool) -> Vec<Family> {
-        match read_dir(dir) {
-            Ok(files) => merge_files(&files, live_pids, &mut self.cache),
-            Err(_) => Vec::new(),
+        let mut raws = Vec::new();
+        for _ in 0..READ_ATTEMPTS {
+            match read_raw_dir_once(dir) {
+                Ok((r, vanished)) => {
+                    raws = r;
+                    if !vanished {
+                        break;
+                    }
+                }
+                Err(_) => return Vec::new(),
+            }
+        }
+        let files: Vec<merge::MergeFile<'_>> = raws
+            .iter()
+            .filter(|(_, name, _)| shown_name(name, live_pids))
+            .map(|(file_name, name, raw)| merge::MergeFile {
+                name,
+                file_name,
+                entries: format::parse_entries_ref(&raw.data).0,
+            })
+            .collect();
+        merge::merge_entries(&files, &mut self.cache)
+    }
+}
+
+/// [`read_dir_once`] without parsing: (file name, parsed name, bytes).
+#[allow(clippy::type_complexity)]
+fn read_raw_dir_once(
+    dir: &Path,
+) -> Result<(Vec<(String, FileName, format::RawFile)>, bool), String> {
+    let names = list_db_files(dir)?;
+    let mut files = Vec::with_capacity(names.len());
+    let mut vanished = false;
+    for (file_name, name) in names {
+        match format::read_raw(&dir.join(&file_name), &name) {
+            Ok(raw) => files.push((file_name, name, raw)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => vanished = true,
+            Err(_) => {}
         }
     }
+    let folded: HashSet<format::FileIdent> = files
+        .iter()
+        .flat_map(|(_, _, r)| r.folded.iter().cloned())
+        .collect();
+    if !folded.is_empty() {
+        files.retain(|(_, _, r)| !folded.contains(&r.ident));
+    }
+    Ok((files, vanished))
 }
 
 /// [`Collector::collect`] without a key cache kept between calls (the tests

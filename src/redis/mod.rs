@@ -8,6 +8,8 @@
 //! - `link`: one connection with timeouts, reconnects and outage logging.
 //! - `push`: the exporter's periodic and final push.
 //! - `read`: fetching the instances and merging them into one exposition.
+//! - `view`: the documents decoded in place and rendered straight into the
+//!   exposition (the read side's fast path).
 //!
 //! The `redis` crate is named `::redis` here, this module being `crate::redis`.
 
@@ -16,6 +18,7 @@ pub mod link;
 pub mod push;
 pub mod read;
 pub mod settings;
+pub mod view;
 
 /// The key of one instance's state:
 /// `{prefix}:ferrocorn:{{prefix}}:state:{host}:{instance}`. The `{prefix}` in

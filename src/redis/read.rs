@@ -3,9 +3,11 @@
 //! counters, histograms and summaries are also summed across instances
 //! (and workers), as series labelled `host="all", instance="all"`.
 
+#[cfg(test)]
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+#[cfg(test)]
 use super::codec::{self, Snapshot};
 use super::index_key;
 use super::link::{Link, Log};
@@ -16,6 +18,7 @@ use crate::metrics::model::{Family, Kind, Sample, SampleValue};
 pub const ALL: &str = "all";
 
 /// Labels that the sums fold away: who produced the series.
+#[cfg(test)]
 const PER_PRODUCER: [&str; 3] = ["host", "instance", "worker_id"];
 
 /// MGET this many keys per command (one round trip still: pipelined).
@@ -24,15 +27,13 @@ const MGET_CHUNK: usize = 100;
 pub struct Reader {
     link: Link,
     index: String,
-    log: Log,
-    /// Keys whose document could not be read, so each is logged once.
-    bad: HashSet<String>,
 }
 
 /// What one read found.
 #[derive(Debug, Default)]
 pub struct Found {
-    pub snapshots: Vec<Snapshot>,
+    /// (state key, document) of each live instance, by key.
+    pub docs: Vec<(String, Vec<u8>)>,
     /// Index entries whose key had expired (removed from the index).
     pub expired: usize,
 }
@@ -42,13 +43,11 @@ impl Reader {
         Ok(Reader {
             link: Link::new(&settings.target, timeout, "read", log)?,
             index: index_key(&settings.prefix),
-            log,
-            bad: HashSet::new(),
         })
     }
 
-    /// Every live instance's state; `None` when Redis failed (logged by
-    /// the link, once per outage).
+    /// Every live instance's document, undecoded; `None` when Redis failed
+    /// (logged by the link, once per outage).
     pub async fn fetch(&mut self) -> Option<Found> {
         let mut pipe = ::redis::pipe();
         pipe.cmd("SMEMBERS").arg(&self.index);
@@ -64,21 +63,10 @@ impl Reader {
         let docs: Vec<Vec<Option<Vec<u8>>>> = self.link.query(&pipe).await?;
         let mut found = Found::default();
         let mut expired = Vec::new();
-        for (key, doc) in keys.iter().zip(docs.into_iter().flatten()) {
-            let Some(doc) = doc else {
-                expired.push(key.clone());
-                continue;
-            };
-            match codec::decode(&doc) {
-                Ok(s) => {
-                    self.bad.remove(key);
-                    found.snapshots.push(s);
-                }
-                Err(e) => {
-                    if self.bad.insert(key.clone()) {
-                        (self.log)(&format!("redis read: skipping {key}: {e}"));
-                    }
-                }
+        for (key, doc) in keys.into_iter().zip(docs.into_iter().flatten()) {
+            match doc {
+                Some(doc) => found.docs.push((key, doc)),
+                None => expired.push(key),
             }
         }
         if !expired.is_empty() {
@@ -93,10 +81,22 @@ impl Reader {
     }
 }
 
+/// Every document of `found` decoded into the model (the tests compare the
+/// fast path with [`merge`] of these).
+#[cfg(test)]
+pub fn snapshots(found: &Found) -> Vec<Snapshot> {
+    found
+        .docs
+        .iter()
+        .filter_map(|(_, d)| codec::decode(d).ok())
+        .collect()
+}
+
 /// The union of the instances' families, each sample labelled with its
 /// instance, plus the sums. A family whose kind differs between instances
 /// keeps the kind it has in the first instance (by host, instance); the
 /// other instances' samples of it are left out rather than mislabelled.
+#[cfg(test)]
 pub fn merge(snaps: &[Snapshot]) -> Vec<Family> {
     let mut order: Vec<String> = Vec::new();
     let mut by_name: HashMap<String, Family> = HashMap::new();
@@ -149,12 +149,14 @@ pub fn merge(snaps: &[Snapshot]) -> Vec<Family> {
 
 /// Whether summing a family across instances means something: counts and
 /// sums add up, gauges (memory, state, in flight) do not in general.
+#[cfg(test)]
 fn summable(k: Kind) -> bool {
     matches!(k, Kind::Counter | Kind::Histogram | Kind::Summary)
 }
 
 /// The family's samples summed by their labels minus host, instance and
 /// worker_id, labelled `host="all", instance="all"`.
+#[cfg(test)]
 fn sums(f: &Family) -> Vec<Sample> {
     if !summable(f.kind) {
         return Vec::new();
@@ -217,6 +219,7 @@ fn sums(f: &Family) -> Vec<Sample> {
         .collect()
 }
 
+#[cfg(test)]
 fn same_bounds(a: &[(f64, u64)], b: &[(f64, u64)]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|((l1, _), (l2, _))| l1 == l2)
 }

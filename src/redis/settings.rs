@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use ::redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
+use crate::config::{env_text, redact_url};
+
 pub const ENV_ENABLED: &str = "REDIS_ENABLED";
 pub const ENV_URL: &str = "REDIS_URL";
 pub const ENV_HOST: &str = "REDIS_HOST";
@@ -165,30 +167,6 @@ fn node_info(var: &str, n: &str, password: Option<&str>) -> Result<ConnectionInf
         .map_err(|e| bad(e.to_string()))
 }
 
-/// `scheme://user:secret@host/db` -> `scheme://user:***@host/db`.
-fn redact_url(u: &str) -> String {
-    let Some((scheme, rest)) = u.split_once("://") else {
-        return u.to_owned();
-    };
-    let (auth_end, _) = rest
-        .char_indices()
-        .find(|(_, c)| *c == '/' || *c == '?')
-        .unwrap_or((rest.len(), ' '));
-    let authority = &rest[..auth_end];
-    match authority.rsplit_once('@') {
-        Some((userinfo, hostport)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let hidden = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_owned()
-            };
-            format!("{scheme}://{hidden}@{hostport}{}", &rest[auth_end..])
-        }
-        None => u.to_owned(),
-    }
-}
-
 /// The Redis settings of a server that pushes, or of a read side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
@@ -221,18 +199,7 @@ pub fn from_vars(
     get: impl Fn(&str) -> Option<OsString>,
     require_enabled: bool,
 ) -> Result<Option<RedisSettings>, String> {
-    let text = |name: &str| -> Result<Option<String>, String> {
-        match get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .into_string()
-                .map(|s| {
-                    let t = s.trim();
-                    (!t.is_empty()).then(|| t.to_owned())
-                })
-                .map_err(|v| format!("{name}={v:?} is not valid UTF-8")),
-        }
-    };
+    let text = |name: &str| env_text(&get, name);
     let boolean = |name: &str| -> Result<bool, String> {
         match text(name)? {
             None => Ok(false),
