@@ -206,11 +206,11 @@ fn write_samples(out: &mut String, name: &str, g: &Group<'_>) {
         match (g.kind, &s.value) {
             (Kind::Counter, SampleValue::Scalar(v)) => {
                 render_labels(&mut rendered, &labels);
-                sample_line(out, &total, &rendered, *v);
+                sample_line(out, &total, "", &rendered, *v);
             }
             (Kind::Gauge, SampleValue::Scalar(v)) => {
                 render_labels(&mut rendered, &labels);
-                sample_line(out, name, &rendered, *v);
+                sample_line(out, name, "", &rendered, *v);
             }
             (
                 Kind::Histogram,
@@ -241,16 +241,16 @@ fn write_samples(out: &mut String, name: &str, g: &Group<'_>) {
                 }
                 bucket_line(out, &bucket, &rendered, "+Inf", &after, *count as f64);
                 render_labels(&mut rendered, &labels);
-                sample_line(out, &count_name, &rendered, *count as f64);
+                sample_line(out, &count_name, "", &rendered, *count as f64);
                 // As prometheus_client: no _sum when a bucket is negative.
                 if first_bound >= 0.0 {
-                    sample_line(out, &sum_name, &rendered, *sum);
+                    sample_line(out, &sum_name, "", &rendered, *sum);
                 }
             }
             (_, SampleValue::Raw { suffix, value }) => {
                 render_labels(&mut rendered, &labels);
                 let full = format!("{name}{suffix}");
-                sample_line(out, &full, &rendered, *value);
+                sample_line(out, &full, "", &rendered, *value);
             }
             // A value that does not fit its family's kind cannot be
             // expressed under that family's TYPE: skipped.
@@ -273,8 +273,10 @@ fn render_labels(buf: &mut String, labels: &[(&str, &str)]) {
     }
 }
 
-fn sample_line(out: &mut String, name: &str, labels: &str, value: f64) {
+/// `name` `suffix` `{labels}` `value` and a newline.
+pub(super) fn sample_line(out: &mut String, name: &str, suffix: &str, labels: &str, value: f64) {
     out.push_str(name);
+    out.push_str(suffix);
     if !labels.is_empty() {
         out.push('{');
         out.push_str(labels);
@@ -285,7 +287,15 @@ fn sample_line(out: &mut String, name: &str, labels: &str, value: f64) {
     out.push('\n');
 }
 
-fn bucket_line(out: &mut String, name: &str, before: &str, le: &str, after: &str, value: f64) {
+/// A histogram bucket's line: `le` between the labels `before` and `after`.
+pub(super) fn bucket_line(
+    out: &mut String,
+    name: &str,
+    before: &str,
+    le: &str,
+    after: &str,
+    value: f64,
+) {
     out.push_str(name);
     out.push('{');
     if !before.is_empty() {

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::expose::{self, Format};
+use super::expose::{self, bucket_line, sample_line, Format};
 use crate::metrics::model::Kind;
 use crate::redis::link::Log;
 use crate::redis::read::{own_families, Found, ALL};
@@ -628,38 +628,6 @@ fn render_labels(buf: &mut String, labels: &[(&str, &str)]) {
         expose::escape_value(buf, v);
         buf.push('"');
     }
-}
-
-fn sample_line(out: &mut String, name: &str, suffix: &str, labels: &str, value: f64) {
-    out.push_str(name);
-    out.push_str(suffix);
-    if !labels.is_empty() {
-        out.push('{');
-        out.push_str(labels);
-        out.push('}');
-    }
-    out.push(' ');
-    expose::write_float(out, value);
-    out.push('\n');
-}
-
-fn bucket_line(out: &mut String, name: &str, before: &str, le: &str, after: &str, value: f64) {
-    out.push_str(name);
-    out.push('{');
-    if !before.is_empty() {
-        out.push_str(before);
-        out.push(',');
-    }
-    out.push_str("le=\"");
-    out.push_str(le);
-    out.push('"');
-    if !after.is_empty() {
-        out.push(',');
-        out.push_str(after);
-    }
-    out.push_str("} ");
-    expose::write_float(out, value);
-    out.push('\n');
 }
 
 #[cfg(test)]
