@@ -401,6 +401,10 @@ def test_dead_workers_all_mode_gauges_are_dropped_at_reap(server):
     seen = churn(s, 300)
     wait_workers_serving(s, 2)
     late = scrape_ms(s)
+    if not late < early * 1.5 + 0.5:
+        # A busy moment on the machine only adds time: measure again, and
+        # fail only on a slowdown that stays (a pile of files would).
+        late = min(late, scrape_ms(s), scrape_ms(s))
     # --preload: the master imported the app, its own files are alive too
     live = {str(p) for p in s.children() + [s.proc.pid]}
     dead = dead_files(d, live)
