@@ -208,6 +208,8 @@ pub struct Served {
     pub leftover: Option<(Vec<u8>, usize)>,
     /// The worker must exit with this code (SystemExit in the app or a hook).
     pub exit: Option<i32>,
+    /// When the response was done, if the kind read the clock then.
+    pub ended: Option<Instant>,
 }
 
 impl Served {
@@ -218,6 +220,7 @@ impl Served {
             reusable: false,
             leftover: None,
             exit,
+            ended: None,
         }
     }
 }
@@ -316,6 +319,9 @@ pub struct Loop<H: Handler> {
     events: Events,
     /// When idle connections are next checked against their deadlines.
     next_sweep: Instant,
+    /// When this turn's events arrived: the arrival time of the requests
+    /// they begin (one clock read per turn, not per request).
+    turn_at: Instant,
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
@@ -383,6 +389,7 @@ impl<H: Handler> Loop<H> {
             completions,
             events: Events::with_capacity(256),
             next_sweep: Instant::now() + Duration::from_secs(1),
+            turn_at: Instant::now(),
         })
     }
 
@@ -439,6 +446,7 @@ impl<H: Handler> Loop<H> {
         let mut res = Ok(());
         let poll = &mut self.poll;
         (self.settings.release)(&mut || res = poll.poll(&mut events, Some(wait)));
+        self.turn_at = Instant::now();
         // Every turn proves the worker alive to the master (--timeout);
         // in the green kinds the hub runs the turns, so an app that blocks
         // the hub stops them.
@@ -481,7 +489,8 @@ impl<H: Handler> Loop<H> {
         if self.exiting() {
             return Some(self.finish());
         }
-        let now = Instant::now();
+        // The turn's time: a sweep at most one turn late.
+        let now = self.turn_at;
         if now >= self.next_sweep || self.draining.is_some() {
             self.next_sweep = now + Duration::from_secs(1);
             self.sweep(now);
@@ -785,8 +794,9 @@ impl<H: Handler> Loop<H> {
             }
             if conn.phase != Phase::Head {
                 // The first byte of a request: its head must be complete
-                // within --timeout from now, however slowly it trickles.
-                conn.enter(Phase::Head, Instant::now(), &self.deadlines);
+                // within --timeout from when it arrived, however slowly it
+                // trickles.
+                conn.enter(Phase::Head, self.turn_at, &self.deadlines);
             }
             if let ProxyState::Pending { allowed } = conn.proxy_state {
                 match read_proxy(conn, allowed, self.settings.proxy_mode) {
@@ -879,7 +889,10 @@ impl<H: Handler> Loop<H> {
         old.clear();
         conn.spare = old;
         conn.start = pos.min(conn.buf.len());
-        conn.enter(Phase::Idle, Instant::now(), &self.deadlines);
+        // Keep-alive counts from the response's end (the serving kind read
+        // the clock there already).
+        let ended = served.ended.unwrap_or_else(Instant::now);
+        conn.enter(Phase::Idle, ended, &self.deadlines);
         Next::Wait
     }
 

@@ -52,6 +52,7 @@ fn echo(path: Vec<u8>, version: (u8, u8), keep: KeepAlive, mut body: Body) -> Se
         reusable,
         leftover,
         exit: None,
+        ended: None,
     }
 }
 

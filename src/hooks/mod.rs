@@ -263,7 +263,7 @@ pub struct ResponseView<'a> {
     pub status_code: Option<u16>,
     /// The response headers as gunicorn keeps them (the application's,
     /// without hop-by-hop headers).
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [(&'a str, &'a str)],
     /// Body bytes sent.
     pub sent: u64,
     /// The Content-Length the application set.
@@ -784,15 +784,10 @@ fn server_tuple<'py>(py: Python<'py>, s: &ServerView<'_>) -> PyResult<Bound<'py,
 }
 
 fn response_args<'py>(py: Python<'py>, r: &ResponseView<'_>) -> PyResult<Bound<'py, PyAny>> {
-    let headers: Vec<(&str, &str)> = r
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
     Ok((
         r.status,
         r.status_code,
-        headers,
+        r.headers,
         r.sent,
         r.response_length,
         r.headers_sent,

@@ -356,7 +356,7 @@ fn request_and_response_objects() {
         w.nr = 1;
         let environ = PyDict::new(py);
         environ.set_item("PATH_INFO", "/p/a th").unwrap();
-        let rh = vec![("Content-Type".to_owned(), "text/plain".to_owned())];
+        let rh = [("Content-Type", "text/plain")];
         let resp = ResponseView {
             status: Some("200 OK"),
             status_code: Some(200),

@@ -13,13 +13,12 @@ pub struct Encoder {
     is_head: bool,
     /// The request or the server wants the connection closed afterwards.
     must_close: bool,
-    /// The status line as the app gave it ("200 OK"), once started.
-    status: Option<String>,
+    /// The status line and headers the app gave.
+    head: Head,
     status_code: u16,
-    headers: Vec<(String, String)>,
     length: Option<u64>,
     /// The Content-Length header is the server's (set_length), not in
-    /// `headers`.
+    /// `head`.
     length_header: bool,
     chunked: bool,
     omits_body: bool,
@@ -29,6 +28,51 @@ pub struct Encoder {
     sent: u64,
     out: Vec<u8>,
     warned_body: bool,
+}
+
+/// The status line and headers an app gave (hop-by-hop headers dropped),
+/// as one string: the status text, then `name: value\r\n` per header. One
+/// allocation per response, copied into the head as it is; validation
+/// guarantees that names hold no `:` and values no CR or LF, so the pairs
+/// can be read back for hooks and the access log.
+#[derive(Debug, Default, Clone)]
+pub struct Head {
+    text: String,
+    status_len: Option<usize>,
+}
+
+impl Head {
+    /// The status line as the app gave it ("200 OK"), once started.
+    pub fn status(&self) -> Option<&str> {
+        self.status_len.and_then(|n| self.text.get(..n))
+    }
+
+    /// The serialized header fields.
+    fn fields(&self) -> &str {
+        self.text.get(self.status_len.unwrap_or(0)..).unwrap_or("")
+    }
+
+    /// The headers as (name, value) pairs, in the order given.
+    pub fn headers(&self) -> Vec<(&str, &str)> {
+        self.fields()
+            .split_terminator("\r\n")
+            .filter_map(|field| field.split_once(": "))
+            .collect()
+    }
+
+    fn start(&mut self, status: &str) {
+        self.text.clear();
+        self.text.push_str(status);
+        self.status_len = Some(status.len());
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        self.text.reserve(name.len() + value.len() + 4);
+        self.text.push_str(name);
+        self.text.push_str(": ");
+        self.text.push_str(value);
+        self.text.push_str("\r\n");
+    }
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -98,9 +142,8 @@ impl Encoder {
             version,
             is_head,
             must_close,
-            status: None,
+            head: Head::default(),
             status_code: 0,
-            headers: Vec::new(),
             length: None,
             length_header: false,
             chunked: false,
@@ -121,8 +164,7 @@ impl Encoder {
             return Err(format!("Invalid status {status:?}"));
         }
         self.status_code = status[..3].parse().unwrap_or(0);
-        self.status = Some(status.to_string());
-        self.headers.clear();
+        self.head.start(status);
         self.length = None;
         self.length_header = false;
         self.upgrade = false;
@@ -130,25 +172,16 @@ impl Encoder {
     }
 
     /// Adds a response header, validated; hop-by-hop headers are dropped
-    /// (a WebSocket upgrade keeps its `Upgrade`).
+    /// (a WebSocket upgrade keeps its `Upgrade`), and so is Content-Length
+    /// on a response that cannot have one (1xx, 204: RFC 9110 8.6).
     pub fn header(&mut self, name: &str, value: &str) -> Result<(), String> {
-        self.header_owned(name.to_string(), value.to_string())
-    }
-
-    /// [`Encoder::header`] for strings the caller owns (kept, not copied).
-    pub fn header_owned(&mut self, name: String, value: String) -> Result<(), String> {
-        if !is_token(&name) {
-            return Err(invalid_header_name(&name));
+        if !is_token(name) {
+            return Err(invalid_header_name(name));
         }
-        if !is_field_value(&value) {
-            return Err(invalid_header(&name));
+        if !is_field_value(value) {
+            return Err(invalid_header(name));
         }
-        let trimmed = value.trim_matches(|c| c == ' ' || c == '\t');
-        let value = if trimmed.len() == value.len() {
-            value
-        } else {
-            trimmed.to_string()
-        };
+        let value = value.trim_matches(|c| c == ' ' || c == '\t');
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         if is("content-length") {
             self.length = Some(
@@ -156,15 +189,18 @@ impl Encoder {
                     .parse::<u64>()
                     .map_err(|_| format!("invalid literal for Content-Length: {value:?}"))?,
             );
-        } else if is_hop_by_hop(&name) {
+            if self.status_code == 204 || (100..200).contains(&self.status_code) {
+                return Ok(());
+            }
+        } else if is_hop_by_hop(name) {
             if is("connection") && value.eq_ignore_ascii_case("upgrade") {
                 self.upgrade = true;
             } else if is("upgrade") && value.eq_ignore_ascii_case("websocket") {
-                self.headers.push((name, value));
+                self.head.push(name, value);
             }
             return Ok(());
         }
-        self.headers.push((name, value));
+        self.head.push(name, value);
         Ok(())
     }
 
@@ -182,14 +218,12 @@ impl Encoder {
         // RFC 9110 6.4.2: no Content-Length on 1xx or 204.
         if code == 204 || (100..200).contains(&code) {
             self.length = None;
-            self.headers
-                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
         }
         self.chunked = self.length.is_none() && self.version >= (1, 1) && !self.omits_body;
     }
 
     pub fn started(&self) -> bool {
-        self.status.is_some()
+        self.head.status_len.is_some()
     }
 
     /// The response to a HEAD request (no body goes out).
@@ -213,10 +247,14 @@ impl Encoder {
         self.length
     }
 
-    /// The status line as the app gave it, and the headers (for hooks and
-    /// the access log), taken out of the encoder.
-    pub fn take_status_and_headers(&mut self) -> (Option<String>, Vec<(String, String)>) {
-        (self.status.take(), std::mem::take(&mut self.headers))
+    /// The status line and headers as the app gave them.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// [`Encoder::head`], taken out of the encoder.
+    pub fn take_head(&mut self) -> Head {
+        std::mem::take(&mut self.head)
     }
 
     /// Records that an error page replaced the response (nothing was sent).
@@ -261,16 +299,10 @@ impl Encoder {
         } else {
             b"keep-alive"
         };
-        let status = self
-            .status
-            .as_deref()
-            .unwrap_or("500 Internal Server Error");
+        let status = self.head.status().unwrap_or("500 Internal Server Error");
         // One allocation for the whole head (the date, the fixed headers
         // and a length take under 128 bytes).
-        let size = self
-            .headers
-            .iter()
-            .fold(128 + status.len(), |n, (k, v)| n + k.len() + v.len() + 4);
+        let size = 128 + self.head.text.len();
         let out = &mut self.out;
         out.reserve(size);
         out.extend_from_slice(if self.version == (1, 0) {
@@ -287,12 +319,7 @@ impl Encoder {
         if self.chunked {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         }
-        for (k, v) in &self.headers {
-            push_latin1(out, k);
-            out.extend_from_slice(b": ");
-            push_latin1(out, v);
-            out.extend_from_slice(b"\r\n");
-        }
+        push_latin1(out, self.head.fields());
         if let (true, Some(n)) = (self.length_header, self.length) {
             use std::io::Write as _;
             // (Writing to a Vec cannot fail.)
@@ -477,5 +504,39 @@ mod tests {
         assert!(e.header("X", "a\nb").is_err());
         assert!(e.header("Content-Length", "-1").is_err());
         assert!(e.begin("2000").is_err());
+    }
+
+    #[test]
+    fn the_head_reads_back_as_the_app_gave_it() {
+        let mut e = Encoder::new((1, 1), false, false);
+        assert_eq!(e.head().status(), None);
+        e.begin("500 Oops").unwrap();
+        e.header("X-Gone", "1").unwrap();
+        // A restart (start_response with exc_info) replaces everything.
+        e.begin("200 Fine: really").unwrap();
+        e.header("Content-Type", "text/plain; a=b: c").unwrap();
+        e.header("Connection", "close").unwrap();
+        e.header("X-Latin", "caf\u{e9}").unwrap();
+        e.header("Content-Length", "2").unwrap();
+        let head = e.head();
+        assert_eq!(head.status(), Some("200 Fine: really"));
+        assert_eq!(
+            head.headers(),
+            [
+                ("Content-Type", "text/plain; a=b: c"),
+                ("X-Latin", "caf\u{e9}"),
+                ("Content-Length", "2"),
+            ]
+        );
+        e.end_headers();
+        e.body(b"ok");
+        // Latin-1 on the wire.
+        let want = b"X-Latin: caf\xe9\r\n";
+        assert!(e.out().windows(want.len()).any(|w| w == want));
+        let t = text(&mut e);
+        assert!(t.starts_with("HTTP/1.1 200 Fine: really\r\n"), "{t}");
+        assert!(t.ends_with("\r\nContent-Length: 2\r\n\r\nok"), "{t}");
+        let taken = e.take_head();
+        assert_eq!(taken.headers().len(), 3);
     }
 }

@@ -179,8 +179,6 @@ struct CycleState {
     back: Option<Resumer>,
     ending: Ending,
     rec: Rec,
-    /// Status and headers as the app gave them (for the access log).
-    response_headers: Vec<(String, String)>,
     /// The `req` of pre_request / post_request, and the minimal environ
     /// post_request gets (gunicorn's asgi worker gives the same fields).
     hook: Option<(HookRequest, Py<PyDict>)>,
@@ -257,11 +255,16 @@ struct Rec {
 }
 
 impl Rec {
-    fn new(server: &AsgiServer, head: &crate::http::RequestHead<'_>, peer: &Peer) -> Rec {
+    fn new(
+        server: &AsgiServer,
+        head: &crate::http::RequestHead<'_>,
+        peer: &Peer,
+        t0: Instant,
+    ) -> Rec {
         Rec {
             method: method_index(&head.method),
             path: String::from_utf8_lossy(head.path).into_owned(),
-            t0: Instant::now(),
+            t0,
             wall: server.access.as_ref().map(|_| SystemTime::now()),
             log_info: server.access.as_ref().map(|_| RequestLog::capture(head)),
             peer: peer.clone(),
@@ -269,37 +272,33 @@ impl Rec {
     }
 
     /// The request ended: access-log line, metrics, failures, the slot.
+    /// Returns when it ended.
     fn end(
         &mut self,
         server: &AsgiServer,
         status: u16,
         sent: u64,
         request_bytes: u64,
-        response_headers: Vec<(String, String)>,
+        head: crate::http::response::Head,
         app_error: Option<&AppError>,
-    ) {
+    ) -> Instant {
+        let ended = Instant::now();
+        let took = ended.saturating_duration_since(self.t0);
         if let (Some(access), Some(info), Some(start)) =
             (&server.access, self.log_info.take(), self.wall)
         {
             let out = Outcome {
                 status,
                 sent,
-                response_headers,
+                head,
                 ..Outcome::default()
             };
-            info.log(
-                access,
-                &self.peer.ip_string(),
-                &out,
-                start,
-                self.t0.elapsed(),
-                None,
-            );
+            info.log(access, &self.peer.ip_string(), &out, start, took, None);
         }
         server.metrics.record(&Observation {
             method: self.method,
             status,
-            seconds: self.t0.elapsed().as_secs_f64(),
+            seconds: took.as_secs_f64(),
             request_bytes,
             response_bytes: sent,
         });
@@ -309,6 +308,7 @@ impl Rec {
                 .record_failure(METHODS[self.method], &e.endpoint, &e.error_type);
         }
         server.slot.end_request();
+        ended
     }
 }
 
@@ -456,10 +456,7 @@ impl AsgiHandler {
         if websocket::is_upgrade(head) {
             let scope = websocket::scope(py, &server.keys, &mut self.names, head, &parts)?;
             let id = server.next_ws.fetch_add(1, Ordering::Relaxed);
-            let rec = Rec {
-                t0,
-                ..Rec::new(server, head, req.peer)
-            };
+            let rec = Rec::new(server, head, req.peer, t0);
             let cycle = Bound::new(
                 py,
                 ws::WsCycle::new(id, Arc::clone(server), head, body, back, rec),
@@ -495,11 +492,7 @@ impl AsgiHandler {
                 keep,
                 back: Some(back),
                 ending: Ending::default(),
-                rec: Rec {
-                    t0,
-                    ..Rec::new(server, head, req.peer)
-                },
-                response_headers: Vec::new(),
+                rec: Rec::new(server, head, req.peer, t0),
                 hook,
                 task: None,
             }),
@@ -751,10 +744,11 @@ impl CycleState {
         if let Some((r, env)) = self.hook.take() {
             let status = self.enc.status_code();
             let line = crate::http::status_line(status);
+            let headers = self.enc.head().headers();
             let rv = ResponseView {
                 status: Some(&line),
                 status_code: Some(status),
-                headers: &self.response_headers,
+                headers: &headers,
                 sent: self.enc.sent(),
                 response_length: self.enc.length(),
                 headers_sent: self.enc.headers_sent(),
@@ -772,13 +766,13 @@ impl CycleState {
                 reuse = false;
             }
         }
-        let headers = std::mem::take(&mut self.response_headers);
-        self.rec.end(
+        let head = self.enc.take_head();
+        let ended = self.rec.end(
             &server,
             self.enc.status_code(),
             self.enc.sent(),
             request_bytes,
-            headers,
+            head,
             self.ending.app_error.as_ref(),
         );
         if let Some(back) = self.back.take() {
@@ -786,6 +780,7 @@ impl CycleState {
                 reusable: reuse && leftover.is_some(),
                 leftover,
                 exit: self.ending.exit,
+                ended: Some(ended),
             });
         }
     }
@@ -836,13 +831,9 @@ impl CycleState {
                 self.enc
                     .begin(&line)
                     .map_err(pyo3::exceptions::PyValueError::new_err)?;
-                // The access log and post_request see the app's headers.
-                if self.server.access.is_some() || self.hook.is_some() {
-                    self.response_headers = headers.clone();
-                }
-                for (k, v) in headers {
+                for (k, v) in &headers {
                     self.enc
-                        .header_owned(k, v)
+                        .header(k, v)
                         .map_err(pyo3::exceptions::PyValueError::new_err)?;
                 }
                 self.phase = Phase::Body;

@@ -370,7 +370,7 @@ impl WsState {
             status,
             self.sent,
             self.received,
-            Vec::new(),
+            crate::http::response::Head::default(),
             self.ending.app_error.as_ref(),
         );
         if let Some(back) = self.back.take() {

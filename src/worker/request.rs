@@ -60,11 +60,7 @@ impl RequestLog {
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
             .collect();
-        let resp_headers: Vec<(&str, &str)> = out
-            .response_headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let resp_headers = out.head.headers();
         access.log(&AccessRecord {
             remote_addr: peer,
             method: &self.method,

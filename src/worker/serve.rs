@@ -208,7 +208,8 @@ impl WsgiServer {
                 let keep =
                     hook_req.is_some() || self.access.as_ref().is_some_and(|a| a.needs_environ());
                 let kept = keep.then(|| env.clone());
-                self.metrics.record_queue(arrived.elapsed().as_secs_f64());
+                let queued = t0.saturating_duration_since(arrived);
+                self.metrics.record_queue(queued.as_secs_f64());
                 let out = self.wsgi.serve(py, env, body, peer, enc, conn_peer.addr);
                 (out, kept)
             }
@@ -249,10 +250,11 @@ impl WsgiServer {
         }
         let mut exit = out.exit;
         if let Some(r) = &hook_req {
+            let headers = out.head.headers();
             let rv = ResponseView {
-                status: out.status_line.as_deref(),
-                status_code: out.status_line.as_ref().map(|_| out.status),
-                headers: &out.response_headers,
+                status: out.head.status(),
+                status_code: out.head.status().map(|_| out.status),
+                headers: &headers,
                 sent: out.sent,
                 response_length: out.response_length,
                 headers_sent: out.headers_sent,
@@ -267,10 +269,11 @@ impl WsgiServer {
         }
         let hook_close = hook_req.as_ref().is_some_and(|r| r.must_close(py));
         self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let ended = Instant::now();
         self.metrics.record(&Observation {
             method,
             status: out.status,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: ended.saturating_duration_since(t0).as_secs_f64(),
             request_bytes,
             response_bytes: out.sent,
         });
@@ -283,6 +286,7 @@ impl WsgiServer {
             reusable: out.reusable && !hook_close,
             leftover,
             exit,
+            ended: Some(ended),
         }
     }
 

@@ -142,9 +142,9 @@ pub struct Outcome {
     pub reusable: bool,
     /// The request body, back from `wsgi.input`.
     pub body: Option<Body>,
-    pub response_headers: Vec<(String, String)>,
-    /// The status line the app gave start_response (for post_request).
-    pub status_line: Option<String>,
+    /// The status line and headers the app gave start_response (for
+    /// post_request and the access log).
+    pub head: crate::http::response::Head,
     pub response_length: Option<u64>,
     pub headers_sent: bool,
     /// The app raised SystemExit (e.g. the timeout abort): the worker exits
@@ -234,6 +234,7 @@ impl Wsgi {
         ] {
             template.set_item(PyString::intern(py, key), py.None())?;
         }
+        presize(&template)?;
         Ok(Wsgi {
             app,
             template: template.unbind(),
@@ -241,6 +242,32 @@ impl Wsgi {
             settings,
         })
     }
+}
+
+/// Entries CPython's dict table must hold before it grows to 64 slots (42
+/// usable entries; the 32-slot table holds 21).
+const PRESIZED_ENTRIES: usize = 22;
+
+/// Leaves room in the template's table for a request's headers. Each
+/// environ is a copy of the template, and `dict.copy` clones the table at
+/// its size: a template of 21 keys fills a 32-slot table, so the first
+/// header set on every copy would grow it (a rehash per request). With a
+/// placeholder added and removed the table has 64 slots, and the copies
+/// take 20 more keys without growing (CPython 3.7+: tables grow to
+/// used * 3, copies clone while at most a third of the entries are
+/// deleted ones).
+fn presize(template: &Bound<'_, PyDict>) -> PyResult<()> {
+    let py = template.py();
+    let mut placeholders = Vec::new();
+    while template.len() < PRESIZED_ENTRIES {
+        let key = PyString::new(py, &format!("ferrocorn.presize.{}", placeholders.len()));
+        template.set_item(&key, py.None())?;
+        placeholders.push(key);
+    }
+    for key in placeholders {
+        template.del_item(key)?;
+    }
+    Ok(())
 }
 
 /// The environ key for a header name (`HTTP_` + upper-case, '-' → '_'),
@@ -491,7 +518,7 @@ impl Wsgi {
         let setup = (|| -> PyResult<()> {
             env.set_item(k.input.bind(py), &input)?;
             env.set_item(k.socket.bind(py), peer.socket(py, &io)?)?;
-            if let Ok(early) = sr.getattr("early_hints") {
+            if let Ok(early) = sr.getattr(pyo3::intern!(py, "early_hints")) {
                 env.set_item(k.early_hints.bind(py), early)?;
             }
             Ok(())
@@ -580,14 +607,12 @@ impl Wsgi {
             resp.enc.force_close();
         }
         resp.end();
-        let (status_line, response_headers) = resp.enc.take_status_and_headers();
         Outcome {
             status: resp.enc.status_code(),
             sent: resp.enc.sent(),
             reusable: !resp.should_close() && !failed,
             body,
-            response_headers,
-            status_line,
+            head: resp.enc.take_head(),
             response_length: resp.enc.length(),
             headers_sent: resp.enc.headers_sent(),
             exit,
