@@ -62,6 +62,8 @@ impl Head {
 
     fn start(&mut self, status: &str) {
         self.text.clear();
+        // Room for a few headers: no regrowth as they are pushed.
+        self.text.reserve(status.len() + 128);
         self.text.push_str(status);
         self.status_len = Some(status.len());
     }
@@ -85,6 +87,11 @@ pub fn is_token(s: &str) -> bool {
 
 /// HTAB / SP / VCHAR / obs-text, as chars (the str is later latin-1 encoded).
 pub fn is_field_value(s: &str) -> bool {
+    if s.is_ascii() {
+        return s
+            .bytes()
+            .all(|b| b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b));
+    }
     s.chars().all(|c| {
         c == ' '
             || c == '\t'

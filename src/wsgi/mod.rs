@@ -178,10 +178,8 @@ fn endpoint_of(raw_uri: &str) -> &str {
 
 /// Decodes bytes as latin-1, as PEP 3333 "native strings".
 pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
-    match std::str::from_utf8(b) {
-        Ok(s) if s.is_ascii() => PyString::new(py, s),
-        _ => PyString::new(py, &crate::http::latin1_to_string(b)),
-    }
+    crate::python::text::latin1(py, b)
+        .unwrap_or_else(|_| PyString::new(py, &crate::http::latin1_to_string(b)))
 }
 
 /// gunicorn's unquote_to_wsgi_str: percent-decode to bytes, then latin-1.
