@@ -530,6 +530,120 @@ def test_websocket_scope_refusal_and_errors(server):
     assert requests.get(s.url + "/", timeout=10).text == "Hello, World!"
 
 
+def _ws_handshake(port, extensions):
+    """A raw WebSocket handshake; the socket and the response head."""
+    import base64
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = ("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % key)
+    if extensions:
+        head += "Sec-WebSocket-Extensions: %s\r\n" % extensions
+    sock.sendall((head + "\r\n").encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    resp, _, rest = buf.partition(b"\r\n\r\n")
+    assert rest == b""
+    return sock, resp.decode("latin-1")
+
+
+def _ws_send(sock, opcode, payload, rsv1=False, fin=True):
+    """One masked client frame."""
+    mask = os.urandom(4)
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes([b0, 0x80 | n])
+    elif n < 65536:
+        head = bytes([b0, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([b0, 0x80 | 127]) + n.to_bytes(8, "big")
+    sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def _ws_recv(sock):
+    """One server frame: (first byte, payload)."""
+    def exact(n):
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            assert chunk, "connection closed"
+            out += chunk
+        return out
+    b0, b1 = exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(exact(2), "big")
+    elif n == 127:
+        n = int.from_bytes(exact(8), "big")
+    assert not b1 & 0x80, "server frames are not masked"
+    return b0, exact(n)
+
+
+def _deflate(data):
+    import zlib
+    c = zlib.compressobj(wbits=-15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def _inflate(data):
+    import zlib
+    return zlib.decompressobj(wbits=-15).decompress(data + b"\x00\x00\xff\xff")
+
+
+@pytest.mark.ferrocorn_only
+def test_websocket_permessage_deflate(server):
+    s = server(ASGI + ["-w", "1", "asgiapp:app"])
+    # No offer: no extension, frames as they are.
+    sock, resp = _ws_handshake(s.port, None)
+    assert resp.startswith("HTTP/1.1 101") and "extensions" not in resp.lower()
+    _ws_send(sock, 0x1, b"plain")
+    assert _ws_recv(sock) == (0x81, b"plain")
+    sock.close()
+    # An offer the server cannot honour (a smaller server window), then one it can.
+    sock, resp = _ws_handshake(
+        s.port, "permessage-deflate; server_max_window_bits=9, "
+                "permessage-deflate; client_max_window_bits; server_no_context_takeover")
+    assert "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover" in resp.split("\r\n"), resp
+    text = ("hello websocket " * 4000).encode()
+    packed = _deflate(text)
+    assert len(packed) < 1000
+    _ws_send(sock, 0x1, packed, rsv1=True)
+    b0, payload = _ws_recv(sock)
+    # The echo comes back compressed (RSV1) and inflates to the same text.
+    assert b0 == 0x80 | 0x40 | 0x1, hex(b0)
+    assert len(payload) < 1000 and _inflate(payload) == text
+    sock.close()
+    # A compressed message in two fragments; a short reply goes out plain.
+    sock, resp = _ws_handshake(s.port, "permessage-deflate")
+    packed = _deflate(b"abc" * 5)
+    _ws_send(sock, 0x2, packed[:2], rsv1=True, fin=False)
+    _ws_send(sock, 0x0, packed[2:])
+    assert _ws_recv(sock) == (0x82, b"abc" * 5)
+    # A decompression bomb: 20 MB of zeros in a few KB, over the 16 MiB
+    # limit: close 1009, and the worker goes on serving.
+    bomb = _deflate(bytes(20 << 20))
+    assert len(bomb) < 64 * 1024
+    _ws_send(sock, 0x2, bomb, rsv1=True)
+    b0, payload = _ws_recv(sock)
+    assert b0 == 0x88 and int.from_bytes(payload[:2], "big") == 1009, (b0, payload)
+    sock.close()
+    # A client library with its defaults (it offers permessage-deflate).
+    with ws_connect("ws://127.0.0.1:%d/ws" % s.port) as ws:
+        assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+        for msg in ["x", "y" * 100000, "z" * 70000]:
+            ws.send(msg)
+            assert ws.recv() == msg
+        ws.send(b"\x00" * 300000)
+        assert ws.recv() == b"\x00" * 300000
+    assert requests.get(s.url + "/", timeout=10).text == "Hello, World!"
+
+
 def test_websocket_max_message_size(server, tmp_path):
     from websockets.exceptions import ConnectionClosed
     ev = str(tmp_path / "events")

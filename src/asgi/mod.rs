@@ -14,6 +14,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::http::RequestHead;
 
+pub mod deflate;
 pub mod websocket;
 
 /// Dict keys and constant values, interned once per worker.

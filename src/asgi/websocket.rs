@@ -9,6 +9,8 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
+use super::deflate::Codec;
+pub use super::deflate::{is_too_big, Deflate};
 use super::{HeaderNames, Keys, ScopeParts};
 use crate::conn::transport::Transport;
 use crate::http::RequestHead;
@@ -35,6 +37,16 @@ pub fn is_upgrade(head: &RequestHead<'_>) -> bool {
         && header(head, "upgrade").is_some_and(|v| has_token(v, "websocket"))
         && header(head, "connection").is_some_and(|v| has_token(v, "upgrade"))
         && header(head, "sec-websocket-key").is_some()
+}
+
+/// The permessage-deflate parameters agreed from the client's offers.
+pub fn deflate_offer(head: &RequestHead<'_>) -> Option<Deflate> {
+    Deflate::negotiate(
+        head.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(b"sec-websocket-extensions"))
+            .map(|h| &*h.value),
+    )
 }
 
 /// The client's `Sec-WebSocket-Key`.
@@ -78,6 +90,7 @@ pub fn scope<'py>(
 pub fn accept_response(
     key: &[u8],
     subprotocol: Option<&str>,
+    deflate: Option<&Deflate>,
     headers: &[(String, String)],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
@@ -91,11 +104,21 @@ pub fn accept_response(
         out.extend_from_slice(p.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(d) = deflate {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        out.extend_from_slice(d.response_value().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (k, v) in headers {
         let lower = k.to_ascii_lowercase();
         if matches!(
             lower.as_str(),
-            "upgrade" | "connection" | "sec-websocket-accept" | "sec-websocket-protocol"
+            "upgrade"
+                | "connection"
+                | "sec-websocket-accept"
+                | "sec-websocket-protocol"
+                // The framing is the server's: an app cannot add extensions.
+                | "sec-websocket-extensions"
         ) {
             continue;
         }
@@ -142,19 +165,64 @@ impl Write for FdStream {
     }
 }
 
+/// The socket as tungstenite sees it: as it is, or through the
+/// permessage-deflate codec.
+pub enum WsStream {
+    Plain(FdStream),
+    Deflate(Box<Codec<FdStream>>),
+}
+
+impl Read for WsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            WsStream::Plain(s) => s.read(buf),
+            WsStream::Deflate(c) => c.read(buf),
+        }
+    }
+}
+
+impl Write for WsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WsStream::Plain(s) => s.write(buf),
+            WsStream::Deflate(c) => c.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            WsStream::Plain(s) => s.flush(),
+            WsStream::Deflate(c) => c.flush(),
+        }
+    }
+}
+
 /// A server-side WebSocket session on a request's socket.
-pub type Session = tungstenite::WebSocket<FdStream>;
+pub type Session = tungstenite::WebSocket<WsStream>;
 
 /// Starts a session after the handshake; `leftover` are bytes the client
 /// sent after its request head (frames sent without waiting for the 101).
 /// `max_message` 0: no limit.
-pub fn session(io: Arc<dyn Transport>, leftover: Vec<u8>, max_message: usize) -> Session {
+pub fn session(
+    io: Arc<dyn Transport>,
+    leftover: Vec<u8>,
+    max_message: usize,
+    deflate: Option<Deflate>,
+) -> Session {
     let limit = (max_message > 0).then_some(max_message);
     let config = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(limit)
         .max_frame_size(limit);
+    let (stream, leftover) = match deflate {
+        None => (WsStream::Plain(FdStream { io }), leftover),
+        // The codec reads the leftover frames: they may be compressed.
+        Some(d) => {
+            let codec = Codec::new(FdStream { io }, d, limit.unwrap_or(usize::MAX), leftover);
+            (WsStream::Deflate(Box::new(codec)), Vec::new())
+        }
+    };
     tungstenite::WebSocket::from_partially_read(
-        FdStream { io },
+        stream,
         leftover,
         tungstenite::protocol::Role::Server,
         Some(config),

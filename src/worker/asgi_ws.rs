@@ -48,6 +48,8 @@ pub(super) struct WsState {
     server: Arc<AsgiServer>,
     phase: Phase,
     key: Vec<u8>,
+    /// permessage-deflate as agreed from the client's offer.
+    deflate: Option<websocket::Deflate>,
     io: Arc<dyn Transport>,
     /// The request (for bytes the client sent after its head).
     body: Option<Body>,
@@ -86,6 +88,7 @@ impl WsCycle {
             inner: Mutex::new(WsState {
                 id,
                 key: websocket::client_key(head),
+                deflate: websocket::deflate_offer(head),
                 io: Arc::clone(body.transport()),
                 body: Some(body),
                 server,
@@ -216,6 +219,10 @@ impl WsState {
                 Err(e) => {
                     let code = match e {
                         WsError::ConnectionClosed | WsError::AlreadyClosed => 1000,
+                        // From the permessage-deflate codec: a message that
+                        // inflates past the limit, or data that does not.
+                        WsError::Io(e) if websocket::is_too_big(&e) => 1009,
+                        WsError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => 1007,
                         WsError::Capacity(_) => 1009,
                         WsError::Protocol(_) => 1002,
                         WsError::Utf8(_) => 1007,
@@ -257,8 +264,12 @@ impl WsState {
                         ));
                     }
                 }
-                self.pending =
-                    websocket::accept_response(&self.key, subprotocol.as_deref(), &headers);
+                self.pending = websocket::accept_response(
+                    &self.key,
+                    subprotocol.as_deref(),
+                    self.deflate.as_ref(),
+                    &headers,
+                );
                 self.written = 0;
                 let leftover = match self.body.take() {
                     Some(b) => match b.finish(true) {
@@ -271,6 +282,7 @@ impl WsState {
                     Arc::clone(&self.io),
                     leftover,
                     self.server.ws_max_message,
+                    self.deflate,
                 ));
                 self.status = 101;
                 self.phase = Phase::Open;
