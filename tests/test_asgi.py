@@ -780,13 +780,44 @@ def test_tornado_app(server, name):
     assert time.monotonic() - t0 < 3
 
 
-def test_tornado_websocket_handler_is_refused_clearly(server):
+def test_tornado_websocket_handler(server):
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
     s = server(["-k", "tornado", "-w", "1", "tornadoapp:app"])
-    r = requests.get(s.url + "/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade",
-                                            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                                            "Sec-WebSocket-Version": "13"}, timeout=10)
-    assert r.status_code == 500
-    s.wait_log("WebSocketHandler is not supported by ferrocorn's tornado worker yet")
+    ws_url = "ws://127.0.0.1:%d/ws" % s.port
+    # open() with the URL's argument, the subprotocol the handler chose
+    with ws_connect(ws_url + "/kitchen", subprotocols=["other", "chat"]) as ws:
+        assert ws.subprotocol == "chat"
+        assert json.loads(ws.recv()) == {"room": "kitchen", "subprotocol": "chat"}
+        ws.send("hi")
+        assert ws.recv() == "kitchen:hi"
+        ws.send(b"\x01\x02\x03")
+        assert ws.recv() == b"\x03\x02\x01"
+        big = "y" * 200000
+        ws.send(big)
+        assert ws.recv() == "kitchen:" + big
+        assert ws.ping().wait(5)
+    # the handler closes with its own code and reason
+    with ws_connect(ws_url) as ws:
+        assert json.loads(ws.recv())["room"] == "lobby"
+        ws.send("bye")
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert ws.close_code == 4001 and ws.close_reason == "bye now"
+    # on_close ran for both, with the client's 1000 and the handler's 4001
+    deadline = time.monotonic() + 5
+    while True:
+        closes = requests.get(s.url + "/closes", timeout=10).json()["closes"]
+        if len(closes) == 2:
+            break
+        assert time.monotonic() < deadline, closes
+        time.sleep(0.05)
+    assert sorted(closes) == [["kitchen", 1000, None], ["lobby", 4001, "bye now"]]
+    # check_origin refuses: no handshake (403), as tornado answers
+    with pytest.raises(InvalidStatus) as e:
+        ws_connect(ws_url, origin="http://evil.example").close()
+    assert e.value.response.status_code == 403
+    # a plain GET to the handler is tornado's 400
+    assert requests.get(ws_url.replace("ws:", "http:"), timeout=10).status_code == 400
     assert requests.get(s.url + "/", timeout=10).text == "Hello from Tornado"
 
 

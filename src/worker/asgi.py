@@ -14,6 +14,7 @@ loop's add_reader/add_writer.
 """
 
 import asyncio
+import sys
 import types
 
 
@@ -350,9 +351,12 @@ def tornado_app(app):
     tornado's WSGIContainer, as gunicorn's tornado worker serves them.
     Tornado runs on the worker's asyncio loop (tornado 6 IOLoops are
     asyncio loops); each request is fed to the app's delegate as tornado's
-    HTTPServer would, and its HTTPConnection writes go out as ASGI sends."""
+    HTTPServer would, and its HTTPConnection writes go out as ASGI sends.
+    A WebSocketHandler gets a WebSocketProtocol that speaks ASGI websocket
+    messages (AsgiWebSocket): the server does the framing."""
     import tornado.web
-    from tornado import httputil
+    import tornado.websocket as tws
+    from tornado import escape, httputil
     from tornado.httpserver import _CallableAdapter
     from tornado.wsgi import WSGIContainer
 
@@ -382,10 +386,12 @@ def tornado_app(app):
             return self.remote_ip
 
     class Connection(httputil.HTTPConnection):
-        def __init__(self, context):
+        def __init__(self, context, ws=None):
             self.context = context
             self.out = asyncio.Queue()
             self.close_callback = None
+            # A websocket scope: (receive, send, the session's end).
+            self.ws = ws
 
         def set_close_callback(self, callback):
             self.close_callback = callback
@@ -396,6 +402,8 @@ def tornado_app(app):
             return sent
 
         def write_headers(self, start_line, headers, chunk=None):
+            if self.ws is not None:
+                return self._ws_answer(start_line.code)
             sent = self._push({
                 "type": "http.response.start",
                 "status": start_line.code,
@@ -406,34 +414,186 @@ def tornado_app(app):
                 sent = self.write(chunk)
             return sent
 
+        def _ws_answer(self, code):
+            """A handler's response on a websocket scope: the 101 of an
+            accepted session (AsgiWebSocket sent websocket.accept), or a
+            refusal (400, 403, 404, ...): websocket.close before the
+            handshake, which the client sees as a 403."""
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            if code != 101:
+                receive, send, end = self.ws
+                if not end.done():
+                    end.set_result(send({"type": "websocket.close"}))
+            return done
+
         def write(self, chunk):
+            if self.ws is not None:
+                return self._ws_answer(101)
             return self._push({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
 
         def finish(self):
-            self._push({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.ws is None:
+                self._push({"type": "http.response.body", "body": b"", "more_body": False})
 
         def detach(self):
-            # tornado.websocket.WebSocketHandler takes the raw stream.
-            raise NotImplementedError(
-                "tornado's WebSocketHandler is not supported by ferrocorn's tornado worker yet "
-                "(serve WebSockets from an ASGI app with -k asgi)"
-            )
+            # WebSocketHandler._detach_stream(): AsgiWebSocket needs no stream.
+            return None
 
-    async def asgi(scope, receive, send):
-        if scope["type"] == "websocket":
-            raise NotImplementedError(
-                "tornado's WebSocketHandler is not supported by ferrocorn's tornado worker yet "
-                "(serve WebSockets from an ASGI app with -k asgi)"
-            )
-        if scope["type"] != "http":
-            raise RuntimeError("the tornado worker serves HTTP only (scope type %r)" % scope["type"])
+    class AsgiWebSocket(tws.WebSocketProtocol):
+        """tornado's WebSocketProtocol over ASGI websocket messages: the
+        server frames, answers pings and compresses; the handler's open,
+        on_message, write_message, close and on_close keep their meaning.
+        Handler pings (ping(), ping_interval) are not sent: the server
+        answers the client's pings and sees a dead peer itself."""
+
+        def __init__(self, handler, conn):
+            super().__init__(handler)
+            self.conn = conn
+            self._subprotocol = None
+            self._closed = False
+            self._last = None
+
+        @property
+        def selected_subprotocol(self):
+            return self._subprotocol
+
+        def _send(self, message):
+            """Sends in the order called, whether or not the caller awaits."""
+            receive, send, end = self.conn.ws
+            prev = self._last
+
+            async def in_order():
+                if prev is not None:
+                    try:
+                        await prev
+                    except Exception:
+                        pass
+                await send(message)
+
+            fut = self._last = asyncio.ensure_future(in_order())
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            return fut
+
+        async def accept_connection(self, handler):
+            receive, send, end = self.conn.ws
+            try:
+                offered = [p.strip() for p in
+                           handler.request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+                           if p.strip()]
+                if offered:
+                    self._subprotocol = handler.select_subprotocol(offered)
+                    if self._subprotocol is not None and self._subprotocol not in offered:
+                        raise ValueError("select_subprotocol returned %r, not one offered"
+                                         % self._subprotocol)
+                await send({"type": "websocket.accept", "subprotocol": self._subprotocol})
+                handler.set_status(101)
+                handler.finish()
+                handler._detach_stream()
+                try:
+                    opened = handler.open(*handler.open_args, **handler.open_kwargs)
+                    if opened is not None:
+                        await opened
+                except Exception:
+                    handler.log_exception(*sys.exc_info())
+                    self._abort()
+                    return
+                while True:
+                    m = await receive()
+                    if m["type"] == "websocket.disconnect":
+                        self._closed = True
+                        handler.on_ws_connection_close(m.get("code"), m.get("reason") or None)
+                        return
+                    data = m.get("text")
+                    if data is None:
+                        data = m.get("bytes")
+                    handled = self._run_callback(handler.on_message, data)
+                    if handled is not None:
+                        await handled
+            finally:
+                if not end.done():
+                    end.set_result(None)
+
+        def write_message(self, message, binary=False):
+            if self._closed:
+                raise tws.WebSocketClosedError()
+            if isinstance(message, dict):
+                message = escape.json_encode(message)
+            if binary:
+                if isinstance(message, str):
+                    message = message.encode("utf-8")
+                return self._send({"type": "websocket.send", "bytes": bytes(message)})
+            if not isinstance(message, str):
+                message = bytes(message).decode("utf-8")
+            return self._send({"type": "websocket.send", "text": message})
+
+        def close(self, code=None, reason=None):
+            if not self._closed:
+                self._closed = True
+                self._send({"type": "websocket.close", "code": code or 1000,
+                            "reason": reason or ""})
+
+        def is_closing(self):
+            return self._closed
+
+        def write_ping(self, data):
+            pass
+
+        def start_pinging(self):
+            pass
+
+        def set_nodelay(self, x):
+            pass
+
+        def _process_server_headers(self, key, headers):
+            raise NotImplementedError("client side only")
+
+        async def _receive_frame_loop(self):
+            raise NotImplementedError("the server reads the frames")
+
+    original_protocol = tws.WebSocketHandler.get_websocket_protocol
+
+    def get_websocket_protocol(handler):
+        conn = handler.request.connection
+        if isinstance(conn, Connection):
+            # An Upgrade request the server did not take as a WebSocket
+            # handshake (no key, HTTP/1.0): tornado's 426.
+            return AsgiWebSocket(handler, conn) if conn.ws is not None else None
+        return original_protocol(handler)
+
+    tws.WebSocketHandler.get_websocket_protocol = get_websocket_protocol
+
+    def request_of(scope, method, version):
         headers = httputil.HTTPHeaders()
         for name, value in scope["headers"]:
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
         uri = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             uri += "?" + scope["query_string"].decode("latin-1")
-        start = httputil.RequestStartLine(scope["method"], uri, "HTTP/" + scope["http_version"])
+        return httputil.RequestStartLine(method, uri, version), headers
+
+    async def websocket(scope, receive, send):
+        if (await receive())["type"] != "websocket.connect":
+            return
+        start, headers = request_of(scope, "GET", "HTTP/1.1")
+        end = asyncio.get_running_loop().create_future()
+        conn = Connection(Context(scope), ws=(receive, send, end))
+        delegate = delegate_for(conn)
+        pending = delegate.headers_received(start, headers)
+        if pending is not None:
+            await pending
+        delegate.finish()
+        # Until the session ends (or the handler refused it).
+        refused = await end
+        if refused is not None:
+            await refused
+
+    async def asgi(scope, receive, send):
+        if scope["type"] == "websocket":
+            return await websocket(scope, receive, send)
+        if scope["type"] != "http":
+            raise RuntimeError("the tornado worker serves HTTP only (scope type %r)" % scope["type"])
+        start, headers = request_of(scope, scope["method"], "HTTP/" + scope["http_version"])
         conn = Connection(Context(scope))
         delegate = delegate_for(conn)
         pending = delegate.headers_received(start, headers)

@@ -59,6 +59,8 @@ pub(super) struct WsState {
     written: usize,
     /// The close code the app is told when the session ends.
     close_code: Option<u16>,
+    /// The reason in the client's close frame.
+    close_reason: String,
     /// The server sent its close frame (the app's, or 1001 at shutdown).
     closing: bool,
     /// Counted in gunicorn_websocket_connections.
@@ -97,6 +99,7 @@ impl WsCycle {
                 pending: Vec::new(),
                 written: 0,
                 close_code: None,
+                close_reason: String::new(),
                 closing: false,
                 open_counted: false,
                 status: 0,
@@ -128,7 +131,7 @@ impl WsState {
     fn disconnect_message(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let d = message(py, "websocket.disconnect")?;
         d.set_item("code", self.close_code.unwrap_or(1006))?;
-        d.set_item("reason", "")?;
+        d.set_item("reason", &self.close_reason)?;
         Ok(d.into_any().unbind())
     }
 
@@ -207,6 +210,9 @@ impl WsState {
                 // the next read or write.
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
                 Ok(Message::Close(frame)) => {
+                    if let Some(f) = &frame {
+                        self.close_reason = f.reason.to_string();
+                    }
                     self.close_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
                     // tungstenite queued the reply; send it, then end.
                     let _ = s.flush();

@@ -53,13 +53,40 @@ class Missing(tornado.web.RequestHandler):
         raise tornado.web.HTTPError(418)
 
 
+CLOSES = []
+
+
 class Echo2(tornado.websocket.WebSocketHandler):
-    def on_message(self, message):
-        self.write_message(message)
+    def select_subprotocol(self, subprotocols):
+        return "chat" if "chat" in subprotocols else None
+
+    def check_origin(self, origin):
+        return "evil" not in origin
+
+    async def open(self, room="lobby"):
+        self.room = room
+        await asyncio.sleep(0)
+        self.write_message({"room": room, "subprotocol": self.selected_subprotocol})
+
+    async def on_message(self, message):
+        if message == "bye":
+            self.close(4001, "bye now")
+        elif isinstance(message, bytes):
+            await self.write_message(message[::-1], binary=True)
+        else:
+            self.write_message("%s:%s" % (self.room, message))
+
+    def on_close(self):
+        CLOSES.append([self.room, self.close_code, self.close_reason])
+
+
+class Closes(tornado.web.RequestHandler):
+    def get(self):
+        self.write({"closes": CLOSES})
 
 
 app = tornado.web.Application([
-    (r"/ws", Echo2),
+    (r"/ws", Echo2), (r"/ws/(\w+)", Echo2), (r"/closes", Closes),
     (r"/", Hello), (r"/kind", Kind), (r"/echo", Echo), (r"/stream", Stream),
     (r"/sleep", Sleep), (r"/teapot", Missing),
 ])
