@@ -295,7 +295,7 @@ impl<S: Read + Write> Codec<S> {
         let mut at = 0;
         while let Some((h, len, hsize)) = header_of(&self.frames[at..])? {
             let len = usize::try_from(len).map_err(io::Error::other)?;
-            let Some(end) = hsize.checked_add(len).map(|e| e + at) else {
+            let Some(end) = hsize.checked_add(len).and_then(|e| e.checked_add(at)) else {
                 return Err(io::Error::other("frame too long"));
             };
             if self.frames.len() < end {
@@ -628,6 +628,57 @@ mod tests {
             Err(tungstenite::Error::Io(e)) => assert!(is_too_big(&e), "{e}"),
             other => panic!("expected too big, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn rsv1_where_rfc_7692_forbids_it_is_tungstenites_protocol_error() {
+        use tungstenite::protocol::frame::coding::Control;
+        // On a control frame, and on a continuation frame.
+        for frames in [
+            client_frame(OpCode::Control(Control::Ping), true, true, b"p"),
+            [
+                client_frame(OpCode::Data(Data::Text), false, false, b"a"),
+                client_frame(OpCode::Data(Data::Continue), true, true, b"b"),
+            ]
+            .concat(),
+        ] {
+            let mut ws = server(Deflate::default(), 1 << 20, frames);
+            match ws.read() {
+                Err(tungstenite::Error::Protocol(_)) => {}
+                other => panic!("expected a protocol error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn frames_split_across_reads_come_out_whole() {
+        let text = "split ".repeat(500);
+        let mut input = client_frame(
+            OpCode::Data(Data::Text),
+            true,
+            true,
+            &raw_deflate(text.as_bytes()),
+        );
+        input.extend(client_frame(
+            OpCode::Data(Data::Text),
+            true,
+            false,
+            b"after",
+        ));
+        let mut ws = server(Deflate::default(), 1 << 20, Vec::new());
+        let mut got = Vec::new();
+        for byte in input {
+            ws.get_mut().inner.input.push_back(byte);
+            match ws.read() {
+                Ok(m) => got.push(m),
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(
+            got,
+            [Message::Text(text.into()), Message::Text("after".into())]
+        );
     }
 
     #[test]
