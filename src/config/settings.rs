@@ -294,7 +294,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "The type of workers to use.",
         support: Support::Supported,
-        note: "sync, gthread, gevent (also gevent_wsgi, gevent_pywsgi), eventlet, their gunicorn.workers.* paths and gunicorn_prometheus_exporter's Prometheus*Worker names; gevent and eventlet monkey-patch before the app loads (the package must be in the venv); asgi (also gunicorn.workers.gasgi.ASGIWorker, uvicorn.workers.UvicornWorker / UvicornH11Worker and uvicorn_worker's) runs ASGI 3 apps (HTTP and WebSocket) on asyncio or uvloop with lifespan; tornado (also gunicorn.workers.gtornado.TornadoWorker, PrometheusTornadoWorker) serves tornado.web.Application, and WSGI apps through tornado's WSGIContainer, on the same loop (tornado's WebSocketHandler not yet); a Python Worker class of one's own is refused at start",
+        note: "sync, gthread, gevent (also gevent_wsgi, gevent_pywsgi), eventlet, their gunicorn.workers.* paths and gunicorn_prometheus_exporter's Prometheus*Worker names; gevent and eventlet monkey-patch before the app loads (the package must be in the venv); asgi (also gunicorn.workers.gasgi.ASGIWorker, uvicorn.workers.UvicornWorker / UvicornH11Worker and uvicorn_worker's) runs ASGI 3 apps (HTTP and WebSocket) on asyncio or uvloop with lifespan; tornado (also gunicorn.workers.gtornado.TornadoWorker, PrometheusTornadoWorker) serves tornado.web.Application, and WSGI apps through tornado's WSGIContainer, on the same loop (WebSocketHandler included); a Python Worker class of one's own is refused at start",
     },
     Setting {
         name: "threads",
@@ -1494,7 +1494,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Largest WebSocket message, in bytes, the asgi worker accepts.",
         support: Support::Supported,
-        note: "asgi worker: a larger message or frame closes the WebSocket with 1009; permessage-deflate is not offered yet",
+        note: "asgi worker: a larger message or frame closes the WebSocket with 1009 (with permessage-deflate: its inflated size, so a decompression bomb stops at the limit)",
     },
     Setting {
         name: "http_parser",
