@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,8 +82,9 @@ pub struct Conn<S> {
     /// The socket may hold bytes the loop has not read: a readiness edge
     /// came while the connection was detached, or it was detached before a
     /// read came up short. When it is handed back, the loop reads only then
-    /// (edge-triggered epoll reports anything that arrives later).
-    pub unread: bool,
+    /// (edge-triggered epoll reports anything that arrives later). Shared
+    /// with the connection's [`super::Resumer`], which then wakes the loop.
+    pub unread: Arc<AtomicBool>,
 }
 
 impl<S> Conn<S> {

@@ -142,6 +142,7 @@ pub struct Control<'r> {
     open: usize,
     key: usize,
     completions: &'r Arc<Completions>,
+    unread: &'r Arc<AtomicBool>,
 }
 
 impl Control<'_> {
@@ -187,6 +188,7 @@ impl Control<'_> {
         Resumer {
             key: self.key,
             completions: Arc::clone(self.completions),
+            unread: Arc::clone(self.unread),
         }
     }
 }
@@ -247,6 +249,9 @@ pub struct Completions {
     /// a request finished meanwhile (by a greenlet the turn started) needs
     /// no eventfd write.
     in_turn: AtomicBool,
+    /// The loop wants every completion at once: it drains, or accepts
+    /// nothing until a request finishes (see [`Resumer::resume`]).
+    eager: AtomicBool,
     wake: EventFd,
 }
 
@@ -264,6 +269,8 @@ impl Completions {
 pub struct Resumer {
     key: usize,
     completions: Arc<Completions>,
+    /// The connection's [`Conn::unread`].
+    unread: Arc<AtomicBool>,
 }
 
 impl Resumer {
@@ -277,6 +284,14 @@ impl Resumer {
                 Ordering::SeqCst,
             );
         }
+        // Whether the loop must see this completion now: the connection
+        // is to close, or already holds the next request's bytes.
+        let prompt = served.exit.is_some()
+            || !served.reusable
+            || served
+                .leftover
+                .as_ref()
+                .is_none_or(|(raw, pos)| *pos < raw.len());
         let mut done = c.done.lock().unwrap_or_else(|e| e.into_inner());
         done.push((self.key, served));
         c.queued.store(true, Ordering::SeqCst);
@@ -284,6 +299,16 @@ impl Resumer {
         // (SeqCst pairs with the loop's: it clears in_turn, then reads
         // queued; so either it sees this completion or this sees it out.)
         if c.in_turn.load(Ordering::SeqCst) {
+            return;
+        }
+        // A kept-alive connection with nothing to read yet waits for its
+        // next request: that request's readiness wakes the loop, which
+        // takes the completions before it reads (one wake per request,
+        // not two). The loop sets `unread` when bytes came meanwhile, and
+        // `eager` when it cannot wait (both in a turn, before it clears
+        // in_turn and reads queued: either it sees this completion, or
+        // this sees its flags).
+        if !prompt && !c.eager.load(Ordering::SeqCst) && !self.unread.load(Ordering::SeqCst) {
             return;
         }
         if let Err(e) = c.wake.write(1) {
@@ -358,6 +383,7 @@ impl<H: Handler> Loop<H> {
             queued: AtomicBool::new(false),
             exit: AtomicI64::new(NO_EXIT),
             in_turn: AtomicBool::new(false),
+            eager: AtomicBool::new(false),
             wake,
         });
         let deadlines = Deadlines {
@@ -481,7 +507,13 @@ impl<H: Handler> Loop<H> {
             self.accept(idx);
         }
         // Requests finished during the turn (by a greenlet that did not
-        // have to wait) go on without a wake.
+        // have to wait) go on without a wake. Completions after it wake
+        // the loop at once only when it cannot wait for the next event.
+        let eager = self.draining.is_some()
+            || !self.life.alive
+            || self.exit.is_some()
+            || !self.listeners.accepting();
+        self.completions.eager.store(eager, Ordering::SeqCst);
         self.completions.in_turn.store(false, Ordering::SeqCst);
         if self.exit.is_none() && self.completions.queued.load(Ordering::SeqCst) {
             self.resume_detached();
@@ -629,7 +661,7 @@ impl<H: Handler> Loop<H> {
                 nreq: 0,
                 state: None,
                 keep: None,
-                unread: false,
+                unread: Arc::new(AtomicBool::new(false)),
             });
             // The first request usually arrives with the connection: read it now.
             if let Next::Close = self.on_readable(key) {
@@ -748,7 +780,7 @@ impl<H: Handler> Loop<H> {
             if conn.phase == Phase::Detached {
                 // Served elsewhere: what arrives waits in the socket until
                 // the connection is handed back.
-                conn.unread = true;
+                conn.unread.store(true, Ordering::SeqCst);
                 return Next::Wait;
             }
             if conn.start > 0 && conn.start == conn.buf.len() {
@@ -850,6 +882,7 @@ impl<H: Handler> Loop<H> {
                         open,
                         key,
                         completions: &self.completions,
+                        unread: &conn.unread,
                     },
                 },
                 state,
@@ -914,7 +947,9 @@ impl<H: Handler> Loop<H> {
                     // keep-alive request: read only if bytes may be there.
                     Next::Wait => {
                         let unread = match self.conns.get_mut(key) {
-                            Some(c) if c.phase != Phase::Detached => std::mem::take(&mut c.unread),
+                            Some(c) if c.phase != Phase::Detached => {
+                                c.unread.swap(false, Ordering::SeqCst)
+                            }
                             _ => false,
                         };
                         if unread {
