@@ -476,3 +476,37 @@ def test_hup_replaces_workers_of_the_same_kind_and_lets_requests_finish(server, 
         time.sleep(0.1)
     assert len(s.children()) == 1 and s.children() != [old], s.log()[-2000:]
     assert_kind(s, args)
+
+
+# The objects a request hands the app (start_response, its write, wsgi.input,
+# wsgi.early_hints) are reused by the thread's next request when the app let
+# go of them; ones the app kept are never handed out again and stay inert.
+OBJECT_KINDS = [pytest.param(["-k", "sync"], id="sync"),
+                pytest.param(["-k", "gthread", "--threads", "1"], id="gthread"),
+                pytest.param(["-k", "gevent"], id="gevent"),
+                pytest.param(["-k", "eventlet"], id="eventlet")]
+
+
+@pytest.mark.skipif(IS_GUNICORN, reason="gunicorn makes new objects per request and lets a kept write() through")
+@pytest.mark.parametrize("args", OBJECT_KINDS)
+def test_request_objects_kept_by_the_app_are_not_reused(server, args):
+    s = server(["-w", "1"] + args + ["wsgiapp:app"])
+    assert_kind(s, args)
+    with requests.Session() as session:
+        for _ in range(3):
+            assert session.get(s.url + "/objects", timeout=10).status_code == 200
+        kept = session.get(s.url + "/keep", timeout=10).json()
+        r = session.get(s.url + "/kept", timeout=10)
+    assert r.status_code == 200
+    assert b"LATE" not in r.content
+    out = r.json()
+    assert out["kept"] == {"sr": kept["sr"], "input": kept["input"]}
+    # (ids of live objects: different ids, different objects)
+    assert out["now"]["sr"] != kept["sr"] and out["now"]["input"] != kept["input"]
+    assert out["now"]["hints"] != kept["hints"]
+    # The kept objects belong to a finished request: write() fails, the body
+    # reads empty, start_response refuses, early hints are dropped.
+    assert out["write"].get("raised") == "OSError", out
+    assert out["input_read"] == {"ok": "b''"}, out
+    assert out["start_response"].get("raised") == "AssertionError", out
+    assert out["hints"] == {"ok": "None"}, out

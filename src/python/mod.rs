@@ -7,6 +7,7 @@
 
 pub mod coro;
 mod ffi_init;
+pub mod refs;
 pub mod text;
 
 use std::ffi::{CStr, CString};

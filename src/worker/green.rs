@@ -21,7 +21,7 @@ use super::serve::{ConnValues, Detached, WsgiServer};
 use crate::conn::connection::Peer;
 use crate::conn::io::Waiter;
 use crate::conn::{Dispatch, Handler, Loop, Request, Served};
-use crate::wsgi::HeaderKeys;
+use crate::wsgi::ThreadCache;
 
 const GREEN_SOURCE: &str = include_str!("green.py");
 
@@ -153,7 +153,7 @@ impl Handler for GreenHandler {
 thread_local! {
     /// The hub thread's cache of environ keys (shared by its greenlets,
     /// borrowed only while an environ is built).
-    static KEYS: RefCell<HeaderKeys> = RefCell::new(HeaderKeys::default());
+    static KEYS: RefCell<ThreadCache> = RefCell::new(ThreadCache::default());
 }
 
 /// One request, as the greenlet that serves it calls it.

@@ -21,7 +21,7 @@ use pyo3::prelude::*;
 use super::serve::{ConnValues, Detached, WsgiServer};
 use crate::conn::connection::Peer;
 use crate::conn::{Dispatch, Handler, Request, Served};
-use crate::wsgi::HeaderKeys;
+use crate::wsgi::ThreadCache;
 
 /// The requests waiting for a thread. A thread that finished a request
 /// looks here before it sleeps and keeps the GIL while it finds work, so
@@ -146,7 +146,7 @@ impl ThreadHandler {
 /// it sleeps (and in its socket waits).
 fn run_thread(server: &WsgiServer, jobs: &Queue, busy: &AtomicUsize) {
     Python::attach(|py| {
-        let keys = RefCell::new(HeaderKeys::default());
+        let keys = RefCell::new(ThreadCache::default());
         loop {
             let job = jobs.next(py);
             let (back, served) = job.serve(py, server, &keys);

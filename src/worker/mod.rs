@@ -336,7 +336,12 @@ fn serve(
         },
         ..ctx
     };
-    let server = serve::WsgiServer::new(py, wsgi, &listeners, access, ctx);
+    let server = serve::WsgiServer::new(py, wsgi, &listeners, access, ctx).map_err(|e| {
+        err(
+            "preparing the WSGI environ",
+            crate::python::format_err(py, &e),
+        )
+    })?;
     match kind {
         Kind::Sync => {
             let handler = sync::SyncHandler::new(py, server);

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use pyo3::prelude::*;
-use pyo3::types::PyString;
 
 use super::request::RequestLog;
 use crate::conn::body::Body;
@@ -24,7 +23,7 @@ use crate::log::access::AccessLog;
 use crate::metrics::store::{method_index, Observation, WorkerMetrics, METHODS};
 use crate::shm::{ErrorTable, Slot};
 use crate::sock::ListenKind;
-use crate::wsgi::{HeaderKeys, Outcome, PeerValues, ServerAddr, Wsgi};
+use crate::wsgi::{Outcome, PeerValues, ServerAddr, ThreadCache, Wsgi};
 
 /// Where a request stands with the worker's lifecycle, seen from the code
 /// that serves it.
@@ -101,20 +100,20 @@ impl WsgiServer {
         listeners: &[WorkerListener],
         access: Option<AccessLog>,
         ctx: super::Context,
-    ) -> WsgiServer {
+    ) -> PyResult<WsgiServer> {
         let servers = listeners
             .iter()
-            .map(|l| ServerAddr {
-                tcp: match &l.kind {
-                    ListenKind::Tcp(a) => Some((
-                        PyString::new(py, &a.ip().to_string()).unbind(),
-                        PyString::new(py, &a.port().to_string()).unbind(),
-                    )),
-                    ListenKind::Unix(_) => None,
-                },
+            .map(|l| {
+                wsgi.server_addr(
+                    py,
+                    match &l.kind {
+                        ListenKind::Tcp(a) => Some(*a),
+                        ListenKind::Unix(_) => None,
+                    },
+                )
             })
-            .collect();
-        WsgiServer {
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(WsgiServer {
             wsgi,
             servers,
             access,
@@ -124,7 +123,7 @@ impl WsgiServer {
             request_hooks: ctx.hooks.has("pre_request") || ctx.hooks.has("post_request"),
             hooks: ctx.hooks,
             view: ctx.view,
-        }
+        })
     }
 
     /// USR1: reopens the access log.
@@ -143,7 +142,7 @@ impl WsgiServer {
         call: Call<'_>,
         budget: &mut dyn Budget,
         peer: &mut PeerValues,
-        keys: &RefCell<HeaderKeys>,
+        keys: &RefCell<ThreadCache>,
     ) -> Served {
         // One monotonic clock read serves the duration metric and the
         // access log (which also wants the wall-clock start).
@@ -184,7 +183,7 @@ impl WsgiServer {
             // other requests on this thread may build theirs while this
             // one's app waits. (Taken already: a finalizer that switched
             // greenlets mid-build; build without the cache then.)
-            let mut spare = HeaderKeys::default();
+            let mut spare = ThreadCache::default();
             let mut cache = keys.try_borrow_mut();
             let keys = match cache.as_deref_mut() {
                 Ok(k) => k,
@@ -210,7 +209,7 @@ impl WsgiServer {
                 let kept = keep.then(|| env.clone());
                 let queued = t0.saturating_duration_since(arrived);
                 self.metrics.record_queue(queued.as_secs_f64());
-                let out = self.wsgi.serve(py, env, body, peer, enc, conn_peer.addr);
+                let out = self.wsgi.serve(py, env, body, peer, enc, keys);
                 (out, kept)
             }
             Err(e) => {
@@ -346,7 +345,7 @@ impl Detached {
         self,
         py: Python<'_>,
         server: &WsgiServer,
-        keys: &RefCell<HeaderKeys>,
+        keys: &RefCell<ThreadCache>,
     ) -> (Resumer, Served) {
         let Detached {
             head,

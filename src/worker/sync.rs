@@ -9,12 +9,12 @@ use pyo3::prelude::*;
 use super::serve::{Call, WsgiServer};
 use crate::conn::connection::Peer;
 use crate::conn::{Dispatch, Handler, Request, Served};
-use crate::wsgi::{HeaderKeys, PeerValues};
+use crate::wsgi::{PeerValues, ThreadCache};
 
 pub struct SyncHandler<'py> {
     py: Python<'py>,
     server: WsgiServer,
-    keys: RefCell<HeaderKeys>,
+    keys: RefCell<ThreadCache>,
 }
 
 impl<'py> SyncHandler<'py> {

@@ -27,6 +27,11 @@ impl Input {
         Input { body: Some(body) }
     }
 
+    /// Gives a kept object the next request's body.
+    pub fn refill(&mut self, body: Body) {
+        self.body = Some(body);
+    }
+
     /// Takes the body back after the request (the object reads as empty
     /// from then on, should the app have kept it).
     pub fn take(&mut self) -> Option<Body> {

@@ -18,6 +18,7 @@ use crate::conn::transport::Transport;
 use crate::http::proxy::ProxyInfo;
 use crate::http::response::Encoder;
 use crate::http::RequestHead;
+use crate::python::refs;
 use file_wrapper::FileWrapper;
 use input::Input;
 use response::{Response, StartResponse};
@@ -91,9 +92,11 @@ impl Keys {
 
 /// What the worker knows about the listener a connection came from.
 pub struct ServerAddr {
-    /// (SERVER_NAME, SERVER_PORT) for TCP listeners; None for unix sockets,
-    /// where gunicorn derives them from the Host header.
-    pub tcp: Option<(Py<PyString>, Py<PyString>)>,
+    /// The environ template of its requests: the worker's, with SERVER_NAME
+    /// and SERVER_PORT set for a TCP listener (two fewer stores per request).
+    template: Py<PyDict>,
+    /// A unix socket: SERVER_* come from the Host header, as in gunicorn.
+    from_host: bool,
 }
 
 /// Per-connection Python values, created once per connection.
@@ -103,6 +106,8 @@ pub struct PeerValues {
     pub port: Option<Py<PyString>>,
     /// `gunicorn.socket`, created on the connection's first request.
     pub socket: Option<Py<LazySocket>>,
+    /// The peer's address as the socket gave it (for log lines).
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl PeerValues {
@@ -111,6 +116,7 @@ impl PeerValues {
             addr: PyString::new(py, &addr.map(|a| a.ip().to_string()).unwrap_or_default()).unbind(),
             port: addr.map(|a| PyString::new(py, &a.port().to_string()).unbind()),
             socket: None,
+            peer: addr,
         }
     }
 }
@@ -240,6 +246,25 @@ impl Wsgi {
             settings,
         })
     }
+
+    /// The environ template for a listener: TCP (its address) or a unix
+    /// socket (None).
+    pub fn server_addr(
+        &self,
+        py: Python<'_>,
+        tcp: Option<std::net::SocketAddr>,
+    ) -> PyResult<ServerAddr> {
+        // A copy keeps the template's presized table (dict.copy clones it).
+        let template = self.template.bind(py).copy()?;
+        if let Some(a) = tcp {
+            template.set_item(self.keys.server_name.bind(py), a.ip().to_string())?;
+            template.set_item(self.keys.server_port.bind(py), a.port().to_string())?;
+        }
+        Ok(ServerAddr {
+            template: template.unbind(),
+            from_host: tcp.is_none(),
+        })
+    }
 }
 
 /// Entries CPython's dict table must hold before it grows to 64 slots (42
@@ -268,12 +293,65 @@ fn presize(template: &Bound<'_, PyDict>) -> PyResult<()> {
     Ok(())
 }
 
-/// The environ key for a header name (`HTTP_` + upper-case, '-' → '_'),
-/// cached per worker.
-/// `HTTP_*` environ keys made so far, by header name: one cache per thread
-/// that builds environs, so that threads share no lock.
+/// What a thread that serves requests keeps from one request to the next,
+/// so that threads share no lock: the `HTTP_*` environ keys made so far (by
+/// header name), and the last request's objects if the app let go of them.
 #[derive(Default)]
-pub struct HeaderKeys(HashMap<Vec<u8>, Py<PyString>>);
+pub struct ThreadCache {
+    keys: HashMap<Vec<u8>, Py<PyString>>,
+    spare: Option<RequestObjects>,
+}
+
+/// The objects a request hands the app: `wsgi.input`, `start_response`,
+/// its `write` and `wsgi.early_hints`. When nothing but the worker holds
+/// them after the request, the thread's next request reuses them: two
+/// objects and two bound methods fewer to make and free per request. (One
+/// the app kept is never reused: it stays done, and its request's body
+/// gone.)
+struct RequestObjects {
+    input: Py<Input>,
+    sr: Py<StartResponse>,
+    early_hints: Option<Py<PyAny>>,
+    write: Option<Py<PyAny>>,
+}
+
+impl RequestObjects {
+    fn new(py: Python<'_>, body: Body, resp: Response) -> PyResult<RequestObjects> {
+        let input = Py::new(py, Input::new(body))?;
+        let sr = Bound::new(py, StartResponse::new(resp))?;
+        let early_hints = sr
+            .getattr(pyo3::intern!(py, "early_hints"))
+            .ok()
+            .map(Bound::unbind);
+        Ok(RequestObjects {
+            input,
+            sr: sr.unbind(),
+            early_hints,
+            write: None,
+        })
+    }
+
+    /// Readies kept objects for a new request.
+    fn refill(&mut self, py: Python<'_>, body: Body, resp: Response) {
+        self.input.borrow_mut(py).refill(body);
+        self.sr.borrow_mut(py).refill(resp, self.write.take());
+    }
+
+    /// After the request: takes `write` back from `start_response` (which
+    /// holds it while the request runs) and says whether the worker holds
+    /// the only references left.
+    fn release(&mut self, py: Python<'_>) -> bool {
+        self.write = self.sr.borrow_mut(py).take_write();
+        let methods = [&self.early_hints, &self.write];
+        let bound = methods.iter().filter(|m| m.is_some()).count();
+        refs::count(py, &self.input) == 1
+            && refs::count(py, &self.sr) == 1 + bound as isize
+            && methods
+                .iter()
+                .flat_map(|m| m.as_ref())
+                .all(|m| refs::count(py, m) == 1)
+    }
+}
 
 fn header_key<'py>(
     cache: &mut HashMap<Vec<u8>, Py<PyString>>,
@@ -304,7 +382,7 @@ impl Wsgi {
     pub fn environ<'py>(
         &self,
         py: Python<'py>,
-        header_keys: &mut HeaderKeys,
+        cache: &mut ThreadCache,
         head: &RequestHead<'_>,
         server: &ServerAddr,
         peer: &PeerValues,
@@ -316,7 +394,7 @@ impl Wsgi {
             reason: "Internal Server Error",
             message: e.to_string(),
         };
-        let env = self.template.bind(py).copy().map_err(py_err)?;
+        let env = server.template.bind(py).copy().map_err(py_err)?;
         let k = &self.keys;
         let set = |key: &Py<PyString>, v: Bound<'py, PyAny>| {
             env.set_item(key.bind(py), v).map_err(py_err)
@@ -373,7 +451,7 @@ impl Wsgi {
                 set(&self.keys.content_length, latin1(py, value).into_any())?;
                 continue;
             }
-            let key = header_key(&mut header_keys.0, py, name);
+            let key = header_key(&mut cache.keys, py, name);
             if env.contains(&key).map_err(py_err)? {
                 match repeated.iter_mut().find(|(k, _)| k.is(&key)) {
                     Some((_, joined)) => {
@@ -411,30 +489,24 @@ impl Wsgi {
             set(&k.remote_port, port.bind(py).clone().into_any())?;
         }
 
-        match &server.tcp {
-            Some((name, port)) => {
-                set(&k.server_name, name.bind(py).clone().into_any())?;
-                set(&k.server_port, port.bind(py).clone().into_any())?;
-            }
-            None => {
-                // Unix socket: SERVER_* from the Host header, as gunicorn.
-                let (name, port) = match host {
-                    Some(h) => {
-                        let h = latin1(py, h).to_string();
-                        let mut parts = h.split(':');
-                        let name = parts.next().unwrap_or("").to_string();
-                        let port = match parts.next() {
-                            Some(p) => p.to_string(),
-                            None if https => "443".into(),
-                            None => "80".into(),
-                        };
-                        (name, port)
-                    }
-                    None => (String::new(), String::new()),
-                };
-                set(&k.server_name, PyString::new(py, &name).into_any())?;
-                set(&k.server_port, PyString::new(py, &port).into_any())?;
-            }
+        if server.from_host {
+            // Unix socket: SERVER_* from the Host header, as gunicorn.
+            let (name, port) = match host {
+                Some(h) => {
+                    let h = latin1(py, h).to_string();
+                    let mut parts = h.split(':');
+                    let name = parts.next().unwrap_or("").to_string();
+                    let port = match parts.next() {
+                        Some(p) => p.to_string(),
+                        None if https => "443".into(),
+                        None => "80".into(),
+                    };
+                    (name, port)
+                }
+                None => (String::new(), String::new()),
+            };
+            set(&k.server_name, PyString::new(py, &name).into_any())?;
+            set(&k.server_port, PyString::new(py, &port).into_any())?;
         }
 
         let mut path = head.path;
@@ -492,19 +564,21 @@ impl Wsgi {
         body: Body,
         peer: &mut PeerValues,
         enc: Encoder,
-        peer_addr: Option<std::net::SocketAddr>,
+        cache: &std::cell::RefCell<ThreadCache>,
     ) -> Outcome {
         let io = Arc::clone(body.transport());
-        let input = Bound::new(py, Input::new(body));
-        let sr = Bound::new(
-            py,
-            StartResponse {
-                resp: Response::new(Arc::clone(&io), enc),
-            },
-        );
-        let (input, sr) = match (input, sr) {
-            (Ok(i), Ok(s)) => (i, s),
-            (Err(e), _) | (_, Err(e)) => {
+        let resp = Response::new(Arc::clone(&io), enc);
+        let spare = cache.try_borrow_mut().ok().and_then(|mut c| c.spare.take());
+        let made = match spare {
+            Some(mut objs) => {
+                objs.refill(py, body, resp);
+                Ok(objs)
+            }
+            None => RequestObjects::new(py, body, resp),
+        };
+        let mut objs = match made {
+            Ok(o) => o,
+            Err(e) => {
                 crate::log_error!(
                     "Error handling request: {}",
                     crate::python::format_err(py, &e)
@@ -512,11 +586,12 @@ impl Wsgi {
                 return Outcome::default();
             }
         };
+        let (input, sr) = (objs.input.bind(py), objs.sr.bind(py));
         let k = &self.keys;
         let setup = (|| -> PyResult<()> {
-            env.set_item(k.input.bind(py), &input)?;
+            env.set_item(k.input.bind(py), input)?;
             env.set_item(k.socket.bind(py), peer.socket(py, &io)?)?;
-            if let Ok(early) = sr.getattr(pyo3::intern!(py, "early_hints")) {
+            if let Some(early) = &objs.early_hints {
                 env.set_item(k.early_hints.bind(py), early)?;
             }
             Ok(())
@@ -525,7 +600,7 @@ impl Wsgi {
             Err(e) => Err(e),
             Ok(()) => match self.app.bind(py).call1((env.clone(), sr.clone())) {
                 Ok(iterable) => {
-                    let r = self.write_result(py, &sr, &iterable);
+                    let r = self.write_result(py, sr, &iterable);
                     // PEP 3333: close() is always called on the iterable.
                     // (lists and tuples have none: skip the failing lookup)
                     let plain = iterable.is_exact_instance_of::<PyList>()
@@ -560,7 +635,7 @@ impl Wsgi {
             // The client sent a malformed body: a client error, as gunicorn.
             crate::log_warning!(
                 "Invalid request from ip={}: {}",
-                peer_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+                peer.peer.map(|a| a.ip().to_string()).unwrap_or_default(),
                 bad.detail
             );
             resp.write_error(bad.status, &bad.response_bytes());
@@ -605,7 +680,7 @@ impl Wsgi {
             resp.enc.force_close();
         }
         resp.end();
-        Outcome {
+        let out = Outcome {
             status: resp.enc.status_code(),
             sent: resp.enc.sent(),
             reusable: !resp.should_close() && !failed,
@@ -615,7 +690,15 @@ impl Wsgi {
             headers_sent: resp.enc.headers_sent(),
             exit,
             app_error,
+        };
+        drop(resp_guard);
+        drop(env);
+        if objs.release(py) {
+            if let Ok(mut c) = cache.try_borrow_mut() {
+                c.spare.get_or_insert(objs);
+            }
         }
+        out
     }
 
     /// Streams the app's iterable: lists and tuples are queued and written at

@@ -80,6 +80,11 @@ impl Response {
     /// Queues body bytes; writes them out when `flush` or when the queue is
     /// large.
     pub fn write_body(&mut self, data: &[u8], flush: bool) -> PyResult<()> {
+        if self.done {
+            return Err(PyOSError::new_err(
+                "write() of a request that is over (the app kept its write callable)",
+            ));
+        }
         if !self.enc.started() {
             return Err(PyAssertionError::new_err("write() before start_response()"));
         }
@@ -176,6 +181,25 @@ impl Response {
 #[pyclass(module = "ferrocorn", name = "start_response")]
 pub struct StartResponse {
     pub resp: Response,
+    /// The bound `write` returned by the first call, while the request runs
+    /// (the worker takes it back after: it refers to this object).
+    write: Option<Py<PyAny>>,
+}
+
+impl StartResponse {
+    pub fn new(resp: Response) -> StartResponse {
+        StartResponse { resp, write: None }
+    }
+
+    /// Readies a kept object for the next request.
+    pub fn refill(&mut self, resp: Response, write: Option<Py<PyAny>>) {
+        self.resp = resp;
+        self.write = write;
+    }
+
+    pub fn take_write(&mut self) -> Option<Py<PyAny>> {
+        self.write.take()
+    }
 }
 
 #[pymethods]
@@ -190,6 +214,11 @@ impl StartResponse {
         {
             let mut this = slf.borrow_mut();
             let resp = &mut this.resp;
+            if resp.done {
+                return Err(PyAssertionError::new_err(
+                    "start_response() of a request that is over (the app kept it)",
+                ));
+            }
             match exc_info.filter(|e| !e.is_none()) {
                 // PEP 3333: too late to change the response; re-raise.
                 Some(info) if resp.enc.started() && resp.enc.headers_sent() => {
@@ -202,8 +231,13 @@ impl StartResponse {
                 None => {}
             }
             resp.start(status, headers)?;
+            if let Some(w) = &this.write {
+                return Ok(w.bind(slf.py()).clone());
+            }
         }
-        slf.getattr("write")
+        let write = slf.getattr(pyo3::intern!(slf.py(), "write"))?;
+        slf.borrow_mut().write = Some(write.clone().unbind());
+        Ok(write)
     }
 
     fn write(&mut self, data: &Bound<'_, PyAny>) -> PyResult<()> {

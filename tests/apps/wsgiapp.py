@@ -79,6 +79,23 @@ def _native_thread_name():
         return ""
 
 
+KEPT = []
+
+
+def _objects(environ, start_response):
+    return {"sr": id(start_response), "input": id(environ["wsgi.input"]),
+            "hints": id(environ["wsgi.early_hints"])}
+
+
+def _try(call):
+    """A call's result, or the name and message of what it raised."""
+    try:
+        value = call()
+        return {"ok": repr(value)}
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        return {"raised": type(e).__name__, "message": str(e)}
+
+
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     qs = parse_qs(environ.get("QUERY_STRING", ""))
@@ -155,6 +172,30 @@ def app(environ, start_response):
 
     if path == "/pid":
         return _send(start_response, str(os.getpid()))
+
+    if path == "/objects":
+        # The identities of the objects this request was handed.
+        return _send(start_response, json.dumps(_objects(environ, start_response)),
+                     ctype="application/json")
+
+    if path == "/keep":
+        # Keeps this request's objects for /kept (a later request).
+        write = start_response("200 OK", [("Content-Type", "application/json")])
+        KEPT[:] = [start_response, write, environ["wsgi.input"], environ["wsgi.early_hints"]]
+        return [json.dumps(_objects(environ, start_response)).encode()]
+
+    if path == "/kept":
+        # What the objects kept by /keep do now, during another request. No
+        # Content-Length: bytes the kept write() let through would show.
+        sr, write, inp, hints = KEPT
+        start_response("200 OK", [("Content-Type", "application/json")])
+        result = {"now": _objects(environ, start_response),
+                  "kept": {"sr": id(sr), "input": id(inp)},
+                  "write": _try(lambda: write(b"LATE")),
+                  "input_read": _try(inp.read),
+                  "hints": _try(lambda: hints([("Link", "</a.css>; rel=preload")])),
+                  "start_response": _try(lambda: sr("500 Oops", []))}
+        return [json.dumps(result).encode()]
 
     return _send(start_response, b"not found", status="404 Not Found")
 
