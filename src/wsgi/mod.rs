@@ -108,6 +108,10 @@ pub struct PeerValues {
     pub socket: Option<Py<LazySocket>>,
     /// The peer's address as the socket gave it (for log lines).
     peer: Option<std::net::SocketAddr>,
+    /// The listener's environ template with REMOTE_ADDR and REMOTE_PORT
+    /// set, made at the connection's first request: kept-alive requests
+    /// copy it and set two keys fewer.
+    template: Option<Py<PyDict>>,
 }
 
 impl PeerValues {
@@ -117,6 +121,7 @@ impl PeerValues {
             port: addr.map(|a| PyString::new(py, &a.port().to_string()).unbind()),
             socket: None,
             peer: addr,
+            template: None,
         }
     }
 }
@@ -238,11 +243,16 @@ impl Wsgi {
         ] {
             template.set_item(PyString::intern(py, key), py.None())?;
         }
+        // The commonest values, which requests then need not set.
+        let keys = Keys::new(py);
+        template.set_item(keys.request_method.bind(py), keys.methods[0].bind(py))?;
+        template.set_item(keys.query_string.bind(py), "")?;
+        template.set_item(keys.server_protocol.bind(py), keys.http11.bind(py))?;
         presize(&template)?;
         Ok(Wsgi {
             app,
             template: template.unbind(),
-            keys: Keys::new(py),
+            keys,
             settings,
         })
     }
@@ -377,6 +387,26 @@ fn header_key<'py>(
 }
 
 impl Wsgi {
+    fn peer_template<'py>(
+        &self,
+        py: Python<'py>,
+        server: &ServerAddr,
+        peer: &PeerValues,
+    ) -> PyResult<Py<PyDict>> {
+        let t = server.template.bind(py).copy()?;
+        self.set_remote(&t, peer)?;
+        Ok(t.unbind())
+    }
+
+    fn set_remote(&self, env: &Bound<'_, PyDict>, peer: &PeerValues) -> PyResult<()> {
+        let py = env.py();
+        env.set_item(self.keys.remote_addr.bind(py), peer.addr.bind(py))?;
+        if let Some(port) = &peer.port {
+            env.set_item(self.keys.remote_port.bind(py), port.bind(py))?;
+        }
+        Ok(())
+    }
+
     /// Builds the environ for `head`, as gunicorn's wsgi.create does.
     #[allow(clippy::too_many_arguments)]
     pub fn environ<'py>(
@@ -385,7 +415,7 @@ impl Wsgi {
         cache: &mut ThreadCache,
         head: &RequestHead<'_>,
         server: &ServerAddr,
-        peer: &PeerValues,
+        peer: &mut PeerValues,
         proxy: Option<&ProxyInfo>,
         trusted: bool,
     ) -> Result<Bound<'py, PyDict>, EnvironError> {
@@ -394,24 +424,43 @@ impl Wsgi {
             reason: "Internal Server Error",
             message: e.to_string(),
         };
-        let env = server.template.bind(py).copy().map_err(py_err)?;
         let k = &self.keys;
+        if peer.template.is_none() {
+            // (Should the copy fail, each request sets REMOTE_* itself.)
+            peer.template = self.peer_template(py, server, peer).ok();
+        }
+        let env = match &peer.template {
+            Some(t) => t.bind(py).copy().map_err(py_err)?,
+            None => {
+                let env = server.template.bind(py).copy().map_err(py_err)?;
+                self.set_remote(&env, peer).map_err(py_err)?;
+                env
+            }
+        };
         let set = |key: &Py<PyString>, v: Bound<'py, PyAny>| {
             env.set_item(key.bind(py), v).map_err(py_err)
         };
-        let method = match METHODS.iter().position(|m| *m == head.method) {
-            Some(i) => k.methods[i].bind(py).clone(),
-            None => PyString::new(py, &head.method),
-        };
-        set(&k.request_method, method.into_any())?;
-        set(&k.query_string, latin1(py, head.query).into_any())?;
+        // (GET, an empty query and HTTP/1.1 are the template's values.)
+        match METHODS.iter().position(|m| *m == head.method) {
+            Some(0) => {}
+            Some(i) => set(&k.request_method, k.methods[i].bind(py).clone().into_any())?,
+            None => set(
+                &k.request_method,
+                PyString::new(py, &head.method).into_any(),
+            )?,
+        }
+        if !head.query.is_empty() {
+            set(&k.query_string, latin1(py, head.query).into_any())?;
+        }
         set(&k.raw_uri, latin1(py, head.uri).into_any())?;
-        let proto = match head.version {
-            (1, 0) => k.http10.bind(py).clone(),
-            (1, 1) => k.http11.bind(py).clone(),
-            (a, b) => PyString::new(py, &format!("HTTP/{a}.{b}")),
-        };
-        set(&k.server_protocol, proto.into_any())?;
+        match head.version {
+            (1, 1) => {}
+            (1, 0) => set(&k.server_protocol, k.http10.bind(py).clone().into_any())?,
+            (a, b) => set(
+                &k.server_protocol,
+                PyString::new(py, &format!("HTTP/{a}.{b}")).into_any(),
+            )?,
+        }
 
         let mut host: Option<&[u8]> = None;
         let mut script_name: Option<&[u8]> = None;
@@ -482,11 +531,6 @@ impl Wsgi {
         let https = scheme == Some(true);
         if https {
             set(&k.url_scheme, k.https.bind(py).clone().into_any())?;
-        }
-
-        set(&k.remote_addr, peer.addr.bind(py).clone().into_any())?;
-        if let Some(port) = &peer.port {
-            set(&k.remote_port, port.bind(py).clone().into_any())?;
         }
 
         if server.from_host {
