@@ -241,3 +241,15 @@ def get(path="/", host="127.0.0.1", version="1.1", headers=(), close=True):
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def wait_until(probe, done, timeout=5.0, interval=0.05):
+    """Calls probe() until done(value) holds; returns that value. Fails
+    with the last value when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, "gave up waiting; last value: %r" % (value,)
+        time.sleep(interval)

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from conftest import EXAMPLES
-from helpers import RawConn, chunked
+from helpers import RawConn, chunked, wait_until
 from test_metrics import total, wait_metrics
 
 pytestmark = pytest.mark.ferrocorn_only
@@ -495,10 +495,8 @@ def test_websocket_fastapi_echo(server):
         assert ws.recv() == "echo:fragmented"
         assert ws.ping().wait(5)
     # the client closed with 1000: the app saw it
-    deadline = time.monotonic() + 5
-    while 1000 not in requests.get(s.url + "/ws-closes", timeout=10).json()["closes"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: requests.get(s.url + "/ws-closes", timeout=10).json()["closes"],
+               lambda closes: 1000 in closes)
     # the app closes with its own code
     from websockets.exceptions import ConnectionClosed
     with ws_connect(ws_url) as ws:
@@ -804,13 +802,8 @@ def test_tornado_websocket_handler(server):
             ws.recv()
         assert ws.close_code == 4001 and ws.close_reason == "bye now"
     # on_close ran for both, with the client's 1000 and the handler's 4001
-    deadline = time.monotonic() + 5
-    while True:
-        closes = requests.get(s.url + "/closes", timeout=10).json()["closes"]
-        if len(closes) == 2:
-            break
-        assert time.monotonic() < deadline, closes
-        time.sleep(0.05)
+    closes = wait_until(lambda: requests.get(s.url + "/closes", timeout=10).json()["closes"],
+                        lambda closes: len(closes) == 2)
     assert sorted(closes) == [["kitchen", 1000, None], ["lobby", 4001, "bye now"]]
     # check_origin refuses: no handshake (403), as tornado answers
     with pytest.raises(InvalidStatus) as e:

@@ -128,6 +128,9 @@ pub fn is_too_big(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<TooBig>())
 }
 
+/// Room made for each read from the socket.
+const READ_SIZE: usize = 16 * 1024;
+
 fn too_big() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, TooBig)
 }
@@ -139,9 +142,11 @@ pub struct Codec<S> {
     agreed: Deflate,
     /// Largest message, inflated.
     limit: usize,
-    /// Socket bytes not yet handled, from `raw_at`.
+    /// Socket bytes not yet handled: `raw[raw_at..raw_end]`. The buffer
+    /// is zeroed only when it grows; reads land in the rest.
     raw: Vec<u8>,
     raw_at: usize,
+    raw_end: usize,
     /// Bytes for tungstenite, from `plain_at`.
     plain: Vec<u8>,
     plain_at: usize,
@@ -152,6 +157,8 @@ pub struct Codec<S> {
     compressed: bool,
     /// Inflated bytes of that message so far.
     inflated: usize,
+    /// A frame's inflated payload (kept for its capacity).
+    out: Vec<u8>,
     inflater: Decompress,
     /// Bytes from tungstenite not yet a whole frame.
     frames: Vec<u8>,
@@ -168,6 +175,7 @@ impl<S: Read + Write> Codec<S> {
             inner,
             agreed,
             limit,
+            raw_end: leftover.len(),
             raw: leftover,
             raw_at: 0,
             plain: Vec::new(),
@@ -175,6 +183,7 @@ impl<S: Read + Write> Codec<S> {
             passing: 0,
             compressed: false,
             inflated: 0,
+            out: Vec::new(),
             inflater: Decompress::new(false),
             frames: Vec::new(),
             wire: Vec::new(),
@@ -186,7 +195,7 @@ impl<S: Read + Write> Codec<S> {
     /// Turns the next whole frame in `raw` into plain bytes; false when
     /// more socket bytes are needed first.
     fn next_frame(&mut self) -> io::Result<bool> {
-        let buf = &self.raw[self.raw_at..];
+        let buf = &self.raw[self.raw_at..self.raw_end];
         let Some((h, len, at)) = header_of(buf)? else {
             return Ok(false);
         };
@@ -214,9 +223,10 @@ impl<S: Read + Write> Codec<S> {
         if buf.len() < end {
             return Ok(false);
         }
-        let mut payload = buf[at..end].to_vec();
+        // Unmasked where it lies: these socket bytes are consumed here.
+        let payload = self.raw_at + at..self.raw_at + end;
         if let Some(mask) = h.mask {
-            for (i, b) in payload.iter_mut().enumerate() {
+            for (i, b) in self.raw[payload.clone()].iter_mut().enumerate() {
                 *b ^= mask[i & 3];
             }
         }
@@ -225,10 +235,21 @@ impl<S: Read + Write> Codec<S> {
             self.compressed = true;
             self.inflated = 0;
         }
-        let mut out = Vec::new();
-        self.inflate(&payload, &mut out)?;
+        // (Taken out of self for the length of the calls that borrow it.)
+        let raw = std::mem::take(&mut self.raw);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let inflated = self.inflate(&raw[payload], &mut out);
+        self.raw = raw;
+        let inflated = inflated.and_then(|()| match h.is_final {
+            true => self.inflate(&TAIL, &mut out),
+            false => Ok(()),
+        });
+        if let Err(e) = inflated {
+            self.out = out;
+            return Err(e);
+        }
         if h.is_final {
-            self.inflate(&TAIL, &mut out)?;
             self.compressed = false;
             if self.agreed.client_no_context_takeover {
                 self.inflater.reset(false);
@@ -244,11 +265,12 @@ impl<S: Read + Write> Codec<S> {
             // the bytes as they are.
             mask: Some([0; 4]),
         };
-        plain
+        let formatted = plain
             .format(out.len() as u64, &mut self.plain)
-            .map_err(io::Error::other)?;
+            .map_err(io::Error::other);
         self.plain.extend_from_slice(&out);
-        Ok(true)
+        self.out = out;
+        formatted.map(|()| true)
     }
 
     /// Inflates `input` onto `out`, keeping the message within the limit.
@@ -374,11 +396,11 @@ impl<S: Read + Write> Read for Codec<S> {
                 }
                 return Ok(n);
             }
-            if self.raw_at == self.raw.len() {
-                self.raw.clear();
+            if self.raw_at == self.raw_end {
                 self.raw_at = 0;
+                self.raw_end = 0;
             }
-            let have = self.raw.len() - self.raw_at;
+            let have = self.raw_end - self.raw_at;
             if self.passing > 0 && have > 0 {
                 let n = usize::try_from(self.passing).map_or(have, |p| p.min(have));
                 self.plain
@@ -392,18 +414,16 @@ impl<S: Read + Write> Read for Codec<S> {
             }
             // More from the socket.
             if self.raw_at > 0 {
-                self.raw.drain(..self.raw_at);
+                self.raw.copy_within(self.raw_at..self.raw_end, 0);
+                self.raw_end -= self.raw_at;
                 self.raw_at = 0;
             }
-            let old = self.raw.len();
-            self.raw.resize(old + 16 * 1024, 0);
-            let res = self.inner.read(&mut self.raw[old..]);
-            let n = *res.as_ref().unwrap_or(&0);
-            self.raw.truncate(old + n);
-            match res {
-                Ok(0) => return Ok(0),
-                Ok(_) => {}
-                Err(e) => return Err(e),
+            if self.raw.len() - self.raw_end < READ_SIZE {
+                self.raw.resize(self.raw_end + READ_SIZE, 0);
+            }
+            match self.inner.read(&mut self.raw[self.raw_end..])? {
+                0 => return Ok(0),
+                n => self.raw_end += n,
             }
         }
     }
@@ -623,7 +643,10 @@ mod tests {
             true,
             &raw_deflate(&[b'b'; 1001]),
         );
-        ws.get_mut().raw.extend_from_slice(&more);
+        let codec = ws.get_mut();
+        codec.raw.truncate(codec.raw_end);
+        codec.raw.extend_from_slice(&more);
+        codec.raw_end = codec.raw.len();
         match ws.read() {
             Err(tungstenite::Error::Io(e)) => assert!(is_too_big(&e), "{e}"),
             other => panic!("expected too big, got {other:?}"),

@@ -414,22 +414,27 @@ def tornado_app(app):
                 sent = self.write(chunk)
             return sent
 
+        @staticmethod
+        def _done():
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
         def _ws_answer(self, code):
             """A handler's response on a websocket scope: the 101 of an
             accepted session (AsgiWebSocket sent websocket.accept), or a
             refusal (400, 403, 404, ...): websocket.close before the
             handshake, which the client sees as a 403."""
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
             if code != 101:
                 receive, send, end = self.ws
                 if not end.done():
                     end.set_result(send({"type": "websocket.close"}))
-            return done
+            return self._done()
 
         def write(self, chunk):
             if self.ws is not None:
-                return self._ws_answer(101)
+                # No body goes out on a websocket scope.
+                return self._done()
             return self._push({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
 
         def finish(self):
