@@ -169,9 +169,11 @@ pub fn addr_value<'py>(py: Python<'py>, addr: &Addr) -> PyResult<Bound<'py, PyAn
     })
 }
 
-/// The fields every HTTP scope of one listener shares, and the others
-/// (None here) in their places: each scope starts as a copy of it, which
-/// costs less than a dozen inserts into a new dict.
+/// The fields every HTTP scope of one listener shares, the commonest
+/// values of some others (HTTP/1.1, GET, no query: a request sets them
+/// only when it differs), and the rest (None here) in their places: each
+/// scope starts as a copy of it, which costs less than a dozen inserts
+/// into a new dict.
 pub fn scope_template<'py>(
     py: Python<'py>,
     keys: &Keys,
@@ -183,12 +185,12 @@ pub fn scope_template<'py>(
     let none = py.None();
     t.set_item(keys.type_.bind(py), keys.http.bind(py))?;
     t.set_item(keys.asgi.bind(py), &none)?;
-    t.set_item(keys.http_version.bind(py), &none)?;
-    t.set_item(keys.method.bind(py), &none)?;
+    t.set_item(keys.http_version.bind(py), keys.http_11.bind(py))?;
+    t.set_item(keys.method.bind(py), PyString::intern(py, "GET"))?;
     t.set_item(keys.scheme.bind(py), scheme)?;
     t.set_item(keys.path.bind(py), &none)?;
     t.set_item(keys.raw_path.bind(py), &none)?;
-    t.set_item(keys.query_string.bind(py), &none)?;
+    t.set_item(keys.query_string.bind(py), PyBytes::new(py, b""))?;
     t.set_item(keys.root_path.bind(py), root_path)?;
     t.set_item(keys.headers.bind(py), &none)?;
     t.set_item(keys.server.bind(py), server)?;
@@ -209,19 +211,19 @@ pub fn http_scope<'py>(
     asgi.set_item(keys.version.bind(py), keys.v3.bind(py))?;
     asgi.set_item(keys.spec_version.bind(py), keys.spec.bind(py))?;
     scope.set_item(keys.asgi.bind(py), asgi)?;
-    let version = if head.version == (1, 0) {
-        keys.http_10.bind(py).clone()
-    } else if head.version == (1, 1) {
-        keys.http_11.bind(py).clone()
-    } else {
-        PyString::new(py, &format!("{}.{}", head.version.0, head.version.1))
-    };
-    scope.set_item(keys.http_version.bind(py), version)?;
-    let method = match keys.methods.iter().find(|(m, _)| *m == head.method) {
-        Some((_, s)) => s.bind(py).clone(),
-        None => PyString::new(py, &head.method),
-    };
-    scope.set_item(keys.method.bind(py), method)?;
+    // (HTTP/1.1, GET and an empty query are the template's.)
+    match head.version {
+        (1, 1) => {}
+        (1, 0) => scope.set_item(keys.http_version.bind(py), keys.http_10.bind(py))?,
+        (a, b) => scope.set_item(keys.http_version.bind(py), format!("{a}.{b}"))?,
+    }
+    if head.method != "GET" {
+        let method = match keys.methods.iter().find(|(m, _)| *m == head.method) {
+            Some((_, s)) => s.bind(py).clone(),
+            None => PyString::new(py, &head.method),
+        };
+        scope.set_item(keys.method.bind(py), method)?;
+    }
     // `path` is percent-decoded UTF-8 (invalid sequences replaced, as
     // uvicorn's unquote does); `raw_path` the bytes as sent.
     let path = if head.path.contains(&b'%') {
@@ -234,7 +236,9 @@ pub fn http_scope<'py>(
     };
     scope.set_item(keys.path.bind(py), path)?;
     scope.set_item(keys.raw_path.bind(py), PyBytes::new(py, head.path))?;
-    scope.set_item(keys.query_string.bind(py), PyBytes::new(py, head.query))?;
+    if !head.query.is_empty() {
+        scope.set_item(keys.query_string.bind(py), PyBytes::new(py, head.query))?;
+    }
     let headers = PyList::empty(py);
     for h in &head.headers {
         let pair = PyTuple::new(
@@ -258,7 +262,8 @@ pub fn http_scope<'py>(
 pub enum Sent<'py> {
     Start {
         status: u16,
-        headers: Vec<(String, String)>,
+        /// The message's `headers` iterable, read by [`Sent::headers`].
+        headers: Option<Bound<'py, PyAny>>,
     },
     Body {
         /// A bytes-like object (bytes, bytearray, memoryview), read where
@@ -269,6 +274,32 @@ pub enum Sent<'py> {
 }
 
 impl Sent<'_> {
+    /// Calls `f` with each `[name, value]` pair of a Start message's
+    /// headers, as str of the same code points (latin-1); ASCII headers
+    /// are read where they lie, without a copy.
+    pub fn headers(
+        list: &Option<Bound<'_, PyAny>>,
+        mut f: impl FnMut(&str, &str) -> Result<(), String>,
+    ) -> PyResult<()> {
+        let Some(list) = list else {
+            return Ok(());
+        };
+        for item in list.try_iter()? {
+            let item = item?;
+            let mut pair = item.try_iter()?;
+            let (Some(name), Some(value), None) = (pair.next(), pair.next(), pair.next()) else {
+                return Err(PyValueError::new_err(
+                    "ASGI response headers must be [name, value] pairs",
+                ));
+            };
+            let (name, value) = (name?, value?);
+            let name = latin1_field(&name, "name")?;
+            let value = latin1_field(&value, "value")?;
+            f(&name, &value).map_err(PyValueError::new_err)?;
+        }
+        Ok(())
+    }
+
     /// Calls `f` with the body bytes of a Body message.
     pub fn with_body<R>(
         body: &Option<Bound<'_, PyAny>>,
@@ -289,10 +320,15 @@ impl Sent<'_> {
     }
 }
 
-/// Header bytes as a str of the same code points (latin-1), for the encoder.
-fn latin1_field(v: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+/// Header bytes as a str of the same code points (latin-1), for the
+/// encoder: borrowed when ASCII (the same bytes in UTF-8).
+fn latin1_field<'a>(v: &'a Bound<'_, PyAny>, what: &str) -> PyResult<std::borrow::Cow<'a, str>> {
     if let Ok(b) = v.cast::<PyBytes>() {
-        return Ok(crate::http::latin1_to_string(b.as_bytes()));
+        let bytes = b.as_bytes();
+        return Ok(match std::str::from_utf8(bytes) {
+            Ok(s) if bytes.is_ascii() => s.into(),
+            _ => crate::http::latin1_to_string(bytes).into(),
+        });
     }
     Err(PyTypeError::new_err(format!(
         "ASGI response header {what} must be bytes, not {}",
@@ -334,23 +370,7 @@ pub fn parse_sent<'py>(
                     "invalid ASGI response status {status}"
                 )));
             }
-            let mut headers = Vec::new();
-            if let Some(list) = msg.get_item(keys.headers.bind(py))? {
-                for item in list.try_iter()? {
-                    let item = item?;
-                    let mut pair = item.try_iter()?;
-                    let (Some(name), Some(value), None) = (pair.next(), pair.next(), pair.next())
-                    else {
-                        return Err(PyValueError::new_err(
-                            "ASGI response headers must be [name, value] pairs",
-                        ));
-                    };
-                    headers.push((
-                        latin1_field(&name?, "name")?,
-                        latin1_field(&value?, "value")?,
-                    ));
-                }
-            }
+            let headers = msg.get_item(keys.headers.bind(py))?;
             Ok(Sent::Start { status, headers })
         }
         "http.response.body" => {

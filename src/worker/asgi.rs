@@ -831,11 +831,8 @@ impl CycleState {
                 self.enc
                     .begin(&line)
                     .map_err(pyo3::exceptions::PyValueError::new_err)?;
-                for (k, v) in &headers {
-                    self.enc
-                        .header(k, v)
-                        .map_err(pyo3::exceptions::PyValueError::new_err)?;
-                }
+                let enc = &mut self.enc;
+                Sent::headers(&headers, |k, v| enc.header(k, v))?;
                 self.phase = Phase::Body;
                 Ok(true)
             }
