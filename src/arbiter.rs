@@ -595,6 +595,9 @@ impl Arbiter {
         }
         // The new workers may run as another user or log to another access
         // log: give them the files, as gunicorn's reload runs Logger.setup.
+        if let Err(e) = crate::log::syslog::configure(self.cfg.syslog()) {
+            crate::log_error!("reload: {e}");
+        }
         if let Err(e) = crate::log::prepare_files(
             self.cfg.accesslog().as_deref(),
             &self.cfg.access_log_format(),

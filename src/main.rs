@@ -95,6 +95,10 @@ fn real_main() -> i32 {
         eprintln!("Error: {e}");
         return 1;
     }
+    if let Err(e) = log::syslog::configure(cfg.syslog()) {
+        eprintln!("Error: {e}");
+        return 1;
+    }
     if let Err(e) = log::prepare_files(
         cfg.accesslog().as_deref(),
         &cfg.access_log_format(),

@@ -728,6 +728,26 @@ impl Config {
         self.bool("initgroups")
     }
 
+    /// `--log-syslog` and its settings (None: off), as gunicorn's
+    /// `Logger._set_syslog_handler` reads them.
+    pub fn syslog(&self) -> Option<crate::log::syslog::Settings> {
+        if !self.bool("syslog") {
+            return None;
+        }
+        Some(crate::log::syslog::Settings {
+            addr: self
+                .str("syslog_addr")
+                .unwrap_or("udp://localhost:514")
+                .to_owned(),
+            prefix: match self.str("syslog_prefix") {
+                Some(p) => p.to_owned(),
+                None => self.proc_name().replace(':', "."),
+            },
+            facility: self.str("syslog_facility").unwrap_or("user").to_owned(),
+            access: !self.bool("disable_redirect_access_to_syslog"),
+        })
+    }
+
     /// `proc_name`, else `default_proc_name` (the application argument).
     pub fn proc_name(&self) -> String {
         self.str("proc_name")

@@ -150,7 +150,8 @@ fn support_states() {
     for (name, want) in [
         ("workers", Supported),
         ("worker_tmp_dir", Ignored),
-        ("disable_redirect_access_to_syslog", Ignored),
+        ("disable_redirect_access_to_syslog", Supported),
+        ("syslog", Supported),
         ("paste", NotYet),
         ("statsd_host", NotYet),
         ("on_starting", Supported),

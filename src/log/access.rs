@@ -167,8 +167,9 @@ pub struct AccessLog {
     /// Python would fail every line with this (bad format string).
     error: Option<String>,
     needs_environ: bool,
+    /// -1: no file (the lines go to syslog only).
     fd: AtomicI32,
-    /// `None` = stdout.
+    /// `None` = stdout, or no file.
     path: Option<String>,
     reported: AtomicBool,
 }
@@ -183,16 +184,20 @@ impl AccessLog {
     /// gunicorn's).  A malformed `format` is accepted, as gunicorn accepts
     /// it, but every [`log`](Self::log) then drops the line; the first one
     /// says why in the error log.
-    pub fn new(target: &str, format: &str) -> Result<AccessLog, String> {
+    ///
+    /// `target` None: no file; the lines go to syslog (`--log-syslog`).
+    pub fn new(target: Option<&str>, format: &str) -> Result<AccessLog, String> {
         let (segs, error) = compile(format);
         let needs_environ = segs
             .iter()
             .any(|s| matches!(s, Seg::Atom(Atom::Environ(_), _)));
-        let (fd, path) = if target == "-" {
-            (1, None)
-        } else {
-            let fd = sys::open_append(target).map_err(|e| not_writable(target, &e))?;
-            (fd, Some(target.to_owned()))
+        let (fd, path) = match target {
+            None => (-1, None),
+            Some("-") => (1, None),
+            Some(target) => {
+                let fd = sys::open_append(target).map_err(|e| not_writable(target, &e))?;
+                (fd, Some(target.to_owned()))
+            }
         };
         Ok(AccessLog {
             segs,
@@ -230,9 +235,12 @@ impl AccessLog {
             self.report_once(|| format!("access log format error: {e}"));
             return;
         }
+        super::syslog::access(b);
         b.push(b'\n');
         let fd = self.fd.load(Ordering::Acquire);
-        if let Err(e) = sys::write_all(fd, b) {
+        if fd < 0 {
+            // (syslog only)
+        } else if let Err(e) = sys::write_all(fd, b) {
             let target = self.path.as_deref().unwrap_or("<stdout>");
             self.report_once(|| format!("access log: cannot write to {target}: {e}"));
         }
@@ -697,7 +705,7 @@ mod tests {
     }
 
     fn render(fmt: &str, r: &AccessRecord) -> Result<String, String> {
-        let log = AccessLog::new("-", fmt).unwrap();
+        let log = AccessLog::new(Some("-"), fmt).unwrap();
         let mut out = Vec::new();
         log.render(r, &mut out)?;
         Ok(String::from_utf8(out).unwrap())
@@ -754,8 +762,10 @@ mod tests {
             render("%({user-agent}i)s %({a}e)s", &r).unwrap(),
             "curl/8.0 \\\"x\\\" -"
         );
-        assert!(AccessLog::new("-", f).unwrap().needs_environ());
-        assert!(!AccessLog::new("-", DEFAULT_FORMAT).unwrap().needs_environ());
+        assert!(AccessLog::new(Some("-"), f).unwrap().needs_environ());
+        assert!(!AccessLog::new(Some("-"), DEFAULT_FORMAT)
+            .unwrap()
+            .needs_environ());
     }
 
     #[test]
@@ -870,7 +880,7 @@ mod tests {
         let d = tmpdir("access");
         let p = d.join("access.log");
         let ps = p.to_str().unwrap();
-        let log = AccessLog::new(ps, "%(s)s %(m)s %(U)s").unwrap();
+        let log = AccessLog::new(Some(ps), "%(s)s %(m)s %(U)s").unwrap();
         let r = rec(REQ, None);
         log.log(&r);
         std::fs::rename(&p, d.join("access.log.1")).unwrap();
@@ -883,7 +893,7 @@ mod tests {
         let new = std::fs::read_to_string(&p).unwrap();
         assert_eq!(new, "200 GET /p a/th\n200 GET /p a/th\n");
 
-        let e = AccessLog::new("/nonexistent-dir/a.log", DEFAULT_FORMAT).unwrap_err();
+        let e = AccessLog::new(Some("/nonexistent-dir/a.log"), DEFAULT_FORMAT).unwrap_err();
         assert_eq!(
             e,
             "Error: '/nonexistent-dir/a.log' isn't writable \
@@ -893,7 +903,7 @@ mod tests {
         // A bad format: lines dropped, reported once to the error log.
         let elog = d.join("error.log");
         super::super::init("info", elog.to_str().unwrap(), false).unwrap();
-        let bad = AccessLog::new(ps, "%(s)d").unwrap();
+        let bad = AccessLog::new(Some(ps), "%(s)d").unwrap();
         bad.log(&r);
         bad.log(&r);
         super::super::init("info", "-", false).unwrap();
@@ -910,7 +920,7 @@ mod tests {
         let _g = global_lock();
         let d = tmpdir("access-fork");
         let p = d.join("access.log");
-        let log = AccessLog::new(p.to_str().unwrap(), "%(p)s %(U)s").unwrap();
+        let log = AccessLog::new(Some(p.to_str().unwrap()), "%(p)s %(U)s").unwrap();
         const N: usize = 1500;
         let mut kids = Vec::new();
         for tag in ['a', 'b'] {

@@ -29,6 +29,7 @@
 pub mod access;
 mod pyfmt;
 mod sys;
+pub mod syslog;
 mod time;
 
 use std::fmt;
@@ -232,7 +233,7 @@ pub fn prepare_files(
     gid: u32,
 ) -> Result<(), String> {
     let access = match accesslog {
-        Some(target) => Some(access::AccessLog::new(target, access_format)?),
+        Some(target) => Some(access::AccessLog::new(Some(target), access_format)?),
         None => None,
     };
     if uid == sys::geteuid() && gid == sys::getegid() {
@@ -318,7 +319,9 @@ fn emit(level: Level, body: impl FnOnce(&mut Vec<u8>)) {
     b.extend_from_slice(b"] [");
     b.extend_from_slice(level.name().as_bytes());
     b.extend_from_slice(b"] ");
+    let start = b.len();
     body(&mut b);
+    syslog::error(level, &b[start..]);
     b.push(b'\n');
     // Nowhere to report a failing error log; gunicorn drops it too.
     let _ = sys::write_all(FD.load(Ordering::Acquire), &b);

@@ -249,8 +249,12 @@ fn serve(
             Kind::Asgi | Kind::Tornado => asgi::WAITER,
         },
     };
+    // With --log-syslog, access lines go to syslog even without a file.
     let access = match cfg.accesslog() {
-        Some(target) => Some(AccessLog::new(&target, &cfg.access_log_format())?),
+        Some(target) => Some(AccessLog::new(Some(&target), &cfg.access_log_format())?),
+        None if crate::log::syslog::access_enabled() => {
+            Some(AccessLog::new(None, &cfg.access_log_format())?)
+        }
         None => None,
     };
     ctx.metrics.capacity.store(
