@@ -74,7 +74,7 @@ def test_unix_datagram_without_access_lines_and_default_prefix(server, tmp_path)
                 "--disable-redirect-access-to-syslog", "--access-logfile", str(tmp_path / "access.log"),
                 "wsgiapp:app"])
     assert requests.get(s.url + "/pid", timeout=10).status_code == 200
-    # a warning-level record: an unknown signal-free way is a bad request
+    # a warning-level record: a malformed request ("Invalid request from ip=...")
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
         c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
         assert c.recv(100).startswith(b"HTTP/1.1 400")
