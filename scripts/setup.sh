@@ -17,7 +17,8 @@ die() { printf '==> setup: ERROR: %s\n' "$*" >&2; exit 1; }
 # tests/test_redis.py starts, standalone, as a cluster and with TLS; openssl
 # makes that test's certificates)
 declare -A NEED=([curl]=curl [wrk]=wrk [prometheus]=prometheus [promtool]=prometheus
-                 [redis-server]=redis-server [redis-cli]=redis-tools [openssl]=openssl)
+                 [redis-server]=redis-server [redis-cli]=redis-tools [openssl]=openssl
+                 [systemd-socket-activate]=systemd)
 missing=()
 for cmd in "${!NEED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
@@ -34,7 +35,7 @@ if ((${#missing[@]})); then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
         || die "apt-get install ${missing[*]} failed"
 else
-    say "system packages present (curl, wrk, prometheus, redis-server, redis-cli, openssl)"
+    say "system packages present (curl, wrk, prometheus, redis-server, redis-cli, openssl, systemd-socket-activate)"
 fi
 
 # --- Python virtualenv ------------------------------------------------------

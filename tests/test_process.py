@@ -2,7 +2,6 @@
 daemonized, and systemd socket activation (LISTEN_FDS)."""
 
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -86,9 +85,42 @@ def test_daemon_pidfile_titles_and_winch():
     assert not os.path.exists(pidfile), "the pidfile is removed at exit"
 
 
-@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
-                    reason="systemd-socket-activate is not installed")
+@pytest.mark.parametrize("inherit", [False, True], ids=["devnull", "inherited"])
+def test_daemon_stdio_inheritance(inherit):
+    """--daemon points stdout and stderr at /dev/null; with
+    --enable-stdio-inheritance (-R) they stay where the shell sent them."""
+    d = tempfile.mkdtemp(prefix="fc-stdio-")
+    pidfile = os.path.join(d, "app.pid")
+    out_path = os.path.join(d, "out.txt")
+    conf = os.path.join(d, "conf.py")
+    with open(conf, "w") as f:
+        f.write("def when_ready(server):\n    print('when_ready says hi', flush=True)\n")
+    port = free_port()
+    with open(out_path, "wb") as out:
+        r = subprocess.run(
+            [SERVER_BIN, "-c", conf, "-D", "-p", pidfile, "-w", "1", "-b", "127.0.0.1:%d" % port]
+            + (["-R"] if inherit else []) + ["wsgiapp:app"],
+            cwd=APPS, env=server_env(tmpdir=d), timeout=20, stdout=out, stderr=subprocess.STDOUT)
+    assert r.returncode == 0, r
+    master = wait_for(lambda: read_pid(pidfile), 10, "the pidfile")
+    try:
+        wait_for(lambda: requests.get("http://127.0.0.1:%d/" % port, timeout=5).status_code == 200,
+                 10, "the daemon to answer")
+    finally:
+        os.kill(master, signal.SIGTERM)
+        wait_for(lambda: not alive(master), 15, "the daemon to exit")
+    with open(out_path) as f:
+        text = f.read()
+    if inherit:
+        # the hook's print and the error log (stderr) reached the file
+        assert "when_ready says hi" in text, text
+        assert "Listening at: http://127.0.0.1:%d" % port in text, text
+    else:
+        assert "when_ready says hi" not in text and "Listening at" not in text, text
+
+
 def test_systemd_socket_activation():
+    # (scripts/setup.sh installs systemd-socket-activate)
     d = tempfile.mkdtemp(prefix="fc-sd-")
     port = free_port()
     log = open(os.path.join(d, "out.log"), "wb")

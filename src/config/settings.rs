@@ -845,7 +845,7 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Bool(false),
         env: None,
         help: "Enable stdio inheritance.",
-        support: Support::NotYet,
+        support: Support::Supported,
         note: "",
     },
     Setting {
