@@ -207,6 +207,11 @@ impl Arbiter {
             }
             self.pidfile = Some(pf);
         }
+        if self.cfg.bool("spew") {
+            // Before any hook, so that they and the workers forked from
+            // this thread are traced too.
+            Python::attach(|py| crate::python::spew(py));
+        }
         self.hook_result(|h, py, sv| h.on_starting(py, sv))?;
         self.init_signals().map_err(|e| {
             crate::log_error!("{e}");
@@ -571,6 +576,9 @@ impl Arbiter {
         let old_binds = self.cfg.bind();
         let old_workers = self.num_workers;
         self.cfg = cfg;
+        if self.cfg.bool("spew") {
+            Python::attach(|py| crate::python::spew(py));
+        }
         Python::attach(|py| {
             for (k, v) in self.cfg.raw_env() {
                 let _ = crate::python::set_environ(py, &k, &v);

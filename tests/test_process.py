@@ -2,6 +2,7 @@
 daemonized, and systemd socket activation (LISTEN_FDS)."""
 
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -165,3 +166,16 @@ def test_venv_with_another_python_version_is_refused():
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "3.99" in lines[0] and "3.11" in lines[0] and "PYO3_PYTHON=" in lines[0], lines[0]
+
+
+def test_spew_traces_the_workers_python(server):
+    """--spew: every line of Python the server runs is printed on stdout
+    (module:lineno: source), in the workers too (they are forked from the
+    traced master)."""
+    s = server(["-w", "1", "--spew", "wsgiapp:app"])
+    assert requests.get(s.url + "/pid", timeout=10).status_code == 200
+    s.stop()
+    out = s.stdout()
+    # the lines of wsgiapp.app that /pid ran, with their source
+    assert re.search(r'^wsgiapp:\d+:     if path == "/pid":$', out, re.M), out[-2000:]
+    assert re.search(r'^wsgiapp:\d+:         return _send\(start_response, str\(os.getpid\(\)\)\)$', out, re.M)

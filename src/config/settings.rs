@@ -461,7 +461,7 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Bool(false),
         env: None,
         help: "Install a trace function that spews every line executed by the server.",
-        support: Support::NotYet,
+        support: Support::Supported,
         note: "",
     },
     Setting {

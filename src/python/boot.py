@@ -124,3 +124,20 @@ def install_quit_handler(on_quit):
 
     signal.signal(signal.SIGINT, handle_quit)
     signal.signal(signal.SIGQUIT, handle_quit)
+
+
+def spew():
+    """`--spew`: every line of Python this thread (and the workers forked
+    from it) runs is printed on stdout as `module:lineno: source`, like
+    gunicorn's debug.spew (without values)."""
+    import linecache
+
+    def trace(frame, event, arg):
+        if event == "line":
+            g = frame.f_globals
+            name = g.get("__name__", "[unknown]") if "__file__" in g else "[unknown]"
+            source = linecache.getline(frame.f_code.co_filename, frame.f_lineno).rstrip()
+            print("%s:%s: %s" % (name, frame.f_lineno, source), flush=True)
+        return trace
+
+    sys.settrace(trace)

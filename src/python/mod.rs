@@ -149,6 +149,14 @@ pub fn boot(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     py.import("_ferrocorn_boot")
 }
 
+/// `--spew`: traces every line of Python this thread runs (and the
+/// processes forked from it), printed on stdout.
+pub fn spew(py: Python<'_>) {
+    if let Err(e) = boot(py).and_then(|b| b.call_method0("spew")) {
+        crate::log_error!("--spew: {}", format_err(py, &e));
+    }
+}
+
 /// A Python exception as the multi-line text of its traceback.
 pub fn format_err(py: Python<'_>, err: &PyErr) -> String {
     let formatted = boot(py).and_then(|b| {
