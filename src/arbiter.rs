@@ -210,7 +210,7 @@ impl Arbiter {
         if self.cfg.bool("spew") {
             // Before any hook, so that they and the workers forked from
             // this thread are traced too.
-            Python::attach(|py| crate::python::spew(py));
+            Python::attach(crate::python::spew);
         }
         self.hook_result(|h, py, sv| h.on_starting(py, sv))?;
         self.init_signals().map_err(|e| {
@@ -577,7 +577,7 @@ impl Arbiter {
         let old_workers = self.num_workers;
         self.cfg = cfg;
         if self.cfg.bool("spew") {
-            Python::attach(|py| crate::python::spew(py));
+            Python::attach(crate::python::spew);
         }
         Python::attach(|py| {
             for (k, v) in self.cfg.raw_env() {
