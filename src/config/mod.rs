@@ -344,7 +344,43 @@ impl Config {
             cfg.apply_cli(p.values, Origin::CmdArgsEnv, " in GUNICORN_CMD_ARGS")?;
         }
         cfg.apply_cli(args.values, Origin::CommandLine, "")?;
+        cfg.apply_paste(&env.cwd)?;
         Ok(Loaded::Run(cfg))
+    }
+
+    /// `--paste FILE.ini[#section]`: the application is that PasteDeploy
+    /// file's (made absolute), which must exist, and names the processes,
+    /// as gunicorn's WSGIApplication.init.
+    fn apply_paste(&mut self, cwd: &Path) -> Result<(), ConfigError> {
+        let Some(paste) = self.str("paste") else {
+            return Ok(());
+        };
+        let uri = cwd.join(paste).to_string_lossy().into_owned();
+        let file = uri.split('#').next().unwrap_or(&uri).to_owned();
+        if !Path::new(&file).exists() {
+            return Err(ConfigError(format!(
+                "{} not found",
+                value::py_repr_str(&file)
+            )));
+        }
+        let i = idx("default_proc_name");
+        self.values[i] = Value::Str(file);
+        self.origins[i] = Origin::App;
+        self.app_uri = Some(uri);
+        Ok(())
+    }
+
+    /// The PasteDeploy globals (`--paste-global KEY=VALUE`), as gunicorn's
+    /// `paste_global_conf`; None when `--paste` is not set.
+    pub fn paste_global_conf(&self) -> Option<Vec<(String, String)>> {
+        self.str("paste")?;
+        Some(
+            self.list("raw_paste_global_conf")
+                .iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
     }
 
     fn apply_cli(

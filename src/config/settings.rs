@@ -941,8 +941,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::None,
         env: None,
         help: "Load a PasteDeploy config file.",
-        support: Support::NotYet,
-        note: "PasteDeploy applications",
+        support: Support::Supported,
+        note: "the file's [loggers] section is not applied (logconfig is not yet)",
     },
     Setting {
         name: "on_starting",
@@ -1361,8 +1361,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::List(&[]),
         env: None,
         help: "Set a PasteDeploy global config variable in key=value form.",
-        support: Support::NotYet,
-        note: "PasteDeploy applications",
+        support: Support::Supported,
+        note: "",
     },
     Setting {
         name: "permit_obsolete_folding",

@@ -152,7 +152,7 @@ fn support_states() {
         ("worker_tmp_dir", Ignored),
         ("disable_redirect_access_to_syslog", Supported),
         ("syslog", Supported),
-        ("paste", NotYet),
+        ("paste", Supported),
         ("statsd_host", NotYet),
         ("on_starting", Supported),
         ("post_request", Supported),

@@ -141,3 +141,13 @@ def spew():
         return trace
 
     sys.settrace(trace)
+
+
+def load_paste(uri, global_conf):
+    """`--paste`: the WSGI app of a PasteDeploy file, `config:` URI relative
+    to the working directory, `--paste-global` values as its globals."""
+    from paste.deploy import loadapp
+
+    if ":" not in uri:
+        uri = "config:" + uri
+    return loadapp(uri, relative_to=os.getcwd(), global_conf=global_conf or None)

@@ -188,6 +188,23 @@ pub fn import_app(py: Python<'_>, uri: &str) -> PyResult<Py<PyAny>> {
     Ok(boot(py)?.getattr("import_app")?.call1((uri,))?.unbind())
 }
 
+/// `--paste`: the application of a PasteDeploy file (`FILE.ini[#name]`),
+/// loaded as gunicorn's `pasterapp.get_wsgi_app` loads it.
+pub fn load_paste(
+    py: Python<'_>,
+    uri: &str,
+    global_conf: Vec<(String, String)>,
+) -> PyResult<Py<PyAny>> {
+    let conf = pyo3::types::PyDict::new(py);
+    for (k, v) in global_conf {
+        conf.set_item(k, v)?;
+    }
+    Ok(boot(py)?
+        .getattr("load_paste")?
+        .call1((uri, conf))?
+        .unbind())
+}
+
 /// Sets os.environ[key] = value (and so the process environment).
 pub fn set_environ(py: Python<'_>, key: &str, value: &str) -> PyResult<()> {
     py.import("os")?.getattr("environ")?.set_item(key, value)

@@ -400,7 +400,11 @@ pub fn load_app(py: Python<'_>, cfg: &Config) -> Result<Py<PyAny>, i32> {
         crate::log_error!("No application module specified.");
         return Err(APP_LOAD_ERROR);
     };
-    crate::python::import_app(py, uri).map_err(|e| {
+    let loaded = match cfg.paste_global_conf() {
+        Some(global_conf) => crate::python::load_paste(py, uri, global_conf),
+        None => crate::python::import_app(py, uri),
+    };
+    loaded.map_err(|e| {
         if let Some(code) = crate::python::system_exit_code(py, &e) {
             // Aborted while booting (timeout) or the app exited on import.
             return code;
