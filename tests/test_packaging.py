@@ -72,9 +72,11 @@ def wheels(request):
     env.pop("VIRTUAL_ENV", None)
     t0 = time.monotonic()
     run(cmd, timeout=BUILD_TIMEOUT, cwd=REPO, env=env)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("[packaging] %d wheels built in %.0f s" % (len(VERSIONS), time.monotonic() - t0))
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\n[packaging] %d wheels built in %.0f s" % (len(VERSIONS), time.monotonic() - t0))
     found = {}
     for v in VERSIONS:
         tag = "cp" + v.replace(".", "")
