@@ -428,6 +428,34 @@ def test_sigint_stops_like_the_binary(same_as_binary):
         m.close()
 
 
+def test_startup_integration_tests_pass_against_the_installed_command(wheels):
+    """The integration tests of start-up, signals, the lifecycle and the
+    configuration (what `scripts/test.sh -k "lifecycle or signals or process
+    or config"` selects) against the wheel's `ferrocorn` command for the
+    binary's Python, in a fresh venv with the suite's requirements."""
+    version = binary_version()
+    d = tempfile.mkdtemp(prefix="ferrocorn-suite-")
+    try:
+        run([pyenv_python(version), "-m", "venv", d])
+        run([os.path.join(d, "bin", "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             "-r", os.path.join(REPO, "tests", "requirements.txt"), wheels[version]])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+        env.update(FERROCORN_BIN=os.path.join(d, "bin", "ferrocorn"), FERROCORN_TEST_VENV=d, VIRTUAL_ENV=d,
+                   PATH=os.path.join(d, "bin") + os.pathsep + env.get("PATH", "/usr/bin:/bin"))
+        p = subprocess.run([os.path.join(d, "bin", "python"), "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider",
+                            "--timeout", "60", "-rfEs", "--ignore", os.path.join("tests", "test_packaging.py"),
+                            "-k", "lifecycle or signals or process or config"],
+                           cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=900)
+        out = p.stdout.decode("utf-8", "replace")
+        assert p.returncode == 0, out[-8000:]
+        assert "the wheel's command" in out, out[:2000]
+        passed = re.search(r"(\d+) passed", out)
+        assert passed and int(passed.group(1)) >= 50, out[-3000:]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 # -- a Python without a shared libpython ----------------------------------------
 
 def test_runs_on_a_python_without_shared_libpython(wheels):
