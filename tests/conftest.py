@@ -37,6 +37,22 @@ if IS_GUNICORN:
 else:
     SERVER_BIN = os.environ.get("FERROCORN_BIN") or os.path.join(REPO, "target", "release", "ferrocorn")
 
+
+def _is_console_script(path):
+    """Whether `path` is a script (the wheel's `ferrocorn` console script,
+    pip-installed: FERROCORN_BIN=<venv>/bin/ferrocorn), not the binary."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+# The server under test is the wheel's command: it runs in the interpreter of
+# its venv, whatever VIRTUAL_ENV says (tests of the binary's venv detection
+# do not apply).
+IS_WHEEL = not IS_GUNICORN and _is_console_script(SERVER_BIN)
+
 # Environment variables of the test runner that would change how the server
 # under test behaves; tests set them explicitly when they want them.
 _SCRUB = ("GUNICORN_CMD_ARGS", "FORWARDED_ALLOW_IPS", "SCRIPT_NAME", "WEB_CONCURRENCY",
@@ -102,7 +118,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_report_header(config):
-    return "server under test: %s (%s)" % (TEST_SERVER, SERVER_BIN)
+    return "server under test: %s (%s%s)" % (TEST_SERVER, SERVER_BIN, ", the wheel's command" if IS_WHEEL else "")
 
 
 def server_env(extra=None, tmpdir=None):

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, IS_GUNICORN, SERVER_BIN, free_port, is_exporter, server_env
+from conftest import APPS, IS_GUNICORN, IS_WHEEL, SERVER_BIN, free_port, is_exporter, server_env
 
 
 def wait_for(pred, timeout, msg):
@@ -153,7 +153,8 @@ def _get(port):
         return None
 
 
-@pytest.mark.skipif(IS_GUNICORN, reason="ferrocorn embeds one Python version")
+@pytest.mark.skipif(IS_GUNICORN or IS_WHEEL, reason="the binary embeds one Python version "
+                    "(gunicorn and the wheel's command run in their venv's interpreter)")
 def test_venv_with_another_python_version_is_refused():
     d = tempfile.mkdtemp(prefix="fc-venv-")
     os.makedirs(os.path.join(d, "bin"))

@@ -249,7 +249,7 @@ impl Config {
             Err(e) => return Ok(clap_exit(&e)),
         };
         if args.version {
-            print_version();
+            print_version(py);
             return Ok(Loaded::Exit(0));
         }
 
@@ -277,7 +277,7 @@ impl Config {
                     .collect();
                 match cli::parse(cli::command(&prog), argv) {
                     Ok(p) if p.version => {
-                        print_version();
+                        print_version(py);
                         return Ok(Loaded::Exit(0));
                     }
                     Ok(p) => Some(p),
@@ -927,8 +927,21 @@ impl Config {
     }
 }
 
-fn print_version() {
+/// `-v/--version`: gunicorn's line, then the Python ferrocorn runs (its
+/// version and `sys.executable`), since that is the interpreter the app
+/// gets.
+fn print_version(py: Python<'_>) {
     println!("ferrocorn (version {})", env!("CARGO_PKG_VERSION"));
+    let get = |name: &str| -> String {
+        py.import("sys")
+            .and_then(|m| m.getattr(name))
+            .and_then(|v| v.str())
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    let version = get("version");
+    let version = version.split_whitespace().next().unwrap_or("?");
+    println!("Python {version} ({})", get("executable"));
 }
 
 fn clap_exit(e: &clap::Error) -> Loaded {

@@ -30,6 +30,13 @@ mod sys;
 #[cfg(test)]
 mod testutil;
 
+/// Writes to a closed connection must fail with EPIPE, not kill the
+/// process: SIGPIPE is ignored from the start (CPython does the same when it
+/// installs its signal handlers, which the binary's interpreter does not).
+pub fn ignore_sigpipe() {
+    sys::ignore_sigpipe();
+}
+
 /// In a child of the master (worker, exporter): asks the kernel for SIGTERM
 /// when the master dies, so a master killed with SIGKILL leaves nothing
 /// serving unsupervised (gunicorn's workers notice a changed parent in their

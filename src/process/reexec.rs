@@ -75,6 +75,58 @@ impl StartCtx {
     }
 }
 
+impl StartCtx {
+    /// As [`StartCtx::capture`], for a master running inside a Python
+    /// interpreter (the wheel's `ferrocorn` console script, `python -m
+    /// ferrocorn`): a re-exec runs `executable` (`sys.executable`) with the
+    /// interpreter's whole command line `orig_argv` (`sys.orig_argv`), so the
+    /// same script or `-m ferrocorn` with the same interpreter options runs
+    /// again. `script` and `argc` are `sys.argv[0]` and `len(sys.argv)`: a
+    /// script given by a relative path is made absolute against the start
+    /// directory, since the re-exec happens after `--chdir`.
+    pub fn capture_interpreter(
+        executable: PathBuf,
+        orig_argv: &[OsString],
+        script: Option<&OsStr>,
+        argc: usize,
+    ) -> Result<StartCtx, String> {
+        let cwd = getcwd()?;
+        let args = interpreter_args(&executable, orig_argv, script, argc, &cwd);
+        Ok(StartCtx {
+            exe: executable,
+            args,
+            cwd,
+            env_orig: std::env::vars_os().collect(),
+        })
+    }
+}
+
+/// The argv of an interpreter's re-exec: `orig_argv` with argv[0] replaced
+/// by `executable` (so the new process finds the same virtualenv whatever
+/// `$PATH` holds) and a relative `script` made absolute against `cwd`.
+/// The script is the element of `orig_argv` that `sys.argv` starts with,
+/// i.e. the `argc`-th from the end, when it is `script` and names a file.
+fn interpreter_args(
+    executable: &Path,
+    orig_argv: &[OsString],
+    script: Option<&OsStr>,
+    argc: usize,
+    cwd: &Path,
+) -> Vec<OsString> {
+    let mut args = orig_argv.to_vec();
+    match args.first_mut() {
+        Some(first) => *first = executable.as_os_str().to_owned(),
+        None => args.push(executable.as_os_str().to_owned()),
+    }
+    if let (Some(script), Some(i)) = (script, args.len().checked_sub(argc)) {
+        let path = Path::new(script);
+        if i > 0 && args[i] == script && path.is_relative() && cwd.join(path).is_file() {
+            args[i] = cwd.join(path).into_os_string();
+        }
+    }
+    args
+}
+
 /// gunicorn's `util.getcwd()`: `$PWD` when it names the current directory
 /// (keeps the symlinked path the user started from), else getcwd(3).
 pub fn getcwd() -> Result<PathBuf, String> {
@@ -345,6 +397,49 @@ mod tests {
         assert!(same_file(&ctx.exe, &running), "{}", ctx.exe.display());
         assert!(ctx.exe.is_absolute());
         assert!(same_file(&ctx.cwd, &std::env::current_dir().expect("cwd")));
+    }
+
+    #[test]
+    fn interpreter_command() {
+        let tmp = std::env::temp_dir().join(format!("fc-reexec-{}", std::process::id()));
+        std::fs::create_dir_all(tmp.join("venv/bin")).expect("mkdir");
+        std::fs::write(tmp.join("venv/bin/ferrocorn"), "#!python\n").expect("script");
+        let exe = Path::new("/v/bin/python3");
+        let osv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        // The console script run through its shebang, from a relative path:
+        // the script becomes absolute, argv[0] the executable.
+        let orig = osv(&["python3", "venv/bin/ferrocorn", "-w", "2", "app:app"]);
+        let got = interpreter_args(exe, &orig, Some(OsStr::new("venv/bin/ferrocorn")), 4, &tmp);
+        let script = tmp.join("venv/bin/ferrocorn").into_os_string();
+        assert_eq!(
+            got,
+            vec![
+                OsString::from("/v/bin/python3"),
+                script,
+                "-w".into(),
+                "2".into(),
+                "app:app".into()
+            ]
+        );
+        // `python -X dev -m ferrocorn`: interpreter options and -m kept;
+        // sys.argv[0] (the path of __main__.py) is not in the command line.
+        let orig = osv(&["python", "-X", "dev", "-m", "ferrocorn", "-b", ":1"]);
+        let got = interpreter_args(exe, &orig, Some(OsStr::new("/x/__main__.py")), 3, &tmp);
+        assert_eq!(got[0], OsString::from("/v/bin/python3"));
+        assert_eq!(got[1..], orig[1..]);
+        // An absolute script and a relative name that is no file stay.
+        let orig = osv(&["/v/bin/python3", "/v/bin/ferrocorn", "app"]);
+        let got = interpreter_args(exe, &orig, Some(OsStr::new("/v/bin/ferrocorn")), 2, &tmp);
+        assert_eq!(got, orig);
+        let orig = osv(&["python3", "-c", "import ferrocorn", "app"]);
+        let got = interpreter_args(exe, &orig, Some(OsStr::new("-c")), 2, &tmp);
+        assert_eq!(got[1..], orig[1..]);
+        // Nothing known: the interpreter alone.
+        assert_eq!(
+            interpreter_args(exe, &[], None, 0, &tmp),
+            osv(&["/v/bin/python3"])
+        );
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The only `unsafe` code of the process module: fork, `_exit`, clearing
-//! `FD_CLOEXEC` on a raw fd, and the argv/environ memory work behind process
-//! titles. Every wrapper here is safe to call under the contract in its doc.
+//! The only `unsafe` code of the process module: fork, `_exit`, ignoring
+//! SIGPIPE, clearing `FD_CLOEXEC` on a raw fd, and the argv/environ memory
+//! work behind process titles. Every wrapper here is safe to call under the
+//! contract in its doc.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::os::fd::RawFd;
@@ -36,6 +37,16 @@ pub(crate) fn fork() -> Result<Forked, nix::Error> {
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and has no preconditions.
     unsafe { libc::_exit(code) }
+}
+
+/// Ignore SIGPIPE: a write to a closed connection fails with EPIPE instead
+/// of killing the process.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: SIG_IGN needs no handler code; changing a disposition is
+    // async-signal-safe and has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
 }
 
 /// Clear `FD_CLOEXEC` on `fd` so that it survives execve().

@@ -1,16 +1,18 @@
 //! The embedded CPython interpreter: start-up inside the user's virtualenv,
 //! the fork protocol, and small helpers shared by the master and the workers.
 //!
-//! The interpreter is initialised once by the master, before any fork, with
-//! `install_signal_handlers = 0`: Rust owns every signal. Workers inherit it
-//! through `fork` and call [`after_fork_child`].
+//! The standalone binary initialises the interpreter once in the master,
+//! before any fork, with `install_signal_handlers = 0`: Rust owns every
+//! signal. The wheel's extension module runs in an interpreter that is
+//! already up ([`init_running`]) and takes the signals back from it
+//! ([`release_signals`]). Workers inherit the interpreter through [`fork`].
 
 pub mod coro;
 mod ffi_init;
 pub mod refs;
 pub mod text;
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsString};
 use std::path::{Path, PathBuf};
 
 use pyo3::prelude::*;
@@ -117,11 +119,80 @@ fn probe(python: &Path) -> Result<(PathBuf, String), String> {
 /// calling thread does not hold the GIL afterwards; use `Python::attach`.
 pub fn init(interp: &Interpreter) -> Result<(), String> {
     ffi_init::initialize(&interp.executable)?;
-    Python::attach(|py| -> Result<(), String> {
-        embedded_module(py, c"_ferrocorn_boot", c"<ferrocorn boot>", BOOT_SOURCE)
-            .map(|_| ())
-            .map_err(|e| format!("loading ferrocorn's boot module: {}", format_err(py, &e)))
+    Python::attach(init_running)
+}
+
+/// Prepares an interpreter that is already running (the wheel's extension
+/// module: the master is the Python process of the `ferrocorn` console
+/// script): loads the boot module.
+pub fn init_running(py: Python<'_>) -> Result<(), String> {
+    embedded_module(py, c"_ferrocorn_boot", c"<ferrocorn boot>", BOOT_SOURCE)
+        .map(|_| ())
+        .map_err(|e| format!("loading ferrocorn's boot module: {}", format_err(py, &e)))
+}
+
+/// What the running interpreter was started with, for the extension
+/// module's entry point.
+#[derive(Debug)]
+pub struct Host {
+    /// `sys.executable` (the virtualenv's `bin/python`, not resolved).
+    pub executable: PathBuf,
+    /// The interpreter's whole command line (`sys.orig_argv`; on 3.9, which
+    /// lacks it, the process's argv as the C runtime handed it over, which
+    /// is what `sys.orig_argv` holds).
+    pub orig_argv: Vec<OsString>,
+    /// `sys.argv`: the script (or `__main__.py` of `-m`) and its arguments.
+    pub argv: Vec<OsString>,
+}
+
+/// Reads [`Host`] from `sys`.
+pub fn host(py: Python<'_>) -> PyResult<Host> {
+    let sys = py.import("sys")?;
+    let argv: Vec<OsString> = sys.getattr("argv")?.extract()?;
+    let orig_argv: Vec<OsString> = match sys.getattr("orig_argv") {
+        Ok(v) => v.extract()?,
+        Err(_) => std::env::args_os().collect(),
+    };
+    let executable: Option<OsString> = sys.getattr("executable")?.extract()?;
+    let executable = match executable.filter(|e| !e.is_empty()) {
+        Some(e) => PathBuf::from(e),
+        None => std::env::current_exe().map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "sys.executable is empty and the running program is unknown: {e}"
+            ))
+        })?,
+    };
+    Ok(Host {
+        executable,
+        orig_argv,
+        argv,
     })
+}
+
+/// Gives the signals back to Rust in an interpreter that installed its own
+/// (the extension module's case; the binary starts CPython without them):
+/// every signal with a Python handler (SIGINT's KeyboardInterrupt, any set
+/// by site or user code) gets the default disposition, and so does SIGXFSZ,
+/// which CPython ignores at start-up. SIGPIPE stays ignored (ferrocorn
+/// ignores it too). Must run on the main thread (Python's rule for
+/// `signal.signal`).
+pub fn release_signals(py: Python<'_>) -> PyResult<()> {
+    let signal = py.import("signal")?;
+    let dfl = signal.getattr("SIG_DFL")?;
+    let ign = signal.getattr("SIG_IGN")?;
+    for signum in signal.call_method0("valid_signals")?.try_iter()? {
+        let signum = signum?;
+        let handler = signal.call_method1("getsignal", (&signum,))?;
+        // None: a handler not installed from Python (left alone).
+        if handler.is_none() || handler.eq(&dfl)? || handler.eq(&ign)? {
+            continue;
+        }
+        signal.call_method1("signal", (&signum, &dfl))?;
+    }
+    if let Ok(xfsz) = signal.getattr("SIGXFSZ") {
+        signal.call_method1("signal", (xfsz, &dfl))?;
+    }
+    Ok(())
 }
 
 /// A Python module whose source is built into the binary: made on first
