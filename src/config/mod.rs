@@ -372,13 +372,21 @@ impl Config {
 
     /// The PasteDeploy globals (`--paste-global KEY=VALUE`), as gunicorn's
     /// `paste_global_conf`; None when `--paste` is not set.
+    /// (Entries are validated to hold a '='; `\=` is a literal '=', as in
+    /// gunicorn.)
     pub fn paste_global_conf(&self) -> Option<Vec<(String, String)>> {
         self.str("paste")?;
+        let unescape = |s: &str| s.replace("\\=", "=");
         Some(
             self.list("raw_paste_global_conf")
                 .iter()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .filter_map(|kv| {
+                    let at = kv
+                        .match_indices('=')
+                        .find(|(i, _)| !kv[..*i].ends_with('\\'))?
+                        .0;
+                    Some((unescape(&kv[..at]), unescape(&kv[at + 1..])))
+                })
                 .collect(),
         )
     }

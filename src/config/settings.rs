@@ -110,7 +110,8 @@ pub enum Kind {
     Str,
     /// `validate_list_string`, CLI `append`.
     List,
-    /// `validate_list_string` of `KEY=VALUE` entries (raw_env).
+    /// `validate_list_string` of `KEY=VALUE` entries (raw_env,
+    /// raw_paste_global_conf).
     RawEnv,
     /// `validate_list_of_files_or_patterns`, CLI `append`.
     Files,
@@ -1357,7 +1358,7 @@ pub static SETTINGS: &[Setting] = &[
         section: "Server Mechanics",
         cli: &["--paste-global"],
         meta: Some("CONF"),
-        kind: Kind::List,
+        kind: Kind::RawEnv,
         default: DefaultValue::List(&[]),
         env: None,
         help: "Set a PasteDeploy global config variable in key=value form.",

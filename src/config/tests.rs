@@ -818,3 +818,34 @@ fn compatibility_doc_is_in_sync() {
 fn show_help() {
     println!("{}", cli::command("gunicorn").render_help());
 }
+
+#[test]
+fn paste_names_the_app_and_reads_its_globals_as_gunicorn() {
+    let dir = tmpdir();
+    std::fs::write(dir.join("app.ini"), "[app:main]\n").unwrap();
+    let c = load(
+        &[
+            "--paste",
+            "app.ini#main",
+            "--paste-global",
+            r"a\=b=c=d",
+            "--paste-global",
+            "k=v",
+        ],
+        env_in(&dir),
+    );
+    let file = dir.join("app.ini").to_string_lossy().into_owned();
+    assert_eq!(c.app_uri(), Some(format!("{file}#main").as_str()));
+    assert_eq!(c.proc_name(), file);
+    assert_eq!(
+        c.paste_global_conf(),
+        Some(vec![("a=b".into(), "c=d".into()), ("k".into(), "v".into())])
+    );
+    let e = load_err(
+        &["--paste", "app.ini", "--paste-global", "novalue"],
+        env_in(&dir),
+    );
+    assert!(e.contains("'novalue' is not in KEY=VALUE form"), "{e}");
+    let e = load_err(&["--paste", "nope.ini"], env_in(&dir));
+    assert!(e.contains("nope.ini' not found"), "{e}");
+}

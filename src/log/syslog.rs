@@ -17,6 +17,7 @@
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::Level;
@@ -59,7 +60,7 @@ pub struct Settings {
 }
 
 /// Where a syslog address points, as gunicorn's `parse_syslog_address`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Address {
     /// `#dgram` asks for a datagram socket; otherwise a datagram socket is
     /// tried, then a stream one (Python's SysLogHandler).
@@ -129,6 +130,18 @@ enum Conn {
     Tcp(TcpStream),
 }
 
+impl Conn {
+    /// One message: one datagram, or one write on a stream.
+    fn send(&self, msg: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::UnixDgram(s) => s.send(msg).map(drop),
+            Conn::UnixStream(s) => (&*s).write_all(msg),
+            Conn::Udp(s, to) => s.send_to(msg, to).map(drop),
+            Conn::Tcp(s) => (&*s).write_all(msg),
+        }
+    }
+}
+
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     (host, port)
         .to_socket_addrs()
@@ -178,8 +191,13 @@ struct Target {
 }
 
 static TARGET: RwLock<Option<Arc<Target>>> = RwLock::new(None);
+/// A target is set: without one, a log line costs one atomic load here.
+static ON: AtomicBool = AtomicBool::new(false);
 
 fn current() -> Option<Arc<Target>> {
+    if !ON.load(Ordering::Acquire) {
+        return None;
+    }
     TARGET.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
@@ -201,6 +219,7 @@ pub fn configure(settings: Option<Settings>) -> Result<(), String> {
             }))
         }
     };
+    ON.store(target.is_some(), Ordering::Release);
     *TARGET.write().unwrap_or_else(|e| e.into_inner()) = target;
     Ok(())
 }
@@ -251,19 +270,21 @@ fn send(t: &Target, ident: &str, level: Level, msg: &[u8]) {
     b.push(0);
     // Nowhere to report a failing syslog; Python's handler drops it too
     // (after one reconnection for a unix socket, as here).
-    let sent = match &t.conn {
-        Conn::UnixDgram(s) => s.send(&b).map(drop),
-        Conn::UnixStream(s) => (&*s).write_all(&b),
-        Conn::Udp(s, to) => s.send_to(&b, to).map(drop),
-        Conn::Tcp(s) => (&*s).write_all(&b),
-    };
-    if sent.is_err() && matches!(t.addr, Address::Unix { .. }) {
-        if let Ok(conn) = connect(&t.addr) {
-            let _ = match &conn {
-                Conn::UnixDgram(s) => s.send(&b).map(drop),
-                Conn::UnixStream(s) => (&*s).write_all(&b),
-                _ => Ok(()),
-            };
+    if t.conn.send(&b).is_ok() || !matches!(t.addr, Address::Unix { .. }) {
+        return;
+    }
+    // A restarted syslog daemon: connect again and keep the new socket.
+    let Ok(conn) = connect(&t.addr) else { return };
+    if conn.send(&b).is_ok() {
+        let mut cur = TARGET.write().unwrap_or_else(|e| e.into_inner());
+        if cur.as_ref().is_some_and(|c| std::ptr::eq(&**c, t)) {
+            *cur = Some(Arc::new(Target {
+                addr: t.addr.clone(),
+                conn,
+                facility: t.facility,
+                error_ident: t.error_ident.clone(),
+                access_ident: t.access_ident.clone(),
+            }));
         }
     }
 }
