@@ -317,10 +317,12 @@ impl Arbiter {
         };
         let master_pid = self.pid;
         let forked = Python::attach(|py| {
-            let res = crate::python::fork(py);
+            let title = format!("ferrocorn: exporter [{}]", self.proc_name);
+            let res = crate::python::fork(py, &|| {
+                title::set_title(&title);
+            });
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 drop(self.signals.take());
-                title::set_title(&format!("ferrocorn: exporter [{}]", self.proc_name));
                 let code = crate::exporter::child::run(cfg, master_pid, source);
                 std::process::exit(code);
             }
@@ -668,7 +670,7 @@ impl Arbiter {
             return;
         }
         let forked = Python::attach(|py| {
-            let res = crate::python::fork(py);
+            let res = crate::python::fork(py, &|| {});
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 drop(self.signals.take());
                 let code = self.exec_new_master(py);
@@ -921,7 +923,10 @@ impl Arbiter {
             return Err(h);
         }
         let forked = Python::attach(|py| {
-            let res = crate::python::fork(py);
+            let title = format!("ferrocorn: worker [{}]", self.proc_name);
+            let res = crate::python::fork(py, &|| {
+                title::set_title(&title);
+            });
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 // The child must not see the master's signals: dropping them
                 // unregisters signal-hook's actions and the self-pipe.
@@ -960,10 +965,9 @@ impl Arbiter {
         }
     }
 
-    /// The worker side of a fork: title, user switch, post_fork, then the
+    /// The worker side of a fork (titled by then): user switch, post_fork, then the
     /// worker proper. Returns the exit code.
     fn run_worker(&self, py: Python<'_>, slot_idx: usize, age: u64) -> i32 {
-        title::set_title(&format!("ferrocorn: worker [{}]", self.proc_name));
         let (Some(slot), Some(metrics), Some(errors)) = (
             self.shm.slot(slot_idx),
             self.shm.metrics(slot_idx),

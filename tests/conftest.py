@@ -186,13 +186,27 @@ def _probe_tcp(addr):
         return False
 
 
-def is_exporter(pid):
-    """Whether pid is a ferrocorn metrics exporter (by its process title)."""
+def _cmdline(pid):
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read().startswith(b"ferrocorn: exporter")
+            return f.read()
     except OSError:
-        return False
+        return b""
+
+
+def is_exporter(pid):
+    """Whether pid is a ferrocorn metrics exporter (by its process title)."""
+    return _cmdline(pid).startswith(b"ferrocorn: exporter")
+
+
+def is_worker(pid):
+    """Whether a child of a master is one of its workers. A ferrocorn child
+    titled anything but "ferrocorn: worker" is the exporter, or a fork that
+    has not set its title yet (it still shows the master's): which of the two
+    it becomes is not known yet, so it is not counted. gunicorn's children
+    carry no ferrocorn title and are all workers."""
+    cmd = _cmdline(pid)
+    return not cmd.startswith(b"ferrocorn: ") or cmd.startswith(b"ferrocorn: worker")
 
 
 class Server:
@@ -362,7 +376,7 @@ class Server:
 
     def children(self):
         """PIDs of the master's live workers (the metrics exporter left out)."""
-        return [p for p in self.all_children() if not is_exporter(p)]
+        return [p for p in self.all_children() if is_worker(p)]
 
     def exporter_pid(self):
         """PID of the metrics exporter process, or None."""

@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from conftest import APPS, is_exporter
+from conftest import APPS, is_worker
 
 HOOKS_CONF = os.path.join(APPS, "lc_hooks.py")
 
@@ -110,14 +110,15 @@ def alive(pid):
     return st is not None and st[0] != "Z"
 
 
-def children_of(ppid):
-    """Live children of any process (for a master that is not the fixture's)."""
+def children_of(ppid, workers_only=True):
+    """Live workers of any master (one that is not the fixture's); with
+    workers_only=False every live child (a USR2 master among them)."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         st = proc_stat(int(d))
-        if st and st[1] == ppid and st[0] != "Z" and not is_exporter(int(d)):
+        if st and st[1] == ppid and st[0] != "Z" and (not workers_only or is_worker(int(d))):
             out.append(int(d))
     return sorted(out)
 

@@ -262,7 +262,7 @@ def test_flask_example_lifecycle(venv):
 
             m.proc.send_signal(signal.SIGUSR2)
             new_master = wait_for(lambda: (lambda c: c[0] if c else None)(
-                [p for p in children_of(pid) if title(p).startswith("ferrocorn: master")]), 30,
+                [p for p in children_of(pid, workers_only=False) if title(p).startswith("ferrocorn: master")]), 30,
                 msg="the USR2 master")
             report = read_report(tmp, new_master)
             wait_for(lambda: len(children_of(new_master)) == 2, 30, msg="the new master's workers")
@@ -307,7 +307,7 @@ def test_python_m_reexec_keeps_the_module_form(venv):
         first = read_report(tmp, m.proc.pid)
         m.proc.send_signal(signal.SIGUSR2)
         new_master = wait_for(lambda: (lambda c: c[0] if c else None)(
-            [p for p in children_of(m.proc.pid) if title(p).startswith("ferrocorn: master")]), 30,
+            [p for p in children_of(m.proc.pid, workers_only=False) if title(p).startswith("ferrocorn: master")]), 30,
             msg="the USR2 master")
         report = read_report(tmp, new_master)
         assert report["argv"] == first["argv"]

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, IS_GUNICORN, IS_WHEEL, SERVER_BIN, free_port, is_exporter, server_env
+from conftest import APPS, IS_GUNICORN, IS_WHEEL, SERVER_BIN, free_port, is_worker, server_env
 
 
 def wait_for(pred, timeout, msg):
@@ -35,7 +35,7 @@ def read_pid(path):
 def children(pid):
     """Workers of master `pid` (its metrics exporter left out)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split() if not is_exporter(int(p))]
+    return [int(p) for p in out.stdout.split() if is_worker(int(p))]
 
 
 def cmdline(pid):

@@ -72,6 +72,13 @@ pub trait Handler {
     /// The worker began its graceful stop (TERM, max_requests): the
     /// loop accepts no more and waits for the requests it has.
     fn stopping(&mut self) {}
+    /// Before the loop waits for events (not in a drain): a kind whose
+    /// detached requests still wait for a thread may block here, briefly,
+    /// until they are taken or one needs the loop ([`Served::needs_loop`]).
+    /// Reading more requests would only queue them, and a loop that lets
+    /// the input gather reads many requests in one turn instead of waking
+    /// for each.
+    fn hold(&mut self) {}
 }
 
 /// The loop's settings, from the configuration.
@@ -215,6 +222,18 @@ pub struct Served {
 }
 
 impl Served {
+    /// Whether the loop must see this completion now: the connection is to
+    /// close, or already holds the next request's bytes, or the worker is
+    /// to exit.
+    pub fn needs_loop(&self) -> bool {
+        self.exit.is_some()
+            || !self.reusable
+            || self
+                .leftover
+                .as_ref()
+                .is_none_or(|(raw, pos)| *pos < raw.len())
+    }
+
     /// A request that ended its connection (an error answered, the
     /// client gone).
     pub fn closed(exit: Option<i32>) -> Served {
@@ -284,14 +303,7 @@ impl Resumer {
                 Ordering::SeqCst,
             );
         }
-        // Whether the loop must see this completion now: the connection
-        // is to close, or already holds the next request's bytes.
-        let prompt = served.exit.is_some()
-            || !served.reusable
-            || served
-                .leftover
-                .as_ref()
-                .is_none_or(|(raw, pos)| *pos < raw.len());
+        let prompt = served.needs_loop();
         let mut done = c.done.lock().unwrap_or_else(|e| e.into_inner());
         done.push((self.key, served));
         c.queued.store(true, Ordering::SeqCst);
@@ -467,6 +479,9 @@ impl<H: Handler> Loop<H> {
             if self.conns.is_empty() || Instant::now() >= limit {
                 return Some(self.finish());
             }
+        }
+        if self.draining.is_none() && !wait.is_zero() {
+            self.handler.hold();
         }
         let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         let mut res = Ok(());

@@ -57,8 +57,9 @@ fn status_message(status: ffi::PyStatus, what: &str) -> String {
 }
 
 /// fork(2) wrapped in PyOS_BeforeFork / PyOS_AfterFork_{Parent,Child}.
-/// The caller must hold the GIL (it has a `Python` token).
-pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
+/// The caller must hold the GIL (it has a `Python` token). `first_in_child`
+/// runs in the child before anything else (no Python code).
+pub fn fork(first_in_child: &dyn Fn()) -> nix::Result<nix::unistd::ForkResult> {
     // SAFETY: the master is single-threaded (docs/architecture.md) so no other thread can
     // hold a lock across the fork; the GIL is held by the caller as
     // PyOS_BeforeFork requires, and each branch calls the matching after-fork
@@ -67,7 +68,10 @@ pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
         ffi::PyOS_BeforeFork();
         let result = nix::unistd::fork();
         match result {
-            Ok(nix::unistd::ForkResult::Child) => ffi::PyOS_AfterFork_Child(),
+            Ok(nix::unistd::ForkResult::Child) => {
+                first_in_child();
+                ffi::PyOS_AfterFork_Child()
+            }
             _ => ffi::PyOS_AfterFork_Parent(),
         }
         result

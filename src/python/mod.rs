@@ -283,9 +283,12 @@ pub fn set_environ(py: Python<'_>, key: &str, value: &str) -> PyResult<()> {
 
 /// fork(2) with CPython's fork protocol: the GIL is held across the fork
 /// (the `Python` token proves it) and the interpreter's locks are reset in
-/// the child.
-pub fn fork(_gil: Python<'_>) -> nix::Result<nix::unistd::ForkResult> {
-    ffi_init::fork()
+/// the child. `first_in_child` runs in the child before the interpreter's
+/// after-fork handlers: a process title set there names the child from its
+/// first moments (a process list never shows a fork of the master as a
+/// second master).
+pub fn fork(_gil: Python<'_>, first_in_child: &dyn Fn()) -> nix::Result<nix::unistd::ForkResult> {
+    ffi_init::fork(first_in_child)
 }
 
 /// Detaches the process (`--daemon`) with the interpreter's fork protocol.

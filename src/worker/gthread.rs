@@ -23,22 +23,39 @@ use crate::conn::connection::Peer;
 use crate::conn::{Dispatch, Handler, Request, Served};
 use crate::wsgi::ThreadCache;
 
-/// The requests waiting for a thread. A thread that finished a request
-/// looks here before it sleeps and keeps the GIL while it finds work, so
-/// steady traffic is served without a thread or GIL hand-off per request;
-/// a sleeping thread is woken only when no awake thread is about to look.
+/// The longest the loop thread is held while requests wait for a thread.
+const HOLD_MAX: Duration = Duration::from_millis(5);
+
+/// The requests waiting for a thread. Only one thread runs Python at a
+/// time, so the pool hands work to as few threads as keep the interpreter
+/// busy:
+/// - a thread that finished a request looks here before it sleeps, and
+///   keeps the GIL while it finds work ("searching");
+/// - a queued request wakes at most one sleeping thread, the standby, and
+///   only when no thread is searching; the standby takes a request only once
+///   it holds the GIL, i.e. once the thread running the app released it
+///   (the app waits on I/O or a lock, or its request is over, or CPython's
+///   switch interval made it yield). So an app that waits gets a second
+///   thread at once, and a busy one keeps one thread serving the queue
+///   without a thread or GIL hand-off per request.
 #[derive(Default)]
 struct Queue {
     state: Mutex<QueueState>,
     cond: Condvar,
     /// Threads between a finished request and their next look at `state`.
     searching: AtomicUsize,
+    /// Wakes the loop thread held in [`Handler::hold`].
+    drained: Condvar,
 }
 
 #[derive(Default)]
 struct QueueState {
     jobs: VecDeque<Detached>,
     sleeping: usize,
+    /// A sleeping thread was woken and has not looked yet.
+    standby: bool,
+    /// The loop thread waits in [`Handler::hold`] for the queue to empty.
+    loop_held: bool,
 }
 
 impl Queue {
@@ -49,43 +66,95 @@ impl Queue {
     fn push(&self, job: Detached) {
         let mut st = self.lock();
         st.jobs.push_back(job);
-        if st.sleeping > 0 && self.searching.load(Ordering::SeqCst) == 0 {
+        self.wake_standby(&mut st);
+    }
+
+    /// Wakes a sleeping thread to wait for the GIL and then look for work,
+    /// unless a thread is already about to look. The woken thread counts as
+    /// searching from here on.
+    fn wake_standby(&self, st: &mut QueueState) {
+        if !st.standby && st.sleeping > 0 && self.searching.load(Ordering::SeqCst) == 0 {
+            st.standby = true;
+            self.searching.fetch_add(1, Ordering::SeqCst);
             self.cond.notify_one();
         }
     }
 
-    /// Takes a job; wakes another thread when more are waiting, so that
-    /// none waits behind this one's request.
-    fn pop(&self, st: &mut QueueState) -> Option<Detached> {
-        let job = st.jobs.pop_front()?;
-        if !st.jobs.is_empty() && st.sleeping > 0 {
-            self.cond.notify_one();
+    /// Lets a held loop thread go on.
+    fn release_loop(&self, st: &mut QueueState) {
+        if st.loop_held {
+            st.loop_held = false;
+            self.drained.notify_one();
         }
-        Some(job)
     }
 
-    /// The next job for a thread that has just finished one (searching).
-    fn next(&self, py: Python<'_>) -> Detached {
-        {
-            let mut st = self.lock();
-            let job = self.pop(&mut st);
-            self.searching.fetch_sub(1, Ordering::SeqCst);
-            if let Some(job) = job {
-                return job;
+    /// The loop thread, before it waits for events: while requests wait
+    /// for a thread, at most [`HOLD_MAX`] (signals and deadlines wait that
+    /// long at most), until the queue empties or a finished request needs
+    /// the loop.
+    fn hold(&self) {
+        let mut st = self.lock();
+        if st.jobs.is_empty() {
+            return;
+        }
+        st.loop_held = true;
+        let deadline = Instant::now() + HOLD_MAX;
+        while st.loop_held {
+            let now = Instant::now();
+            if now >= deadline {
+                st.loop_held = false;
+                break;
             }
+            st = self
+                .drained
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
         }
-        // Nothing queued: sleep without the GIL.
-        py.detach(|| {
-            let mut st = self.lock();
-            loop {
-                if let Some(job) = self.pop(&mut st) {
+    }
+
+    /// The next job for a thread that holds the GIL and is searching
+    /// (it has just finished a request, or woke as the standby).
+    fn next(&self, py: Python<'_>) -> Detached {
+        loop {
+            {
+                let mut st = self.lock();
+                let job = st.jobs.pop_front();
+                self.searching.fetch_sub(1, Ordering::SeqCst);
+                if let Some(job) = job {
+                    if st.jobs.is_empty() {
+                        self.release_loop(&mut st);
+                    } else {
+                        // More waiting: a thread should be ready to take
+                        // them when this request lets go of the GIL.
+                        self.wake_standby(&mut st);
+                    }
                     return job;
                 }
-                st.sleeping += 1;
-                st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner());
-                st.sleeping -= 1;
             }
-        })
+            // Nothing queued: sleep without the GIL until woken as the
+            // standby, then take the GIL back and look.
+            py.detach(|| {
+                let mut st = self.lock();
+                if !st.jobs.is_empty() {
+                    // Queued after this thread looked, while no thread was
+                    // sleeping or searching: no one was woken for it.
+                    self.searching.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                st.sleeping += 1;
+                // (A wake-up without the standby flag is spurious, or the
+                // flag went to another thread: sleep on.)
+                loop {
+                    st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                    if st.standby {
+                        st.standby = false;
+                        break;
+                    }
+                }
+                st.sleeping -= 1;
+            });
+        }
     }
 }
 
@@ -152,7 +221,11 @@ fn run_thread(server: &WsgiServer, jobs: &Queue, busy: &AtomicUsize) {
             let (back, served) = job.serve(py, server, &keys);
             jobs.searching.fetch_add(1, Ordering::SeqCst);
             busy.fetch_sub(1, Ordering::AcqRel);
+            let needs_loop = served.needs_loop();
             back.resume(served);
+            if needs_loop {
+                jobs.release_loop(&mut jobs.lock());
+            }
         }
     });
 }
@@ -182,6 +255,10 @@ impl Handler for ThreadHandler {
 
     fn reopen_logs(&mut self) {
         self.server.reopen_logs();
+    }
+
+    fn hold(&mut self) {
+        self.jobs.hold();
     }
 
     fn serve(&mut self, mut req: Request<'_>, values: &mut ConnValues) -> Dispatch {
