@@ -241,3 +241,21 @@ def test_other_logger_class_is_refused_at_start(run_cmd):
     assert r.returncode == 1, r
     assert "logger_class 'mylogging.JsonLogger' is not supported by ferrocorn" in r.output, r
     assert "logconfig_dict" in r.output, r
+
+
+@pytest.mark.parametrize("kind", [
+    ["-k", "gthread", "--threads", "4", "wsgiapp:app"],
+    pytest.param(["-k", "asgi", "asgiapp:app"], marks=pytest.mark.ferrocorn_only),
+], ids=["gthread", "asgi"])
+def test_access_and_error_records_from_other_worker_kinds(server, tmp_path, kind):
+    out = str(tmp_path / "log.jsonl")
+    # the Atoms filter reads `{request_method}e`, which the asgi kind has not
+    # (no environ): a plain JSON configuration here
+    s = server(["-w", "1"] + kind, config_text=json_config(out).replace(
+        ', "filters": ["atoms"]', ""))
+    for i in range(5):
+        requests.get(s.url + "/?n=%d" % i, timeout=10)
+    recs = wait_records(out, lambda r: "/?n=4" in r["message"])
+    access = [r for r in recs if r["name"] == "gunicorn.access" and "/?n=" in r["message"]]
+    assert len(access) == 5, recs
+    assert any(r["name"] == "gunicorn.error" and "Booting worker" in r["message"] for r in recs)
