@@ -793,6 +793,61 @@ mod tests {
     }
 
     #[test]
+    fn atoms_as_gunicorns_logger_makes_them() {
+        let r = rec(REQ, None);
+        let mut got = Vec::new();
+        r.atoms(|k, v| {
+            got.push((
+                k.to_owned(),
+                match v {
+                    AtomValue::Str(s) => s,
+                    AtomValue::Int(Some(n)) => format!("int {n}"),
+                    AtomValue::Int(None) => "None".to_owned(),
+                },
+            ))
+        });
+        let get = |k: &str| {
+            got.iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        // the 19 fixed atoms first, in gunicorn's order
+        let keys: Vec<&str> = got.iter().take(19).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ATOM_KEYS);
+        assert_eq!(get("h"), Some("10.0.0.1"));
+        assert_eq!(get("u"), Some("aladdin"));
+        assert_eq!(get("r"), Some("GET /p%20a/th?x=1&y=\\\"q\\\" HTTP/1.1"));
+        assert_eq!(get("s"), Some("200"));
+        assert_eq!(get("q"), Some("x=1&y=\\\"q\\\""));
+        assert_eq!(get("b"), Some("1234"));
+        assert_eq!(get("B"), Some("int 1234"));
+        assert_eq!(get("T"), Some("int 2"));
+        assert_eq!(get("D"), Some("int 2345678"));
+        assert_eq!(get("M"), Some("int 2345"));
+        assert_eq!(get("L"), Some("2.345678"));
+        assert_eq!(get("p"), Some("<4242>"));
+        assert_eq!(get("t"), Some(stamp(&r).as_str()));
+        // headers: lowercased names, latin-1 values, escaped, last one wins
+        assert_eq!(get("{user-agent}i"), Some("curl/8.0 \\\"x\\\""));
+        assert_eq!(get("{referer}i"), Some("http://r/\u{e9}"));
+        assert_eq!(get("{x-forwarded-for}i"), Some("2.2.2.2"));
+        assert_eq!(get("{x-req-id}o"), Some("second"));
+        assert_eq!(get("{content-type}o"), Some("text/plain"));
+        let r = AccessRecord {
+            response_length: None,
+            ..rec(REQ, None)
+        };
+        let mut b = None;
+        r.atoms(|k, v| {
+            if k == "B" {
+                b = Some(matches!(v, AtomValue::Int(None)));
+            }
+        });
+        assert_eq!(b, Some(true));
+    }
+
+    #[test]
     fn default_format() {
         let r = rec(REQ, None);
         let want = format!(

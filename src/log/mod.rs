@@ -524,6 +524,13 @@ mod tests {
         assert_eq!(Level::parse("warn"), None);
         assert_eq!(Level::Error.to_string(), "ERROR");
         assert!(Level::Debug < Level::Info && Level::Error < Level::Critical);
+        // Python effective levels: the first level whose records pass
+        assert_eq!(Level::from_python(0), Level::Debug);
+        assert_eq!(Level::from_python(10), Level::Debug);
+        assert_eq!(Level::from_python(15), Level::Info);
+        assert_eq!(Level::from_python(30), Level::Warning);
+        assert_eq!(Level::from_python(40), Level::Error);
+        assert_eq!(Level::from_python(99), Level::Critical);
     }
 
     #[test]
