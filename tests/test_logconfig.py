@@ -72,7 +72,9 @@ def wait_records(path, pred, timeout=10.0):
 
 def test_logconfig_dict_json_formatter_to_a_file(server, tmp_path):
     out = str(tmp_path / "log.jsonl")
-    s = server(["-w", "1", "wsgiapp:app"], config_text=json_config(out))
+    hook = ("\ndef when_ready(server):\n"
+            "    server.log.info('hook says %s', 'hi', extra={'from_hook': True})\n")
+    s = server(["-w", "1", "wsgiapp:app"], config_text=json_config(out) + hook)
     resp = requests.get(s.url + "/pid?x=1", headers={"User-Agent": 'ua "quoted"', "X-Test": "t1"},
                         timeout=10)
     assert resp.status_code == 200
@@ -101,6 +103,9 @@ def test_logconfig_dict_json_formatter_to_a_file(server, tmp_path):
     errors = [r for r in recs if r["levelname"] == "ERROR" and "Error handling request" in r["message"]]
     assert errors and errors[0]["process"] == worker_pid, recs
     assert "Traceback" in json.dumps(errors[0]), errors[0]
+    # the hooks' server.log logs to gunicorn.error too, with its `extra`
+    hooked = [r for r in recs if r["message"] == "hook says hi"]
+    assert hooked and hooked[0]["from_hook"] is True and hooked[0]["name"] == "gunicorn.error", recs
     # nothing of it went to the default stderr handler
     assert "Booting worker" not in s.stderr()
 
@@ -259,3 +264,16 @@ def test_access_and_error_records_from_other_worker_kinds(server, tmp_path, kind
     access = [r for r in recs if r["name"] == "gunicorn.access" and "/?n=" in r["message"]]
     assert len(access) == 5, recs
     assert any(r["name"] == "gunicorn.error" and "Booting worker" in r["message"] for r in recs)
+
+
+def test_usr1_reopens_the_configured_log_files(server, tmp_path):
+    out = str(tmp_path / "log.jsonl")
+    s = server(["-w", "1", "wsgiapp:app"], config_text=json_config(out))
+    requests.get(s.url + "/pid?n=1", timeout=10)
+    wait_records(out, lambda r: "/pid?n=1" in r["message"])
+    os.rename(out, out + ".1")
+    s.signal(signal.SIGUSR1)
+    # the worker reopens on its next turn: retry until a line lands in the new file
+    wait_until(lambda: requests.get(s.url + "/pid?n=2", timeout=10) and json_records(out),
+               lambda recs: any("/pid?n=2" in r["message"] for r in recs), 10)
+    assert any("/pid?n=1" in r["message"] for r in json_records(out + ".1"))
