@@ -22,6 +22,15 @@
 //! Reopening swaps the file underneath the same descriptor number with
 //! `dup2`, which is atomic with respect to concurrent writers.
 //!
+//! # Python logging
+//!
+//! With a logging configuration (`logconfig`, `logconfig_dict`,
+//! `logconfig_json`), the python module registers a [`PySink`] and every
+//! line is handed to Python's `gunicorn.error` logger instead of being
+//! written here ([`set_python`]); the access log's records take the same
+//! way from the worker (`AccessLog::python`). Off, that costs one relaxed
+//! atomic load per error-log line and nothing per access line.
+//!
 //! Assumption: [`init`] is called while the process has a single thread
 //! (the master at startup or on a configuration reload); [`reopen`] and
 //! [`write`] may be called from any thread of any process.

@@ -47,6 +47,9 @@ pub fn apply(py: Python<'_>, s: &Settings) -> Result<(), String> {
     let boot = super::boot(py).map_err(|e| super::format_err(py, &e))?;
     if !s.active() {
         crate::log::set_python(None);
+        // gunicorn's setup sets the level of gunicorn.error from loglevel,
+        // at start and on HUP (unknown names mean info).
+        crate::log::set_level(Level::parse(&s.loglevel).unwrap_or(Level::Info));
         boot.call_method0("stop_logging")
             .map_err(|e| super::format_err(py, &e))?;
         return Ok(());
