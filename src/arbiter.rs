@@ -51,6 +51,26 @@ struct WorkerProc {
 }
 
 /// Everything the master needs from `main`.
+/// The settings of the Python logging configuration (boot.py's
+/// `setup_logging`) in `cfg`.
+pub fn python_logging(py: Python<'_>, cfg: &Config) -> crate::python::pylog::Settings {
+    // gunicorn tests `if cfg.logconfig_dict:`: an empty dict is no
+    // configuration.
+    let dict = match cfg.get("logconfig_dict").to_py(py) {
+        Ok(d) if d.is_truthy().unwrap_or(false) => Some(d.unbind()),
+        _ => None,
+    };
+    crate::python::pylog::Settings {
+        loglevel: cfg.loglevel(),
+        errorlog: cfg.errorlog(),
+        accesslog: cfg.accesslog(),
+        access_format: cfg.access_log_format(),
+        logconfig: cfg.str("logconfig").map(str::to_owned),
+        logconfig_dict: dict,
+        logconfig_json: cfg.str("logconfig_json").map(str::to_owned),
+    }
+}
+
 pub struct Start {
     pub cfg: Config,
     pub argv: Vec<OsString>,
@@ -323,6 +343,9 @@ impl Arbiter {
             });
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 drop(self.signals.take());
+                // The exporter's threads never take the GIL (this thread
+                // keeps it): its log lines are written by Rust.
+                crate::log::set_python(None);
                 let code = crate::exporter::child::run(cfg, master_pid, source);
                 std::process::exit(code);
             }
@@ -542,6 +565,29 @@ impl Arbiter {
         None
     }
 
+    /// gunicorn 26.1's reload of the logger configuration: the new
+    /// `logconfig*` and `loglevel` settings apply (the new workers inherit
+    /// them); one that fails is reported on stderr and the previous
+    /// configuration is applied again, so the master keeps running.
+    fn reload_python_logging(&self, old: &Config) {
+        Python::attach(|py| {
+            let Err(e) = crate::python::pylog::apply(py, &python_logging(py, &self.cfg)) else {
+                return;
+            };
+            eprintln!(
+                "\nError: reloading the logger configuration failed, keeping the previous one\n{e}"
+            );
+            match crate::python::pylog::apply(py, &python_logging(py, old)) {
+                Ok(()) => crate::log_error!(
+                    "reloading the logger configuration failed, keeping the previous one"
+                ),
+                Err(e) => {
+                    eprintln!("Error: restoring the previous logger configuration failed\n{e}")
+                }
+            }
+        });
+    }
+
     fn change_workers(&mut self, n: usize) -> Result<(), Halt> {
         let old = self.num_workers;
         self.num_workers = n;
@@ -577,7 +623,7 @@ impl Arbiter {
         };
         let old_binds = self.cfg.bind();
         let old_workers = self.num_workers;
-        self.cfg = cfg;
+        let old_cfg = std::mem::replace(&mut self.cfg, cfg);
         if self.cfg.bool("spew") {
             Python::attach(crate::python::spew);
         }
@@ -616,6 +662,7 @@ impl Arbiter {
         ) {
             crate::log_error!("reload: {e}");
         }
+        self.reload_python_logging(&old_cfg);
         if old_binds != self.cfg.bind() && !self.systemd {
             match crate::sock::create_listeners(&self.cfg.bind(), &self.bind_options()) {
                 Ok(new) => {

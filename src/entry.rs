@@ -181,6 +181,12 @@ fn serve(argv: Vec<OsString>, mut ctx: StartCtx) -> i32 {
         eprintln!("Error: {e}");
         return 1;
     }
+    if let Err(e) =
+        Python::attach(|py| python::pylog::apply(py, &arbiter::python_logging(py, &cfg)))
+    {
+        eprintln!("\nError: {e}\n");
+        return 1;
+    }
     for w in cfg.warnings() {
         log_warning!("{w}");
     }

@@ -345,6 +345,7 @@ impl Config {
         }
         cfg.apply_cli(args.values, Origin::CommandLine, "")?;
         cfg.apply_paste(&env.cwd)?;
+        cfg.check_logger_class()?;
         Ok(Loaded::Run(cfg))
     }
 
@@ -362,6 +363,13 @@ impl Config {
                 "{} not found",
                 value::py_repr_str(&file)
             )));
+        }
+        // gunicorn's WSGIApplication.init: a file with a [loggers] section
+        // is the logconfig too, unless the configuration sets one.
+        let l = idx("logconfig");
+        if !self.origins[l].explicit() && has_loggers_section(Path::new(&file)) {
+            self.values[l] = Value::Str(file.clone());
+            self.origins[l] = Origin::App;
         }
         let i = idx("default_proc_name");
         self.values[i] = Value::Str(file);
@@ -644,24 +652,33 @@ impl Config {
                     s.clone()
                 }
             }
-            Value::Callable(o) | Value::Object(o) => Python::attach(|py| {
-                let o = o.bind(py);
-                let module = o
-                    .getattr("__module__")
-                    .and_then(|m| m.extract::<String>())
-                    .unwrap_or_default();
-                let name = o
-                    .getattr("__qualname__")
-                    .and_then(|m| m.extract::<String>())
-                    .unwrap_or_default();
-                if module.is_empty() {
-                    name
-                } else {
-                    format!("{module}.{name}")
-                }
-            }),
+            Value::Callable(o) | Value::Object(o) => class_path(o),
             _ => "sync".to_owned(),
         }
+    }
+
+    /// `logger_class` must be gunicorn's own Logger (by path, gunicorn's
+    /// short name `simple`, or the class object): ferrocorn's records go
+    /// through Python's logging under gunicorn's loggers, configured by
+    /// the logconfig settings, but it does not call a Logger class of the
+    /// user's, so one is refused rather than ignored.
+    fn check_logger_class(&self) -> Result<(), ConfigError> {
+        let name = match self.get("logger_class") {
+            Value::Str(s) => s.clone(),
+            Value::Callable(o) | Value::Object(o) => class_path(o),
+            _ => return Ok(()),
+        };
+        const GUNICORNS: [&str; 3] = ["gunicorn.glogging.Logger", "simple", "egg:gunicorn#simple"];
+        if GUNICORNS.contains(&name.as_str()) {
+            return Ok(());
+        }
+        Err(ConfigError(format!(
+            "logger_class {} is not supported by ferrocorn: only gunicorn.glogging.Logger \
+             is. ferrocorn's error and access records go through Python's logging (loggers \
+             gunicorn.error and gunicorn.access) when logconfig, logconfig_dict or \
+             logconfig_json is set: configure the handlers and formatters there.",
+            value::py_repr_str(&name)
+        )))
     }
 
     pub fn worker_connections(&self) -> usize {
@@ -955,6 +972,37 @@ fn print_version(py: Python<'_>) {
 fn clap_exit(e: &clap::Error) -> Loaded {
     let _ = e.print();
     Loaded::Exit(e.exit_code())
+}
+
+/// `module.qualname` of a class object given as a setting.
+fn class_path(o: &Py<PyAny>) -> String {
+    Python::attach(|py| {
+        let o = o.bind(py);
+        let module = o
+            .getattr("__module__")
+            .and_then(|m| m.extract::<String>())
+            .unwrap_or_default();
+        let name = o
+            .getattr("__qualname__")
+            .and_then(|m| m.extract::<String>())
+            .unwrap_or_default();
+        if module.is_empty() {
+            name
+        } else {
+            format!("{module}.{name}")
+        }
+    })
+}
+
+/// gunicorn's `has_logging_config`: the ini file has a `[loggers]`
+/// section (configparser's section header, surrounding blanks allowed).
+/// An unreadable file has none, as configparser's `read` skips it.
+fn has_loggers_section(file: &Path) -> bool {
+    std::fs::read(file).is_ok_and(|b| {
+        String::from_utf8_lossy(&b)
+            .lines()
+            .any(|l| l.trim() == "[loggers]")
+    })
 }
 
 /// The settings table of `docs/compatibility.md`, generated from

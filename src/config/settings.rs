@@ -750,8 +750,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str("gunicorn.glogging.Logger"),
         env: None,
         help: "The logger you want to use to log events in ferrocorn.",
-        support: Support::NotYet,
-        note: "Python logging configuration",
+        support: Support::Supported,
+        note: "gunicorn.glogging.Logger (the default, also `simple`) only: another class is refused at start with a message; configure Python logging with the logconfig settings instead",
     },
     Setting {
         name: "logconfig",
@@ -762,8 +762,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::None,
         env: None,
         help: "The log config file to use.",
-        support: Support::NotYet,
-        note: "Python logging configuration",
+        support: Support::Supported,
+        note: "Python's logging.config.fileConfig with gunicorn's defaults; the error and access records go to the loggers gunicorn.error and gunicorn.access with gunicorn's record fields (access: msg = access_log_format, args = the atoms); reapplied on HUP",
     },
     Setting {
         name: "logconfig_dict",
@@ -774,8 +774,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Dict(&[]),
         env: None,
         help: "The log config dictionary to use, using the standard Python logging module's dictionary configuration format.",
-        support: Support::NotYet,
-        note: "Python logging configuration",
+        support: Support::Supported,
+        note: "dictConfig of gunicorn's CONFIG_DEFAULTS updated with it, as gunicorn; the records go through Python's logging as with logconfig; reapplied on HUP",
     },
     Setting {
         name: "logconfig_json",
@@ -786,8 +786,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::None,
         env: None,
         help: "The log config to read config from a JSON file",
-        support: Support::NotYet,
-        note: "Python logging configuration",
+        support: Support::Supported,
+        note: "as logconfig_dict, read from the JSON file (a missing file configures nothing, as gunicorn); reapplied on HUP",
     },
     Setting {
         name: "syslog_addr",
@@ -943,7 +943,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Load a PasteDeploy config file.",
         support: Support::Supported,
-        note: "the file's [loggers] section is not applied (logconfig is not yet)",
+        note: "a file with a [loggers] section is also the logconfig (fileConfig), as gunicorn, unless the configuration sets logconfig",
     },
     Setting {
         name: "on_starting",

@@ -158,6 +158,10 @@ fn support_states() {
         ("post_request", Supported),
         ("ssl_context", NotYet),
         ("certfile", NotYet),
+        ("logconfig", Supported),
+        ("logconfig_dict", Supported),
+        ("logconfig_json", Supported),
+        ("logger_class", Supported),
     ] {
         assert_eq!(settings::find(name).unwrap().support, want, "{name}");
     }
@@ -848,4 +852,44 @@ fn paste_names_the_app_and_reads_its_globals_as_gunicorn() {
     assert!(e.contains("'novalue' is not in KEY=VALUE form"), "{e}");
     let e = load_err(&["--paste", "nope.ini"], env_in(&dir));
     assert!(e.contains("nope.ini' not found"), "{e}");
+}
+
+#[test]
+fn paste_ini_with_loggers_is_the_logconfig_unless_one_is_set() {
+    let dir = tmpdir();
+    std::fs::write(dir.join("plain.ini"), "[app:main]\n").unwrap();
+    std::fs::write(
+        dir.join("logs.ini"),
+        "[app:main]\n\n  [loggers]  \nkeys=root\n",
+    )
+    .unwrap();
+    let c = load(&["--paste", "plain.ini"], env_in(&dir));
+    assert_eq!(c.str("logconfig"), None);
+    let c = load(&["--paste", "logs.ini"], env_in(&dir));
+    let file = dir.join("logs.ini").to_string_lossy().into_owned();
+    assert_eq!(c.str("logconfig"), Some(file.as_str()));
+    // an explicit logconfig wins, as gunicorn's config file and CLI do
+    let c = load(
+        &["--paste", "logs.ini", "--log-config", "mine.ini"],
+        env_in(&dir),
+    );
+    assert_eq!(c.str("logconfig"), Some("mine.ini"));
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+#[test]
+fn logger_class_is_gunicorns_or_refused() {
+    let dir = tmpdir();
+    for ok in ["gunicorn.glogging.Logger", "simple", "egg:gunicorn#simple"] {
+        load(&["--logger-class", ok, "app:app"], env_in(&dir));
+    }
+    let e = load_err(
+        &["--logger-class", "my.JsonLogger", "app:app"],
+        env_in(&dir),
+    );
+    assert!(
+        e.starts_with("logger_class 'my.JsonLogger' is not supported by ferrocorn"),
+        "{e}"
+    );
+    assert!(e.contains("logconfig_dict"), "{e}");
 }

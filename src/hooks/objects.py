@@ -281,8 +281,15 @@ class Logger:
         self.error_log = logging.getLogger("gunicorn.error")
         self.access_log = logging.getLogger("gunicorn.access")
 
-    def _emit(self, lvl, msg, args, exc_info=None, **_kwargs):
+    def _emit(self, lvl, msg, args, exc_info=None, **kwargs):
         if not _enabled(lvl):
+            return
+        boot = sys.modules.get("_ferrocorn_boot")
+        if boot is not None and boot.LOGGING_ACTIVE:
+            # A logging configuration is in force: the record goes to
+            # gunicorn.error as gunicorn's Logger sends it (msg, args,
+            # exc_info and extra kept for the user's formatters).
+            self.error_log.log(lvl, msg, *args, exc_info=exc_info, **kwargs)
             return
         try:
             if args:

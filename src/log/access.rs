@@ -69,6 +69,62 @@ pub struct AccessRecord<'a> {
     pub environ: Option<EnvironFn<'a>>,
 }
 
+/// An atom's value as gunicorn's `Logger.atoms` has it: a string (already
+/// `SafeAtoms`-escaped) or an int (`B` may be None).
+pub enum AtomValue {
+    Str(String),
+    Int(Option<u64>),
+}
+
+/// The atoms gunicorn's `Logger.atoms` always has, in its order.
+const ATOM_KEYS: [&str; 19] = [
+    "h", "l", "u", "t", "r", "s", "m", "U", "q", "H", "b", "B", "f", "a", "T", "D", "M", "L", "p",
+];
+
+impl AccessRecord<'_> {
+    /// Every atom gunicorn's `Logger.atoms` makes of this request, but the
+    /// `{key}e` ones (the caller has the environ): the fixed ones, then
+    /// `{name}i` per request header and `{name}o` per response header
+    /// (names lowercased; a repeated name: the last wins, as in the dict
+    /// gunicorn builds). For the access records of a Python logging
+    /// configuration, whose `args` they are.
+    pub fn atoms(&self, mut f: impl FnMut(&str, AtomValue)) {
+        let mut b = Vec::with_capacity(64);
+        let text = |b: &mut Vec<u8>| {
+            let s = String::from_utf8_lossy(b).into_owned();
+            b.clear();
+            s
+        };
+        for key in ATOM_KEYS {
+            let atom = Atom::from_key(key);
+            if atom.is_int() {
+                f(key, AtomValue::Int(int_atom(&atom, self)));
+            } else {
+                push_str_atom(&mut b, &atom, self);
+                f(key, AtomValue::Str(text(&mut b)));
+            }
+        }
+        let mut key = String::new();
+        for (name, value) in self.request_headers {
+            key.clear();
+            key.push('{');
+            push_latin1(&mut b, name);
+            key.push_str(&text(&mut b).to_lowercase());
+            key.push_str("}i");
+            push_latin1(&mut b, value);
+            f(&key, AtomValue::Str(text(&mut b)));
+        }
+        for (name, value) in self.response_headers {
+            key.clear();
+            key.push('{');
+            key.push_str(&name.to_lowercase());
+            key.push_str("}o");
+            push_escaped(&mut b, value.as_bytes());
+            f(&key, AtomValue::Str(text(&mut b)));
+        }
+    }
+}
+
 /// One atom of the format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Atom {
@@ -167,6 +223,9 @@ pub struct AccessLog {
     /// Python would fail every line with this (bad format string).
     error: Option<String>,
     needs_environ: bool,
+    /// The records go to Python's logging (a logging configuration is in
+    /// force): the caller hands them there instead of calling `log`.
+    python: bool,
     /// -1: no file (the lines go to syslog only).
     fd: AtomicI32,
     /// `None` = stdout, or no file.
@@ -203,16 +262,32 @@ impl AccessLog {
             segs,
             error,
             needs_environ,
+            python: false,
             fd: AtomicI32::new(fd),
             path,
             reported: AtomicBool::new(false),
         })
     }
 
+    /// The access log of a Python logging configuration: no file, no
+    /// syslog of its own; every record goes to `gunicorn.access` (gunicorn
+    /// logs access records whenever such a configuration is set).
+    pub fn python(format: &str) -> Result<AccessLog, String> {
+        let mut a = AccessLog::new(None, format)?;
+        a.python = true;
+        Ok(a)
+    }
+
+    /// Whether the records go to Python's logging ([`AccessLog::python`]).
+    pub fn to_python(&self) -> bool {
+        self.python
+    }
+
     /// Whether the format uses any `{..}e` atom (so the caller must supply
-    /// [`AccessRecord::environ`]).
+    /// [`AccessRecord::environ`]); always, for Python's logging, whose
+    /// records carry every environ atom as gunicorn's do.
     pub fn needs_environ(&self) -> bool {
-        self.needs_environ
+        self.needs_environ || self.python
     }
 
     /// Formats and writes one line (one `write(2)`).  Never panics; a
@@ -715,6 +790,61 @@ mod tests {
         let mut v = Vec::new();
         time::push_clf_stamp(&mut v, time::unix_secs(r.request_start + r.request_time));
         String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn atoms_as_gunicorns_logger_makes_them() {
+        let r = rec(REQ, None);
+        let mut got = Vec::new();
+        r.atoms(|k, v| {
+            got.push((
+                k.to_owned(),
+                match v {
+                    AtomValue::Str(s) => s,
+                    AtomValue::Int(Some(n)) => format!("int {n}"),
+                    AtomValue::Int(None) => "None".to_owned(),
+                },
+            ))
+        });
+        let get = |k: &str| {
+            got.iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        // the 19 fixed atoms first, in gunicorn's order
+        let keys: Vec<&str> = got.iter().take(19).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ATOM_KEYS);
+        assert_eq!(get("h"), Some("10.0.0.1"));
+        assert_eq!(get("u"), Some("aladdin"));
+        assert_eq!(get("r"), Some("GET /p%20a/th?x=1&y=\\\"q\\\" HTTP/1.1"));
+        assert_eq!(get("s"), Some("200"));
+        assert_eq!(get("q"), Some("x=1&y=\\\"q\\\""));
+        assert_eq!(get("b"), Some("1234"));
+        assert_eq!(get("B"), Some("int 1234"));
+        assert_eq!(get("T"), Some("int 2"));
+        assert_eq!(get("D"), Some("int 2345678"));
+        assert_eq!(get("M"), Some("int 2345"));
+        assert_eq!(get("L"), Some("2.345678"));
+        assert_eq!(get("p"), Some("<4242>"));
+        assert_eq!(get("t"), Some(stamp(&r).as_str()));
+        // headers: lowercased names, latin-1 values, escaped, last one wins
+        assert_eq!(get("{user-agent}i"), Some("curl/8.0 \\\"x\\\""));
+        assert_eq!(get("{referer}i"), Some("http://r/\u{e9}"));
+        assert_eq!(get("{x-forwarded-for}i"), Some("2.2.2.2"));
+        assert_eq!(get("{x-req-id}o"), Some("second"));
+        assert_eq!(get("{content-type}o"), Some("text/plain"));
+        let r = AccessRecord {
+            response_length: None,
+            ..rec(REQ, None)
+        };
+        let mut b = None;
+        r.atoms(|k, v| {
+            if k == "B" {
+                b = Some(matches!(v, AtomValue::Int(None)));
+            }
+        });
+        assert_eq!(b, Some(true));
     }
 
     #[test]

@@ -22,6 +22,15 @@
 //! Reopening swaps the file underneath the same descriptor number with
 //! `dup2`, which is atomic with respect to concurrent writers.
 //!
+//! # Python logging
+//!
+//! With a logging configuration (`logconfig`, `logconfig_dict`,
+//! `logconfig_json`), the python module registers a [`PySink`] and every
+//! line is handed to Python's `gunicorn.error` logger instead of being
+//! written here ([`set_python`]); the access log's records take the same
+//! way from the worker (`AccessLog::python`). Off, that costs one relaxed
+//! atomic load per error-log line and nothing per access line.
+//!
 //! Assumption: [`init`] is called while the process has a single thread
 //! (the master at startup or on a configuration reload); [`reopen`] and
 //! [`write`] may be called from any thread of any process.
@@ -35,8 +44,8 @@ mod time;
 use std::fmt;
 use std::io::Write as _;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 const STDERR: RawFd = 2;
 const STDOUT: RawFd = 1;
@@ -61,6 +70,18 @@ impl Level {
             Level::Warning => "WARNING",
             Level::Error => "ERROR",
             Level::Critical => "CRITICAL",
+        }
+    }
+
+    /// The level whose records a Python logger with effective level
+    /// `n` lets through first (`n` = 15 lets INFO through, not DEBUG).
+    pub fn from_python(n: i64) -> Level {
+        match n {
+            ..=10 => Level::Debug,
+            11..=20 => Level::Info,
+            21..=30 => Level::Warning,
+            31..=40 => Level::Error,
+            _ => Level::Critical,
         }
     }
 
@@ -100,6 +121,57 @@ static FD: AtomicI32 = AtomicI32::new(STDERR);
 /// forked child can always log.  (It could only be held across a fork by
 /// another thread of the forking process; the master has just one.)
 static TARGET: Mutex<Option<Target>> = Mutex::new(None);
+
+/// Where records go while a Python logging configuration is in force
+/// (`logconfig`, `logconfig_dict`, `logconfig_json`): functions of the
+/// python module, which this one cannot name (it uses nothing).
+#[derive(Clone, Copy)]
+pub struct PySink {
+    /// One error-log record to the `gunicorn.error` logger.
+    pub error: fn(Level, &str),
+    /// USR1: Python's file handlers reopen their files.
+    pub reopen: fn() -> Result<(), String>,
+}
+
+/// Set once, the first time Python logging is turned on.
+static PY_SINK: OnceLock<PySink> = OnceLock::new();
+/// Whether records go to [`PY_SINK`]: one relaxed load per error-log line
+/// (never per access line) when off.
+static PY_ON: AtomicBool = AtomicBool::new(false);
+
+/// Turns forwarding to Python's logging on (`Some`) or off (`None`). The
+/// master calls it at start and on HUP, single-threaded; workers inherit
+/// the state through fork; the exporter turns it off (it never runs
+/// Python).
+pub fn set_python(sink: Option<PySink>) {
+    match sink {
+        Some(s) => {
+            let _ = PY_SINK.set(s);
+            PY_ON.store(true, Ordering::Release);
+        }
+        None => PY_ON.store(false, Ordering::Release),
+    }
+}
+
+/// Whether records go through Python's logging (the access log asks once
+/// per worker, when it is made).
+pub fn python_on() -> bool {
+    PY_ON.load(Ordering::Acquire)
+}
+
+fn py_sink() -> Option<&'static PySink> {
+    if PY_ON.load(Ordering::Relaxed) {
+        PY_SINK.get()
+    } else {
+        None
+    }
+}
+
+/// Sets the level below which records are dropped (`--log-level` on HUP,
+/// or the effective level of Python's `gunicorn.error` logger).
+pub fn set_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
 
 fn target() -> Option<Target> {
     TARGET.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -188,6 +260,11 @@ fn capture(fd: RawFd) {
 /// created at the configured path.  No-op when logging to stderr.  On
 /// failure the old file stays in use and the message names the path.
 pub fn reopen() -> Result<(), String> {
+    let py = py_sink().map_or(Ok(()), |s| (s.reopen)());
+    reopen_file().and(py)
+}
+
+fn reopen_file() -> Result<(), String> {
     let Some(t) = target() else { return Ok(()) };
     let Some(path) = &t.path else { return Ok(()) };
     let fd = sys::open_append(path).map_err(|e| not_writable(path, &e))?;
@@ -312,6 +389,14 @@ pub fn exception(msg: &str, traceback: &str) {
 /// Builds `[stamp] [pid] [LEVEL] <body>\n` and writes it with one write(2).
 fn emit(level: Level, body: impl FnOnce(&mut Vec<u8>)) {
     let mut b = Vec::with_capacity(128);
+    if let Some(sink) = py_sink() {
+        // Python's formatter makes the line; syslog is ferrocorn's own
+        // handler and keeps getting the record.
+        body(&mut b);
+        syslog::error(level, &b);
+        (sink.error)(level, &String::from_utf8_lossy(&b));
+        return;
+    }
     let now = time::unix_secs(std::time::SystemTime::now());
     time::push_err_stamp(&mut b, now);
     b.extend_from_slice(b" [");
@@ -448,6 +533,13 @@ mod tests {
         assert_eq!(Level::parse("warn"), None);
         assert_eq!(Level::Error.to_string(), "ERROR");
         assert!(Level::Debug < Level::Info && Level::Error < Level::Critical);
+        // Python effective levels: the first level whose records pass
+        assert_eq!(Level::from_python(0), Level::Debug);
+        assert_eq!(Level::from_python(10), Level::Debug);
+        assert_eq!(Level::from_python(15), Level::Info);
+        assert_eq!(Level::from_python(30), Level::Warning);
+        assert_eq!(Level::from_python(40), Level::Error);
+        assert_eq!(Level::from_python(99), Level::Critical);
     }
 
     #[test]

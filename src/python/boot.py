@@ -151,3 +151,205 @@ def load_paste(uri, global_conf):
     if ":" not in uri:
         uri = "config:" + uri
     return loadapp(uri, relative_to=os.getcwd(), global_conf=global_conf or None)
+
+
+# -- Python logging configuration (logconfig, logconfig_dict, logconfig_json) --
+#
+# With one of those settings the error and access records go through Python's
+# logging, under the loggers gunicorn uses, configured as gunicorn 27's
+# glogging.Logger.setup configures them; the master runs setup_logging at
+# start and on HUP, the workers inherit the result through fork. Without them
+# none of this runs: Rust writes the logs itself.
+
+LOGGING_ACTIVE = False
+
+# gunicorn.glogging.CONFIG_DEFAULTS, which the user's configuration is merged
+# into (a shallow update, as gunicorn does).
+CONFIG_DEFAULTS = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "INFO", "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {
+            "level": "INFO",
+            "handlers": ["error_console"],
+            "propagate": True,
+            "qualname": "gunicorn.error"
+        },
+        "gunicorn.access": {
+            "level": "INFO",
+            "handlers": ["console"],
+            "propagate": True,
+            "qualname": "gunicorn.access"
+        }
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "generic",
+            "stream": "ext://sys.stdout"
+        },
+        "error_console": {
+            "class": "logging.StreamHandler",
+            "formatter": "generic",
+            "stream": "ext://sys.stderr"
+        },
+    },
+    "formatters": {
+        "generic": {
+            "format": "%(asctime)s [%(process)d] [%(levelname)s] %(message)s",
+            "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
+            "class": "logging.Formatter"
+        }
+    }
+}
+
+_LOG_LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10}
+_ERROR_FMT = r"%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
+_DATEFMT = r"[%Y-%m-%d %H:%M:%S %z]"
+_ACCESS_FORMAT = ""
+_loggers = None
+
+
+class SafeAtoms(dict):
+    """gunicorn.glogging.SafeAtoms: the `args` of an access record. The
+    values arrive already escaped (`"` as `\\"`) from ferrocorn, so the
+    constructor only copies; lookups are gunicorn's."""
+
+    def __getitem__(self, k):
+        if k.startswith("{"):
+            kl = k.lower()
+            if kl in self:
+                return super().__getitem__(kl)
+            return "-"
+        if k in self:
+            return super().__getitem__(k)
+        return "-"
+
+
+def _set_handler(log, output, fmt, stream=None):
+    """glogging.Logger._set_handler: the errorlog / accesslog handler,
+    marked as gunicorn's own so that the next setup replaces it."""
+    import logging
+    for h in list(log.handlers):
+        if getattr(h, "_gunicorn", False):
+            log.removeHandler(h)
+    if output is None:
+        return
+    if output == "-":
+        h = logging.StreamHandler(stream)
+    else:
+        h = logging.FileHandler(output)
+    h.setFormatter(fmt)
+    h._gunicorn = True
+    log.addHandler(h)
+
+
+def _config_error(exc):
+    """gunicorn's message (str of dictConfig's error), with the cause
+    dictConfig chains to it ("Unable to configure formatter 'json'" says
+    which, not why)."""
+    msg = str(exc)
+    cause = exc.__cause__
+    if cause is not None:
+        msg = "%s: %s: %s" % (msg, type(cause).__name__, cause)
+    return msg
+
+
+def setup_logging(loglevel, errorlog, accesslog, access_format, logconfig,
+                  logconfig_dict, logconfig_json):
+    """gunicorn 27's Logger.__init__ + setup (capture_output and syslog are
+    ferrocorn's Rust side). Returns the effective level of gunicorn.error,
+    which the Rust side uses to skip records that would be dropped; raises
+    RuntimeError with gunicorn's message when the configuration is bad."""
+    import json
+    import logging
+    import logging.config
+    global LOGGING_ACTIVE, _ACCESS_FORMAT, _loggers
+
+    if _loggers is None:
+        error_log = logging.getLogger("gunicorn.error")
+        error_log.propagate = False
+        access_log = logging.getLogger("gunicorn.access")
+        access_log.propagate = False
+        _loggers = (error_log, access_log)
+    error_log, access_log = _loggers
+    error_log.setLevel(_LOG_LEVELS.get(loglevel.lower(), logging.INFO))
+    access_log.setLevel(logging.INFO)
+    _set_handler(error_log, errorlog, logging.Formatter(_ERROR_FMT, _DATEFMT))
+    _set_handler(access_log, accesslog, logging.Formatter("%(message)s"), stream=sys.stdout)
+
+    if logconfig_dict:
+        config = CONFIG_DEFAULTS.copy()
+        config.update(logconfig_dict)
+        try:
+            logging.config.dictConfig(config)
+        except (AttributeError, ImportError, ValueError, TypeError) as exc:
+            raise RuntimeError(_config_error(exc)) from exc
+    elif logconfig_json:
+        config = CONFIG_DEFAULTS.copy()
+        if os.path.exists(logconfig_json):
+            try:
+                with open(logconfig_json) as f:
+                    config.update(json.load(f))
+                logging.config.dictConfig(config)
+            except (json.JSONDecodeError, AttributeError, ImportError, ValueError,
+                    TypeError) as exc:
+                raise RuntimeError(_config_error(exc)) from exc
+    elif logconfig:
+        if os.path.exists(logconfig):
+            defaults = CONFIG_DEFAULTS.copy()
+            defaults["__file__"] = logconfig
+            defaults["here"] = os.path.dirname(logconfig)
+            try:
+                logging.config.fileConfig(logconfig, defaults=defaults,
+                                          disable_existing_loggers=False)
+            except Exception as exc:
+                # gunicorn lets this escape as a traceback; one line naming
+                # the file and the reason says the same.
+                raise RuntimeError("log config %r: %s: %s" % (
+                    logconfig, type(exc).__name__, exc)) from exc
+        else:
+            raise RuntimeError("Error: log config '%s' not found" % logconfig)
+    _ACCESS_FORMAT = access_format
+    LOGGING_ACTIVE = True
+    return error_log.getEffectiveLevel()
+
+
+def stop_logging():
+    """The configuration no longer sets logconfig*: Rust logs again."""
+    global LOGGING_ACTIVE
+    LOGGING_ACTIVE = False
+
+
+def log_error(levelno, msg):
+    """One error-log record from ferrocorn."""
+    _loggers[0].log(levelno, msg)
+
+
+def log_access(atoms, environ):
+    """One access record, as glogging.Logger.access logs it: the message is
+    access_log_format, `args` the SafeAtoms (with `{key}e` environ atoms when
+    the worker has the environ)."""
+    if environ is not None:
+        for k, v in environ.items():
+            atoms["{%s}e" % k.lower()] = v.replace('"', '\\"') if isinstance(v, str) else v
+    try:
+        _loggers[1].info(_ACCESS_FORMAT, SafeAtoms(atoms))
+    except Exception:
+        _loggers[0].error(traceback.format_exc())
+
+
+def reopen_logging():
+    """glogging.Logger.reopen_files (USR1): every FileHandler reopens."""
+    import logging
+    for name in list(logging.root.manager.loggerDict):
+        for handler in getattr(logging.getLogger(name), "handlers", []):
+            if isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    if handler.stream:
+                        handler.close()
+                        handler.stream = handler._open()
+                finally:
+                    handler.release()

@@ -250,7 +250,10 @@ fn serve(
         },
     };
     // With --log-syslog, access lines go to syslog even without a file.
+    // A Python logging configuration takes every access record (the master
+    // set it up; this worker inherited it).
     let access = match cfg.accesslog() {
+        _ if crate::log::python_on() => Some(AccessLog::python(&cfg.access_log_format())?),
         Some(target) => Some(AccessLog::new(Some(&target), &cfg.access_log_format())?),
         None if crate::log::syslog::access_enabled() => {
             Some(AccessLog::new(None, &cfg.access_log_format())?)

@@ -61,7 +61,7 @@ impl RequestLog {
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
             .collect();
         let resp_headers = out.head.headers();
-        access.log(&AccessRecord {
+        let rec = AccessRecord {
             remote_addr: peer,
             method: &self.method,
             raw_uri: &self.uri,
@@ -76,6 +76,14 @@ impl RequestLog {
             request_time: took,
             pid: std::process::id(),
             environ: environ.map(|_| &lookup as &dyn Fn(&str) -> Option<String>),
-        });
+        };
+        if access.to_python() {
+            match environ {
+                Some(env) => crate::python::pylog::access(env.py(), &rec, Some(env)),
+                None => Python::attach(|py| crate::python::pylog::access(py, &rec, None)),
+            }
+        } else {
+            access.log(&rec);
+        }
     }
 }
