@@ -3,9 +3,9 @@
 # 3.9-3.13 (maturin, profile wheel-test), installs each into a fresh venv
 # with Flask and serves the Flask example through the installed `ferrocorn`
 # command (tests/test_packaging.py). scripts/test.sh runs the same tests as
-# part of the suite. Extra arguments go to pytest. Takes ~6 min on 2 cores
-# from a clean target/wheel-test (the five wheels ~3 min of it), ~4.5 min
-# when target/wheel-test is warm.
+# part of the suite (which itself runs against a release wheel). Extra
+# arguments go to pytest. Takes ~4 min on 2 cores (the five wheels ~1.5-3
+# min of it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

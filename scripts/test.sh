@@ -29,7 +29,35 @@ else
     cargo test --release
 fi
 
-step "pytest tests"
-export VIRTUAL_ENV="$ROOT/.venv"
-export PATH="$VIRTUAL_ENV/bin:$PATH"
-"$ROOT/.venv/bin/python" -m pytest tests -q -p no:cacheprovider --timeout 60 -rfEs "$@"
+# The integration suite runs against what users install: a release wheel
+# of this checkout for the venv's Python, pip-installed with the tests'
+# requirements into .venv-wheel (its own target dir, so the binary's build
+# is not redone). The standalone binary then runs the start-up, signal,
+# lifecycle and configuration tests (where the two entry points differ).
+WHEEL_VENV="$ROOT/.venv-wheel"
+WHEEL_TARGET="$ROOT/target/wheel-suite"
+step "release wheel for $("$ROOT/.venv/bin/python" -V), installed in .venv-wheel"
+rm -f "$WHEEL_TARGET"/wheels/ferrocorn-*.whl
+"$ROOT/.venv/bin/maturin" build --release -i "$ROOT/.venv/bin/python" \
+    --target-dir "$WHEEL_TARGET" -o "$WHEEL_TARGET/wheels"
+if [ ! -x "$WHEEL_VENV/bin/python" ]; then
+    "$(readlink -f "$ROOT/.venv/bin/python")" -m venv "$WHEEL_VENV"
+fi
+"$WHEEL_VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
+"$WHEEL_VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps \
+    "$WHEEL_TARGET"/wheels/ferrocorn-*.whl
+
+step "pytest tests, against the wheel's ferrocorn command"
+(
+    export FERROCORN_BIN="$WHEEL_VENV/bin/ferrocorn" FERROCORN_TEST_VENV="$WHEEL_VENV"
+    export VIRTUAL_ENV="$WHEEL_VENV" PATH="$WHEEL_VENV/bin:$PATH"
+    "$WHEEL_VENV/bin/python" -m pytest tests -q -p no:cacheprovider --timeout 60 -rfEs "$@"
+)
+
+if [ "$#" -eq 0 ]; then
+    step "pytest: start-up, signals, lifecycle and config tests against target/release/ferrocorn"
+    export VIRTUAL_ENV="$ROOT/.venv"
+    export PATH="$VIRTUAL_ENV/bin:$PATH"
+    "$ROOT/.venv/bin/python" -m pytest tests -q -p no:cacheprovider --timeout 60 -rfEs \
+        --ignore tests/test_packaging.py -k "lifecycle or signals or process or config"
+fi

@@ -603,7 +603,9 @@ def test_rediss_to_a_tls_redis_server(server, redis):
     key = state_key("tls", "127.0.0.1:%d" % s.port)
     wait_for(lambda: r.cli("EXISTS", key) == "1", 10, msg=key + " over TLS\n" + s.log())
     rs = read_side(server, r, "tls", REDIS_URL=url, SSL_CERT_FILE=files["ca.pem"])
-    assert total(scrape(rs.metrics_port), "gunicorn_workers", instance="127.0.0.1:%d" % s.port) == 1
+    # (the first push may have gone out before the worker booted)
+    wait_for(lambda: total(scrape(rs.metrics_port), "gunicorn_workers", instance="127.0.0.1:%d" % s.port) == 1,
+             10, msg="the worker on the read side, over TLS")
     # Without the CA, the certificate is refused: logged once, serving goes on.
     untrusted = server(["-w", "1", "wsgiapp:app"], env=dict(env, SSL_CERT_FILE=os.path.join(d, "none.pem")))
     untrusted.wait_log("redis push: %s failed" % url, 10)
