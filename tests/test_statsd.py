@@ -5,6 +5,7 @@ ferrocorn's exporter process sends what changed every second, several lines
 per datagram. The tests sum what arrives, so they hold for both."""
 import os
 import re
+import signal
 import socket
 import tempfile
 import time
@@ -179,3 +180,48 @@ def test_bad_statsd_host_stops_the_start(run_cmd, addr, message):
     r = run_cmd(["--statsd-host", addr, "-b", "127.0.0.1:%d" % free_port(), "wsgiapp:app"])
     assert r.returncode != 0, r
     assert "statsd_host" in r.output and message in r.output, r
+
+
+@pytest.mark.skipif(IS_GUNICORN, reason="ferrocorn-only: gunicorn loses what it sends during an outage")
+def test_outage_logged_once_and_counts_kept(server):
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there yet
+    s = server(["-w", "1", "--statsd-host", "127.0.0.1:%d" % port, "wsgiapp:app"], ready="tcp")
+    for _ in range(5):
+        assert requests.get(s.url + "/pid", timeout=10).status_code == 200
+    s.wait_log("statsd: cannot send to 127.0.0.1:%d" % port)
+    time.sleep(3)  # three more flushes fail
+    assert s.log().count("statsd: cannot send") == 1, s.log()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", port))
+    try:
+        got = Received(udp).wait(lambda g: g.count("gunicorn.requests") >= 5)
+        for _ in range(5):
+            assert requests.get(s.url + "/pid", timeout=10).status_code == 200
+        got.wait(lambda g: g.count("gunicorn.requests") >= 10)
+        got.read(timeout=1.5)
+        assert got.count("gunicorn.requests") == 10
+        assert got.count("gunicorn.request.duration") == 10
+        assert "gunicorn.workers" in got.names()
+        s.wait_log("statsd: sending to 127.0.0.1:%d again" % port)
+    finally:
+        udp.close()
+
+
+def test_counts_exact_across_a_reload(server, udp):
+    port = udp.getsockname()[1]
+    s = server(["-w", "1", "--statsd-host", "127.0.0.1:%d" % port, "wsgiapp:app"], ready="tcp")
+    got = Received(udp)
+    for _ in range(10):
+        assert requests.get(s.url + "/pid", timeout=10).status_code == 200
+    got.wait(lambda g: g.count("gunicorn.requests") >= 10)
+    s.signal(signal.SIGHUP)  # ferrocorn: the exporter restarts too
+    time.sleep(2)
+    for _ in range(10):
+        assert requests.get(s.url + "/pid", timeout=10).status_code == 200
+    got.wait(lambda g: g.count("gunicorn.requests") >= 20)
+    got.read(timeout=1.5)
+    assert got.count("gunicorn.requests") == 20
+    assert got.count("gunicorn.request.status.200") == 20

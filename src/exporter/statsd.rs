@@ -51,6 +51,11 @@ const MAX_UNIX: usize = 8192;
 /// A send that takes longer (a full unix socket queue) counts as failed.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// While UDP sends fail, each flush first sends an empty datagram and waits
+/// this long for the ICMP refusal: a refused datagram is only reported by
+/// the send after it, so counts sent blind would be lost half the time.
+const PROBE_WAIT: Duration = Duration::from_millis(100);
+
 /// gunicorn's `sub(r"^(.+[^.]+)\.*$", "\g<1>.", prefix)`: trailing dots
 /// become one, and one is added, unless fewer than two characters are left
 /// without them (gunicorn leaves such a prefix as it is, so `a` makes
@@ -434,18 +439,17 @@ impl Sender {
             StatsdAddr::Unix(_) => MAX_UNIX,
             StatsdAddr::Udp { .. } => MAX_UDP,
         };
+        let probe = self.failing && matches!(self.cfg.addr, StatsdAddr::Udp { .. });
+        if probe {
+            if let Err(e) = self.send(b"").await {
+                return self.failed(&e);
+            }
+            tokio::time::sleep(PROBE_WAIT).await;
+        }
         for range in batches(&text, max) {
             let datagram = text[range.clone()].join("\n");
             if let Err(e) = self.send(datagram.as_bytes()).await {
-                if !self.failing {
-                    crate::log_error!(
-                        "statsd: cannot send to {}: {e}; the counts are kept and sent \
-                         once it answers",
-                        self.target()
-                    );
-                    self.failing = true;
-                }
-                return;
+                return self.failed(&e);
             }
             for (_, s) in &items[range] {
                 s.record(sent_shm);
@@ -453,6 +457,21 @@ impl Sender {
         }
         if std::mem::take(&mut self.failing) {
             crate::log_info!("statsd: sending to {} again", self.target());
+            // A gauge sent while the receiver was down was lost unnoticed
+            // (UDP): send it again next time.
+            sent_shm.workers.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A send failed: logged once per outage; the counts not sent wait for
+    /// the next flush.
+    fn failed(&mut self, e: &std::io::Error) {
+        if !self.failing {
+            crate::log_error!(
+                "statsd: cannot send to {}: {e}; the counts are kept and sent once it answers",
+                self.target()
+            );
+            self.failing = true;
         }
     }
 
@@ -464,9 +483,13 @@ impl Sender {
             return Ok(());
         };
         let r = sock.send(buf).await;
-        if r.is_err() {
+        if r.as_ref()
+            .is_err_and(|e| e.kind() != std::io::ErrorKind::ConnectionRefused)
+        {
             // Connect again next time: the address may resolve elsewhere
-            // by then, or the unix socket may have been created anew.
+            // by then, or the unix socket may have been created anew. (A
+            // refused UDP datagram keeps the socket: a new one would send
+            // its first datagram blind.)
             self.sock = None;
         }
         r
