@@ -109,9 +109,13 @@ def test_prefix_and_backlog_and_log_counters(server, udp):
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
         c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
         assert c.recv(100).startswith(b"HTTP/1.1 400")
-    got.wait(lambda g: g.count("myapp.gunicorn.requests") >= 1
+    # an exception escaping the app: gunicorn's log.exception
+    assert requests.get(s.url + "/error", timeout=10).status_code == 500
+    got.wait(lambda g: g.count("myapp.gunicorn.requests") >= 2
              and g.count("myapp.gunicorn.log.warning") >= 1
+             and g.count("myapp.gunicorn.log.exception") == 1
              and "myapp.gunicorn.backlog" in g.names())
+    assert got.count("myapp.gunicorn.request.status.500") == 1
     assert all(n.startswith("myapp.gunicorn.") for n in got.names()), got.names()
     backlog = [l for l in got.lines if l[0] == "myapp.gunicorn.backlog"]
     assert backlog[0][1:3] == ("0", "h"), backlog
