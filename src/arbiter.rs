@@ -105,6 +105,9 @@ pub struct Arbiter {
     restarts: BTreeMap<String, u64>,
     /// The metrics exporter's settings; `None` with --no-metrics.
     exporter_cfg: Option<EnvConfig>,
+    /// statsd_host and its settings: the exporter process sends them (and
+    /// runs for them alone with --no-metrics).
+    statsd: Option<crate::config::Statsd>,
     /// The metrics exporter child while it runs, and when it was forked.
     exporter: Option<(Pid, Instant)>,
     /// Do not fork the exporter again before this (it died right away).
@@ -154,6 +157,9 @@ impl Arbiter {
     pub fn new(start: Start) -> Result<Arbiter, String> {
         let poll = Poll::new().map_err(|e| format!("creating the master's event loop: {e}"))?;
         let shm = crate::shm::init(SHM_SLOTS)?;
+        if let Some(c) = shm.log_counts() {
+            crate::log::count_into(&c.counts);
+        }
         let master_pid = reexec::master_pid()?;
         let mut proc_name = start.cfg.proc_name();
         if master_pid.is_some() {
@@ -180,6 +186,7 @@ impl Arbiter {
             shm,
             restarts: BTreeMap::new(),
             exporter_cfg: None,
+            statsd: None,
             exporter: None,
             exporter_not_before: None,
             exporter_restart: false,
@@ -271,6 +278,7 @@ impl Arbiter {
             let v = py.version_info();
             format!("{}.{}.{}", v.major, v.minor, v.patch)
         });
+        self.statsd = self.cfg.statsd()?;
         if !self.cfg.metrics() {
             if self.cfg.bool("redis_enabled") {
                 crate::log_warning!(
@@ -311,10 +319,8 @@ impl Arbiter {
 
     /// Forks the exporter process (metrics on, none running).
     fn spawn_exporter(&mut self) {
-        let Some(cfg) = self.exporter_cfg.clone() else {
-            return;
-        };
-        if self.exporter.is_some() {
+        let (cfg, statsd) = (self.exporter_cfg.clone(), self.statsd.clone());
+        if (cfg.is_none() && statsd.is_none()) || self.exporter.is_some() {
             return;
         }
         let source = crate::exporter::collect::Source {
@@ -329,11 +335,18 @@ impl Arbiter {
             version: env!("CARGO_PKG_VERSION"),
             python: self.python_version.clone(),
         };
-        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-        let shown = if cfg.bind_address.contains(':') && !cfg.bind_address.starts_with('[') {
-            format!("[{}]:{}", cfg.bind_address, cfg.port)
-        } else {
-            format!("{}:{}", cfg.bind_address, cfg.port)
+        let what = match &cfg {
+            Some(cfg) => {
+                let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+                let shown = if cfg.bind_address.contains(':') && !cfg.bind_address.starts_with('[')
+                {
+                    format!("[{}]:{}", cfg.bind_address, cfg.port)
+                } else {
+                    format!("{}:{}", cfg.bind_address, cfg.port)
+                };
+                format!("metrics exporter for {scheme}://{shown}/metrics")
+            }
+            None => "metrics exporter for statsd".to_owned(),
         };
         let master_pid = self.pid;
         let forked = Python::attach(|py| {
@@ -346,16 +359,14 @@ impl Arbiter {
                 // The exporter's threads never take the GIL (this thread
                 // keeps it): its log lines are written by Rust.
                 crate::log::set_python(None);
-                let code = crate::exporter::child::run(cfg, master_pid, source);
+                let code = crate::exporter::child::run(cfg, statsd, master_pid, source);
                 std::process::exit(code);
             }
             res
         });
         match forked {
             Ok(nix::unistd::ForkResult::Parent { child }) => {
-                crate::log_info!(
-                    "Starting metrics exporter for {scheme}://{shown}/metrics (pid: {child})"
-                );
+                crate::log_info!("Starting {what} (pid: {child})");
                 self.exporter = Some((child, Instant::now()));
             }
             Ok(nix::unistd::ForkResult::Child) => std::process::exit(1),
@@ -368,7 +379,7 @@ impl Arbiter {
 
     /// Restarts the exporter if it died (not before its respawn delay).
     fn manage_exporter(&mut self) {
-        if self.exporter.is_some() || self.exporter_cfg.is_none() {
+        if self.exporter.is_some() || (self.exporter_cfg.is_none() && self.statsd.is_none()) {
             return;
         }
         if self.exporter_not_before.is_some_and(|t| Instant::now() < t) {
@@ -414,6 +425,10 @@ impl Arbiter {
         } else {
             None
         };
+        self.statsd = self.cfg.statsd().unwrap_or_else(|e| {
+            crate::log_error!("reload: {e}; statsd is off until fixed");
+            None
+        });
         if let Some((pid, _)) = self.exporter {
             self.exporter_restart = true;
             // HUP, not TERM: the exporter pushes to Redis once more and

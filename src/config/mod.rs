@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use pyo3::prelude::*;
 
 pub use settings::{Setting, Support};
-pub use value::{env_bool, env_text, redact_url, Value};
+pub use value::{env_bool, env_text, parse_statsd_address, redact_url, StatsdAddr, Value};
 
 use settings::{DefaultValue, SETTINGS};
 use value::CliRaw;
@@ -809,6 +809,23 @@ impl Config {
         })
     }
 
+    /// `statsd_host` and its settings (None: statsd off). The address was
+    /// validated when it was set, so an error here means a value that
+    /// bypassed validation.
+    pub fn statsd(&self) -> Result<Option<Statsd>, String> {
+        let Some(host) = self.str("statsd_host") else {
+            return Ok(None);
+        };
+        let addr = parse_statsd_address(host)
+            .map_err(|why| format!("statsd_host {}: {why}", value::py_repr_str(host)))?;
+        Ok(Some(Statsd {
+            addr,
+            prefix: self.str("statsd_prefix").unwrap_or("").to_owned(),
+            tags: self.str("dogstatsd_tags").unwrap_or("").to_owned(),
+            backlog: self.bool("enable_backlog_metric"),
+        }))
+    }
+
     /// `proc_name`, else `default_proc_name` (the application argument).
     pub fn proc_name(&self) -> String {
         self.str("proc_name")
@@ -1039,6 +1056,18 @@ pub fn compatibility_table() -> String {
         ));
     }
     out
+}
+
+/// The statsd settings (`statsd_host`, `statsd_prefix`, `dogstatsd_tags`,
+/// `enable_backlog_metric`), as the exporter process sends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statsd {
+    pub addr: StatsdAddr,
+    /// As given: the exporter applies gunicorn's trailing-dot rule.
+    pub prefix: String,
+    /// Appended as `|#tags` when not empty.
+    pub tags: String,
+    pub backlog: bool,
 }
 
 #[cfg(test)]

@@ -858,8 +858,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::None,
         env: None,
         help: "The address of the StatsD server to log to.",
-        support: Support::NotYet,
-        note: "use the built-in Prometheus metrics",
+        support: Support::Supported,
+        note: "",
     },
     Setting {
         name: "dogstatsd_tags",
@@ -870,8 +870,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str(""),
         env: None,
         help: "A comma-delimited list of datadog statsd (dogstatsd) tags to append to statsd metrics.",
-        support: Support::NotYet,
-        note: "use the built-in Prometheus metrics",
+        support: Support::Supported,
+        note: "",
     },
     Setting {
         name: "statsd_prefix",
@@ -882,8 +882,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str(""),
         env: None,
         help: "Prefix to use when emitting statsd metrics (a trailing . is added, if not provided).",
-        support: Support::NotYet,
-        note: "use the built-in Prometheus metrics",
+        support: Support::Supported,
+        note: "",
     },
     Setting {
         name: "enable_backlog_metric",
@@ -894,7 +894,7 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Bool(false),
         env: None,
         help: "Enable socket backlog metric (only supported on Linux).",
-        support: Support::NotYet,
+        support: Support::Supported,
         note: "",
     },
     Setting {

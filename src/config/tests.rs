@@ -153,7 +153,8 @@ fn support_states() {
         ("disable_redirect_access_to_syslog", Supported),
         ("syslog", Supported),
         ("paste", Supported),
-        ("statsd_host", NotYet),
+        ("statsd_host", Supported),
+        ("http_protocols", NotYet),
         ("on_starting", Supported),
         ("post_request", Supported),
         ("ssl_context", NotYet),
@@ -714,11 +715,7 @@ fn cli_flags_and_values() {
 #[test]
 fn warnings_for_ignored_and_not_yet_settings() {
     let dir = tmpdir();
-    let conf = write(
-        &dir,
-        "w.py",
-        "statsd_host = 'localhost:8125'\nspew = False\n",
-    );
+    let conf = write(&dir, "w.py", "http_protocols = 'h2,h1'\nspew = False\n");
     let c = load(
         &[
             "-c",
@@ -739,8 +736,8 @@ fn warnings_for_ignored_and_not_yet_settings() {
     );
     assert_eq!(
         w[1],
-        "setting statsd_host (--statsd-host) is not implemented yet in ferrocorn \
-         (use the built-in Prometheus metrics); it has no effect"
+        "setting http_protocols (--http-protocols) is not implemented yet in ferrocorn \
+         (HTTP/2); it has no effect"
     );
 }
 
@@ -892,4 +889,66 @@ fn logger_class_is_gunicorns_or_refused() {
         "{e}"
     );
     assert!(e.contains("logconfig_dict"), "{e}");
+}
+
+#[test]
+fn statsd_addresses_as_gunicorn_validates_them() {
+    use crate::config::{parse_statsd_address as parse, StatsdAddr};
+    let udp = |h: &str, p| StatsdAddr::Udp {
+        host: h.to_owned(),
+        port: p,
+    };
+    assert_eq!(parse("localhost:8125"), Ok(udp("localhost", 8125)));
+    assert_eq!(parse("StatsD.Local"), Ok(udp("statsd.local", 8125)));
+    assert_eq!(parse("tcp://10.0.0.1:9125"), Ok(udp("10.0.0.1", 9125)));
+    assert_eq!(parse("[::1]:9125"), Ok(udp("::1", 9125)));
+    assert_eq!(parse("[::1]"), Ok(udp("::1", 8125)));
+    assert_eq!(parse(""), Ok(udp("0.0.0.0", 8125)));
+    // gunicorn's release-20 regression rule: unix:PORT is a host named unix.
+    assert_eq!(parse("unix:8125"), Ok(udp("unix", 8125)));
+    assert_eq!(
+        parse("unix:///run/statsd.sock"),
+        Ok(StatsdAddr::Unix("/run/statsd.sock".into()))
+    );
+    assert_eq!(
+        parse("unix:statsd.sock"),
+        Ok(StatsdAddr::Unix("statsd.sock".into()))
+    );
+    for bad in [
+        "localhost:abc",
+        "localhost:",
+        "host:70000",
+        "unix://",
+        "fd://3",
+        ":8125",
+        "unix:99999",
+    ] {
+        let e = parse(bad).expect_err(bad);
+        assert!(
+            e.starts_with("is not 'host:port' or 'unix://PATH'"),
+            "{bad}: {e}"
+        );
+    }
+    let dir = tmpdir();
+    assert_eq!(
+        load_err(&["--statsd-host", "localhost:x"], env_in(&dir)),
+        "invalid value for --statsd-host (statsd_host): 'localhost:x' is not 'host:port' \
+         or 'unix://PATH': 'x' is not a valid port number"
+    );
+    let c = load(
+        &[
+            "--statsd-host",
+            "unix:///s",
+            "--statsd-prefix",
+            "app",
+            "--enable-backlog-metric",
+        ],
+        env_in(&dir),
+    );
+    let s = c.statsd().expect("valid").expect("on");
+    assert_eq!(
+        (s.addr, s.prefix.as_str(), s.backlog),
+        (StatsdAddr::Unix("/s".into()), "app", true)
+    );
+    assert_eq!(load(&[], env_in(&dir)).statsd(), Ok(None));
 }

@@ -680,26 +680,77 @@ fn statsd_addr(v: Value) -> Result<Value, String> {
     let Some(s) = string(v)? else {
         return Ok(Value::None);
     };
-    let ok = if let Some(rest) = s.strip_prefix("unix:") {
-        !rest.trim_start_matches('/').is_empty()
-    } else {
-        let host_port = s
-            .strip_prefix("udp://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .unwrap_or(&s);
-        match host_port.rsplit_once(':') {
-            Some((_, port)) if !host_port.ends_with(']') => port.parse::<u16>().is_ok(),
-            _ => !host_port.is_empty(),
+    parse_statsd_address(&s).map_err(|why| format!("{} {why}", py_repr_str(&s)))?;
+    Ok(Value::Str(s))
+}
+
+/// Where statsd datagrams go (`statsd_host`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatsdAddr {
+    /// UDP to a host name or address literal (IPv6 without brackets).
+    Udp { host: String, port: u16 },
+    /// A unix datagram socket.
+    Unix(PathBuf),
+}
+
+/// gunicorn 27's `validate_statsd_address`: `unix:PATH` / `unix://PATH`, or
+/// `[tcp://]HOST[:PORT]` with port 8125 by default (sent over UDP, as
+/// gunicorn does whatever the scheme says). `unix:NNNN` is UDP to the host
+/// named `unix`, the backward-compatibility rule gunicorn keeps from
+/// release 20. Stricter than gunicorn where its value could only fail
+/// later and silently (gunicorn then sends nothing): an empty unix path, a
+/// `fd://` address, an empty host.
+pub fn parse_statsd_address(s: &str) -> Result<StatsdAddr, String> {
+    const FORMS: &str = "is not 'host:port' or 'unix://PATH'";
+    if let Some(port) = s.strip_prefix("unix:") {
+        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("{FORMS}: port {port} is out of range"))?;
+            return Ok(StatsdAddr::Udp {
+                host: "unix".to_owned(),
+                port,
+            });
         }
-    };
-    if ok {
-        Ok(Value::Str(s))
-    } else {
-        Err(format!(
-            "{} is not 'host:port' or 'unix://PATH'",
-            py_repr_str(&s)
-        ))
+        let path = port.strip_prefix("//").unwrap_or(port);
+        if path.is_empty() {
+            return Err(format!("{FORMS}: the unix socket path is empty"));
+        }
+        return Ok(StatsdAddr::Unix(PathBuf::from(path)));
     }
+    if s.starts_with("fd://") {
+        return Err(format!(
+            "{FORMS}: statsd cannot be sent to a file descriptor"
+        ));
+    }
+    let netloc = s.strip_prefix("tcp://").unwrap_or(s);
+    // util.parse_address: brackets for IPv6, else the first two
+    // colon-separated fields (as gunicorn splits them).
+    let (host, port) = if let (Some(open), Some(close)) = (netloc.find('['), netloc.find(']')) {
+        let host = netloc.get(open + 1..close).unwrap_or("");
+        let port = netloc.split_once("]:").map(|(_, p)| p);
+        (host, port)
+    } else if let Some((h, rest)) = netloc.split_once(':') {
+        (h, Some(rest.split(':').next().unwrap_or(rest)))
+    } else if netloc.is_empty() {
+        ("0.0.0.0", None)
+    } else {
+        (netloc, None)
+    };
+    let port = match port {
+        None => 8125,
+        Some(p) => p
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{FORMS}: {} is not a valid port number", py_repr_str(p)))?,
+    };
+    if host.is_empty() {
+        return Err(format!("{FORMS}: the host is empty"));
+    }
+    Ok(StatsdAddr::Udp {
+        host: host.to_lowercase(),
+        port,
+    })
 }
 
 fn class(v: Value) -> Result<Value, String> {

@@ -83,6 +83,23 @@ pub fn live_workers(shm: &Shm) -> usize {
         .count()
 }
 
+/// Runs `read` (which reads live workers' metrics and the retired
+/// accumulator) until no fold happened while it ran: a reaped worker is then
+/// counted exactly once, in its slot or in the retired totals.
+pub fn read_consistent<T>(shm: &Shm, mut read: impl FnMut() -> T) -> T {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = shm.master().map_or(0, |m| m.fold_epoch());
+        let v = read();
+        let after = shm.master().map_or(0, |m| m.fold_epoch());
+        if (before == after && before % 2 == 0) || attempt >= FOLD_RETRIES {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// How often a scrape is re-read when the master folded a reaped worker
 /// into the retired totals while it read (the fold takes microseconds).
 const FOLD_RETRIES: usize = 5;
@@ -159,20 +176,13 @@ impl Collector {
     /// server-wide sums add the retired accumulator; they are read between
     /// two equal fold epochs so that a worker being folded is counted once.
     fn requests_families(&self, out: &mut Vec<Family>) -> Vec<Worker> {
-        let shm = self.src.shm;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let before = shm.master().map_or(0, |m| m.fold_epoch());
+        let (workers, fams) = read_consistent(self.src.shm, || {
             let workers = self.workers();
             let fams = self.read_requests(&workers);
-            let after = shm.master().map_or(0, |m| m.fold_epoch());
-            if (before == after && before % 2 == 0) || attempt >= FOLD_RETRIES {
-                out.extend(fams);
-                return workers;
-            }
-            std::thread::yield_now();
-        }
+            (workers, fams)
+        });
+        out.extend(fams);
+        workers
     }
 
     fn read_requests(&self, workers: &[Worker]) -> Vec<Family> {

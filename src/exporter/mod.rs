@@ -16,6 +16,7 @@
 //! - `config`: the PROMETHEUS_* settings.
 //! - `child`: the exporter process's entry point (and the Redis push beside it).
 //! - `standalone`: `ferrocorn exporter`, the Redis read side.
+//! - `statsd`: gunicorn's statsd metrics, sent from shared memory.
 //! - `view`: the read side's exposition, rendered from the documents.
 
 pub mod child;
@@ -24,5 +25,6 @@ pub mod config;
 pub mod expose;
 pub mod server;
 pub mod standalone;
+pub mod statsd;
 pub mod tls;
 pub mod view;

@@ -107,6 +107,33 @@ impl Default for Tunables {
 /// handlers cannot be set up.
 pub fn run(cfg: ServerConfig, collect: Collect, extras: Extras) -> i32 {
     let log = cfg.log;
+    let Extras {
+        refresh,
+        companion,
+        render,
+    } = extras;
+    until_signal(log, companion, move |stop| {
+        serve(cfg, collect, refresh, render, Tunables::default(), stop)
+    })
+}
+
+/// Runs only `companion` (statsd with the Prometheus metrics off), with the
+/// signal handling of [`run`]: it is told why it stops, and the process
+/// exits once it has finished.
+pub fn run_companion(log: fn(&str), companion: Companion) -> i32 {
+    until_signal(log, Some(companion), |stop| async move {
+        stop.await;
+        0
+    })
+}
+
+/// A current-thread runtime running `main` and the companion until SIGTERM,
+/// SIGINT or SIGHUP; `main` is given a future that completes then.
+fn until_signal<F: Future<Output = i32>>(
+    log: fn(&str),
+    companion: Option<Companion>,
+    main: impl FnOnce(Stop) -> F,
+) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -142,20 +169,12 @@ pub fn run(cfg: ServerConfig, collect: Collect, extras: Extras) -> i32 {
             };
             let _ = tx.send(Some(why));
         };
-        let mut server_rx = rx.clone();
+        let mut main_rx = rx.clone();
         let stop = Box::pin(async move {
-            let _ = server_rx.wait_for(Option::is_some).await;
+            let _ = main_rx.wait_for(Option::is_some).await;
         });
-        let companion = extras.companion.map(|c| c(rx));
-        let server = serve(
-            cfg,
-            collect,
-            extras.refresh,
-            extras.render,
-            Tunables::default(),
-            stop,
-        );
-        let (code, (), ()) = tokio::join!(server, signals, async move {
+        let companion = companion.map(|c| c(rx));
+        let (code, (), ()) = tokio::join!(main(stop), signals, async move {
             if let Some(c) = companion {
                 c.await;
             }

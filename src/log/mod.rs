@@ -347,8 +347,41 @@ pub fn enabled(level: Level) -> bool {
     level as u8 >= LEVEL.load(Ordering::Relaxed)
 }
 
+/// Where lines at WARNING and above are counted (shared memory, set by the
+/// master before it forks): statsd's `gunicorn.log.critical`, `.error`,
+/// `.warning` and `.exception` counters. gunicorn's statsd logger counts a
+/// line whatever `--log-level` lets through, and so does this.
+static COUNTS: std::sync::OnceLock<&'static [std::sync::atomic::AtomicU64; 4]> =
+    std::sync::OnceLock::new();
+
+/// Index of each counted kind of line in the array given to [`count_into`].
+pub const COUNTED: [&str; 4] = ["critical", "error", "warning", "exception"];
+
+/// Counts lines at WARNING and above into `counts` (see [`COUNTED`]) from
+/// now on, in this process and the children it forks.
+pub fn count_into(counts: &'static [std::sync::atomic::AtomicU64; 4]) {
+    let _ = COUNTS.set(counts);
+}
+
+/// One atomic add, no syscall (error-log lines are rare next to requests).
+fn count(i: usize) {
+    if let Some(c) = COUNTS.get().and_then(|c| c.get(i)) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn count_level(level: Level) {
+    match level {
+        Level::Critical => count(0),
+        Level::Error => count(1),
+        Level::Warning => count(2),
+        Level::Debug | Level::Info => {}
+    }
+}
+
 /// Writes one error-log line at `level` (if enabled).
 pub fn write(level: Level, msg: &str) {
+    count_level(level);
     if enabled(level) {
         emit(level, |b| b.extend_from_slice(msg.as_bytes()));
     }
@@ -356,6 +389,7 @@ pub fn write(level: Level, msg: &str) {
 
 /// `format_args!` flavour of [`write`], used by the `log_*!` macros.
 pub fn write_fmt(level: Level, args: fmt::Arguments<'_>) {
+    count_level(level);
     if !enabled(level) {
         return;
     }
@@ -371,6 +405,8 @@ pub fn write_fmt(level: Level, args: fmt::Arguments<'_>) {
 /// traceback text (Python's `formatException` output, passed in by the
 /// caller), as `logging.Formatter` lays it out.
 pub fn exception(msg: &str, traceback: &str) {
+    // gunicorn's statsd logger counts these as `exception`, not `error`.
+    count(3);
     if !enabled(Level::Error) {
         return;
     }
@@ -436,7 +472,9 @@ macro_rules! log_info {
 #[macro_export]
 macro_rules! log_warning {
     ($($arg:tt)*) => {
-        if $crate::log::enabled($crate::log::Level::Warning) {
+        // Not behind `enabled`: the line is counted whatever the level
+        // (statsd's gunicorn.log.*); write_fmt checks the level itself.
+        {
             $crate::log::write_fmt($crate::log::Level::Warning, ::std::format_args!($($arg)*));
         }
     };
@@ -446,7 +484,9 @@ macro_rules! log_warning {
 #[macro_export]
 macro_rules! log_error {
     ($($arg:tt)*) => {
-        if $crate::log::enabled($crate::log::Level::Error) {
+        // Not behind `enabled`: the line is counted whatever the level
+        // (statsd's gunicorn.log.*); write_fmt checks the level itself.
+        {
             $crate::log::write_fmt($crate::log::Level::Error, ::std::format_args!($($arg)*));
         }
     };
@@ -456,7 +496,9 @@ macro_rules! log_error {
 #[macro_export]
 macro_rules! log_critical {
     ($($arg:tt)*) => {
-        if $crate::log::enabled($crate::log::Level::Critical) {
+        // Not behind `enabled`: the line is counted whatever the level
+        // (statsd's gunicorn.log.*); write_fmt checks the level itself.
+        {
             $crate::log::write_fmt($crate::log::Level::Critical, ::std::format_args!($($arg)*));
         }
     };

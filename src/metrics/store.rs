@@ -67,8 +67,8 @@ pub const METHODS: [&str; 10] = [
 ];
 
 /// Status codes 100..=599 are counted individually.
-const STATUS_MIN: u16 = 100;
-const STATUSES: usize = 500;
+pub const STATUS_MIN: u16 = 100;
+pub const STATUSES: usize = 500;
 
 pub fn method_index(method: &str) -> usize {
     METHODS[..9]
@@ -150,6 +150,24 @@ impl<const N: usize> Histogram<N> {
         // `overflow` when the bounds fill the histogram): all are +Inf.
         let count = self.count().max(cumulative);
         (buckets, count, self.sum_micros.load(Ordering::Relaxed))
+    }
+
+    /// Adds the per-bucket (non-cumulative) counts into `out`: index `i`
+    /// for bucket `i` of [`Histogram::observe_in`], index `N` for the
+    /// overflow (indices from the number of bounds on are all +Inf).
+    /// `out` needs `N + 1` entries; a shorter one misses the rest.
+    pub fn add_counts_into(&self, out: &mut [u64]) {
+        for (o, c) in out.iter_mut().zip(&self.counts) {
+            *o += c.load(Ordering::Relaxed);
+        }
+        if let Some(o) = out.get_mut(N) {
+            *o += self.overflow.load(Ordering::Relaxed);
+        }
+    }
+
+    /// The sum of the observed values, in micro-units.
+    pub fn sum_micros(&self) -> u64 {
+        self.sum_micros.load(Ordering::Relaxed)
     }
 
     /// Observations recorded.
@@ -248,6 +266,16 @@ impl WorkerMetrics {
             }
         }
         out
+    }
+
+    /// Adds the requests per status code (all methods) into `out`, index
+    /// `status - STATUS_MIN`; codes outside 100..=599 are not included.
+    pub fn add_statuses_into(&self, out: &mut [u64; STATUSES]) {
+        for row in &self.by_status {
+            for (o, c) in out.iter_mut().zip(row) {
+                *o += c.load(Ordering::Relaxed);
+            }
+        }
     }
 
     /// Total requests recorded.

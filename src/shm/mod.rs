@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::metrics::store::WorkerMetrics;
 
 mod errors;
+mod statsd;
 
 pub use errors::ErrorTable;
+pub use statsd::{LogCounts, StatsdSent};
 
 /// Worker states, as exported later by `gunicorn_worker_state`.
 #[repr(u32)]
@@ -230,6 +232,10 @@ pub struct Shm {
     errors: Mapping<ErrorTable>,
     /// The master's own counters (written by the master only).
     master: Mapping<MasterStats>,
+    /// Error-log lines at WARNING and above, by every process.
+    log: Mapping<LogCounts>,
+    /// What the exporter has sent to statsd (written by the exporter only).
+    statsd: Mapping<StatsdSent>,
 }
 
 impl Shm {
@@ -239,7 +245,19 @@ impl Shm {
             metrics: Mapping::new(slots + 1)?,
             errors: Mapping::new(slots)?,
             master: Mapping::new(1)?,
+            log: Mapping::new(1)?,
+            statsd: Mapping::new(1)?,
         })
+    }
+
+    /// Error-log lines counted by level (`crate::log::count_into`).
+    pub fn log_counts(&self) -> Option<&LogCounts> {
+        self.log.get(0)
+    }
+
+    /// The statsd totals sent so far.
+    pub fn statsd_sent(&self) -> Option<&StatsdSent> {
+        self.statsd.get(0)
     }
 
     /// Number of worker slots.

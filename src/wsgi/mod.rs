@@ -707,11 +707,15 @@ impl Wsgi {
                 });
                 // gunicorn: "Error handling request METHOD URI" + traceback;
                 // a SystemExit (the timeout abort) is answered the same way.
-                crate::log_error!(
-                    "Error handling request {} {}\n{}",
-                    item("REQUEST_METHOD"),
-                    raw_uri,
-                    crate::python::format_err(py, &e)
+                // (gunicorn's log.exception: statsd counts it as
+                // gunicorn.log.exception, not as an error line.)
+                crate::log::exception(
+                    &format!(
+                        "Error handling request {} {}",
+                        item("REQUEST_METHOD"),
+                        raw_uri
+                    ),
+                    &crate::python::format_err(py, &e),
                 );
                 if !resp.enc.headers_sent() {
                     // Nothing was sent yet: answer 500 like gunicorn's handle_error.
