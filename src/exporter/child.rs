@@ -37,6 +37,7 @@ pub fn run(cfg: EnvConfig, master_pid: u32, source: Source) -> i32 {
             crate::redis::hostname(),
             instance,
             Box::new(move || push_collector.collect()),
+            super::pushdoc::encode_into,
             log_line,
         ) {
             Ok(pusher) => {

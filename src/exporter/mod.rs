@@ -16,12 +16,14 @@
 //! - `config`: the PROMETHEUS_* settings.
 //! - `child`: the exporter process's entry point (and the Redis push beside it).
 //! - `standalone`: `ferrocorn exporter`, the Redis read side.
-//! - `view`: the read side's exposition, rendered from the documents.
+//! - `pushdoc`: the pushed document (the instance's lines, rendered).
+//! - `view`: the read side's exposition, copied from the documents.
 
 pub mod child;
 pub mod collect;
 pub mod config;
 pub mod expose;
+pub mod pushdoc;
 pub mod server;
 pub mod standalone;
 pub mod tls;
