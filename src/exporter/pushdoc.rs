@@ -12,7 +12,7 @@ use crate::redis::codec::{
     self, put_f64, put_len, put_str, put_u32, put_u64, Snapshot, MAGIC, SHAPE_HIST, SHAPE_RAW,
     SHAPE_SCALAR, VERSION,
 };
-use crate::redis::read::{summable, ALL, PER_PRODUCER};
+use crate::redis::read::{summable, PER_PRODUCER};
 
 /// The name a family is grouped and typed under (as `expose` does).
 pub fn base_name(kind: Kind, name: &str) -> &str {
@@ -47,12 +47,11 @@ pub fn encode_own(families: &[Family]) -> Vec<u8> {
 #[derive(Default)]
 struct Scratch<'s> {
     labels: Vec<(&'s str, &'s str)>,
-    sum_labels: Vec<(&'s str, &'s str)>,
     lines: String,
     rendered: String,
     after: String,
-    key: String,
-    keys: HashMap<String, u32>,
+    key: Vec<u8>,
+    keys: HashMap<Vec<u8>, u32>,
     groups: Vec<u8>,
     contribs: Vec<u8>,
     le_cache: Vec<(u64, String)>,
@@ -118,49 +117,26 @@ fn family<'s>(
             continue;
         }
         // The group: the suffix and the labels that are not per producer
-        // (sorted already), as the read side matches them across instances.
+        // (sorted already), as the read side matches them across instances
+        // and labels their sum.
         sc.key.clear();
-        if let SampleValue::Raw { suffix, .. } = &s.value {
-            sc.key.push_str(suffix);
-        }
+        let suffix = match &s.value {
+            SampleValue::Raw { suffix, .. } => suffix.as_str(),
+            _ => "",
+        };
+        put_str(&mut sc.key, suffix.as_bytes());
         for (k, v) in &sc.labels {
-            if PER_PRODUCER.contains(k) {
-                continue;
+            if !PER_PRODUCER.contains(k) {
+                put_str(&mut sc.key, k.as_bytes());
+                put_str(&mut sc.key, v.as_bytes());
             }
-            sc.key.push('\0');
-            sc.key.push_str(k);
-            sc.key.push('\0');
-            sc.key.push_str(v);
         }
-        let group = match sc.keys.get(sc.key.as_str()) {
+        let group = match sc.keys.get(&sc.key[..]) {
             Some(&g) => g,
             None => {
                 let g = u32::try_from(sc.keys.len()).unwrap_or(u32::MAX);
                 sc.keys.insert(sc.key.clone(), g);
-                sc.sum_labels.clear();
-                sc.sum_labels.extend(
-                    sc.labels
-                        .iter()
-                        .filter(|(k, _)| !PER_PRODUCER.contains(k))
-                        .copied(),
-                );
-                sc.sum_labels.push(("host", ALL));
-                sc.sum_labels.push(("instance", ALL));
-                sc.sum_labels.sort_unstable();
-                let mut heads = String::new();
-                write_lines(
-                    &mut heads,
-                    f.kind,
-                    &s.value,
-                    &names,
-                    &sc.sum_labels,
-                    false,
-                    &mut sc.rendered,
-                    &mut sc.after,
-                    &mut sc.le_cache,
-                );
-                put_str(&mut sc.groups, sc.key.as_bytes());
-                put_str(&mut sc.groups, heads.as_bytes());
+                put_str(&mut sc.groups, &sc.key);
                 g
             }
         };

@@ -12,12 +12,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::expose::{self, write_float, Format};
+use super::expose::{self, write_lines, Format, Names};
 use super::pushdoc::{base_name, encode_own};
-use crate::metrics::model::Kind;
+use crate::metrics::model::{Kind, SampleValue};
 use crate::redis::codec::bucket;
 use crate::redis::link::Log;
-use crate::redis::read::{own_families, summable, Found};
+use crate::redis::read::{own_families, summable, Found, ALL};
 use crate::redis::view::{self, Doc, Fam, Val};
 
 /// The exposition of every instance of `found` (`None`: Redis could not be
@@ -109,7 +109,7 @@ fn render(sources: &[&[Fam<'_>]], format: Format) -> String {
         }
         if summable(g.kind) {
             sums.add_up(&g.members);
-            sums.write(&mut out);
+            sums.write(&mut out, g);
         }
     }
     if format == Format::OpenMetrics100 {
@@ -163,11 +163,10 @@ enum Acc<'a> {
     Broken,
 }
 
-/// One summed series: its key, its lines' heads (from the document of its
-/// first sample) and its running value.
+/// One summed series: its key (which holds its labels) and its running
+/// value.
 struct Sum<'a> {
     key: &'a [u8],
-    heads: &'a str,
     acc: Acc<'a>,
 }
 
@@ -196,7 +195,6 @@ impl<'a> Sums<'a> {
                     _ => *self.index.entry(g.key).or_insert_with(|| {
                         self.list.push(Sum {
                             key: g.key,
-                            heads: "",
                             acc: Acc::Empty,
                         });
                         self.list.len() - 1
@@ -207,50 +205,57 @@ impl<'a> Sums<'a> {
             for c in &f.contribs {
                 // Both indexes checked: `c.group` by `view::decode`, `map`
                 // has one entry per group.
-                let sum = &mut self.list[self.map[c.group]];
-                if matches!(sum.acc, Acc::Empty) {
-                    sum.heads = f.groups[c.group].heads;
-                }
-                add(&mut sum.acc, &c.val);
+                add(&mut self.list[self.map[c.group]].acc, &c.val);
             }
         }
     }
 
-    /// The sums' lines, by key.
-    fn write(&mut self, out: &mut String) {
+    /// The sums' lines, by key, written as `expose` writes a sample
+    /// (one series per group of the whole read: no cost per instance).
+    fn write(&mut self, out: &mut String, g: &Group<'_, '_>) {
         self.list.sort_unstable_by(|a, b| a.key.cmp(b.key));
+        let names = Names::new(&expose::escape_name(g.name));
+        let (mut rendered, mut after, mut le_cache) = (String::new(), String::new(), Vec::new());
         for sum in &self.list {
-            let mut heads = sum.heads.split_terminator('\n');
-            let mut line = |v: f64| {
-                if let Some(h) = heads.next() {
-                    out.push_str(h);
-                    out.push(' ');
-                    write_float(out, v);
-                    out.push('\n');
-                }
+            let Some((suffix, mut labels)) = view::key_parts(sum.key) else {
+                continue;
             };
-            match &sum.acc {
-                Acc::Empty | Acc::Broken => {}
-                Acc::Scalar(v) | Acc::Raw(v) => line(*v),
+            let value = match &sum.acc {
+                Acc::Empty | Acc::Broken => continue,
+                Acc::Scalar(v) => SampleValue::Scalar(*v),
+                Acc::Raw(v) => SampleValue::Raw {
+                    suffix: suffix.to_owned(),
+                    value: *v,
+                },
                 Acc::Hist {
                     bounds,
                     counts,
                     sum,
                     count,
-                } => {
-                    // As `write_lines`: the finite bounds' counts, +Inf
-                    // and _count (the count), _sum (when there is a head
-                    // for it).
-                    for (i, c) in counts.iter().enumerate() {
-                        if bucket(bounds, i).0.is_finite() {
-                            line(*c as f64);
-                        }
-                    }
-                    line(*count as f64);
-                    line(*count as f64);
-                    line(*sum);
-                }
-            }
+                } => SampleValue::Histogram {
+                    buckets: counts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (bucket(bounds, i).0, *c))
+                        .collect(),
+                    sum: *sum,
+                    count: *count,
+                },
+            };
+            labels.push(("host", ALL));
+            labels.push(("instance", ALL));
+            labels.sort_unstable();
+            write_lines(
+                out,
+                g.kind,
+                &value,
+                &names,
+                &labels,
+                true,
+                &mut rendered,
+                &mut after,
+                &mut le_cache,
+            );
         }
     }
 }

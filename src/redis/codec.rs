@@ -7,8 +7,8 @@
 //! every sample (for 200 instances that decoding was most of a scrape).
 //! What it cannot copy, the sums across instances, comes as a small table
 //! beside the lines: each summable family's groups (the key the sums are
-//! matched by across instances and the summed series' line heads) and one
-//! binary value per sample. The lines are the same in both exposition
+//! matched by across instances, which also holds the summed series'
+//! labels) and one binary value per sample. The lines are the same in both exposition
 //! formats (text 0.0.4, OpenMetrics); only the HELP and TYPE lines differ,
 //! and the read side writes those.
 //!
@@ -16,10 +16,10 @@
 //!
 //! ```text
 //! doc     = "FCP" u8:version  str:host  str:instance  f64:time  u32:n  family*n
-//! family  = str:name  str:help  u8:kind  str:lines  u32:n  group*n  u32:n  contrib*n
-//! group   = str:key  str:heads          heads: one line head per line of the sum,
-//!                                       each followed by "\n" (no value)
-//! contrib = u32:group  u8:shape  value  shape 0 scalar, 1 raw: f64
+//! family  = str:name  str:help  u8:kind  str:lines  u32:n  key*n  u32:n  contrib*n
+//! key     = u32:len  (str:suffix  (str:label  str:value)*)    the labels without
+//!                                       host, instance and worker_id, sorted
+//! contrib = u32:key  u8:shape  value    shape 0 scalar, 1 raw: f64
 //!                                       shape 2 histogram: u32:n (f64:le u64:count)*n f64:sum u64:count
 //! ```
 //!

@@ -31,10 +31,21 @@ pub struct Fam<'a> {
 #[derive(Debug)]
 pub struct Group<'a> {
     /// Matches the group across instances: the suffix and the labels that
-    /// are not per producer.
+    /// are not per producer (`codec`; read by [`key_parts`] when its sum
+    /// is written).
     pub key: &'a [u8],
-    /// The summed series' line heads (`name{labels}`), each ending in "\n".
-    pub heads: &'a str,
+}
+
+/// A group key's suffix and labels; `None` when it is malformed (the sum
+/// is then left out).
+pub fn key_parts(key: &[u8]) -> Option<(&str, Vec<(&str, &str)>)> {
+    let mut c = Cursor::new(key);
+    let suffix = c.str().ok()?;
+    let mut labels = Vec::new();
+    while !c.at_end() {
+        labels.push((c.str().ok()?, c.str().ok()?));
+    }
+    Some((suffix, labels))
 }
 
 #[derive(Debug)]
@@ -121,11 +132,10 @@ fn family<'a>(c: &mut Cursor<'a>) -> Result<Fam<'a>, String> {
     let kind = codec::kind_of_code(c.u8().map_err(ctx)?).ok_or_else(|| ctx("bad kind".into()))?;
     let lines = line_block(c, "lines").map_err(ctx)?;
     let n = c.length().map_err(ctx)?;
-    let mut groups = Vec::with_capacity(n.min(c.left() / 8));
+    let mut groups = Vec::with_capacity(n.min(c.left() / 4));
     for _ in 0..n {
         let key = c.bytes().map_err(ctx)?;
-        let heads = line_block(c, "sum heads").map_err(ctx)?;
-        groups.push(Group { key, heads });
+        groups.push(Group { key });
     }
     let n = c.length().map_err(ctx)?;
     let mut contribs = Vec::with_capacity(n.min(c.left() / 13));
