@@ -21,7 +21,6 @@ stopped by PID at the end.
 """
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -148,7 +147,8 @@ def resp(*args):
 def parse2(doc):
     """A format 2 document (src/redis/codec.rs: "FCP" 2, then
     length-prefixed fields): host, instance, the time's bytes, and per
-    family [name, help, kind byte, lines, the sum table's bytes]."""
+    family [name, help, kind byte, lines, the bytes after them (splices,
+    sum table)]."""
     assert doc[:4] == b"FCP\x02", doc[:4]
     pos = 4
 
@@ -168,8 +168,9 @@ def parse2(doc):
     for _ in range(u32()):
         fam = [string(), string(), take(1), string()]
         start = pos
-        for _ in range(u32()):  # sum groups: key, heads (no host/instance)
-            string(), string()
+        take(u32() * 4)  # where the host's and the instance's values go
+        for _ in range(u32()):  # sum groups' keys
+            string()
         for _ in range(u32()):  # one value per summed sample
             take(4)
             if take(1)[0] == 2:  # a histogram: its buckets, sum, count
@@ -196,16 +197,10 @@ def renamed(doc, host, instance):
         d = json.loads(doc)
         d["host"], d["instance"] = host, instance
         return json.dumps(d).encode()
-    old_host, old_instance, time_, fams = parse2(doc)
-    esc = lambda v: v.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b'"', b'\\"')
-    label = lambda k, v: re.compile(rb'(?<=[{,])' + k + rb'="' + re.escape(esc(v)) + rb'"')
-    host, instance = host.encode(), instance.encode()
-    subs = [(label(b"host", old_host), b'host="' + esc(host) + b'"'),
-            (label(b"instance", old_instance), b'instance="' + esc(instance) + b'"')]
-    for fam in fams:
-        for rx, new in subs:
-            fam[3] = rx.sub(new, fam[3])
-    return build2(host, instance, time_, fams)
+    # The lines leave the host's and the instance's values to the read
+    # side (their places are listed): only the header names them.
+    _, _, time_, fams = parse2(doc)
+    return build2(host.encode(), instance.encode(), time_, fams)
 
 
 def without_app(doc):

@@ -50,14 +50,39 @@ pub fn render_found(
     // By (host, instance), as `merge` orders them.
     docs.sort_by(|a, b| (a.host, a.instance).cmp(&(b.host, b.instance)));
     let own = encode_own(&own_families(docs.len(), found.is_some()));
-    let mut sources: Vec<&[Fam<'_>]> = docs.iter().map(|d| &d.families[..]).collect();
+    let mut sources: Vec<Source<'_, '_>> = docs
+        .iter()
+        .map(|d| Source {
+            families: &d.families,
+            host: escaped(d.host),
+            instance: escaped(d.instance),
+        })
+        .collect();
     // Encoded here, so it reads back; were it not, the scrape would only
     // miss the read side's own two gauges.
     let own = view::decode(&own);
     if let Ok(own) = &own {
-        sources.push(&own.families);
+        sources.push(Source {
+            families: &own.families,
+            host: String::new(),
+            instance: String::new(),
+        });
     }
     render(&sources, format)
+}
+
+/// A label value as the exposition writes it.
+fn escaped(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    expose::escape_value(&mut out, v);
+    out
+}
+
+/// One document's families and the values its lines' splices take.
+struct Source<'d, 'a> {
+    families: &'d [Fam<'a>],
+    host: String,
+    instance: String,
 }
 
 /// One family across sources: its first appearance's name, help and kind,
@@ -66,26 +91,28 @@ struct Group<'d, 'a> {
     name: &'d str,
     help: &'d str,
     kind: Kind,
-    members: Vec<&'d Fam<'a>>,
+    /// (family, index of its source).
+    members: Vec<(&'d Fam<'a>, usize)>,
 }
 
 /// The exposition of `sources` in `format`: each family's lines from every
 /// source, then, for summable families, the sums across sources
 /// (`host="all", instance="all"`).
-fn render(sources: &[&[Fam<'_>]], format: Format) -> String {
+fn render(sources: &[Source<'_, '_>], format: Format) -> String {
     let mut groups: Vec<Group<'_, '_>> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut size = 0usize;
-    for families in sources {
-        for f in families.iter() {
+    for (si, src) in sources.iter().enumerate() {
+        for f in src.families {
             let name = base_name(f.kind, f.name);
-            size = size.saturating_add(f.lines.len());
+            let spliced = (src.host.len() + src.instance.len()) * f.splices.len() / 8;
+            size = size.saturating_add(f.lines.len()).saturating_add(spliced);
             match index.get(name) {
                 Some(&gi) => {
                     // A family whose kind differs from its first
                     // appearance's is left out, as `merge` does.
                     if groups[gi].kind == f.kind {
-                        groups[gi].members.push(f);
+                        groups[gi].members.push((f, si));
                     }
                 }
                 None => {
@@ -94,7 +121,7 @@ fn render(sources: &[&[Fam<'_>]], format: Format) -> String {
                         name,
                         help: f.help,
                         kind: f.kind,
-                        members: vec![f],
+                        members: vec![(f, si)],
                     });
                 }
             }
@@ -104,8 +131,8 @@ fn render(sources: &[&[Fam<'_>]], format: Format) -> String {
     let mut sums = Sums::default();
     for g in &groups {
         header(&mut out, g, format);
-        for f in &g.members {
-            out.push_str(f.lines);
+        for &(f, si) in &g.members {
+            copy_lines(&mut out, f, &sources[si]);
         }
         if summable(g.kind) {
             sums.add_up(&g.members);
@@ -116,6 +143,20 @@ fn render(sources: &[&[Fam<'_>]], format: Format) -> String {
         out.push_str("# EOF\n");
     }
     out
+}
+
+/// A family's lines, the source's host and instance written at their
+/// places.
+fn copy_lines(out: &mut String, f: &Fam<'_>, src: &Source<'_, '_>) {
+    let mut at = 0;
+    for i in 0..f.splices.len() / 4 {
+        // Checked by `view::decode`: ascending, on character boundaries.
+        let to = view::splice(f.splices, i);
+        out.push_str(&f.lines[at..to]);
+        out.push_str(if i % 2 == 0 { &src.host } else { &src.instance });
+        at = to;
+    }
+    out.push_str(&f.lines[at..]);
 }
 
 /// A family's HELP and TYPE lines.
@@ -182,10 +223,10 @@ struct Sums<'a> {
 impl<'a> Sums<'a> {
     /// Adds up the samples of `members` in order (the order `merge` adds
     /// them in, so that float sums come out the same).
-    fn add_up(&mut self, members: &[&'a Fam<'a>]) {
+    fn add_up(&mut self, members: &[(&'a Fam<'a>, usize)]) {
         self.list.clear();
         self.index.clear();
-        for f in members {
+        for &(f, _) in members {
             self.map.clear();
             for (j, g) in f.groups.iter().enumerate() {
                 // Instances of one application list the same groups in the
@@ -379,7 +420,12 @@ mod tests {
                 fam(
                     "gunicorn_requests_in_flight",
                     Kind::Gauge,
-                    vec![smp(&[], SampleValue::Scalar(0.25))],
+                    vec![
+                        smp(&[], SampleValue::Scalar(0.25)),
+                        // A NUL of its own: this family's lines keep the
+                        // host and instance values (no splices).
+                        smp(&[("nul", "a\0b")], SampleValue::Scalar(1.0)),
+                    ],
                 ),
                 fam(
                     "app_hits",

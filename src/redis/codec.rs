@@ -2,9 +2,11 @@
 //! the application's) as one document, the value of one Redis key.
 //!
 //! Version 2 carries each family's exposition lines already rendered, with
-//! the instance's `host` and `instance` labels in them: the read side
-//! copies them into its exposition instead of decoding and re-rendering
-//! every sample (for 200 instances that decoding was most of a scrape).
+//! the instance's `host` and `instance` labels in them but for their
+//! values, whose places are listed: the read side copies the lines into
+//! its exposition, writing the values at those places, instead of decoding
+//! and re-rendering every sample (for 200 instances that decoding was most
+//! of a scrape).
 //! What it cannot copy, the sums across instances, comes as a small table
 //! beside the lines: each summable family's groups (the key the sums are
 //! matched by across instances, which also holds the summed series'
@@ -16,7 +18,10 @@
 //!
 //! ```text
 //! doc     = "FCP" u8:version  str:host  str:instance  f64:time  u32:n  family*n
-//! family  = str:name  str:help  u8:kind  str:lines  u32:n  key*n  u32:n  contrib*n
+//! family  = str:name  str:help  u8:kind  str:lines  u32:n  u32:splice*n
+//!           u32:n  key*n  u32:n  contrib*n
+//! splice  = where in lines the host's, then the instance's value goes (an
+//!           instance's lines; a family of the read side's own has none)
 //! key     = u32:len  (str:suffix  (str:label  str:value)*)    the labels without
 //!                                       host, instance and worker_id, sorted
 //! contrib = u32:key  u8:shape  value    shape 0 scalar, 1 raw: f64

@@ -20,8 +20,14 @@ pub struct Fam<'a> {
     pub name: &'a str,
     pub help: &'a str,
     pub kind: Kind,
-    /// The family's sample lines, each ending in "\n", labels included.
+    /// The family's sample lines, each ending in "\n", labels included
+    /// except the values of `host` and `instance` when `splices` says where
+    /// they go.
     pub lines: &'a str,
+    /// Where in `lines` the host's and the instance's values go,
+    /// alternately (u32 offsets, 4 bytes each; checked: ascending, within
+    /// `lines`, on character boundaries). Empty: `lines` is complete.
+    pub splices: &'a [u8],
     /// Summable families: the groups the samples are summed in.
     pub groups: Vec<Group<'a>>,
     /// Summable families: each sample's value, in the samples' order.
@@ -132,6 +138,24 @@ fn family<'a>(c: &mut Cursor<'a>) -> Result<Fam<'a>, String> {
     let kind = codec::kind_of_code(c.u8().map_err(ctx)?).ok_or_else(|| ctx("bad kind".into()))?;
     let lines = line_block(c, "lines").map_err(ctx)?;
     let n = c.length().map_err(ctx)?;
+    let splices = c
+        .take(
+            n.checked_mul(4)
+                .ok_or_else(|| ctx("too many splices".into()))?,
+        )
+        .map_err(ctx)?;
+    let mut prev = 0usize;
+    for i in 0..n {
+        let at = splice(splices, i);
+        if at < prev || !lines.is_char_boundary(at) {
+            return Err(ctx(format!("splice {i} at {at}: out of order or place")));
+        }
+        prev = at;
+    }
+    if n % 2 != 0 {
+        return Err(ctx("a host without its instance".into()));
+    }
+    let n = c.length().map_err(ctx)?;
     let mut groups = Vec::with_capacity(n.min(c.left() / 4));
     for _ in 0..n {
         let key = c.bytes().map_err(ctx)?;
@@ -171,7 +195,16 @@ fn family<'a>(c: &mut Cursor<'a>) -> Result<Fam<'a>, String> {
         help,
         kind,
         lines,
+        splices,
         groups,
         contribs,
     })
+}
+
+/// The `i`th offset of `splices` (`i` below `splices.len() / 4`).
+pub fn splice(splices: &[u8], i: usize) -> usize {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&splices[i * 4..i * 4 + 4]);
+    // u32 to usize: lossless on the 32- and 64-bit targets ferrocorn runs on.
+    u32::from_le_bytes(b) as usize
 }
