@@ -1,9 +1,10 @@
 //! The read side's fast path, second half: the documents that
 //! `redis::view` read in place, copied into one exposition buffer. Each
-//! instance's lines arrive rendered, `host` and `instance` labels
-//! included (`pushdoc`), so a scrape copies them family by family; what it
-//! computes is the sums across instances, from each document's small table
-//! of groups and values.
+//! instance's lines arrive rendered (`pushdoc`), with the places of their
+//! `host` and `instance` values listed, so a scrape copies them family by
+//! family and writes the two values at those places; what it computes is
+//! the sums across instances, from each document's small table of groups
+//! and values.
 //!
 //! The output is what [`super::expose::render`] makes of
 //! `redis::read::merge` (the model-based path, kept for the tests that
