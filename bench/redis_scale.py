@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -143,15 +144,84 @@ def resp(*args):
     return b"".join(out)
 
 
+def parse2(doc):
+    """A format 2 document (src/redis/codec.rs: "FCP" 2, then
+    length-prefixed fields): host, instance, the time's bytes, and per
+    family [name, help, kind byte, lines, the bytes after them (splices,
+    sum table)]."""
+    assert doc[:4] == b"FCP\x02", doc[:4]
+    pos = 4
+
+    def take(n):
+        nonlocal pos
+        pos += n
+        return doc[pos - n:pos]
+
+    def u32():
+        return struct.unpack("<I", take(4))[0]
+
+    def string():
+        return take(u32())
+
+    host, instance, time_ = string(), string(), take(8)
+    fams = []
+    for _ in range(u32()):
+        fam = [string(), string(), take(1), string()]
+        start = pos
+        take(u32() * 4)  # where the host's and the instance's values go
+        for _ in range(u32()):  # sum groups' keys
+            string()
+        for _ in range(u32()):  # one value per summed sample
+            take(4)
+            if take(1)[0] == 2:  # a histogram: its buckets, sum, count
+                take(u32() * 16 + 16)
+            else:
+                take(8)
+        fams.append(fam + [doc[start:pos]])
+    assert pos == len(doc)
+    return host, instance, time_, fams
+
+
+def build2(host, instance, time_, fams):
+    put = lambda b: struct.pack("<I", len(b)) + b
+    out = [b"FCP\x02", put(host), put(instance), time_, struct.pack("<I", len(fams))]
+    for name, help_, kind, lines, sums in fams:
+        out += [put(name), put(help_), kind, put(lines), sums]
+    return b"".join(out)
+
+
+def renamed(doc, host, instance):
+    """`doc` (a pushed document) as if instance `instance` on `host` had
+    pushed it: the header and the `host`/`instance` labels of its lines."""
+    if doc[:1] == b"{":  # format 1: JSON
+        d = json.loads(doc)
+        d["host"], d["instance"] = host, instance
+        return json.dumps(d).encode()
+    # The lines leave the host's and the instance's values to the read
+    # side (their places are listed): only the header names them.
+    _, _, time_, fams = parse2(doc)
+    return build2(host.encode(), instance.encode(), time_, fams)
+
+
+def without_app(doc):
+    """`doc` without the application's families (ferrocorn's own only)."""
+    if doc[:1] == b"{":
+        d = json.loads(doc)
+        d["families"] = [f for f in d["families"] if not f["n"].startswith(APP_FAMILIES)]
+        return json.dumps(d).encode()
+    host, instance, time_, fams = parse2(doc)
+    keep = [f for f in fams if not f[0].decode().startswith(APP_FAMILIES)]
+    return build2(host, instance, time_, keep)
+
+
 def fill(port, prefix, doc, n):
     """n instances' state under prefix, as n pushes would leave it."""
-    d = json.loads(doc)
     index = "%s:ferrocorn:{%s}:instances" % (prefix, prefix)
     cmds = []
     for i in range(n):
-        d["host"], d["instance"] = "bench-host-%03d" % i, "10.0.%d.%d:8000" % (i // 250, i % 250)
-        key = "%s:ferrocorn:{%s}:state:%s:%s" % (prefix, prefix, d["host"], d["instance"])
-        cmds.append(resp("SET", key, json.dumps(d), "EX", 600))
+        host, instance = "bench-host-%03d" % i, "10.0.%d.%d:8000" % (i // 250, i % 250)
+        key = "%s:ferrocorn:{%s}:state:%s:%s" % (prefix, prefix, host, instance)
+        cmds.append(resp("SET", key, renamed(doc, host, instance), "EX", 600))
         cmds.append(resp("SADD", index, key))
     out = cli(port, "--pipe", stdin=b"".join(cmds))
     assert "errors: 0" in out, out
@@ -259,9 +329,7 @@ def main():
                 rows.append(row)
                 print(row, file=sys.stderr)
         # ferrocorn's own families of 8 workers only.
-        d = json.loads(docs["counters"])
-        d["families"] = [f for f in d["families"] if not f["n"].startswith(APP_FAMILIES)]
-        small = json.dumps(d).encode()
+        small = without_app(docs["counters"])
         sizes = [("gauge-all", docs["gauge-all"], "8 workers, gauge-all app: 4,000 app series"),
                  ("counters", docs["counters"], "8 workers, counters/histogram app: ~505 app series"),
                  ("small", small, "8 workers, ferrocorn's families only")]

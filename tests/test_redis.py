@@ -59,7 +59,9 @@ class Redis:
         tls = ["--tls", "--cacert", self.tls] if self.tls else []
         auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
         r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port)] + tls + auth + list(args),
-                           capture_output=True, text=True, timeout=timeout)
+                           capture_output=True, text=True, timeout=timeout,
+                           # A state key's document is binary (push format 2).
+                           errors="backslashreplace")
         return r.stdout.strip()
 
     def stop(self):

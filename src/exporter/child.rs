@@ -59,6 +59,7 @@ pub fn run(
             crate::redis::hostname(),
             instance,
             Box::new(move || push_collector.collect()),
+            super::pushdoc::encode_into,
             log_line,
         ) {
             Ok(pusher) => {

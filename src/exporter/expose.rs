@@ -190,10 +190,7 @@ fn render_family_om(out: &mut String, g: &Group<'_>) {
 /// Labels are sorted by name (then value), `le` included, as
 /// prometheus_client 0.26 does in both formats.
 fn write_samples(out: &mut String, name: &str, g: &Group<'_>) {
-    let total = format!("{name}_total");
-    let bucket = format!("{name}_bucket");
-    let count_name = format!("{name}_count");
-    let sum_name = format!("{name}_sum");
+    let names = Names::new(name);
     // `le` strings of the bounds seen so far (bounds repeat across series).
     let mut le_cache: Vec<(u64, String)> = Vec::new();
     let mut labels: Vec<(&str, &str)> = Vec::new();
@@ -203,64 +200,22 @@ fn write_samples(out: &mut String, name: &str, g: &Group<'_>) {
         labels.clear();
         labels.extend(s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         labels.sort_unstable();
-        match (g.kind, &s.value) {
-            (Kind::Counter, SampleValue::Scalar(v)) => {
-                render_labels(&mut rendered, &labels);
-                sample_line(out, &total, "", &rendered, *v);
-            }
-            (Kind::Gauge, SampleValue::Scalar(v)) => {
-                render_labels(&mut rendered, &labels);
-                sample_line(out, name, "", &rendered, *v);
-            }
-            (
-                Kind::Histogram,
-                SampleValue::Histogram {
-                    buckets,
-                    sum,
-                    count,
-                },
-            ) => {
-                // `le` sorts between the labels before and after it.
-                let split = labels.partition_point(|(k, _)| *k <= "le");
-                render_labels(&mut rendered, &labels[..split]);
-                render_labels(&mut after, &labels[split..]);
-                let mut first_bound = f64::INFINITY;
-                let finite = buckets.iter().filter(|(le, _)| le.is_finite());
-                for (i, (le, c)) in finite.enumerate() {
-                    if i == 0 {
-                        first_bound = *le;
-                    }
-                    let idx = match le_cache.iter().position(|(b, _)| *b == le.to_bits()) {
-                        Some(idx) => idx,
-                        None => {
-                            le_cache.push((le.to_bits(), float_to_go_string(*le)));
-                            le_cache.len() - 1
-                        }
-                    };
-                    bucket_line(out, &bucket, &rendered, &le_cache[idx].1, &after, *c as f64);
-                }
-                bucket_line(out, &bucket, &rendered, "+Inf", &after, *count as f64);
-                render_labels(&mut rendered, &labels);
-                sample_line(out, &count_name, "", &rendered, *count as f64);
-                // As prometheus_client: no _sum when a bucket is negative.
-                if first_bound >= 0.0 {
-                    sample_line(out, &sum_name, "", &rendered, *sum);
-                }
-            }
-            (_, SampleValue::Raw { suffix, value }) => {
-                render_labels(&mut rendered, &labels);
-                let full = format!("{name}{suffix}");
-                sample_line(out, &full, "", &rendered, *value);
-            }
-            // A value that does not fit its family's kind cannot be
-            // expressed under that family's TYPE: skipped.
-            _ => {}
-        }
+        write_lines(
+            out,
+            g.kind,
+            &s.value,
+            &names,
+            &labels,
+            true,
+            &mut rendered,
+            &mut after,
+            &mut le_cache,
+        );
     }
 }
 
 /// `k1="v1",k2="v2"` (escaped) into `buf`, replacing its contents.
-fn render_labels(buf: &mut String, labels: &[(&str, &str)]) {
+pub(super) fn render_labels(buf: &mut String, labels: &[(&str, &str)]) {
     buf.clear();
     for (i, (k, v)) in labels.iter().enumerate() {
         if i > 0 {
@@ -273,8 +228,115 @@ fn render_labels(buf: &mut String, labels: &[(&str, &str)]) {
     }
 }
 
-/// `name` `suffix` `{labels}` `value` and a newline.
-pub(super) fn sample_line(out: &mut String, name: &str, suffix: &str, labels: &str, value: f64) {
+/// The metric names of one family's lines.
+pub struct Names {
+    pub base: String,
+    pub total: String,
+    pub bucket: String,
+    pub count: String,
+    pub sum: String,
+}
+
+impl Names {
+    /// `base`: the family's name as typed, escaped (a counter's without
+    /// `_total`).
+    pub fn new(base: &str) -> Names {
+        let base = base.to_owned();
+        Names {
+            total: format!("{base}_total"),
+            bucket: format!("{base}_bucket"),
+            count: format!("{base}_count"),
+            sum: format!("{base}_sum"),
+            base,
+        }
+    }
+}
+
+/// One sample's lines, as `expose` writes them; with `values` false, only
+/// each line's head (`name{labels}`) and a newline: the lines of a sum,
+/// whose values the read side adds up.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_lines(
+    out: &mut String,
+    kind: Kind,
+    value: &SampleValue,
+    names: &Names,
+    labels: &[(&str, &str)],
+    values: bool,
+    rendered: &mut String,
+    after: &mut String,
+    le_cache: &mut Vec<(u64, String)>,
+) {
+    let end = |out: &mut String, v: f64| {
+        if values {
+            out.push(' ');
+            write_float(out, v);
+        }
+        out.push('\n');
+    };
+    match (kind, value) {
+        (Kind::Counter, SampleValue::Scalar(v)) => {
+            render_labels(rendered, labels);
+            head(out, &names.total, "", rendered);
+            end(out, *v);
+        }
+        (Kind::Gauge, SampleValue::Scalar(v)) => {
+            render_labels(rendered, labels);
+            head(out, &names.base, "", rendered);
+            end(out, *v);
+        }
+        (
+            Kind::Histogram,
+            SampleValue::Histogram {
+                buckets,
+                sum,
+                count,
+            },
+        ) => {
+            // `le` sorts between the labels before and after it.
+            let split = labels.partition_point(|(k, _)| *k <= "le");
+            render_labels(rendered, &labels[..split]);
+            render_labels(after, &labels[split..]);
+            let mut first_bound = f64::INFINITY;
+            let finite = buckets.iter().filter(|(le, _)| le.is_finite());
+            for (i, (le, c)) in finite.enumerate() {
+                if i == 0 {
+                    first_bound = *le;
+                }
+                let idx = match le_cache.iter().position(|(b, _)| *b == le.to_bits()) {
+                    Some(idx) => idx,
+                    None => {
+                        le_cache.push((le.to_bits(), float_to_go_string(*le)));
+                        le_cache.len() - 1
+                    }
+                };
+                bucket_head(out, &names.bucket, rendered, &le_cache[idx].1, after);
+                end(out, *c as f64);
+            }
+            bucket_head(out, &names.bucket, rendered, "+Inf", after);
+            end(out, *count as f64);
+            render_labels(rendered, labels);
+            head(out, &names.count, "", rendered);
+            end(out, *count as f64);
+            // As prometheus_client: no _sum when a bucket is negative.
+            if first_bound >= 0.0 {
+                head(out, &names.sum, "", rendered);
+                end(out, *sum);
+            }
+        }
+        (_, SampleValue::Raw { suffix, value }) => {
+            render_labels(rendered, labels);
+            head(out, &names.base, suffix, rendered);
+            end(out, *value);
+        }
+        // A value that does not fit its family's kind cannot be expressed
+        // under that family's TYPE: no lines.
+        _ => {}
+    }
+}
+
+/// `name` `suffix` `{labels}`.
+fn head(out: &mut String, name: &str, suffix: &str, labels: &str) {
     out.push_str(name);
     out.push_str(suffix);
     if !labels.is_empty() {
@@ -282,20 +344,11 @@ pub(super) fn sample_line(out: &mut String, name: &str, suffix: &str, labels: &s
         out.push_str(labels);
         out.push('}');
     }
-    out.push(' ');
-    write_float(out, value);
-    out.push('\n');
 }
 
-/// A histogram bucket's line: `le` between the labels `before` and `after`.
-pub(super) fn bucket_line(
-    out: &mut String,
-    name: &str,
-    before: &str,
-    le: &str,
-    after: &str,
-    value: f64,
-) {
+/// A histogram bucket's line head: `le` between the labels `before` and
+/// `after`.
+fn bucket_head(out: &mut String, name: &str, before: &str, le: &str, after: &str) {
     out.push_str(name);
     out.push('{');
     if !before.is_empty() {
@@ -309,9 +362,7 @@ pub(super) fn bucket_line(
         out.push(',');
         out.push_str(after);
     }
-    out.push_str("} ");
-    write_float(out, value);
-    out.push('\n');
+    out.push('}');
 }
 
 fn is_legacy_metric_char(c: char, i: usize) -> bool {

@@ -16,13 +16,15 @@
 //! - `config`: the PROMETHEUS_* settings.
 //! - `child`: the exporter process's entry point (and the Redis push beside it).
 //! - `standalone`: `ferrocorn exporter`, the Redis read side.
+//! - `pushdoc`: the pushed document (the instance's lines, rendered).
 //! - `statsd`: gunicorn's statsd metrics, sent from shared memory.
-//! - `view`: the read side's exposition, rendered from the documents.
+//! - `view`: the read side's exposition, copied from the documents.
 
 pub mod child;
 pub mod collect;
 pub mod config;
 pub mod expose;
+pub mod pushdoc;
 pub mod server;
 pub mod standalone;
 pub mod statsd;

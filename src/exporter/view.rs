@@ -1,8 +1,10 @@
 //! The read side's fast path, second half: the documents that
-//! `redis::view` decoded in place, rendered straight into one exposition
-//! buffer, with the `host` and `instance` labels and the sums across
-//! instances written as they go (no families model in between: for 200
-//! instances of 4,000 series that model cost most of a scrape).
+//! `redis::view` read in place, copied into one exposition buffer. Each
+//! instance's lines arrive rendered (`pushdoc`), with the places of their
+//! `host` and `instance` values listed, so a scrape copies them family by
+//! family and writes the two values at those places; what it computes is
+//! the sums across instances, from each document's small table of groups
+//! and values.
 //!
 //! The output is what [`super::expose::render`] makes of
 //! `redis::read::merge` (the model-based path, kept for the tests that
@@ -11,18 +13,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::expose::{self, bucket_line, sample_line, Format};
-use crate::metrics::model::Kind;
+use super::expose::{self, write_lines, Format, Names};
+use super::pushdoc::{base_name, encode_own};
+use crate::metrics::model::{Kind, SampleValue};
+use crate::redis::codec::bucket;
 use crate::redis::link::Log;
-use crate::redis::read::{own_families, Found, ALL};
-use crate::redis::view::{self, kind_of, Doc, Fam, Num, Val};
-
-/// Where a source's samples come from: an instance (its `host` and
-/// `instance` labels are added) or the read side itself (no labels added).
-pub struct Source<'d, 'a> {
-    pub who: Option<(&'d str, &'d str)>,
-    pub families: &'d [Fam<'a>],
-}
+use crate::redis::read::{own_families, summable, Found, ALL};
+use crate::redis::view::{self, Doc, Fam, Val};
 
 /// The exposition of every instance of `found` (`None`: Redis could not be
 /// read) plus the read side's own families, in `format`. A document that
@@ -37,8 +34,8 @@ pub fn render_found(
     let mut docs: Vec<Doc<'_>> = Vec::new();
     if let Some(found) = found {
         docs.reserve(found.docs.len());
-        for ((key, _), decoded) in found.docs.iter().zip(decode_all(&found.docs)) {
-            match decoded {
+        for (key, bytes) in &found.docs {
+            match view::decode(bytes) {
                 Ok(d) => {
                     bad.remove(key);
                     docs.push(d);
@@ -52,143 +49,96 @@ pub fn render_found(
         }
     }
     // By (host, instance), as `merge` orders them.
-    docs.sort_by(|a, b| (&a.host, &a.instance).cmp(&(&b.host, &b.instance)));
-    let own = own_families(docs.len(), found.is_some());
-    let own = view::own(&own);
+    docs.sort_by(|a, b| (a.host, a.instance).cmp(&(b.host, b.instance)));
+    let own = encode_own(&own_families(docs.len(), found.is_some()));
     let mut sources: Vec<Source<'_, '_>> = docs
         .iter()
         .map(|d| Source {
-            who: Some((&d.host, &d.instance)),
             families: &d.families,
+            host: escaped(d.host),
+            instance: escaped(d.instance),
         })
         .collect();
-    sources.push(Source {
-        who: None,
-        families: &own,
-    });
+    // Encoded here, so it reads back; were it not, the scrape would only
+    // miss the read side's own two gauges.
+    let own = view::decode(&own);
+    if let Ok(own) = &own {
+        sources.push(Source {
+            families: &own.families,
+            host: String::new(),
+            instance: String::new(),
+        });
+    }
     render(&sources, format)
 }
 
-/// Documents at least this large in total are decoded on several threads.
-const PARALLEL_BYTES: usize = 4 << 20;
-
-/// Each document decoded, in order; on up to 4 threads when there is much
-/// to decode (a read of 200 large documents is mostly JSON parsing).
-fn decode_all(docs: &[(String, Vec<u8>)]) -> Vec<Result<Doc<'_>, String>> {
-    let total: usize = docs.iter().map(|(_, d)| d.len()).sum();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
-    if threads < 2 || total < PARALLEL_BYTES || docs.len() < 2 {
-        return docs.iter().map(|(_, d)| view::decode(d)).collect();
-    }
-    let per = docs.len().div_ceil(threads);
-    std::thread::scope(|sc| {
-        let parts: Vec<_> = docs
-            .chunks(per)
-            .map(|chunk| {
-                let h = sc.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(_, d)| view::decode(d))
-                        .collect::<Vec<_>>()
-                });
-                (chunk.len(), h)
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|(n, h)| {
-                h.join().unwrap_or_else(|_| {
-                    (0..n)
-                        .map(|_| Err("decoding panicked".to_owned()))
-                        .collect()
-                })
-            })
-            .collect()
-    })
+/// A label value as the exposition writes it.
+fn escaped(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    expose::escape_value(&mut out, v);
+    out
 }
 
-/// Labels that the sums fold away: who produced the series.
-const PER_PRODUCER: [&str; 3] = ["host", "instance", "worker_id"];
-
-fn summable(k: Kind) -> bool {
-    matches!(k, Kind::Counter | Kind::Histogram | Kind::Summary)
+/// One document's families and the values its lines' splices take.
+struct Source<'d, 'a> {
+    families: &'d [Fam<'a>],
+    host: String,
+    instance: String,
 }
 
 /// One family across sources: its first appearance's name, help and kind,
-/// and every (source, family) of that name and kind.
+/// and every family of that name and kind, in the sources' order.
 struct Group<'d, 'a> {
     name: &'d str,
     help: &'d str,
     kind: Kind,
-    members: Vec<(usize, &'d Fam<'a>)>,
+    /// (family, index of its source).
+    members: Vec<(&'d Fam<'a>, usize)>,
 }
 
-/// The name a family is grouped and typed under (as `expose` does).
-fn base_name(kind: Kind, name: &str) -> &str {
-    match kind {
-        Kind::Counter => name.strip_suffix("_total").unwrap_or(name),
-        _ => name,
-    }
-}
-
-/// A sum being accumulated.
-enum Acc<'s> {
-    Scalar(f64),
-    Raw(&'s str, f64),
-    Hist {
-        bounds: &'s [(Num, u64)],
-        counts: Vec<u64>,
-        sum: f64,
-        count: u64,
-    },
-    Broken,
-}
-
-/// Reused buffers of the render.
-#[derive(Default)]
-struct Scratch<'s> {
-    labels: Vec<(&'s str, &'s str)>,
-    rendered: String,
-    after: String,
-    key: String,
-}
-
-/// The exposition of `sources` in `format`: the union with `host` and
-/// `instance` labels, then each summable family's sums across sources
+/// The exposition of `sources` in `format`: each family's lines from every
+/// source, then, for summable families, the sums across sources
 /// (`host="all", instance="all"`).
-pub fn render(sources: &[Source<'_, '_>], format: Format) -> String {
+fn render(sources: &[Source<'_, '_>], format: Format) -> String {
     let mut groups: Vec<Group<'_, '_>> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut size = 0usize;
     for (si, src) in sources.iter().enumerate() {
         for f in src.families {
-            let Some(kind) = kind_of(&f.k) else { continue };
-            let name = base_name(kind, &f.n);
-            size += f.s.len();
+            let name = base_name(f.kind, f.name);
+            let spliced = (src.host.len() + src.instance.len()) * f.splices.len() / 8;
+            size = size.saturating_add(f.lines.len()).saturating_add(spliced);
             match index.get(name) {
                 Some(&gi) => {
-                    if groups[gi].kind == kind {
-                        groups[gi].members.push((si, f));
+                    // A family whose kind differs from its first
+                    // appearance's is left out, as `merge` does.
+                    if groups[gi].kind == f.kind {
+                        groups[gi].members.push((f, si));
                     }
                 }
                 None => {
                     index.insert(name, groups.len());
                     groups.push(Group {
                         name,
-                        help: &f.h,
-                        kind,
-                        members: vec![(si, f)],
+                        help: f.help,
+                        kind: f.kind,
+                        members: vec![(f, si)],
                     });
                 }
             }
         }
     }
-    let mut out = String::with_capacity(size * 96 + 4096);
-    let mut scratch = Scratch::default();
+    let mut out = String::with_capacity(size.saturating_add(groups.len() * 256 + 4096));
+    let mut sums = Sums::default();
     for g in &groups {
-        render_group(&mut out, g, sources, format, &mut scratch);
+        header(&mut out, g, format);
+        for &(f, si) in &g.members {
+            copy_lines(&mut out, f, &sources[si]);
+        }
+        if summable(g.kind) {
+            sums.add_up(&g.members);
+            sums.write(&mut out, g);
+        }
     }
     if format == Format::OpenMetrics100 {
         out.push_str("# EOF\n");
@@ -196,13 +146,22 @@ pub fn render(sources: &[Source<'_, '_>], format: Format) -> String {
     out
 }
 
-fn render_group<'d>(
-    out: &mut String,
-    g: &Group<'d, '_>,
-    sources: &'d [Source<'d, '_>],
-    format: Format,
-    sc: &mut Scratch<'d>,
-) {
+/// A family's lines, the source's host and instance written at their
+/// places.
+fn copy_lines(out: &mut String, f: &Fam<'_>, src: &Source<'_, '_>) {
+    let mut at = 0;
+    for i in 0..f.splices.len() / 4 {
+        // Checked by `view::decode`: ascending, on character boundaries.
+        let to = view::splice(f.splices, i);
+        out.push_str(&f.lines[at..to]);
+        out.push_str(if i % 2 == 0 { &src.host } else { &src.instance });
+        at = to;
+    }
+    out.push_str(&f.lines[at..]);
+}
+
+/// A family's HELP and TYPE lines.
+fn header(out: &mut String, g: &Group<'_, '_>, format: Format) {
     let name = expose::escape_name(g.name);
     let type_str = match g.kind {
         Kind::Counter => "counter",
@@ -210,386 +169,161 @@ fn render_group<'d>(
         Kind::Histogram => "histogram",
         Kind::Summary => "summary",
     };
-    let total = format!("{name}_total");
+    let type_name = match (format, g.kind) {
+        (Format::Text004, Kind::Counter) => format!("{name}_total"),
+        _ => name,
+    };
+    out.push_str("# HELP ");
+    out.push_str(&type_name);
+    out.push(' ');
     match format {
-        Format::Text004 => {
-            let type_name = if g.kind == Kind::Counter {
-                &total
-            } else {
-                &name
-            };
-            out.push_str("# HELP ");
-            out.push_str(type_name);
-            out.push(' ');
-            expose::escape_help_004(out, g.help);
-            out.push_str("\n# TYPE ");
-            out.push_str(type_name);
-        }
-        Format::OpenMetrics100 => {
-            out.push_str("# HELP ");
-            out.push_str(&name);
-            out.push(' ');
-            expose::escape_value(out, g.help);
-            out.push_str("\n# TYPE ");
-            out.push_str(&name);
-        }
+        Format::Text004 => expose::escape_help_004(out, g.help),
+        Format::OpenMetrics100 => expose::escape_value(out, g.help),
     }
+    out.push_str("\n# TYPE ");
+    out.push_str(&type_name);
     out.push(' ');
     out.push_str(type_str);
     out.push('\n');
+}
 
-    let names = Names {
-        base: &name,
-        total: &total,
-        bucket: format!("{name}_bucket"),
-        count: format!("{name}_count"),
-        sum: format!("{name}_sum"),
-    };
-    let mut le_cache: Vec<(u64, String)> = Vec::new();
-    let sum_up = summable(g.kind);
-    let mut sums = Sums::default();
-    let samples: usize = g.members.iter().map(|(_, f)| f.s.len()).sum();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
-    if threads >= 2 && samples >= PARALLEL_SAMPLES && g.members.len() >= 2 {
-        // A large family (thousands of series in each of many instances):
-        // its instances' lines are rendered on several threads, each with
-        // its own sums, then joined in order.
-        let per = g.members.len().div_ceil(threads);
-        let names = &names;
-        let parts: Vec<Option<(String, Sums<'d>)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = g
-                .members
-                .chunks(per)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        let mut out = String::with_capacity(samples / threads * 96);
-                        let mut sc = Scratch::default();
-                        let mut sums = Sums::default();
-                        let mut le_cache = Vec::new();
-                        render_members(
-                            &mut out,
-                            g.kind,
-                            chunk,
-                            sources,
-                            names,
-                            &mut sc,
-                            sum_up.then_some(&mut sums),
-                            &mut le_cache,
-                        );
-                        (out, sums)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().ok()).collect()
-        });
-        for part in parts {
-            // A thread that panicked leaves its instances out of this
-            // scrape rather than failing it.
-            let Some((text, part)) = part else { continue };
-            out.push_str(&text);
-            sums.absorb(part);
+/// A sum being accumulated.
+enum Acc<'a> {
+    /// No sample yet (a group listed without samples).
+    Empty,
+    Scalar(f64),
+    Raw(f64),
+    Hist {
+        /// The first sample's buckets: their bounds are the sum's.
+        bounds: &'a [u8],
+        counts: Vec<u64>,
+        sum: f64,
+        count: u64,
+    },
+    /// Samples that cannot be added (other bucket bounds, other shapes):
+    /// the group gets no sum.
+    Broken,
+}
+
+/// One summed series: its key (which holds its labels) and its running
+/// value.
+struct Sum<'a> {
+    key: &'a [u8],
+    acc: Acc<'a>,
+}
+
+/// The sums of one family at a time (buffers reused across families).
+#[derive(Default)]
+struct Sums<'a> {
+    list: Vec<Sum<'a>>,
+    index: HashMap<&'a [u8], usize>,
+    /// A document's group numbers to `list` positions.
+    map: Vec<usize>,
+}
+
+impl<'a> Sums<'a> {
+    /// Adds up the samples of `members` in order (the order `merge` adds
+    /// them in, so that float sums come out the same).
+    fn add_up(&mut self, members: &[(&'a Fam<'a>, usize)]) {
+        self.list.clear();
+        self.index.clear();
+        for &(f, _) in members {
+            self.map.clear();
+            for (j, g) in f.groups.iter().enumerate() {
+                // Instances of one application list the same groups in the
+                // same order: a comparison finds the group without hashing.
+                let at = match self.list.get(j) {
+                    Some(s) if s.key == g.key => j,
+                    _ => *self.index.entry(g.key).or_insert_with(|| {
+                        self.list.push(Sum {
+                            key: g.key,
+                            acc: Acc::Empty,
+                        });
+                        self.list.len() - 1
+                    }),
+                };
+                self.map.push(at);
+            }
+            for c in &f.contribs {
+                // Both indexes checked: `c.group` by `view::decode`, `map`
+                // has one entry per group.
+                add(&mut self.list[self.map[c.group]].acc, &c.val);
+            }
         }
-    } else {
-        render_members(
-            out,
-            g.kind,
-            &g.members,
-            sources,
-            &names,
-            sc,
-            sum_up.then_some(&mut sums),
-            &mut le_cache,
-        );
     }
-    let mut accs = sums.list;
-    if accs.is_empty() {
-        return;
-    }
-    accs.sort_by(|a, b| a.key.cmp(&b.key));
-    for sum in &mut accs {
-        sum.labels.push(("host", ALL));
-        sum.labels.push(("instance", ALL));
-        sum.labels.sort_unstable();
-        let counts: Vec<(Num, u64)>;
-        let val = match &sum.acc {
-            Acc::Broken => continue,
-            Acc::Scalar(v) => Val::Scalar(*v),
-            Acc::Raw(suffix, v) => Val::Raw { suffix, value: *v },
-            Acc::Hist {
-                bounds,
-                counts: c,
-                sum,
-                count,
-            } => {
-                counts = bounds.iter().zip(c).map(|((le, _), c)| (*le, *c)).collect();
-                Val::Hist {
-                    buckets: &counts,
+
+    /// The sums' lines, by key, written as `expose` writes a sample
+    /// (one series per group of the whole read: no cost per instance).
+    fn write(&mut self, out: &mut String, g: &Group<'_, '_>) {
+        self.list.sort_unstable_by(|a, b| a.key.cmp(b.key));
+        let names = Names::new(&expose::escape_name(g.name));
+        let (mut rendered, mut after, mut le_cache) = (String::new(), String::new(), Vec::new());
+        for sum in &self.list {
+            let Some((suffix, mut labels)) = view::key_parts(sum.key) else {
+                continue;
+            };
+            let value = match &sum.acc {
+                Acc::Empty | Acc::Broken => continue,
+                Acc::Scalar(v) => SampleValue::Scalar(*v),
+                Acc::Raw(v) => SampleValue::Raw {
+                    suffix: suffix.to_owned(),
+                    value: *v,
+                },
+                Acc::Hist {
+                    bounds,
+                    counts,
+                    sum,
+                    count,
+                } => SampleValue::Histogram {
+                    buckets: counts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (bucket(bounds, i).0, *c))
+                        .collect(),
                     sum: *sum,
                     count: *count,
-                }
-            }
-        };
-        write_sample(
-            out,
-            g.kind,
-            &val,
-            &names,
-            &sum.labels,
-            &mut sc.rendered,
-            &mut sc.after,
-            &mut le_cache,
-        );
-    }
-}
-
-/// Families with at least this many series are rendered on several threads.
-const PARALLEL_SAMPLES: usize = 50_000;
-
-/// The sample lines of `members`, their sums added to `sums` when given.
-#[allow(clippy::too_many_arguments)]
-fn render_members<'d>(
-    out: &mut String,
-    kind: Kind,
-    members: &[(usize, &'d Fam<'_>)],
-    sources: &'d [Source<'d, '_>],
-    names: &Names<'_>,
-    sc: &mut Scratch<'d>,
-    mut sums: Option<&mut Sums<'d>>,
-    le_cache: &mut Vec<(u64, String)>,
-) {
-    for &(si, f) in members {
-        let who = sources[si].who;
-        for s in &f.s {
-            let Some(val) = s.val() else { continue };
-            sc.labels.clear();
-            for (k, v) in &s.l {
-                let k: &str = k;
-                let k = match (who, k) {
-                    // A series' own host/instance labels are kept as
-                    // exported_*, as Prometheus does on a clash.
-                    (Some(_), "host") => "exported_host",
-                    (Some(_), "instance") => "exported_instance",
-                    _ => k,
-                };
-                sc.labels.push((k, v));
-            }
-            if let Some((host, instance)) = who {
-                sc.labels.push(("host", host));
-                sc.labels.push(("instance", instance));
-            }
-            sc.labels.sort_unstable();
-            write_sample(
+                },
+            };
+            labels.push(("host", ALL));
+            labels.push(("instance", ALL));
+            labels.sort_unstable();
+            write_lines(
                 out,
-                kind,
-                &val,
-                names,
-                &sc.labels,
-                &mut sc.rendered,
-                &mut sc.after,
-                le_cache,
+                g.kind,
+                &value,
+                &names,
+                &labels,
+                true,
+                &mut rendered,
+                &mut after,
+                &mut le_cache,
             );
-            if let Some(sums) = sums.as_deref_mut() {
-                add_to_sums(&val, sc, sums);
-            }
         }
     }
 }
 
-/// The sums of one family being accumulated: by key, in first-seen order.
-#[derive(Default)]
-struct Sums<'s> {
-    index: HashMap<String, usize>,
-    list: Vec<Sum<'s>>,
-}
-
-impl<'s> Sums<'s> {
-    /// Adds another thread's sums of the same family.
-    fn absorb(&mut self, other: Sums<'s>) {
-        for sum in other.list {
-            match self.index.get(&sum.key) {
-                Some(&i) => {
-                    let acc = &mut self.list[i].acc;
-                    *acc = combine(std::mem::replace(acc, Acc::Broken), sum.acc);
-                }
-                None => {
-                    self.index.insert(sum.key.clone(), self.list.len());
-                    self.list.push(sum);
-                }
-            }
-        }
-    }
-}
-
-fn combine<'s>(a: Acc<'s>, b: Acc<'s>) -> Acc<'s> {
-    match (a, b) {
-        (Acc::Scalar(x), Acc::Scalar(y)) => Acc::Scalar(x + y),
-        (Acc::Raw(s, x), Acc::Raw(_, y)) => Acc::Raw(s, x + y),
+/// Adds one sample to its group's sum.
+fn add<'a>(acc: &mut Acc<'a>, val: &Val<'a>) {
+    match (&mut *acc, val) {
+        (Acc::Empty, Val::Scalar(v)) => *acc = Acc::Scalar(0.0 + v),
+        (Acc::Empty, Val::Raw(v)) => *acc = Acc::Raw(0.0 + v),
         (
-            Acc::Hist {
-                bounds,
-                mut counts,
-                sum,
-                count,
-            },
-            Acc::Hist {
-                bounds: b2,
-                counts: c2,
-                sum: s2,
-                count: n2,
-            },
-        ) if same_bounds(bounds, b2) => {
-            for (c, c2) in counts.iter_mut().zip(c2) {
-                *c += c2;
-            }
-            Acc::Hist {
-                bounds,
-                counts,
-                sum: sum + s2,
-                count: count + n2,
-            }
-        }
-        _ => Acc::Broken,
-    }
-}
-
-fn same_bounds(a: &[(Num, u64)], b: &[(Num, u64)]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 .0 == y.0 .0)
-}
-
-/// One summed series: its key (for the order), labels and running value.
-struct Sum<'s> {
-    key: String,
-    labels: Vec<(&'s str, &'s str)>,
-    acc: Acc<'s>,
-}
-
-struct Names<'n> {
-    base: &'n str,
-    total: &'n str,
-    bucket: String,
-    count: String,
-    sum: String,
-}
-
-/// One sample's lines, as `expose::write_samples` writes them.
-#[allow(clippy::too_many_arguments)]
-fn write_sample(
-    out: &mut String,
-    kind: Kind,
-    val: &Val<'_>,
-    names: &Names<'_>,
-    labels: &[(&str, &str)],
-    rendered: &mut String,
-    after: &mut String,
-    le_cache: &mut Vec<(u64, String)>,
-) {
-    match (kind, val) {
-        (Kind::Counter, Val::Scalar(v)) => {
-            render_labels(rendered, labels);
-            sample_line(out, names.total, "", rendered, *v);
-        }
-        (Kind::Gauge, Val::Scalar(v)) => {
-            render_labels(rendered, labels);
-            sample_line(out, names.base, "", rendered, *v);
-        }
-        (
-            Kind::Histogram,
+            Acc::Empty,
             Val::Hist {
                 buckets,
                 sum,
                 count,
             },
         ) => {
-            let split = labels.partition_point(|(k, _)| *k <= "le");
-            render_labels(rendered, &labels[..split]);
-            render_labels(after, &labels[split..]);
-            let mut first_bound = f64::INFINITY;
-            let finite = buckets.iter().filter(|(le, _)| le.0.is_finite());
-            for (i, (le, c)) in finite.enumerate() {
-                let le = le.0;
-                if i == 0 {
-                    first_bound = le;
-                }
-                let idx = match le_cache.iter().position(|(b, _)| *b == le.to_bits()) {
-                    Some(idx) => idx,
-                    None => {
-                        le_cache.push((le.to_bits(), expose::float_to_go_string(le)));
-                        le_cache.len() - 1
-                    }
-                };
-                bucket_line(
-                    out,
-                    &names.bucket,
-                    rendered,
-                    &le_cache[idx].1,
-                    after,
-                    *c as f64,
-                );
-            }
-            bucket_line(out, &names.bucket, rendered, "+Inf", after, *count as f64);
-            render_labels(rendered, labels);
-            sample_line(out, &names.count, "", rendered, *count as f64);
-            if first_bound >= 0.0 {
-                sample_line(out, &names.sum, "", rendered, *sum);
+            *acc = Acc::Hist {
+                bounds: buckets,
+                counts: (0..val.buckets()).map(|i| bucket(buckets, i).1).collect(),
+                sum: 0.0 + sum,
+                count: *count,
             }
         }
-        (_, Val::Raw { suffix, value }) => {
-            render_labels(rendered, labels);
-            sample_line(out, names.base, suffix, rendered, *value);
-        }
-        _ => {}
-    }
-}
-
-/// Adds a sample to its group's sum; the group key is the sample's suffix
-/// and its labels without host, instance and worker_id (already sorted).
-fn add_to_sums<'s>(val: &Val<'s>, sc: &mut Scratch<'s>, sums: &mut Sums<'s>) {
-    sc.key.clear();
-    if let Val::Raw { suffix, .. } = val {
-        sc.key.push_str(suffix);
-    }
-    for (k, v) in &sc.labels {
-        if PER_PRODUCER.contains(k) {
-            continue;
-        }
-        sc.key.push('\0');
-        sc.key.push_str(k);
-        sc.key.push('\0');
-        sc.key.push_str(v);
-    }
-    let i = match sums.index.get(sc.key.as_str()) {
-        Some(&i) => i,
-        None => {
-            let acc = match val {
-                Val::Scalar(_) => Acc::Scalar(0.0),
-                Val::Raw { suffix, .. } => Acc::Raw(suffix, 0.0),
-                Val::Hist { buckets, .. } => Acc::Hist {
-                    bounds: buckets,
-                    counts: vec![0; buckets.len()],
-                    sum: 0.0,
-                    count: 0,
-                },
-            };
-            sums.index.insert(sc.key.clone(), sums.list.len());
-            sums.list.push(Sum {
-                key: sc.key.clone(),
-                labels: sc
-                    .labels
-                    .iter()
-                    .filter(|(k, _)| !PER_PRODUCER.contains(k))
-                    .copied()
-                    .collect(),
-                acc,
-            });
-            sums.list.len() - 1
-        }
-    };
-    let acc = &mut sums.list[i].acc;
-    match (&mut *acc, val) {
         (Acc::Scalar(a), Val::Scalar(b)) => *a += b,
-        (Acc::Raw(_, a), Val::Raw { value, .. }) => *a += value,
+        (Acc::Raw(a), Val::Raw(b)) => *a += b,
         (
             Acc::Hist {
                 bounds,
@@ -603,11 +337,11 @@ fn add_to_sums<'s>(val: &Val<'s>, sc: &mut Scratch<'s>, sums: &mut Sums<'s>) {
                 count: c2,
             },
         ) if same_bounds(bounds, buckets) => {
-            for (c, (_, c2)) in counts.iter_mut().zip(*buckets) {
-                *c += c2;
+            for (i, c) in counts.iter_mut().enumerate() {
+                *c = c.saturating_add(bucket(buckets, i).1);
             }
             *sum += s2;
-            *count += c2;
+            *count = count.saturating_add(*c2);
         }
         // Cumulative counts of different bounds (or values of different
         // shapes) cannot be added: the group gets no sum.
@@ -616,26 +350,24 @@ fn add_to_sums<'s>(val: &Val<'s>, sc: &mut Scratch<'s>, sums: &mut Sums<'s>) {
     }
 }
 
-/// `k1="v1",k2="v2"` (escaped) into `buf`, replacing its contents.
-fn render_labels(buf: &mut String, labels: &[(&str, &str)]) {
-    buf.clear();
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            buf.push(',');
-        }
-        expose::escape_label_name(buf, k);
-        buf.push_str("=\"");
-        expose::escape_value(buf, v);
-        buf.push('"');
-    }
+/// Whether two histograms' buckets have the same bounds (compared as
+/// numbers, as `merge` does).
+fn same_bounds(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (0..a.len() / 16).all(|i| bucket(a, i).0 == bucket(b, i).0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::model::{Family, Sample, SampleValue};
-    use crate::redis::codec::{encode, Snapshot};
-    use crate::redis::read::{merge, snapshots};
+    use crate::redis::codec::Snapshot;
+    use crate::redis::read::merge;
+
+    fn encode(snap: &Snapshot) -> Vec<u8> {
+        let mut out = Vec::new();
+        super::super::pushdoc::encode_into(snap, &mut out);
+        out
+    }
 
     fn fam(name: &str, kind: Kind, samples: Vec<Sample>) -> Family {
         Family {
@@ -689,7 +421,12 @@ mod tests {
                 fam(
                     "gunicorn_requests_in_flight",
                     Kind::Gauge,
-                    vec![smp(&[], SampleValue::Scalar(0.25))],
+                    vec![
+                        smp(&[], SampleValue::Scalar(0.25)),
+                        // A NUL of its own: this family's lines keep the
+                        // host and instance values (no splices).
+                        smp(&[("nul", "a\0b")], SampleValue::Scalar(1.0)),
+                    ],
                 ),
                 fam(
                     "app_hits",
@@ -743,7 +480,7 @@ mod tests {
             expired: 0,
         };
         for format in [Format::Text004, Format::OpenMetrics100] {
-            let mut want = merge(&snapshots(&found));
+            let mut want = merge(&snaps);
             want.extend(own_families(3, true));
             let want = expose::render(&want, format);
             let got = render_found(Some(&found), &mut HashSet::new(), |_| {}, format);
@@ -771,8 +508,9 @@ mod tests {
         let good = encode(&snap("a", "i", 1.0, 0.1, Kind::Counter));
         let found = Found {
             docs: vec![
-                ("k:a".into(), good),
-                ("k:bad".into(), b"{\"v\":1,\"host\":3}".to_vec()),
+                ("k:a".into(), good.clone()),
+                // Truncated, and a version 1 (JSON) document.
+                ("k:bad".into(), good[..good.len() - 3].to_vec()),
                 ("k:v2".into(), b"{\"v\":2}".to_vec()),
             ],
             expired: 0,
@@ -788,5 +526,27 @@ mod tests {
         assert_eq!(LOGGED.load(Ordering::Relaxed), 2);
         let none = render_found(None, &mut bad, log, Format::Text004);
         assert!(none.contains("ferrocorn_redis_up 0.0\n"), "{none}");
+    }
+
+    #[test]
+    fn damaged_documents_are_errors_not_panics() {
+        let good = encode(&snap("a", "i", 1.0, 0.1, Kind::Counter));
+        assert!(view::decode(&good).is_ok());
+        for n in 0..good.len() {
+            assert!(view::decode(&good[..n]).is_err(), "cut at {n}");
+        }
+        // Any byte changed: read or refused, never a panic or an over-read;
+        // what reads renders.
+        for i in 0..good.len() {
+            for b in [0x00, 0x7f, 0xff] {
+                let mut bad = good.clone();
+                bad[i] = b;
+                let found = Found {
+                    docs: vec![("k".into(), bad)],
+                    expired: 0,
+                };
+                let _ = render_found(Some(&found), &mut HashSet::new(), |_| {}, Format::Text004);
+            }
+        }
     }
 }

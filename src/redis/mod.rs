@@ -4,12 +4,14 @@
 //! (`ferrocorn exporter`) serves the union of the live instances ([`read`]).
 //!
 //! - `settings`: the REDIS_* settings and where Redis is.
-//! - `codec`: the pushed document (one JSON value per instance).
+//! - `codec`: the pushed document's format (one per instance: its
+//!   exposition lines and a table for the sums), rendered by
+//!   `exporter::pushdoc`.
 //! - `link`: one connection with timeouts, reconnects and outage logging.
 //! - `push`: the exporter's periodic and final push.
 //! - `read`: fetching the instances and merging them into one exposition.
-//! - `view`: the documents decoded in place and rendered straight into the
-//!   exposition (the read side's fast path).
+//! - `view`: the documents read in place (the read side's fast path;
+//!   `exporter::view` copies their lines into the exposition).
 //!
 //! The `redis` crate is named `::redis` here, this module being `crate::redis`.
 

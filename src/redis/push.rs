@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use super::codec::{self, Snapshot};
+use super::codec::{Encode, Snapshot};
 use super::link::{Link, Log};
 use super::settings::RedisSettings;
 use super::{index_key, state_key};
@@ -98,6 +98,7 @@ pub struct Pusher {
     key: String,
     index: String,
     collect: Collect,
+    encode: Encode,
     stats: Arc<Mutex<PushStats>>,
     /// The document's buffer, kept across pushes (no fresh pages to fault
     /// in for a quarter-megabyte document every interval).
@@ -117,6 +118,7 @@ impl Pusher {
         host: String,
         instance: String,
         collect: Collect,
+        encode: Encode,
         log: Log,
     ) -> Result<Pusher, String> {
         let link = Link::new(
@@ -133,6 +135,7 @@ impl Pusher {
             host,
             instance,
             collect,
+            encode,
             stats: Arc::default(),
             buf: Vec::new(),
         })
@@ -198,7 +201,7 @@ impl Pusher {
                 .map_or(0.0, |d| d.as_secs_f64()),
             families: (self.collect)(),
         };
-        codec::encode_into(&snap, &mut self.buf);
+        (self.encode)(&snap, &mut self.buf);
         let doc = &self.buf[..];
         let encoded = t0.elapsed();
         let bytes = doc.len();

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 #[cfg(test)]
-use super::codec::{self, Snapshot};
+use super::codec::Snapshot;
 use super::index_key;
 use super::link::{Link, Log};
 use super::settings::RedisSettings;
@@ -18,8 +18,7 @@ use crate::metrics::model::{Family, Kind, Sample, SampleValue};
 pub const ALL: &str = "all";
 
 /// Labels that the sums fold away: who produced the series.
-#[cfg(test)]
-const PER_PRODUCER: [&str; 3] = ["host", "instance", "worker_id"];
+pub const PER_PRODUCER: [&str; 3] = ["host", "instance", "worker_id"];
 
 /// MGET this many keys per command (one round trip still: pipelined).
 const MGET_CHUNK: usize = 100;
@@ -81,17 +80,6 @@ impl Reader {
     }
 }
 
-/// Every document of `found` decoded into the model (the tests compare the
-/// fast path with [`merge`] of these).
-#[cfg(test)]
-pub fn snapshots(found: &Found) -> Vec<Snapshot> {
-    found
-        .docs
-        .iter()
-        .filter_map(|(_, d)| codec::decode(d).ok())
-        .collect()
-}
-
 /// The union of the instances' families, each sample labelled with its
 /// instance, plus the sums. A family whose kind differs between instances
 /// keeps the kind it has in the first instance (by host, instance); the
@@ -149,8 +137,7 @@ pub fn merge(snaps: &[Snapshot]) -> Vec<Family> {
 
 /// Whether summing a family across instances means something: counts and
 /// sums add up, gauges (memory, state, in flight) do not in general.
-#[cfg(test)]
-fn summable(k: Kind) -> bool {
+pub fn summable(k: Kind) -> bool {
     matches!(k, Kind::Counter | Kind::Histogram | Kind::Summary)
 }
 

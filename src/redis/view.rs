@@ -1,246 +1,210 @@
-//! The read side's fast path, first half: the pushed documents decoded in
-//! place (strings borrowed from the fetched bytes, no allocation per label
-//! or value). `exporter::view` renders them straight into the exposition.
+//! The read side's fast path, first half: a pushed document (format in
+//! `codec`) read in place: its families' lines and sum tables are slices
+//! of the fetched bytes, checked once here. `exporter::view` copies the
+//! lines into the exposition and adds up the sums.
 
-use std::borrow::Cow;
-
-use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
-
-use super::codec::VERSION;
-use crate::metrics::model::{Family, Kind, SampleValue};
-
-/// A number of the document: a JSON number, or "NaN", "+Inf", "-Inf".
-#[derive(Debug, Clone, Copy)]
-pub struct Num(pub f64);
-
-impl<'de> Deserialize<'de> for Num {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Num, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Num;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a number, \"NaN\", \"+Inf\" or \"-Inf\"")
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Num, E> {
-                Ok(Num(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
-                Ok(Num(v as f64))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num, E> {
-                Ok(Num(v as f64))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Num, E> {
-                match v {
-                    "NaN" => Ok(Num(f64::NAN)),
-                    "+Inf" => Ok(Num(f64::INFINITY)),
-                    "-Inf" => Ok(Num(f64::NEG_INFINITY)),
-                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A string of the document: borrowed from its bytes unless it had escapes
-/// (serde's own `Cow<str>` is always owned inside sequences and tuples).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Str<'a>(pub Cow<'a, str>);
-
-impl std::ops::Deref for Str<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Str<'a>, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl Default for Str<'_> {
-    fn default() -> Self {
-        Str(Cow::Borrowed(""))
-    }
-}
+use super::codec::{self, Cursor, MAGIC, SHAPE_HIST, SHAPE_RAW, SHAPE_SCALAR, VERSION};
+use crate::metrics::model::Kind;
 
 /// One pushed document, borrowing from its bytes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct Doc<'a> {
-    pub v: u64,
-    #[serde(borrow)]
-    pub host: Str<'a>,
-    #[serde(borrow)]
-    pub instance: Str<'a>,
-    #[serde(borrow)]
+    pub host: &'a str,
+    pub instance: &'a str,
     pub families: Vec<Fam<'a>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct Fam<'a> {
-    #[serde(borrow)]
-    pub n: Str<'a>,
-    #[serde(borrow, default)]
-    pub h: Str<'a>,
-    #[serde(borrow)]
-    pub k: Str<'a>,
-    #[serde(borrow)]
-    pub s: Vec<Smp<'a>>,
+    /// As the instance named it (a counter's may end in `_total`).
+    pub name: &'a str,
+    pub help: &'a str,
+    pub kind: Kind,
+    /// The family's sample lines, each ending in "\n", labels included
+    /// except the values of `host` and `instance` when `splices` says where
+    /// they go.
+    pub lines: &'a str,
+    /// Where in `lines` the host's and the instance's values go,
+    /// alternately (u32 offsets, 4 bytes each; checked: ascending, within
+    /// `lines`, on character boundaries). Empty: `lines` is complete.
+    pub splices: &'a [u8],
+    /// Summable families: the groups the samples are summed in.
+    pub groups: Vec<Group<'a>>,
+    /// Summable families: each sample's value, in the samples' order.
+    pub contribs: Vec<Contrib<'a>>,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Smp<'a> {
-    #[serde(borrow)]
-    pub l: Vec<(Str<'a>, Str<'a>)>,
-    #[serde(default)]
-    pub v: Option<Num>,
-    /// Histogram: `[[le, cumulative count], ...]`, `sum`, `c` (count).
-    #[serde(default)]
-    pub b: Option<Vec<(Num, u64)>>,
-    #[serde(default)]
-    pub sum: Option<Num>,
-    #[serde(default)]
-    pub c: Option<u64>,
-    /// Raw sample: its suffix.
-    #[serde(borrow, default)]
-    pub x: Option<Str<'a>>,
+#[derive(Debug)]
+pub struct Group<'a> {
+    /// Matches the group across instances: the suffix and the labels that
+    /// are not per producer (`codec`; read by [`key_parts`] when its sum
+    /// is written).
+    pub key: &'a [u8],
 }
 
-/// A sample's value, checked.
-pub enum Val<'s> {
+/// A group key's suffix and labels; `None` when it is malformed (the sum
+/// is then left out).
+pub fn key_parts(key: &[u8]) -> Option<(&str, Vec<(&str, &str)>)> {
+    let mut c = Cursor::new(key);
+    let suffix = c.str().ok()?;
+    let mut labels = Vec::new();
+    while !c.at_end() {
+        labels.push((c.str().ok()?, c.str().ok()?));
+    }
+    Some((suffix, labels))
+}
+
+#[derive(Debug)]
+pub struct Contrib<'a> {
+    /// Index into the family's `groups` (checked).
+    pub group: usize,
+    pub val: Val<'a>,
+}
+
+#[derive(Debug)]
+pub enum Val<'a> {
     Scalar(f64),
+    Raw(f64),
     Hist {
-        buckets: &'s [(Num, u64)],
+        /// `(f64 le, u64 cumulative count)` pairs, 16 bytes each
+        /// (`codec::bucket` reads one).
+        buckets: &'a [u8],
         sum: f64,
         count: u64,
     },
-    Raw {
-        suffix: &'s str,
-        value: f64,
-    },
 }
 
-impl Smp<'_> {
-    pub fn val(&self) -> Option<Val<'_>> {
-        if let Some(b) = &self.b {
-            return Some(Val::Hist {
-                buckets: b,
-                sum: self.sum?.0,
-                count: self.c?,
-            });
+impl Val<'_> {
+    pub fn buckets(&self) -> usize {
+        match self {
+            Val::Hist { buckets, .. } => buckets.len() / 16,
+            _ => 0,
         }
-        let value = self.v?.0;
-        Some(match &self.x {
-            Some(x) => Val::Raw { suffix: x, value },
-            None => Val::Scalar(value),
-        })
     }
 }
 
-pub fn kind_of(code: &str) -> Option<Kind> {
-    Some(match code {
-        "counter" => Kind::Counter,
-        "gauge" => Kind::Gauge,
-        "histogram" => Kind::Histogram,
-        "summary" => Kind::Summary,
-        _ => return None,
+/// Reads and checks a document: a malformed family or sample drops the
+/// whole document (rather than serving half of an instance).
+pub fn decode(bytes: &[u8]) -> Result<Doc<'_>, String> {
+    if bytes.first() == Some(&b'{') {
+        return Err(format!(
+            "format version 1 (JSON), this ferrocorn reads {VERSION}"
+        ));
+    }
+    let mut c = Cursor::new(bytes);
+    if c.take(3).ok() != Some(&MAGIC[..]) {
+        return Err("not a ferrocorn document".to_owned());
+    }
+    let v = c.u8()?;
+    if v != VERSION {
+        return Err(format!(
+            "format version {v}, this ferrocorn reads {VERSION}"
+        ));
+    }
+    let host = c.str()?;
+    let instance = c.str()?;
+    let _time = c.f64()?;
+    let n = c.length()?;
+    // Each family takes at least 21 bytes: no allocation beyond what the
+    // document could hold.
+    let mut families = Vec::with_capacity(n.min(bytes.len() / 21));
+    for _ in 0..n {
+        families.push(family(&mut c)?);
+    }
+    if !c.at_end() {
+        return Err("trailing bytes after the last family".to_owned());
+    }
+    Ok(Doc {
+        host,
+        instance,
+        families,
     })
 }
 
-/// Decodes and checks a document (the same checks as `codec::decode`: a
-/// malformed sample or family drops the whole document).
-pub fn decode(bytes: &[u8]) -> Result<Doc<'_>, String> {
-    let doc: Doc<'_> = match serde_json::from_slice(bytes) {
-        Ok(d) => d,
-        Err(e) => {
-            // Say "version" when that is what is wrong.
-            #[derive(Deserialize)]
-            struct V {
-                v: Option<u64>,
-            }
-            if let Ok(V { v }) = serde_json::from_slice::<V>(bytes) {
-                if v != Some(VERSION) {
-                    return Err(format!(
-                        "format version {v:?}, this ferrocorn reads {VERSION}"
-                    ));
-                }
-            }
-            return Err(format!("not a document: {e}"));
-        }
-    };
-    if doc.v != VERSION {
-        return Err(format!(
-            "format version {:?}, this ferrocorn reads {VERSION}",
-            Some(doc.v)
-        ));
+/// A block of lines: empty, or ending in a newline (so that a block can be
+/// copied next to another without running lines together).
+fn line_block<'a>(c: &mut Cursor<'a>, what: &str) -> Result<&'a str, String> {
+    let s = c.str()?;
+    if !s.is_empty() && !s.ends_with('\n') {
+        return Err(format!("{what} without a final newline"));
     }
-    for f in &doc.families {
-        if kind_of(&f.k).is_none() {
-            return Err(format!("family {}: bad kind", &*f.n));
-        }
-        if f.s.iter().any(|s| s.val().is_none()) {
-            return Err(format!("family {}: a malformed sample", &*f.n));
-        }
-    }
-    Ok(doc)
+    Ok(s)
 }
 
-/// The read side's own families as a source's families.
-pub fn own(families: &[Family]) -> Vec<Fam<'_>> {
-    families
-        .iter()
-        .map(|f| Fam {
-            n: Str(Cow::Borrowed(&f.name)),
-            h: Str(Cow::Borrowed(&f.help)),
-            k: Str(Cow::Borrowed(match f.kind {
-                Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
-                Kind::Histogram => "histogram",
-                Kind::Summary => "summary",
-            })),
-            s: f.samples
-                .iter()
-                .filter_map(|s| {
-                    let l = s
-                        .labels
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                Str(Cow::Borrowed(k.as_str())),
-                                Str(Cow::Borrowed(v.as_str())),
-                            )
-                        })
-                        .collect();
-                    match &s.value {
-                        SampleValue::Scalar(v) => Some(Smp {
-                            l,
-                            v: Some(Num(*v)),
-                            b: None,
-                            sum: None,
-                            c: None,
-                            x: None,
-                        }),
-                        _ => None,
-                    }
-                })
-                .collect(),
-        })
-        .collect()
+fn family<'a>(c: &mut Cursor<'a>) -> Result<Fam<'a>, String> {
+    let name = c.str()?;
+    let ctx = |e: String| format!("family {name}: {e}");
+    let help = c.str().map_err(ctx)?;
+    let kind = codec::kind_of_code(c.u8().map_err(ctx)?).ok_or_else(|| ctx("bad kind".into()))?;
+    let lines = line_block(c, "lines").map_err(ctx)?;
+    let n = c.length().map_err(ctx)?;
+    let splices = c
+        .take(
+            n.checked_mul(4)
+                .ok_or_else(|| ctx("too many splices".into()))?,
+        )
+        .map_err(ctx)?;
+    let mut prev = 0usize;
+    for i in 0..n {
+        let at = splice(splices, i);
+        if at < prev || !lines.is_char_boundary(at) {
+            return Err(ctx(format!("splice {i} at {at}: out of order or place")));
+        }
+        prev = at;
+    }
+    if n % 2 != 0 {
+        return Err(ctx("a host without its instance".into()));
+    }
+    let n = c.length().map_err(ctx)?;
+    let mut groups = Vec::with_capacity(n.min(c.left() / 4));
+    for _ in 0..n {
+        let key = c.bytes().map_err(ctx)?;
+        groups.push(Group { key });
+    }
+    let n = c.length().map_err(ctx)?;
+    let mut contribs = Vec::with_capacity(n.min(c.left() / 13));
+    for _ in 0..n {
+        let group = c.length().map_err(ctx)?;
+        if group >= groups.len() {
+            return Err(ctx(format!(
+                "a sample of group {group} of {}",
+                groups.len()
+            )));
+        }
+        let val = match c.u8().map_err(ctx)? {
+            SHAPE_SCALAR => Val::Scalar(c.f64().map_err(ctx)?),
+            SHAPE_RAW => Val::Raw(c.f64().map_err(ctx)?),
+            SHAPE_HIST => {
+                let nb = c.length().map_err(ctx)?;
+                let bytes = nb
+                    .checked_mul(16)
+                    .ok_or_else(|| ctx("too many buckets".into()))?;
+                let buckets = c.take(bytes).map_err(ctx)?;
+                Val::Hist {
+                    buckets,
+                    sum: c.f64().map_err(ctx)?,
+                    count: c.u64().map_err(ctx)?,
+                }
+            }
+            s => return Err(ctx(format!("a sample of shape {s}"))),
+        };
+        contribs.push(Contrib { group, val });
+    }
+    Ok(Fam {
+        name,
+        help,
+        kind,
+        lines,
+        splices,
+        groups,
+        contribs,
+    })
+}
+
+/// The `i`th offset of `splices` (`i` below `splices.len() / 4`).
+pub fn splice(splices: &[u8], i: usize) -> usize {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&splices[i * 4..i * 4 + 4]);
+    // u32 to usize: lossless on the 32- and 64-bit targets ferrocorn runs on.
+    u32::from_le_bytes(b) as usize
 }
