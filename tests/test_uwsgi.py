@@ -5,8 +5,12 @@ body) and reads the plain HTTP response the server writes back, one request
 per connection. The same tests run against gunicorn 27 (TEST_SERVER=gunicorn);
 where the two differ on purpose it is said."""
 import json
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import time
 
 import pytest
 
@@ -215,7 +219,6 @@ def test_unix_socket_always_allowed(server, tmp_path):
     path = str(tmp_path / "u.sock")
     s = server(["-w", "1", "-b", "unix:" + path, "--protocol", "uwsgi",
                 "--uwsgi-allow-from", "10.0.0.1", "wsgiapp:app"], bind=False, ready=None)
-    import time
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -288,3 +291,76 @@ def test_tornado_kind(server, kind):
     r = exchange(s.port, packet(nginx_vars(path="/stream", query="n=2")))
     assert "transfer-encoding" not in r.headers, r.raw
     assert r.body == b"part 0\npart 1\n", r.raw
+
+
+def _nginx():
+    return shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
+
+
+@pytest.mark.skipif(not _nginx(), reason="nginx is not installed (scripts/setup.sh installs it)")
+def test_behind_nginx_uwsgi_pass(uwsgi_server, tmp_path):
+    """The real front end: nginx with the stock uwsgi_params, uwsgi_pass to
+    the server; a plain HTTP client talks to nginx."""
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("""
+daemon off;
+master_process off;
+pid %(d)s/nginx.pid;
+error_log %(d)s/error.log info;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path %(d)s/body;
+    proxy_temp_path %(d)s/proxy;
+    fastcgi_temp_path %(d)s/fastcgi;
+    uwsgi_temp_path %(d)s/uwsgi;
+    scgi_temp_path %(d)s/scgi;
+    server {
+        listen 127.0.0.1:%(port)d;
+        location / {
+            include /etc/nginx/uwsgi_params;
+            uwsgi_pass 127.0.0.1:%(up)d;
+        }
+    }
+}
+""" % {"d": tmp_path, "port": port, "up": uwsgi_server.port})
+    proc = subprocess.Popen([_nginx(), "-c", str(conf), "-p", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError("nginx did not start: %r" % proc.stderr.read())
+                time.sleep(0.05)
+        with RawConn(port) as c:
+            c.send(b"GET /environ/x%20y?a=1&b=2 HTTP/1.1\r\nHost: front.example\r\n"
+                   b"X-Custom: v\r\nConnection: close\r\n\r\n")
+            r = c.read_response()
+        assert r.status == 200, r
+        env = json.loads(r.body)
+        assert env["PATH_INFO"] == "/environ/x y"
+        assert env["QUERY_STRING"] == "a=1&b=2"
+        assert env["HTTP_HOST"] == "front.example"
+        assert env["HTTP_X_CUSTOM"] == "v"
+        body = b"p" * 100000
+        with RawConn(port) as c:
+            c.send(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-test\r\n"
+                   b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            r = c.read_response()
+        assert r.status == 200, r
+        out = json.loads(r.body)
+        assert out["size"] == len(body) and out["content_type"] == "application/x-test"
+        # A streamed (close-delimited) response reaches the client whole,
+        # without chunk markers inside the body.
+        with RawConn(port) as c:
+            c.send(b"GET /stream?n=3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            r = c.read_response()
+        assert r.status == 200 and r.body == b"aaaaaaaaaabbbbbbbbbbcccccccccc", r
+    finally:
+        proc.terminate()
+        proc.wait(10)
