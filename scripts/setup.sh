@@ -15,10 +15,11 @@ die() { printf '==> setup: ERROR: %s\n' "$*" >&2; exit 1; }
 # (prometheus and promtool scrape and check the metrics exporter in
 # tests/test_metrics_*.py; redis-server and redis-cli are the real Redis that
 # tests/test_redis.py starts, standalone, as a cluster and with TLS; openssl
-# makes that test's certificates)
+# makes that test's certificates; nginx is the uwsgi_pass front end of
+# tests/test_uwsgi.py)
 declare -A NEED=([curl]=curl [wrk]=wrk [prometheus]=prometheus [promtool]=prometheus
                  [redis-server]=redis-server [redis-cli]=redis-tools [openssl]=openssl
-                 [systemd-socket-activate]=systemd)
+                 [systemd-socket-activate]=systemd [nginx]=nginx-light)
 missing=()
 for cmd in "${!NEED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
@@ -35,7 +36,7 @@ if ((${#missing[@]})); then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
         || die "apt-get install ${missing[*]} failed"
 else
-    say "system packages present (curl, wrk, prometheus, redis-server, redis-cli, openssl, systemd-socket-activate)"
+    say "system packages present (curl, wrk, prometheus, redis-server, redis-cli, openssl, systemd-socket-activate, nginx)"
 fi
 
 # --- Python virtualenv ------------------------------------------------------

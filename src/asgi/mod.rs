@@ -211,7 +211,11 @@ pub fn http_scope<'py>(
     asgi.set_item(keys.version.bind(py), keys.v3.bind(py))?;
     asgi.set_item(keys.spec_version.bind(py), keys.spec.bind(py))?;
     scope.set_item(keys.asgi.bind(py), asgi)?;
-    // (HTTP/1.1, GET and an empty query are the template's.)
+    // (HTTP/1.1, GET, an empty query and http are the template's; https
+    // here comes from a uwsgi front end's HTTPS var.)
+    if parts.scheme == "https" {
+        scope.set_item(keys.scheme.bind(py), parts.scheme)?;
+    }
     match head.version {
         (1, 1) => {}
         (1, 0) => scope.set_item(keys.http_version.bind(py), keys.http_10.bind(py))?,

@@ -894,6 +894,15 @@ impl Config {
         self.str("proxy_protocol").unwrap_or("off").to_owned()
     }
 
+    /// `protocol`: "http" or "uwsgi".
+    pub fn protocol(&self) -> String {
+        self.str("protocol").unwrap_or("http").to_owned()
+    }
+
+    pub fn uwsgi_allow_ips(&self) -> Vec<String> {
+        self.list("uwsgi_allow_ips")
+    }
+
     pub fn proxy_allow_ips(&self) -> Vec<String> {
         self.list("proxy_allow_ips")
     }

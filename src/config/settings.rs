@@ -1166,12 +1166,15 @@ pub static SETTINGS: &[Setting] = &[
         section: "Server Mechanics",
         cli: &["--protocol"],
         meta: Some("STRING"),
-        kind: Kind::Str,
+        // gunicorn takes any string and serves HTTP for an unknown one; a
+        // typo here would silently serve the wrong protocol, so it is an
+        // error at start.
+        kind: Kind::Choice { values: &["http", "uwsgi"], fold: false, none: NoneRule::Reject },
         default: DefaultValue::Str("http"),
         env: None,
         help: "The protocol for incoming connections.",
-        support: Support::NotYet,
-        note: "uWSGI protocol",
+        support: Support::Supported,
+        note: "http or uwsgi (nginx uwsgi_pass); anything else is an error at start. uwsgi: every worker kind; the packet becomes an HTTP/1.0 head, so HTTP's limits apply, the response is HTTP/1.0, never chunked, and the connection closes after it (one request per connection); PATH_INFO reaches the app as sent (gunicorn decodes it once more); REMOTE_ADDR is the front end's, as gunicorn; HTTPS on/1/true, wsgi.url_scheme or UWSGI_SCHEME https set the scheme",
     },
     Setting {
         name: "uwsgi_allow_ips",
@@ -1182,8 +1185,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::List(&["127.0.0.1", "::1"]),
         env: Some("FORWARDED_ALLOW_IPS"),
         help: "IPs allowed to send uWSGI protocol requests (comma separated).",
-        support: Support::NotYet,
-        note: "uWSGI protocol",
+        support: Support::Supported,
+        note: "addresses and networks as proxy_allow_ips, or *; a peer not listed gets 403 (gunicorn's sync and gthread workers answer 500); unix sockets always allowed",
     },
     Setting {
         name: "keyfile",

@@ -26,10 +26,19 @@ pub enum Phase {
     Detached,
 }
 
-/// Whether a PROXY protocol header may still come first on a connection.
+/// What may still come before the first HTTP request head on a
+/// connection: a PROXY protocol header, or (--protocol uwsgi) the uwsgi
+/// packet that stands for the head. One field, so the HTTP path pays one
+/// branch for both.
 #[derive(Clone, Copy)]
 pub enum ProxyState {
-    Pending { allowed: bool },
+    Pending {
+        allowed: bool,
+    },
+    /// `allowed`: the peer is in uwsgi_allow_ips (unix sockets: always).
+    Uwsgi {
+        allowed: bool,
+    },
     Done,
 }
 
@@ -42,6 +51,9 @@ pub struct Peer {
     pub trusted: bool,
     /// The PROXY protocol header's addresses, once received.
     pub proxy: Option<ProxyInfo>,
+    /// The uwsgi front end said the client came over TLS (`HTTPS` var):
+    /// wsgi.url_scheme https.
+    pub https: bool,
 }
 
 impl Peer {

@@ -30,6 +30,7 @@ use slab::Slab;
 
 use crate::http::allowlist::AllowList;
 use crate::http::proxy::{detect_proxy, parse_proxy, ProxyDetect, ProxyMode, ProxyParsed};
+use crate::http::uwsgi;
 use crate::http::{HeadParser, HttpError, Parsed, ParserConfig, RequestHead};
 use crate::shm::{ExitReason, Slot};
 use body::Body;
@@ -96,6 +97,9 @@ pub struct Settings {
     pub proxy_mode: ProxyMode,
     pub proxy_allow: AllowList,
     pub forwarded_allow: AllowList,
+    /// --protocol uwsgi: the peers allowed to send uwsgi packets
+    /// (uwsgi_allow_ips); None for --protocol http.
+    pub uwsgi_allow: Option<AllowList>,
     /// How the loop's own waits release what its thread holds (the GIL
     /// when the app runs on the loop thread).
     pub release: Release,
@@ -640,13 +644,19 @@ impl<H: Handler> Loop<H> {
                 // unix sockets: the peer is local, as gunicorn
                 trusted: addr.is_none_or(|a| s.forwarded_allow.contains(a.ip())),
                 proxy: None,
+                https: false,
             };
-            let proxy_state = match (s.proxy_mode, addr) {
-                (ProxyMode::Off, _) => ProxyState::Done,
-                (_, Some(a)) => ProxyState::Pending {
+            let proxy_state = match (&s.uwsgi_allow, s.proxy_mode, addr) {
+                // gunicorn's uwsgi requests take no PROXY header. Unix
+                // sockets are always allowed, as gunicorn.
+                (Some(allow), _, a) => ProxyState::Uwsgi {
+                    allowed: a.is_none_or(|a| allow.contains(a.ip())),
+                },
+                (None, ProxyMode::Off, _) => ProxyState::Done,
+                (None, _, Some(a)) => ProxyState::Pending {
                     allowed: s.proxy_allow.contains(a.ip()),
                 },
-                (_, None) => ProxyState::Pending { allowed: true },
+                (None, _, None) => ProxyState::Pending { allowed: true },
             };
             let entry = self.conns.vacant_entry();
             let key = entry.key();
@@ -845,14 +855,20 @@ impl<H: Handler> Loop<H> {
                 // trickles.
                 conn.enter(Phase::Head, self.turn_at, &self.deadlines);
             }
-            if let ProxyState::Pending { allowed } = conn.proxy_state {
-                match read_proxy(conn, allowed, self.settings.proxy_mode) {
-                    Ok(true) => continue,
-                    Ok(false) => return Next::Wait,
-                    Err(e) => {
-                        reject(conn, &e);
-                        return Next::Close;
-                    }
+            let preamble = match conn.proxy_state {
+                ProxyState::Done => None,
+                ProxyState::Pending { allowed } => {
+                    Some(read_proxy(conn, allowed, self.settings.proxy_mode))
+                }
+                ProxyState::Uwsgi { allowed } => Some(read_uwsgi(conn, allowed)),
+            };
+            match preamble {
+                None => {}
+                Some(Ok(true)) => continue,
+                Some(Ok(false)) => return Next::Wait,
+                Some(Err(e)) => {
+                    reject(conn, &e);
+                    return Next::Close;
                 }
             }
             let parsed = conn.head.parse(
@@ -1009,6 +1025,33 @@ fn read_proxy<S>(conn: &mut Conn<S>, allowed: bool, mode: ProxyMode) -> Result<b
             // The head starts after the preamble: parse it from there.
             conn.head.reset();
             conn.peer.proxy = Some(info);
+            Ok(true)
+        }
+    }
+}
+
+/// Reads the uwsgi packet that starts a connection (--protocol uwsgi) and
+/// puts the HTTP head that stands for it in its place, for the head parser.
+/// Ok(true): done, go on with the request; Ok(false): need more bytes.
+fn read_uwsgi<S>(conn: &mut Conn<S>, allowed: bool) -> Result<bool, HttpError> {
+    if !allowed {
+        // gunicorn refuses before it reads anything.
+        return Err(uwsgi::forbidden(&conn.peer.ip_string()));
+    }
+    match uwsgi::parse_uwsgi(&conn.buf[conn.start..])? {
+        uwsgi::UwsgiParsed::Partial => Ok(false),
+        uwsgi::UwsgiParsed::Complete {
+            head,
+            consumed,
+            https,
+        } => {
+            let end = conn.start.saturating_add(consumed).min(conn.buf.len());
+            conn.buf.splice(conn.start..end, head);
+            // The head says HTTP/1.0 without keep-alive: the connection
+            // closes after this request, so no second packet is read.
+            conn.proxy_state = ProxyState::Done;
+            conn.peer.https = https;
+            conn.head.reset();
             Ok(true)
         }
     }

@@ -113,6 +113,7 @@ impl Server {
                 parser: ParserConfig::default(),
                 proxy_mode: ProxyMode::Off,
                 proxy_allow: AllowList::default(),
+                uwsgi_allow: None,
                 forwarded_allow: AllowList::default(),
                 release: no_release,
                 app_wait: super::io::POLL,

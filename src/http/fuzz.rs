@@ -14,7 +14,10 @@
 //!   body of a generated body is the generated data, it never exceeds the
 //!   input, and consumed counts never exceed the input;
 //! * a PROXY header, once complete, stays the same as more bytes arrive,
-//!   and the request after it parses as on its own.
+//!   and the request after it parses as on its own;
+//! * a uwsgi packet (valid, mutated, or with lengths that overflow it) is
+//!   partial until its vars block is there and then settles; the HTTP head
+//!   it becomes parses with the head parser as with the reference parser.
 //!
 //! `cargo test --release http::fuzz` runs a bounded number of cases with a
 //! fixed seed; `scripts/fuzz.sh` runs many more (FERROCORN_FUZZ_CASES,
@@ -26,6 +29,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use super::chunked::ChunkedDecoder;
 use super::proxy::{parse_proxy, ProxyMode, ProxyParsed, V2_SIGNATURE};
 use super::request::reference;
+use super::uwsgi::{parse_uwsgi, UwsgiParsed};
 use super::{BodyKind, HeadParser, HeaderMap, Parsed, ParserConfig};
 
 /// splitmix64: small, seedable, good enough to drive mutations.
@@ -626,6 +630,105 @@ fn check_proxy(r: &mut Rng) -> &'static str {
         Ok(ProxyParsed::NotProxy) => "not proxy",
         Err(_) => "refused",
     }
+}
+
+const UWSGI_KEYS: &[&str] = &[
+    "REQUEST_METHOD",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "CONTENT_LENGTH",
+    "CONTENT_TYPE",
+    "HTTPS",
+    "UWSGI_SCHEME",
+    "HTTP_HOST",
+    "HTTP_X_A",
+    "HTTP_CONNECTION",
+    "HTTP_TRANSFER_ENCODING",
+    "HTTP_",
+    "HTTP_X:Y",
+    "REMOTE_ADDR",
+    "",
+];
+
+const UWSGI_VALUES: &[&str] = &[
+    "GET", "POST", "/", "/a b", "a=1", "on", "https", "5", "h", "",
+];
+
+fn gen_uwsgi(r: &mut Rng) -> Vec<u8> {
+    let mut data = Vec::new();
+    for _ in 0..r.below(12) {
+        let key = r.pick(UWSGI_KEYS).as_bytes();
+        let value: Vec<u8> = match r.below(4) {
+            0 => r.pick(SNIPPETS).as_bytes().to_vec(),
+            1 => r.pick(HUGE).as_bytes().to_vec(),
+            2 => (0..r.below(40)).map(|_| r.next() as u8).collect(),
+            _ => r.pick(UWSGI_VALUES).as_bytes().to_vec(),
+        };
+        for part in [key, &value[..]] {
+            // Now and then a length that does not match what follows.
+            let len = if r.chance(30) {
+                r.next() as u16
+            } else {
+                part.len() as u16
+            };
+            data.extend_from_slice(&len.to_le_bytes());
+            data.extend_from_slice(part);
+        }
+    }
+    let size = if r.chance(20) {
+        r.next() as u16
+    } else {
+        u16::try_from(data.len()).unwrap_or(u16::MAX)
+    };
+    let modifier1 = if r.chance(20) { r.next() as u8 } else { 0 };
+    let mut out = vec![modifier1];
+    out.extend_from_slice(&size.to_le_bytes());
+    out.push(r.next() as u8);
+    out.extend_from_slice(&data);
+    out.extend_from_slice(r.pick(SNIPPETS).as_bytes());
+    out
+}
+
+fn check_uwsgi(r: &mut Rng) -> &'static str {
+    let mut buf = gen_uwsgi(r);
+    if r.chance(3) {
+        mutate(r, &mut buf);
+    }
+    let whole = parse_uwsgi(&buf);
+    let mut settled: Option<String> = None;
+    for end in 0..=buf.len() {
+        let p = parse_uwsgi(&buf[..end]);
+        if let Ok(UwsgiParsed::Complete { consumed, .. }) = &p {
+            assert!(*consumed <= end);
+        }
+        let s = match &p {
+            Ok(v) => format!("{v:?}"),
+            Err(e) => format!("error {}: {}", e.status, e.detail),
+        };
+        match &settled {
+            Some(first) => assert_eq!(&s, first, "prefix {end}"),
+            None if !matches!(p, Ok(UwsgiParsed::Partial)) => settled = Some(s),
+            None => {}
+        }
+    }
+    match whole {
+        Ok(UwsgiParsed::Complete { head, .. }) => {
+            let c = gen_config(r);
+            let a = format!("{:?}", HeadParser::new().parse(&head, &c, false));
+            let b = format!("{:?}", reference::parse_request(&head, &c, false));
+            assert_eq!(a, b);
+            // The head is whole: the parser never waits for more of it.
+            assert!(!a.starts_with("Ok(Partial"), "{a}");
+            "complete"
+        }
+        Ok(UwsgiParsed::Partial) => "partial",
+        Err(_) => "refused",
+    }
+}
+
+#[test]
+fn fuzz_uwsgi_parser() {
+    run_cases("uwsgi", 20_000, check_uwsgi);
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //!   incomplete input so the caller never buffers unbounded data.
 //! * [`chunked::ChunkedDecoder`] decodes a `Transfer-Encoding: chunked` body.
 //! * [`proxy::parse_proxy`] parses a PROXY protocol v1/v2 preamble.
+//! * [`uwsgi::parse_uwsgi`] turns a uwsgi packet (--protocol uwsgi) into
+//!   the HTTP head the head parser then parses.
 //!
 //! # String conversion (what gunicorn puts in the WSGI environ)
 //!
@@ -46,6 +48,7 @@ pub mod owned;
 pub mod proxy;
 mod request;
 pub mod response;
+pub mod uwsgi;
 
 #[cfg(test)]
 pub use request::parse_request;

@@ -448,7 +448,8 @@ impl AsgiHandler {
         };
         let state = server.state.bind(py);
         let parts = ScopeParts {
-            scheme: "http",
+            // (https only when a uwsgi front end said so: its HTTPS var.)
+            scheme: if req.peer.https { "https" } else { "http" },
             template: template.bind(py),
             client: &client,
             state: Some(state),

@@ -235,6 +235,13 @@ fn serve(
             .map_err(|e| err("proxy_allow_ips", e.to_string()))?,
         forwarded_allow: AllowList::parse(&cfg.forwarded_allow_ips())
             .map_err(|e| err("forwarded_allow_ips", e.to_string()))?,
+        uwsgi_allow: match cfg.protocol().as_str() {
+            "uwsgi" => Some(
+                AllowList::parse(&cfg.uwsgi_allow_ips())
+                    .map_err(|e| err("uwsgi_allow_ips", e.to_string()))?,
+            ),
+            _ => None,
+        },
         // sync: the loop thread holds the GIL but while it waits; gthread's
         // loop never holds it; the hub's turns never wait in epoll.
         release: match kind {

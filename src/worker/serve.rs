@@ -197,6 +197,7 @@ impl WsgiServer {
                 peer,
                 conn_peer.proxy.as_ref(),
                 conn_peer.trusted,
+                conn_peer.https,
             )
         };
         let (mut out, env) = match env {

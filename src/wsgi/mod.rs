@@ -418,6 +418,7 @@ impl Wsgi {
         peer: &mut PeerValues,
         proxy: Option<&ProxyInfo>,
         trusted: bool,
+        uwsgi_https: bool,
     ) -> Result<Bound<'py, PyDict>, EnvironError> {
         let py_err = |e: PyErr| EnvironError {
             status: 500,
@@ -528,7 +529,8 @@ impl Wsgi {
         for (key, joined) in repeated {
             env.set_item(key, latin1(py, &joined)).map_err(py_err)?;
         }
-        let https = scheme == Some(true);
+        // (uwsgi: the front end's HTTPS var, as gunicorn's UWSGIRequest.)
+        let https = scheme == Some(true) || uwsgi_https;
         if https {
             set(&k.url_scheme, k.https.bind(py).clone().into_any())?;
         }
