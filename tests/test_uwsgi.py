@@ -297,10 +297,10 @@ def _nginx():
     return shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
 
 
-@pytest.mark.skipif(not _nginx(), reason="nginx is not installed (scripts/setup.sh installs it)")
 def test_behind_nginx_uwsgi_pass(uwsgi_server, tmp_path):
     """The real front end: nginx with the stock uwsgi_params, uwsgi_pass to
     the server; a plain HTTP client talks to nginx."""
+    assert _nginx(), "nginx is missing: scripts/setup.sh installs it (nginx-light)"
     port = free_port()
     conf = tmp_path / "nginx.conf"
     conf.write_text("""
