@@ -895,3 +895,70 @@ def test_websocket_long_session_memory_flat(server):
             assert ws.recv() == "m"
         after = _rss_kb(worker)
     assert after - before < 3000, (before, after)
+
+
+def _thread_names(pid):
+    names = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with contextlib.suppress(OSError), open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+            names.append(f.read().strip())
+    return names
+
+
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+def test_a_client_that_does_not_read_holds_up_no_one(server, writer):
+    """A response's last message goes to the worker's writer thread
+    (FERROCORN_ASGI_WRITER=inline writes it from the Python thread, as a
+    measurement baseline): a client that does not read its 60 KB response
+    blocks neither the writer nor the event loop, gets all of it once it
+    reads, and its connection is then reused; a client that leaves
+    without reading costs nothing."""
+    s = server(ASGI + ["-w", "1", "asgiapp:app"], env={"FERROCORN_ASGI_WRITER": writer})
+    assert_asgi(s)
+    (worker,) = s.children()
+    names = _thread_names(worker)
+    assert ("ferrocorn-write" in names) == (writer == "thread"), names
+    n = 60000
+    body = bytes(range(256)) * (n // 256) + b"x" * (n % 256)
+    pipelined = 100  # 6 MB: more than the socket buffers hold (about 2.3 MB here)
+    stuck = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        c.connect(("127.0.0.1", s.port))
+        c.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: h\r\n\r\n" % n * pipelined)
+        stuck.append(c)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    with requests.Session() as sess:
+        for i in range(50):
+            r = sess.get(s.url + "/sleep?s=0", timeout=5)
+            assert r.status_code == 200 and r.json()["slept"] is True
+    assert time.monotonic() - t0 < 5
+    # the first client reads now: every response whole, then one more request
+    c = stuck[0]
+    c.settimeout(10)
+    f = c.makefile("rb")
+    for _ in range(pipelined):
+        status = f.readline()
+        assert status.startswith(b"HTTP/1.1 200"), status
+        length = None
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        assert length == n
+        assert f.read(n) == body
+    c.sendall(b"GET /sleep?s=0 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert f.readline().startswith(b"HTTP/1.1 200")
+    f.close()
+    # the others leave without reading
+    for c in stuck:
+        c.close()
+    time.sleep(0.3)
+    r = requests.get(s.url + "/stats", timeout=5)
+    assert r.status_code == 200
+    assert s.children() == [worker]

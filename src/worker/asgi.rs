@@ -97,6 +97,8 @@ struct AsgiServer {
     send_rest: Py<PyAny>,
     ws_receive: Py<PyAny>,
     ws_max_message: usize,
+    /// --timeout: how long the writer thread waits on a socket.
+    io_timeout: Duration,
     /// asgi.py's cancel_later(task, seconds), and the grace it is given.
     cancel_later: Py<PyAny>,
     disconnect_grace: f64,
@@ -170,6 +172,9 @@ struct CycleState {
     /// Response bytes not yet written, from `written`.
     pending: Vec<u8>,
     written: usize,
+    /// The response's last bytes, for the writer thread to write before
+    /// the connection goes back to the loop (asgi_writer).
+    deferred: Option<Vec<u8>>,
     /// The whole body was handed to the app.
     body_done: bool,
     expect_continue: bool,
@@ -397,6 +402,7 @@ impl AsgiHandler {
             send_rest,
             ws_receive,
             ws_max_message: settings.ws_max_message,
+            io_timeout: settings.io_timeout,
             cancel_later,
             disconnect_grace: settings.disconnect_grace.as_secs_f64(),
             open_ws: Mutex::new(HashMap::new()),
@@ -487,6 +493,7 @@ impl AsgiHandler {
                 phase: Phase::Start,
                 pending: Vec::new(),
                 written: 0,
+                deferred: None,
                 body_done: false,
                 expect_continue: head.expect_continue,
                 gone: false,
@@ -717,6 +724,26 @@ impl CycleState {
         true
     }
 
+    /// The response's last bytes go to the writer thread when nothing
+    /// earlier is pending and they are few (asgi_writer).
+    fn defer_last(&mut self) -> bool {
+        if self.gone
+            || self.back.is_none()
+            || !self.pending.is_empty()
+            || self.io.fd() < 0
+            || !super::asgi_writer::enabled()
+            || super::asgi_writer::get().is_none()
+        {
+            return false;
+        }
+        let out = self.enc.out();
+        if out.is_empty() || out.len() > super::asgi_writer::MAX_DEFERRED {
+            return false;
+        }
+        self.deferred = Some(std::mem::take(out));
+        true
+    }
+
     /// Moves the encoder's output to the pending bytes.
     fn queue_out(&mut self) {
         let out = self.enc.out();
@@ -777,12 +804,23 @@ impl CycleState {
             self.ending.app_error.as_ref(),
         );
         if let Some(back) = self.back.take() {
-            back.resume(Served {
+            let served = Served {
                 reusable: reuse && leftover.is_some(),
                 leftover,
                 exit: self.ending.exit,
                 ended: Some(ended),
-            });
+            };
+            // defer_last took the bytes only when the writer runs.
+            match (self.deferred.take()).and_then(|d| Some((d, super::asgi_writer::get()?))) {
+                Some((data, writer)) => writer.push(super::asgi_writer::Job {
+                    fd: self.io.fd(),
+                    data,
+                    timeout: server.io_timeout,
+                    back,
+                    served,
+                }),
+                None => back.resume(served),
+            }
         }
     }
 
@@ -858,6 +896,10 @@ impl CycleState {
                 if !more {
                     self.enc.finish();
                     self.phase = Phase::Sent;
+                    if self.defer_last() {
+                        self.finish(py);
+                        return Ok(true);
+                    }
                 }
                 self.queue_out();
                 let all = self.write_pending();

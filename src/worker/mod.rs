@@ -2,6 +2,7 @@
 //! loading the app, exit codes), then the kind's own loop.
 
 mod asgi;
+mod asgi_writer;
 pub mod green;
 mod gthread;
 pub mod kind;

@@ -142,6 +142,11 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": b"chunk%d\n" % i, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
+    if path == "/big":
+        n = int(q.get("n", "60000"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": bytes(range(256)) * (n // 256) + b"x" * (n % 256)})
+        return
     if path == "/sleep":
         await asyncio.sleep(float(q.get("s", "0.1")))
         return await _json(send, {"slept": True, "pid": os.getpid()})
