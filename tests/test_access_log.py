@@ -3,9 +3,12 @@ import os
 import re
 import tempfile
 
+import json
+
+import pytest
 import requests
 
-from helpers import RawConn
+from helpers import RawConn, wait_until
 
 DATE = r"\[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\]"
 
@@ -140,3 +143,46 @@ def test_error_log_file_and_level(server):
         time.sleep(0.05)
     assert "[INFO]" in text and "[DEBUG]" in text
     assert re.search(r"^\[\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} [+-]\d{4}\] \[\d+\] \[INFO\] ", text, re.M), text
+
+
+@pytest.mark.ferrocorn_only
+@pytest.mark.parametrize("kind", ["sync", "gthread", "asgi"])
+def test_access_log_json(server, tmp_path, kind):
+    """--access-log-json: one JSON object per line, gunicorn's atoms by
+    name; quotes, percent-encoded newlines, raw newlines in no place, and
+    non-ASCII in the path and the headers read back as sent; a forged
+    JSON fragment in a header stays inside its string."""
+    log = tmp_path / "access.json"
+    app = {"asgi": ["-k", "asgi", "asgiapp:app"], "sync": ["-k", "sync", "wsgiapp:app"],
+           "gthread": ["-k", "gthread", "--threads", "2", "wsgiapp:app"]}[kind]
+    s = server(["--access-logfile", str(log), "--access-log-json", "-w", "1"] + app)
+    target = b"/q%22uote%0Anew%C3%A9?x=%22y%22&n=%0A"
+    agent = 'agent "007" \\ caf\u00e9 \u2603'.encode()
+    forged = b'x", "s": "999'
+    with RawConn(s.port) as c:
+        c.send(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\nUser-Agent: " + agent
+               + b"\r\nX-Forged: " + forged + b"\r\nReferer: http://r/\xe9\r\n\r\n")
+        status = c.read_response().status
+    data = wait_until(lambda: log.read_bytes() if log.exists() else b"",
+                      lambda b: b"/q%22uote" in b and b.endswith(b"\n"), timeout=10)
+    # every line is one object (the readiness probe's first), ours is one line
+    recs = [json.loads(line) for line in data.splitlines()]
+    mine = [r for r in recs if r["r"].startswith("GET /q")]
+    assert len(mine) == 1, data
+    rec = mine[0]
+    assert rec["r"] == "GET " + target.decode() + " HTTP/1.1"
+    assert rec["U"] == '/q"uote\nnew\u00e9'
+    assert rec["q"] == "x=%22y%22&n=%0A"
+    assert rec["m"] == "GET" and rec["H"] == "HTTP/1.1"
+    assert rec["s"] == str(status) and rec["s"] != "999"
+    assert rec["a"] == agent.decode() and rec["{user-agent}i"] == agent.decode()
+    assert rec["{x-forged}i"] == forged.decode()
+    assert rec["f"] == "http://r/\u00e9"  # not UTF-8: one character per byte
+    assert rec["h"] == "127.0.0.1"
+    assert isinstance(rec["D"], int) and isinstance(rec["B"], int)
+    assert rec["p"] == "<%d>" % s.children()[0]
+    if kind == "asgi":
+        from test_asgi import assert_asgi
+        assert_asgi(s)
+    else:
+        s.assert_kind(kind)

@@ -277,3 +277,25 @@ def test_usr1_reopens_the_configured_log_files(server, tmp_path):
     wait_until(lambda: requests.get(s.url + "/pid?n=2", timeout=10) and json_records(out),
                lambda recs: any("/pid?n=2" in r["message"] for r in recs), 10)
     assert any("/pid?n=1" in r["message"] for r in json_records(out + ".1"))
+
+
+@pytest.mark.ferrocorn_only
+def test_access_log_json_under_a_logging_configuration(server, tmp_path):
+    """--access-log-json with logconfig_json: the gunicorn.access record's
+    message is the JSON object (the formatter sees it whole)."""
+    out = str(tmp_path / "log.txt")
+    conf = tmp_path / "logging.json"
+    conf.write_text(json.dumps({
+        "root": {"level": "INFO", "handlers": []},
+        "formatters": {"f": {"format": "%(name)s|%(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": out, "formatter": "f"}},
+        "loggers": {"gunicorn.access": {"handlers": ["file"], "propagate": False}},
+    }))
+    s = server(["-w", "1", "--log-config-json", str(conf), "--access-log-json", "wsgiapp:app"])
+    requests.get(s.url + "/pid?a=%22b", headers={"X-Test": 'say "100%"'}, timeout=10)
+    lines = wait_until(lambda: read_lines(out), lambda ls: any("/pid" in x for x in ls), 10)
+    [line] = [x for x in lines if "/pid" in x]
+    name, _, msg = line.partition("|")
+    rec = json.loads(msg)
+    assert name == "gunicorn.access"
+    assert rec["r"] == "GET /pid?a=%22b HTTP/1.1" and rec["{x-test}i"] == 'say "100%"', rec

@@ -706,6 +706,18 @@ pub static SETTINGS: &[Setting] = &[
         note: "",
     },
     Setting {
+        name: "access_log_json",
+        section: "Logging",
+        cli: &["--access-log-json"],
+        meta: None,
+        kind: Kind::Flag,
+        default: DefaultValue::Bool(false),
+        env: Some("FERROCORN_ACCESS_LOG_JSON"),
+        help: "Write each access record as one JSON object (gunicorn's access-log atoms by name, escaped so that no request content can break a line) instead of the access_log_format line.",
+        support: Support::Extension,
+        note: "",
+    },
+    Setting {
         name: "errorlog",
         section: "Logging",
         cli: &["--error-logfile", "--log-file"],

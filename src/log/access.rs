@@ -223,6 +223,8 @@ pub struct AccessLog {
     /// Python would fail every line with this (bad format string).
     error: Option<String>,
     needs_environ: bool,
+    /// --access-log-json: each line is a JSON object of the atoms.
+    json: bool,
     /// The records go to Python's logging (a logging configuration is in
     /// force): the caller hands them there instead of calling `log`.
     python: bool,
@@ -262,6 +264,7 @@ impl AccessLog {
             segs,
             error,
             needs_environ,
+            json: false,
             python: false,
             fd: AtomicI32::new(fd),
             path,
@@ -276,6 +279,18 @@ impl AccessLog {
         let mut a = AccessLog::new(None, format)?;
         a.python = true;
         Ok(a)
+    }
+
+    /// --access-log-json: each line is one JSON object, the atoms of
+    /// gunicorn's `Logger.atoms` (and the format's `{..}e` ones) by name.
+    pub fn with_json(mut self, on: bool) -> AccessLog {
+        self.json = on;
+        self
+    }
+
+    /// Whether each line is a JSON object ([`AccessLog::with_json`]).
+    pub fn is_json(&self) -> bool {
+        self.json
     }
 
     /// Whether the records go to Python's logging ([`AccessLog::python`]).
@@ -333,6 +348,9 @@ impl AccessLog {
     /// Appends the line for `rec` (without the newline) to `out`.  Fails
     /// where Python's `%` would (bad format, `%d` of a missing length).
     pub fn render(&self, rec: &AccessRecord, out: &mut Vec<u8>) -> Result<(), String> {
+        if self.json {
+            return self.render_json(rec, out);
+        }
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
@@ -365,6 +383,36 @@ impl AccessLog {
             }
         }
         Ok(())
+    }
+
+    /// The JSON line: every atom gunicorn's `Logger.atoms` has (strings
+    /// and ints as there; `B` may be null), plus the `{NAME}e` atoms of the
+    /// format. Strings are the values themselves, without SafeAtoms'
+    /// escaping, and bytes from the wire that are UTF-8 read as UTF-8 (not
+    /// one character per byte); serde_json escapes quotes, control
+    /// characters and newlines, so no request content can end or forge a
+    /// line. A repeated header name: the last wins (as in gunicorn's dict).
+    fn render_json(&self, rec: &AccessRecord, out: &mut Vec<u8>) -> Result<(), String> {
+        use serde_json::Value;
+        let mut map = serde_json::Map::new();
+        rec.atoms(|key, value| {
+            let v = match value {
+                AtomValue::Str(s) => Value::String(wire_text(unsafe_atom(s))),
+                AtomValue::Int(Some(n)) => Value::from(n),
+                AtomValue::Int(None) => Value::Null,
+            };
+            map.insert(key.to_owned(), v);
+        });
+        for seg in &self.segs {
+            if let Seg::Atom(Atom::Environ(name), _) = seg {
+                let v = match rec.environ.and_then(|f| f(name)) {
+                    Some(v) => Value::String(wire_text(v)),
+                    None => Value::String("-".into()),
+                };
+                map.insert(format!("{{{name}}}e"), v);
+            }
+        }
+        serde_json::to_writer(&mut *out, &map).map_err(|e| format!("JSON access line: {e}"))
     }
 
     /// Reopens the file (log rotation); no-op for stdout.  On failure the
@@ -457,6 +505,32 @@ fn int_atom(a: &Atom, rec: &AccessRecord) -> Option<u64> {
         Atom::Millis => Some(s * 1000 + us / 1000),
         _ => None,
     }
+}
+
+/// A string atom without SafeAtoms' escaping: that escaping only puts a
+/// backslash before every `"`, so the byte before each `"` goes.
+fn unsafe_atom(s: String) -> String {
+    if !s.contains('"') {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '"' {
+            out.pop();
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Text from the wire as the client meant it: WSGI strings hold one
+/// character per byte (latin-1); when those bytes are UTF-8, UTF-8 it is.
+fn wire_text(s: String) -> String {
+    if s.is_ascii() || s.chars().any(|c| c as u32 > 0xff) {
+        return s;
+    }
+    let bytes: Vec<u8> = s.chars().map(|c| c as u32 as u8).collect();
+    String::from_utf8(bytes).unwrap_or(s)
 }
 
 /// Appends `s` with SafeAtoms' `"` → `\"`.
@@ -845,6 +919,43 @@ mod tests {
             }
         });
         assert_eq!(b, Some(true));
+    }
+
+    #[test]
+    fn json_lines_hold_the_values_and_cannot_be_broken() {
+        let hdrs: &[(&[u8], &[u8])] = &[
+            (b"User-Agent", b"a \"quoted\" \\\" agent"),
+            (b"X-Text", "caf\u{e9} \u{2603}".as_bytes()),
+            (b"X-Latin", b"\xe9t\xe9"),
+            (b"X-Line", b"one\ntwo\r\n{\"forged\": 1}"),
+        ];
+        let env = |k: &str| (k == "custom").then(|| "v\"al".to_owned());
+        let r = AccessRecord {
+            path: "/a\"b\nc\u{c3}\u{a9}",
+            response_length: None,
+            ..rec(hdrs, Some(&env))
+        };
+        let log = AccessLog::new(None, "%(h)s %({custom}e)s")
+            .unwrap()
+            .with_json(true);
+        let mut out = Vec::new();
+        log.render(&r, &mut out).unwrap();
+        assert!(!out.contains(&b'\n'), "{}", String::from_utf8_lossy(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["h"], "10.0.0.1");
+        assert_eq!(v["s"], "200");
+        assert_eq!(v["b"], "-");
+        assert_eq!(v["B"], serde_json::Value::Null);
+        assert_eq!(v["D"], 2_345_678);
+        assert_eq!(v["r"], "GET /p%20a/th?x=1&y=\"q\" HTTP/1.1");
+        assert_eq!(v["U"], "/a\"b\nc\u{e9}");
+        assert_eq!(v["{user-agent}i"], "a \"quoted\" \\\" agent");
+        assert_eq!(v["a"], "a \"quoted\" \\\" agent");
+        assert_eq!(v["{x-text}i"], "caf\u{e9} \u{2603}");
+        assert_eq!(v["{x-latin}i"], "\u{e9}t\u{e9}");
+        assert_eq!(v["{x-line}i"], "one\ntwo\r\n{\"forged\": 1}");
+        assert_eq!(v["{x-req-id}o"], "second");
+        assert_eq!(v["{custom}e"], "v\"al");
     }
 
     #[test]

@@ -340,6 +340,15 @@ def log_access(atoms, environ):
         _loggers[0].error(traceback.format_exc())
 
 
+def log_access_line(line):
+    """One access record under --access-log-json: the message is the JSON
+    line ferrocorn made (no args, so logging does not %-format it)."""
+    try:
+        _loggers[1].info(line)
+    except Exception:
+        _loggers[0].error(traceback.format_exc())
+
+
 def reopen_logging():
     """glogging.Logger.reopen_files (USR1): every FileHandler reopens."""
     import logging

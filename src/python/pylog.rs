@@ -13,7 +13,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::log::access::{AccessRecord, AtomValue};
+use crate::log::access::{AccessLog, AccessRecord, AtomValue};
 use crate::log::Level;
 
 /// What `setup_logging` needs of a configuration.
@@ -119,7 +119,28 @@ fn reopen_files() -> Result<(), String> {
 /// `Logger.access`: message `access_log_format`, `args` the atoms
 /// (`SafeAtoms`), `{key}e` atoms from `environ` when given. Called with
 /// the GIL held (the worker has just finished the request in Python).
-pub fn access(py: Python<'_>, rec: &AccessRecord<'_>, environ: Option<&Bound<'_, PyDict>>) {
+pub fn access(
+    py: Python<'_>,
+    log: &AccessLog,
+    rec: &AccessRecord<'_>,
+    environ: Option<&Bound<'_, PyDict>>,
+) {
+    if log.is_json() {
+        // --access-log-json: the record's message is the JSON line.
+        let mut line = Vec::with_capacity(512);
+        let r = log
+            .render(rec, &mut line)
+            .map_err(pyo3::exceptions::PyValueError::new_err)
+            .and_then(|()| {
+                let line = String::from_utf8_lossy(&line);
+                super::boot(py)?.call_method1("log_access_line", (line,))?;
+                Ok(())
+            });
+        if let Err(e) = r {
+            crate::log_error!("access log: {}", super::format_err(py, &e));
+        }
+        return;
+    }
     let r = (|| -> PyResult<()> {
         let atoms = PyDict::new(py);
         let mut err = None;

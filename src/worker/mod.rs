@@ -267,7 +267,8 @@ fn serve(
             Some(AccessLog::new(None, &cfg.access_log_format())?)
         }
         None => None,
-    };
+    }
+    .map(|a| a.with_json(cfg.bool("access_log_json")));
     ctx.metrics.capacity.store(
         match kind {
             Kind::Sync => 1,

@@ -24,7 +24,13 @@ impl RequestLog {
         RequestLog {
             method: head.method.to_string(),
             uri: head.uri.to_vec(),
-            path: String::from_utf8_lossy(head.path).into_owned(),
+            // `U` is gunicorn's PATH_INFO: percent-decoded, one character
+            // per byte.
+            path: if head.path.contains(&b'%') {
+                crate::http::latin1_to_string(&crate::http::percent_decode_path(head.path))
+            } else {
+                crate::http::latin1_to_string(head.path)
+            },
             query: String::from_utf8_lossy(head.query).into_owned(),
             version: head.version,
             headers: head
@@ -79,8 +85,8 @@ impl RequestLog {
         };
         if access.to_python() {
             match environ {
-                Some(env) => crate::python::pylog::access(env.py(), &rec, Some(env)),
-                None => Python::attach(|py| crate::python::pylog::access(py, &rec, None)),
+                Some(env) => crate::python::pylog::access(env.py(), access, &rec, Some(env)),
+                None => Python::attach(|py| crate::python::pylog::access(py, access, &rec, None)),
             }
         } else {
             access.log(&rec);
