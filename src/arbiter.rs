@@ -48,6 +48,8 @@ struct WorkerProc {
     aborted: bool,
     /// The master retired this worker (TTOU, reload): its exit is expected.
     retired: Option<&'static str>,
+    /// When max_worker_lifetime (plus this worker's jitter) is up.
+    expires: Option<Instant>,
 }
 
 /// Everything the master needs from `main`.
@@ -502,7 +504,7 @@ impl Arbiter {
             return h;
         }
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            if let Err(e) = self.poll.poll(&mut events, Some(self.next_wait())) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     crate::log_error!("master event loop failed: {e}");
                     return Halt::with(1, None);
@@ -522,6 +524,7 @@ impl Arbiter {
                 return h;
             }
             self.murder_workers();
+            self.recycle_workers();
             if let Err(h) = self.manage_workers() {
                 return h;
             }
@@ -939,6 +942,85 @@ impl Arbiter {
         }
     }
 
+    /// max_worker_lifetime plus up to max_worker_lifetime_jitter seconds,
+    /// to the millisecond, different per worker (a hash of its pid, as the
+    /// max_requests jitter).
+    fn lifetime_deadline(&self, pid: Pid) -> Option<Instant> {
+        let (secs, jitter) = self.cfg.max_worker_lifetime();
+        if secs == 0 {
+            return None;
+        }
+        let jitter_ms = jitter.saturating_mul(1000);
+        let extra = if jitter_ms > 0 {
+            (pid.as_raw() as u64).wrapping_mul(2_654_435_761) % (jitter_ms + 1)
+        } else {
+            0
+        };
+        let life = Duration::from_secs(secs).saturating_add(Duration::from_millis(extra));
+        Some(Instant::now() + life)
+    }
+
+    /// How long the loop may sleep: a second (signals wake it sooner), a
+    /// tenth with max_worker_memory (an app that leaks fast overshoots the
+    /// limit by at most what it takes in that time), or less when a
+    /// worker's lifetime ends first.
+    fn next_wait(&self) -> Duration {
+        let now = Instant::now();
+        let tick = if self.cfg.max_worker_memory() > 0 {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        self.workers
+            .values()
+            .filter(|w| w.retired.is_none())
+            .filter_map(|w| w.expires)
+            .map(|t| t.saturating_duration_since(now))
+            .fold(tick, Duration::min)
+    }
+
+    /// Replaces workers past max_worker_lifetime or max_worker_memory:
+    /// TERM, so each finishes its requests, while a new one is spawned at
+    /// once in its place. Memory is read from /proc, by the master, about
+    /// ten times a second, and only of workers that finished booting (an app
+    /// whose import alone is over the limit would restart forever).
+    fn recycle_workers(&mut self) {
+        let mem_limit_mb = self.cfg.max_worker_memory();
+        let now = Instant::now();
+        for (pid, w) in self.workers.iter_mut() {
+            if w.retired.is_some() || w.aborted {
+                continue;
+            }
+            if w.expires.is_some_and(|t| now >= t) {
+                crate::log_info!("Worker (pid:{pid}) reached max_worker_lifetime: replacing it");
+                w.retired = Some("lifetime");
+                let _ = kill(*pid, Signal::SIGTERM);
+                continue;
+            }
+            if mem_limit_mb == 0 {
+                continue;
+            }
+            let booted = self
+                .shm
+                .slot(w.slot)
+                .is_some_and(|s| matches!(s.state(), State::Idle | State::Busy));
+            if !booted {
+                continue;
+            }
+            let Some(rss) = crate::process::rss_bytes(pid.as_raw()) else {
+                continue;
+            };
+            let rss_mb = rss / (1024 * 1024);
+            if rss_mb > mem_limit_mb {
+                crate::log_warning!(
+                    "Worker (pid:{pid}) uses {rss_mb} MB, over max_worker_memory ({mem_limit_mb} MB): replacing it"
+                );
+                w.retired = Some("memory");
+                let _ = kill(*pid, Signal::SIGTERM);
+            }
+        }
+    }
+
     /// Spawns or retires workers until their number is `num_workers`.
     fn manage_workers(&mut self) -> Result<(), Halt> {
         while self.active_workers() < self.num_workers {
@@ -1014,6 +1096,7 @@ impl Arbiter {
                         slot: slot_idx,
                         aborted: false,
                         retired: None,
+                        expires: self.lifetime_deadline(child),
                     },
                 );
                 Ok(())

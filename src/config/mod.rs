@@ -714,6 +714,19 @@ impl Config {
         self.uint("max_requests_jitter")
     }
 
+    /// max_worker_memory, in MB (0: no limit).
+    pub fn max_worker_memory(&self) -> u64 {
+        self.uint("max_worker_memory")
+    }
+
+    /// max_worker_lifetime and max_worker_lifetime_jitter, in seconds.
+    pub fn max_worker_lifetime(&self) -> (u64, u64) {
+        (
+            self.uint("max_worker_lifetime"),
+            self.uint("max_worker_lifetime_jitter"),
+        )
+    }
+
     /// The absolute directory to change to (default: the start directory).
     pub fn chdir(&self) -> Option<String> {
         self.str("chdir").map(str::to_owned)

@@ -48,3 +48,26 @@ pub fn die_with_master(master_pid: u32) -> bool {
     }
     nix::unistd::getppid().as_raw() as u32 == master_pid
 }
+
+/// Resident memory of process `pid` in bytes (`/proc/PID/statm`'s second
+/// field, in pages); None when it cannot be read (the process is gone).
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
+    pages.checked_mul(page)
+}
+
+#[cfg(test)]
+mod rss_tests {
+    #[test]
+    fn own_rss_is_plausible() {
+        let rss = super::rss_bytes(std::process::id() as i32).unwrap();
+        assert!(rss > 1024 * 1024 && rss < 64 * 1024 * 1024 * 1024, "{rss}");
+        assert_eq!(super::rss_bytes(-5), None);
+    }
+}

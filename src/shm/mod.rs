@@ -345,9 +345,11 @@ unsafe impl Sync for Shm {}
 
 /// Why the master reaped a worker: the `reason` label of
 /// gunicorn_master_worker_restarts_total, besides signal names.
-pub const RESTART_REASONS: [&str; 7] = [
+pub const RESTART_REASONS: [&str; 9] = [
     "timeout",
     "max_requests",
+    "memory",
+    "lifetime",
     "reload",
     "ttou",
     "exit",
@@ -378,6 +380,10 @@ impl MasterStats {
 
     /// Counts a worker exit with one of [`RESTART_REASONS`].
     pub fn count_restart(&self, reason: &str) {
+        debug_assert!(
+            RESTART_REASONS.contains(&reason),
+            "restart reason {reason} is not in RESTART_REASONS"
+        );
         if let Some(i) = RESTART_REASONS.iter().position(|r| *r == reason) {
             self.restarts[i].fetch_add(1, Ordering::Relaxed);
         }
