@@ -934,6 +934,13 @@ impl Arbiter {
             }
             if !w.aborted {
                 crate::log_critical!("WORKER TIMEOUT (pid:{pid})");
+                // The worker's abort handler logs its Python stacks and the
+                // request in flight; this says how long that request ran.
+                crate::log_error!(
+                    "Worker (pid:{pid}) gave no sign of life for {:.1} s (--timeout {} s): its request has run at least that long",
+                    silent as f64 / 1000.0,
+                    timeout_ms / 1000
+                );
                 w.aborted = true;
                 let _ = kill(*pid, Signal::SIGABRT);
             } else {

@@ -274,6 +274,23 @@ def test_lifespan_auto_without_lifespan_support(server, tmp_path):
     assert "only http here" in s2.log()
 
 
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_lifespan_app_that_returns_at_once(server, tmp_path, mode):
+    """`if scope["type"] != "http": return` is a common ASGI app's lifespan:
+    the worker starts (it used to wait for a startup message forever)."""
+    app = tmp_path / "quietlifespan.py"
+    app.write_text(
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'quiet'})\n")
+    s = server(ASGI + ["--asgi-lifespan", mode, "-w", "1", "quietlifespan:app"], cwd=str(tmp_path))
+    assert requests.get(s.url + "/", timeout=10).text == "quiet"
+    s.signal(signal.SIGTERM)
+    assert s.wait(15) == 0
+
+
 def test_each_request_has_its_task_and_context(asgi_srv):
     """A request that finishes at once runs as the current task too, and
     sees none of an earlier request's context variables; a request that

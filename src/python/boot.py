@@ -101,16 +101,107 @@ def format_exception(exc, tb=None):
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n")
 
 
-def install_abort_handler(on_abort):
+def _request_of(frame):
+    """The request a thread serves, from its frames: the outermost frame
+    with a WSGI environ or an ASGI scope among its locals."""
+    found = None
+    while frame is not None:
+        try:
+            values = list(frame.f_locals.values())
+        except Exception:  # noqa: BLE001 (a frame mid-teardown)
+            values = []
+        for v in values:
+            if type(v) is dict:
+                if "REQUEST_METHOD" in v and "PATH_INFO" in v:
+                    q = v.get("QUERY_STRING")
+                    found = "%s %s%s" % (v["REQUEST_METHOD"], v.get("SCRIPT_NAME", "") + v["PATH_INFO"],
+                                         "?" + q if q else "")
+                elif v.get("type") in ("http", "websocket") and "path" in v:
+                    found = "%s %s" % (v.get("method", "WEBSOCKET"), v["path"])
+        frame = frame.f_back
+    return found
+
+
+def _stack_text(frame):
+    if frame is None:
+        return "  (no Python code running: the worker's own loop)\n"
+    return "".join(traceback.format_list(traceback.extract_stack(frame)))
+
+
+def dump_stacks(why, here):
+    """The Python stack of every thread of this worker (oldest call first,
+    as tracebacks), with the request each thread serves; then the asyncio
+    Tasks and greenlets that are suspended. `here` is the frame the signal
+    handler interrupted on this thread (its own frames are left out)."""
+    import threading
+    names = {t.ident: t.name for t in threading.enumerate()}
+    me = threading.get_ident()
+    out = ["%s: Python stacks of worker %d" % (why, os.getpid())]
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            frame = here
+        req = _request_of(frame)
+        name = names.get(ident)
+        out.append("Thread %d%s%s:\n%s" % (ident, " (%s)" % name if name else "",
+                                            ", serving " + req if req else "", _stack_text(frame)))
+    try:
+        tasks = _running_tasks()
+    except Exception:  # noqa: BLE001
+        tasks = []
+    for t in tasks:
+        stack = t.get_stack()
+        if not stack:
+            continue
+        req = _request_of(stack[-1])
+        out.append("Task %s%s:\n%s" % (t.get_name(), ", serving " + req if req else "", _stack_text(stack[-1])))
+    gr = sys.modules.get("greenlet")
+    if gr is not None:
+        import gc
+        for g in gc.get_objects():
+            if isinstance(g, gr.greenlet) and getattr(g, "gr_frame", None) is not None:
+                req = _request_of(g.gr_frame)
+                out.append("Greenlet %r%s:\n%s" % (g, ", serving " + req if req else "", _stack_text(g.gr_frame)))
+    return "\n".join(out).rstrip("\n")
+
+
+def _running_tasks():
+    """The suspended Tasks of the event loop running on this thread (the
+    asgi and tornado kinds; a signal handler runs inside it)."""
+    asyncio = sys.modules.get("asyncio")
+    loop = asyncio and asyncio._get_running_loop()
+    if loop is None:
+        return []
+    current = asyncio.current_task(loop)
+    return [t for t in asyncio.all_tasks(loop) if not t.done() and t is not current]
+
+# SIGRTMIN+1 asks a worker for its stacks (docs/operations): no signal
+# gunicorn gives a meaning to.
+DUMP_SIGNAL_OFFSET = 1
+
+
+def install_abort_handler(on_abort, log_error):
     """gunicorn's handle_abort: SIGABRT from the master (worker timeout) ends
-    the worker with SystemExit(1), raised wherever Python code is running."""
+    the worker with SystemExit(1), raised wherever Python code is running;
+    first the error log gets every thread's stack and the request in flight.
+    SIGRTMIN+1 logs the same for a live worker, which goes on."""
     import signal
 
     def handle_abort(sig, frame):
+        try:
+            log_error(dump_stacks("WORKER TIMEOUT", frame), True)
+        except Exception:  # noqa: BLE001
+            log_error(traceback.format_exc(), True)
         on_abort()
         sys.exit(1)
 
+    def handle_dump(sig, frame):
+        try:
+            log_error(dump_stacks("Stack dump (SIGRTMIN+%d)" % DUMP_SIGNAL_OFFSET, frame), False)
+        except Exception:  # noqa: BLE001
+            log_error(traceback.format_exc(), True)
+
     signal.signal(signal.SIGABRT, handle_abort)
+    signal.signal(signal.SIGRTMIN + DUMP_SIGNAL_OFFSET, handle_dump)
 
 
 def install_quit_handler(on_quit):

@@ -293,6 +293,10 @@ class Lifespan:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
         finally:
+            # An app that returns without a word (`if scope["type"] !=
+            # "http": return`) has no lifespan to wait for, as uvicorn's.
+            if self.started is not None and not self.started.done():
+                self.started.set_result(None)
             if self.stopped is not None and not self.stopped.done():
                 self.stopped.set_result(None)
 

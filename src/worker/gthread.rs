@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -169,22 +169,36 @@ pub struct ThreadHandler {
     /// runs the interpreter's handlers (they run on the main thread only).
     py_signal: Arc<AtomicBool>,
     next_check: Instant,
+    /// Per thread: when its request began (monotonic ms, 0 when idle),
+    /// and whether that request was reported as stuck.
+    started: Arc<[Started]>,
+    /// --timeout in ms (0: none).
+    timeout_ms: u64,
+}
+
+/// A thread's request start, for [`ThreadHandler::report_stuck`].
+#[derive(Default)]
+struct Started {
+    at_ms: AtomicU64,
+    reported: AtomicBool,
 }
 
 impl ThreadHandler {
     /// Starts `size` threads serving with `server`.
-    pub fn start(server: WsgiServer, size: usize) -> Result<ThreadHandler, String> {
+    pub fn start(server: WsgiServer, size: usize, timeout: u64) -> Result<ThreadHandler, String> {
         let size = size.max(1);
         let server = Arc::new(server);
         let jobs = Arc::new(Queue::default());
         let busy = Arc::new(AtomicUsize::new(0));
+        let started: Arc<[Started]> = (0..size).map(|_| Started::default()).collect();
         for i in 0..size {
             let (server, jobs, busy) = (Arc::clone(&server), Arc::clone(&jobs), Arc::clone(&busy));
+            let started = Arc::clone(&started);
             // Each thread starts by looking for work, as after a request.
             jobs.searching.fetch_add(1, Ordering::SeqCst);
             std::thread::Builder::new()
                 .name(format!("gthread-{i}"))
-                .spawn(move || run_thread(&server, &jobs, &busy))
+                .spawn(move || run_thread(&server, &jobs, &busy, &started[i]))
                 .map_err(|e| format!("starting thread {i} of {size}: {e}"))?;
         }
         // Python's handlers for these were installed at boot; signal-hook
@@ -195,6 +209,7 @@ impl ThreadHandler {
             signal_hook::consts::SIGABRT,
             signal_hook::consts::SIGQUIT,
             signal_hook::consts::SIGINT,
+            super::dump_signal(),
         ] {
             signal_hook::flag::register(sig, Arc::clone(&py_signal))
                 .map_err(|e| format!("watching signal {sig}: {e}"))?;
@@ -206,19 +221,50 @@ impl ThreadHandler {
             busy,
             py_signal,
             next_check: Instant::now(),
+            started,
+            timeout_ms: timeout.saturating_mul(1000),
         })
+    }
+
+    /// gunicorn's gthread worker keeps beating while one of its threads is
+    /// stuck, so --timeout never replaces it; ferrocorn keeps that, and
+    /// once per request past --timeout logs the worker's Python stacks
+    /// (as SIGRTMIN+1 does).
+    fn report_stuck(&self) {
+        if self.timeout_ms == 0 {
+            return;
+        }
+        let now = crate::shm::monotonic_ms();
+        for t in self.started.iter() {
+            let at = t.at_ms.load(Ordering::Relaxed);
+            if at == 0 || now.saturating_sub(at) <= self.timeout_ms {
+                continue;
+            }
+            if !t.reported.swap(true, Ordering::Relaxed) {
+                crate::log_error!(
+                    "a request has run for {:.1} s, past --timeout; gthread workers are not replaced for it (as gunicorn's), the Python stacks follow",
+                    now.saturating_sub(at) as f64 / 1000.0
+                );
+                Python::attach(|py| super::log_stacks(py, "Request past --timeout"));
+            }
+        }
     }
 }
 
 /// One thread of the pool: attached to the interpreter for its whole life;
 /// it holds the GIL while it serves and finds work, and releases it while
 /// it sleeps (and in its socket waits).
-fn run_thread(server: &WsgiServer, jobs: &Queue, busy: &AtomicUsize) {
+fn run_thread(server: &WsgiServer, jobs: &Queue, busy: &AtomicUsize, started: &Started) {
     Python::attach(|py| {
         let keys = RefCell::new(ThreadCache::default());
         loop {
             let job = jobs.next(py);
+            started.reported.store(false, Ordering::Relaxed);
+            started
+                .at_ms
+                .store(crate::shm::monotonic_ms(), Ordering::Relaxed);
             let (back, served) = job.serve(py, server, &keys);
+            started.at_ms.store(0, Ordering::Relaxed);
             jobs.searching.fetch_add(1, Ordering::SeqCst);
             busy.fetch_sub(1, Ordering::AcqRel);
             let needs_loop = served.needs_loop();
@@ -248,6 +294,9 @@ impl Handler for ThreadHandler {
         let now = Instant::now();
         if !self.py_signal.swap(false, Ordering::AcqRel) && now < self.next_check {
             return Ok(());
+        }
+        if now >= self.next_check {
+            self.report_stuck();
         }
         self.next_check = now + Duration::from_secs(1);
         Python::attach(super::check_signals)

@@ -162,6 +162,27 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
     code
 }
 
+/// The signal that asks a worker for its Python stacks (boot.py's
+/// DUMP_SIGNAL_OFFSET): SIGRTMIN+1, which gunicorn gives no meaning.
+pub fn dump_signal() -> i32 {
+    libc::SIGRTMIN() + 1
+}
+
+/// Logs every thread's Python stack and the request each serves (boot.py
+/// dump_stacks), as an error.
+pub fn log_stacks(py: Python<'_>, why: &str) {
+    let text = crate::python::boot(py)
+        .and_then(|b| b.call_method1("dump_stacks", (why, py.None())))
+        .and_then(|t| t.extract::<String>());
+    match text {
+        Ok(t) => crate::log_error!("{t}"),
+        Err(e) => crate::log_error!(
+            "{why}: no stack dump: {}",
+            crate::python::format_err(py, &e)
+        ),
+    }
+}
+
 /// gunicorn's worker.handle_abort and handle_quit: the master sends SIGABRT
 /// to a worker silent past --timeout, and SIGQUIT (or the user SIGINT) for a
 /// quick stop. Python-level handlers run at the next bytecode boundary, even
@@ -187,8 +208,19 @@ fn install_signal_handlers(
         slot.set_state(State::Quitting);
         let _ = h.worker_int(args.py(), &live_view(&base, slot, false, true));
     })?;
+    // The stack dumps of boot.py's handlers go to the error log.
+    let log_error = pyo3::types::PyCFunction::new_closure(py, None, None, |args, _kwargs| {
+        let (text, error): (String, bool) = args.extract()?;
+        if error {
+            crate::log_error!("{text}");
+        } else {
+            crate::log_warning!("{text}");
+        }
+        Ok::<(), PyErr>(())
+    })?;
     let boot = crate::python::boot(py)?;
-    boot.getattr("install_abort_handler")?.call1((on_abort,))?;
+    boot.getattr("install_abort_handler")?
+        .call1((on_abort, log_error))?;
     boot.getattr("install_quit_handler")?.call1((on_quit,))?;
     Ok(())
 }
@@ -366,7 +398,7 @@ fn serve(
             Ok(lp.run())
         }
         Kind::Gthread => {
-            let handler = gthread::ThreadHandler::start(server, cfg.threads())?;
+            let handler = gthread::ThreadHandler::start(server, cfg.threads(), cfg.timeout())?;
             let mut lp = crate::conn::Loop::new(listeners, settings, handler, slot, term)?;
             slot.set_state(State::Idle);
             // The loop never runs Python: it holds no GIL, so the threads
