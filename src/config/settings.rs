@@ -283,7 +283,7 @@ pub static SETTINGS: &[Setting] = &[
         env: Some("WEB_CONCURRENCY"),
         help: "The number of worker processes for handling requests.",
         support: Support::Supported,
-        note: "default $WEB_CONCURRENCY when set",
+        note: "default $WEB_CONCURRENCY when set, else gunicorn-prometheus-exporter's $GUNICORN_WORKERS",
     },
     Setting {
         name: "worker_class",
@@ -355,7 +355,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "Workers silent for more than this many seconds are killed and restarted.",
         support: Support::Supported,
-        note: "heartbeat in shared memory; a silent worker gets SIGABRT (SystemExit in the app), then SIGKILL. Also the time a started request head has to be complete (from its first byte), after which its connection is closed: gunicorn's sync worker would be killed after that long",
+        note: "default gunicorn-prometheus-exporter's $GUNICORN_TIMEOUT when set. Heartbeat in shared memory; a silent worker gets SIGABRT (SystemExit in the app), then SIGKILL. Also the time a started request head has to be complete (from its first byte), after which its connection is closed: gunicorn's sync worker would be killed after that long",
     },
     Setting {
         name: "graceful_timeout",
@@ -379,7 +379,7 @@ pub static SETTINGS: &[Setting] = &[
         env: None,
         help: "The number of seconds to wait for requests on a Keep-Alive connection.",
         support: Support::Supported,
-        note: "",
+        note: "default gunicorn-prometheus-exporter's $GUNICORN_KEEPALIVE when set",
     },
     Setting {
         name: "limit_request_line",
