@@ -27,6 +27,7 @@ from .config import (
     initialize_config,
     load_yaml_config,
 )
+from .master import PrometheusMaster
 from .metrics import registry
 from .plugin import (
     PrometheusEventletWorker,
@@ -52,6 +53,7 @@ __all__ = [
     "PrometheusEventletWorker",
     "PrometheusGeventWorker",
     "PrometheusTornadoWorker",
+    "PrometheusMaster",
     "registry",
     "ExporterConfig",
     "ConfigManager",
