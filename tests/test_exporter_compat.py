@@ -16,6 +16,7 @@ changed only in paths and ports. Three environments:
 
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -195,7 +196,9 @@ def test_worker_int_refreshes_gauges_and_quits(server):
     s.wait_log("Worker (pid:%d) exited." % victim)
     log = s.log()
     assert "Worker %d received interrupt signal" % victim in log, log
-    assert "Updated worker metrics for worker_" in log and "_%d: {'memory_bytes'" % victim in log, log
+    m = re.search(r"Updated worker metrics for worker_\d+_%d: \{'memory_bytes': (\d+)" % victim, log)
+    assert m and int(m.group(1)) > 1000000, log
+    assert "Called handle_quit() on worker %d" % victim in log, log
     assert log.count("received interrupt signal") == 1, "worker_int ran twice:\n" + log
     assert "exited with code" not in log, log
     wait_for(lambda: len(children_of(s.proc.pid)) == 2, 10, msg="a replacement worker")
@@ -259,6 +262,11 @@ def when_ready(server):
     result("cleanup", "done")
 
 
+def pre_request(worker, req):
+    if req.path == "/quit":
+        WorkerManager(logger).shutdown_worker(worker)
+
+
 def post_worker_init(worker):
     worker_manager = WorkerManager(logger)
     result("update", worker_manager.update_metrics(worker))
@@ -293,6 +301,16 @@ def test_manager_calls_return_what_the_guide_says(server):
     assert "ferrocorn's exporter serves the metrics on port %d, not 1" % s.metrics_port in log
     # ProcessManager left ferrocorn's exporter alone: metrics are still served.
     assert "gunicorn_workers" in wait_metrics(s, "gunicorn_workers")
+    # shutdown_worker(): handle_quit(), the worker's quick exit (SystemExit
+    # at once, so the call does not return there); a new worker comes.
+    first = children_of(s.proc.pid)
+    try:
+        requests.get(s.url + "/quit", timeout=5)
+    except requests.RequestException:
+        pass  # the worker may go before it answers
+    wait_for(lambda: not any(alive(p) for p in first), 10, msg="the worker quit")
+    wait_for(lambda: len(children_of(s.proc.pid)) == 1, 10, msg="a replacement worker")
+    assert requests.get(s.url + "/", timeout=5).status_code == 200
     assert s.stop() == 0
 
 

@@ -202,6 +202,7 @@ class WorkerManager:
         ``worker.alive = False`` (graceful); True when one of them worked."""
         try:
             worker.handle_quit()
+            self.logger.debug("Called handle_quit() on worker %s", getattr(worker, "pid", "?"))
             return True
         except Exception as e:
             self.logger.warning("worker.handle_quit() failed (%s); setting alive = False", e)

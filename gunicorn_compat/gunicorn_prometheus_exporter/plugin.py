@@ -35,12 +35,10 @@ class PrometheusMixin:
     def update_worker_metrics(self):
         """ferrocorn's exporter reads each worker's memory, CPU time,
         uptime and state when it is scraped (from /proc and shared memory),
-        so there is nothing to push: this refreshes the worker's heartbeat
-        (when called in the worker itself) and returns the values the next
-        scrape reports: ``{"memory_bytes", "cpu_seconds", "uptime_seconds"}``."""
+        so the gauges are always current and there is nothing to push: this
+        reads the values the next scrape reports and returns them,
+        ``{"memory_bytes", "cpu_seconds", "uptime_seconds", "timestamp"}``."""
         pid = self.pid if isinstance(self.pid, int) else os.getpid()
-        if pid == os.getpid() and hasattr(self, "notify"):
-            self.notify()
         fields = _proc_stat(pid)
         ticks = os.sysconf("SC_CLK_TCK")
         page = os.sysconf("SC_PAGE_SIZE")
