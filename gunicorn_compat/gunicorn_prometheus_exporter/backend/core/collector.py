@@ -54,11 +54,13 @@ class RedisMultiProcessCollector:
         # (metric, sample name, labels tuple) -> merged value
         merged = defaultdict(dict)
         for pid, typ, mode, key, value, ts in storage.read_all_entries():
-            metric_name, name, labels, help_text = json.loads(key)
+            try:
+                metric_name, name, labels, help_text = json.loads(key)
+            except (TypeError, ValueError):
+                continue  # not a key this backend wrote
             metric = metrics.get(metric_name)
             if metric is None:
                 metric = metrics[metric_name] = Metric(metric_name, help_text, typ)
-                metric._mode = mode
             if typ == "gauge":
                 if mode in _LIVE and not _alive(pid):
                     continue
