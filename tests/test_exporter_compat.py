@@ -223,12 +223,13 @@ import os
 
 from gunicorn_prometheus_exporter.hooks import (
     HookContext, HookManager, EnvironmentManager, MetricsServerManager, WorkerManager,
-    ProcessManager, default_on_starting,
+    ProcessManager, default_on_starting, default_on_exit,
 )
 
 workers = 1
 worker_class = "gunicorn_prometheus_exporter.PrometheusWorker"
 on_starting = default_on_starting
+on_exit = default_on_exit
 logger = logging.getLogger("managers")
 
 
@@ -260,6 +261,9 @@ def when_ready(server):
     process_manager = ProcessManager(logger)
     process_manager.cleanup_processes()
     result("cleanup", "done")
+    # A process of the app's own, left for default_on_exit to terminate.
+    import subprocess
+    result("sleeper", subprocess.Popen(["sleep", "300"]).pid)
 
 
 def pre_request(worker, req):
@@ -289,6 +293,8 @@ def test_manager_calls_return_what_the_guide_says(server):
     s = server(["app:app"], cwd=app_dir(), config_text=MANAGERS_CONF)
     wait_for(lambda: "worker_id" in results(s.log()), 10, msg="post_worker_init results")
     got = results(s.log())
+    sleeper = int(got.pop("sleeper"))
+    assert alive(sleeper)
     assert got == {
         "context": "('Arbiter', None, 'gunicorn_prometheus_exporter.hooks')",
         "safe_ok": "True", "safe_fail": "False",
@@ -303,15 +309,20 @@ def test_manager_calls_return_what_the_guide_says(server):
     assert "gunicorn_workers" in wait_metrics(s, "gunicorn_workers")
     # shutdown_worker(): handle_quit(), the worker's quick exit (SystemExit
     # at once, so the call does not return there); a new worker comes.
-    first = children_of(s.proc.pid)
+    def workers():
+        return [p for p in children_of(s.proc.pid) if p != sleeper]
+    first = workers()
     try:
         requests.get(s.url + "/quit", timeout=5)
     except requests.RequestException:
         pass  # the worker may go before it answers
     wait_for(lambda: not any(alive(p) for p in first), 10, msg="the worker quit")
-    wait_for(lambda: len(children_of(s.proc.pid)) == 1, 10, msg="a replacement worker")
+    wait_for(lambda: len(workers()) == 1, 10, msg="a replacement worker")
     assert requests.get(s.url + "/", timeout=5).status_code == 200
     assert s.stop() == 0
+    # default_on_exit's ProcessManager terminated the app's process.
+    assert "Terminating child process: sleep (PID: %d)" % sleeper in s.log(), s.log()
+    assert not alive(sleeper)
 
 
 @pytest.mark.parametrize("name,kind", [
