@@ -734,3 +734,14 @@ def test_example(server, redis, name):  # noqa: F811
         assert log.count("Updated GUNICORN_WORKERS from CLI: 8") == 8, log
     if name == "tornado":
         assert "Using worker: gunicorn_prometheus_exporter.PrometheusTornadoWorker" in log
+
+
+def test_hooks_with_metrics_off_say_so(server):
+    """--no-metrics: default_when_ready finds no exporter to report and
+    says why; the server runs on."""
+    s = start_guide(server, "api-basic", args=["--no-metrics"])
+    assert requests.get(s.url + "/", timeout=5).json() == {"ok": True}
+    log = s.log()
+    assert "ferrocorn's metrics are off (--no-metrics / metrics = False): no metrics server" in log, log
+    assert "Metrics server started successfully" not in log, log
+    assert s.stop() == 0
