@@ -12,6 +12,10 @@ changed only in paths and ports. Three environments:
   backend API must name redis-py in its ImportError);
 - a separate throwaway venv with the original package 0.2.4 pip-installed
   (and its dependencies): the configs still run on ferrocorn's package.
+
+Against the wheel's command (scripts/test.sh), which runs in its own venv
+whatever VIRTUAL_ENV says, the last two are that venv;
+tests/test_packaging.py runs a guide config with only the wheel installed.
 """
 
 import json
@@ -25,7 +29,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, SERVER_BIN, VENV, free_port, server_env
+from conftest import IS_WHEEL, REPO, SERVER_BIN, VENV, free_port, server_env
 from test_hooks import alive, children_of, wait_for
 from test_redis import redis  # noqa: F401  (the fixture)
 
@@ -519,6 +523,10 @@ def test_configuration_api_script_inside_ferrocorn(bare_venv):
 BACKEND_SCRIPT = r'''
 import json
 import os
+import sys
+
+if os.environ.get("FC_TEST_HIDE_REDIS"):
+    sys.modules["redis"] = None  # `import redis` raises ImportError
 
 from gunicorn_prometheus_exporter.backend import (
     RedisDict, RedisStorageClient, RedisStorageDict, RedisStorageManager, RedisValue,
@@ -582,7 +590,7 @@ print("BACKEND " + json.dumps(out))
 '''
 
 
-def run_backend_script(venv, redis_port):
+def run_backend_script(venv, redis_port, hide_redis=False):
     d = tempfile.mkdtemp(prefix="fc-backend-")
     conf = os.path.join(d, "gunicorn.conf.py")
     with open(conf, "w") as f:
@@ -594,6 +602,8 @@ def run_backend_script(venv, redis_port):
              "GUNICORN_WORKERS": "1"}
     if venv is not None:
         extra.update(venv_env(venv))
+    if hide_redis:
+        extra["FC_TEST_HIDE_REDIS"] = "1"
     r = subprocess.run([SERVER_BIN, "--check-config", "-c", conf, "app:app"], cwd=d,
                        capture_output=True, text=True, env=server_env(extra), timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -624,7 +634,9 @@ def test_backend_api_against_a_real_redis(redis):  # noqa: F811
 
 
 def test_backend_without_redis_py_names_it(bare_venv):
-    out = run_backend_script(bare_venv, 1)
+    # The wheel's command runs in its own venv, which has redis-py: there
+    # the script hides it.
+    out = run_backend_script(bare_venv, 1, hide_redis=IS_WHEEL)
     assert "needs redis-py" in out["import_error"] and "pip install redis" in out["import_error"], out
 
 
