@@ -33,6 +33,9 @@ from conftest import IS_WHEEL, REPO, SERVER_BIN, VENV, free_port, server_env
 from test_hooks import alive, children_of, wait_for
 from test_redis import redis  # noqa: F401  (the fixture)
 
+# ferrocorn's own package: TEST_SERVER=gunicorn skips the file.
+pytestmark = pytest.mark.ferrocorn_only
+
 COMPAT_DIR = os.path.join(REPO, "gunicorn_compat")
 
 APP = r'''
