@@ -128,7 +128,9 @@ pub fn init(interp: &Interpreter) -> Result<(), String> {
 
 /// Prepares an interpreter that is already running (the wheel's extension
 /// module: the master is the Python process of the `ferrocorn` console
-/// script): loads the boot module.
+/// script): loads the boot module and puts the importer of the built-in
+/// compatibility packages (gunicorn_compat/, `COMPAT_SOURCES`) first on
+/// `sys.meta_path`, before anything imports them.
 pub fn init_running(py: Python<'_>) -> Result<(), String> {
     let boot = embedded_module(py, c"_ferrocorn_boot", c"<ferrocorn boot>", BOOT_SOURCE)
         .map_err(|e| format!("loading ferrocorn's boot module: {}", format_err(py, &e)))?;
