@@ -17,6 +17,7 @@ from .backend import (
     setup_redis_metrics,
     teardown_redis_metrics,
 )
+from . import config
 from .config import (
     ConfigManager,
     ConfigState,
@@ -55,14 +56,6 @@ __all__ = [
     "PrometheusTornadoWorker",
     "PrometheusMaster",
     "registry",
-    "ExporterConfig",
-    "ConfigManager",
-    "ConfigState",
-    "get_config_manager",
-    "initialize_config",
-    "get_config",
-    "cleanup_config",
-    "load_yaml_config",
     "RedisStorageManager",
     "get_redis_storage_manager",
     "setup_redis_metrics",
@@ -70,4 +63,4 @@ __all__ = [
     "is_redis_enabled",
     "get_prometheus_eventlet_worker",
     "get_prometheus_gevent_worker",
-]
+] + config.__all__

@@ -152,37 +152,36 @@ class ConfigManager:
             return self._config
 
     def update_config(self, **kwargs):
+        """Sets the keyword arguments as environment variables and validates
+        again."""
         with self._lock:
-            if self._config is None:
-                raise RuntimeError("Configuration not initialized")
-            if self._state != ConfigState.INITIALIZED:
+            if self._config is not None and self._state != ConfigState.INITIALIZED:
                 raise RuntimeError(f"Cannot update configuration (state: {self._state.value})")
-            try:
-                self._state = ConfigState.UPDATING
-                logger.info("Updating configuration...")
-                _export(kwargs)
-                self._validate_config()
-                self._state = ConfigState.INITIALIZED
-                logger.info("Configuration updated successfully")
-            except Exception as e:
-                self._state = ConfigState.ERROR
-                logger.error("Configuration update failed: %s", e)
-                raise
+            self._change(("Updating", "updated", "update"), lambda: _export(kwargs))
 
     def reload_config(self):
+        """A new ExporterConfig from the environment, validated."""
+        def renew():
+            self._config = ExporterConfig()
+        self._change(("Reloading", "reloaded", "reload"), renew)
+
+    def _change(self, words, change):
+        """`change()` then validation, in state UPDATING; ERROR (and the
+        exception) when either fails."""
+        doing, done, noun = words
         with self._lock:
             if self._config is None:
                 raise RuntimeError("Configuration not initialized")
             try:
                 self._state = ConfigState.UPDATING
-                logger.info("Reloading configuration...")
-                self._config = ExporterConfig()
+                logger.info("%s configuration...", doing)
+                change()
                 self._validate_config()
                 self._state = ConfigState.INITIALIZED
-                logger.info("Configuration reloaded successfully")
+                logger.info("Configuration %s successfully", done)
             except Exception as e:
                 self._state = ConfigState.ERROR
-                logger.error("Configuration reload failed: %s", e)
+                logger.error("Configuration %s failed: %s", noun, e)
                 raise
 
     def cleanup(self):
