@@ -450,6 +450,10 @@ os.environ.pop("PROMETHEUS_SSL_CERTFILE")
 manager.initialize()
 out["states"].append(manager.state.value)
 out["summary"] = manager.get_config_summary()["prometheus_port"]
+manager.update_config(GUNICORN_WORKERS="3")
+out["updated"] = manager.get_config().gunicorn_workers
+out["bad_update"] = error(manager.update_config, GUNICORN_WORKERS="0")
+out["states"].append(manager.state.value)
 manager.cleanup()
 out["states"].append(manager.state.value)
 print("CONFIG-API " + json.dumps(out))
@@ -484,8 +488,12 @@ def check_config_api(out):
     assert out["bad_ssl"] == (
         "ValueError: Configuration validation failed: SSL key file required when certificate "
         "is provided, SSL certificate file not found: /nonexistent/cert.pem")
-    assert out["states"] == ["uninitialized", "uninitialized", "initialized", "uninitialized"]
+    assert out["states"] == ["uninitialized", "uninitialized", "initialized", "error",
+                             "uninitialized"]
     assert out["summary"] == 9091
+    assert out["updated"] == 3
+    assert out["bad_update"] == ("ValueError: Configuration validation failed: "
+                                 "Base exporter configuration invalid (see logs)")
 
 
 def parse_config_api(stdout):
