@@ -299,6 +299,30 @@ def test_flask_example_lifecycle(venv):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_exporter_compat_package_is_built_into_the_wheel(venv):
+    """gunicorn_prometheus_exporter (gunicorn_compat/) comes with the wheel:
+    a config from the exporter's guide runs in a venv that has only the
+    wheel, Flask and prometheus_client, and its hooks are ferrocorn's."""
+    version, d = venv
+    probe = subprocess.run([os.path.join(d, "bin", "python"), "-c", "import gunicorn_prometheus_exporter"],
+                           capture_output=True, text=True)
+    assert probe.returncode == 1 and "No module named" in probe.stderr, probe
+    gpe = os.path.join(EXAMPLES, "gunicorn-prometheus-exporter")
+    m = Master([os.path.join(d, "bin", "ferrocorn"), "-c", os.path.join(gpe, "api-basic", "gunicorn.conf.py"),
+                "app:app"], cwd=gpe, env={"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="fc-mp-")})
+    try:
+        assert requests.get(m.url + "/", timeout=10).text.startswith("Hello")
+        log = m.log()
+        assert "Metrics server started successfully on port %d" % m.metrics_port in log, log
+        assert "is ferrocorn's exporter (no second server started)" in log, log
+        wait_for(lambda: "Updated GUNICORN_WORKER_CLASS from CLI" in m.log(), 10, msg="post_fork")
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(30) == 0, m.log()[-3000:]
+        assert "Server shutdown complete" in m.log()
+    finally:
+        m.close()
+
+
 def test_python_m_reexec_keeps_the_module_form(venv):
     """`python -X dev -m ferrocorn ...`: USR2 runs the interpreter with the
     same options and `-m ferrocorn` (on 3.9 from the process's argv)."""

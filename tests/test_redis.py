@@ -262,7 +262,8 @@ def test_two_instances_share_one_redis_and_the_read_side_sums_them(server, redis
 
 def test_a_gunicorn_prometheus_exporter_redis_config_pushes(server, redis):
     # Set the way that exporter's docs do it: os.environ.setdefault in the
-    # config file, its redis_when_ready hook assigned (not called by ferrocorn).
+    # config file, its redis_when_ready hook assigned (ferrocorn's compat
+    # package's: it reports the exporter's push, it pushes nothing itself).
     r = redis()
     conf = ("import os\n"
             "os.environ.setdefault('REDIS_ENABLED', 'true')\n"
@@ -277,7 +278,8 @@ def test_a_gunicorn_prometheus_exporter_redis_config_pushes(server, redis):
     key = state_key("gpe", "127.0.0.1:%d" % s.port)
     wait_for(lambda: r.cli("-n", "3", "EXISTS", key) == "1", 10, msg=key + " in db 3")
     assert r.cli("EXISTS", key) == "0"
-    assert "redis_when_ready is not called" in s.log()
+    assert "Redis metrics storage enabled - ferrocorn's exporter pushes the metrics to " \
+        "Redis (prefix 'gpe')" in s.log()
 
 
 def test_final_push_at_shutdown_and_ttl(server, redis):

@@ -5,7 +5,9 @@
 //!
 //! 1. defaults ([`settings::SETTINGS`]);
 //! 2. environment-derived defaults: `WEB_CONCURRENCY` (workers), `PORT`
-//!    (bind `0.0.0.0:$PORT`);
+//!    (bind `0.0.0.0:$PORT`), and gunicorn-prometheus-exporter's
+//!    `GUNICORN_WORKERS` (workers, when `WEB_CONCURRENCY` is unset),
+//!    `GUNICORN_TIMEOUT` (timeout) and `GUNICORN_KEEPALIVE` (keepalive);
 //! 3. the config file: `-c` from the command line, else `-c` from
 //!    `GUNICORN_CMD_ARGS`, else `./gunicorn.conf.py` when it exists;
 //! 4. `GUNICORN_CMD_ARGS`;
@@ -60,7 +62,7 @@ pub enum Loaded {
 pub enum Origin {
     /// The table's default.
     Default,
-    /// An environment-derived default (WEB_CONCURRENCY, PORT).
+    /// An environment-derived default (WEB_CONCURRENCY, PORT, GUNICORN_WORKERS, ...).
     Environment,
     /// The config file.
     File,
@@ -93,6 +95,11 @@ impl Origin {
 struct Env {
     cmd_args: Option<String>,
     web_concurrency: Option<String>,
+    /// gunicorn-prometheus-exporter's GUNICORN_WORKERS, GUNICORN_TIMEOUT,
+    /// GUNICORN_KEEPALIVE.
+    gunicorn_workers: Option<String>,
+    gunicorn_timeout: Option<String>,
+    gunicorn_keepalive: Option<String>,
     port: Option<String>,
     forwarded_allow_ips: Option<String>,
     cwd: PathBuf,
@@ -104,6 +111,9 @@ impl Env {
         Env {
             cmd_args: var("GUNICORN_CMD_ARGS"),
             web_concurrency: var("WEB_CONCURRENCY"),
+            gunicorn_workers: var("GUNICORN_WORKERS"),
+            gunicorn_timeout: var("GUNICORN_TIMEOUT"),
+            gunicorn_keepalive: var("GUNICORN_KEEPALIVE"),
             port: var("PORT"),
             forwarded_allow_ips: var("FORWARDED_ALLOW_IPS"),
             cwd: value::getcwd(),
@@ -195,18 +205,45 @@ impl Config {
             app_uri: None,
             config_file: None,
         };
-        if let Some(wc) = &env.web_concurrency {
-            let i = idx("workers");
-            let v = match value::py_int(wc, false) {
+        // WEB_CONCURRENCY is gunicorn's own: it wins over the exporter's
+        // GUNICORN_WORKERS when both are set.
+        let workers = [
+            ("WEB_CONCURRENCY", &env.web_concurrency),
+            ("GUNICORN_WORKERS", &env.gunicorn_workers),
+        ]
+        .into_iter()
+        .find_map(|(var, v)| v.as_ref().map(|v| (var, v)));
+        let int_vars = [
+            ("workers", workers),
+            (
+                "timeout",
+                env.gunicorn_timeout
+                    .as_ref()
+                    .map(|v| ("GUNICORN_TIMEOUT", v)),
+            ),
+            (
+                "keepalive",
+                env.gunicorn_keepalive
+                    .as_ref()
+                    .map(|v| ("GUNICORN_KEEPALIVE", v)),
+            ),
+        ];
+        for (name, source) in int_vars {
+            let Some((var, text)) = source else { continue };
+            let i = idx(name);
+            let v = match value::py_int(text, false) {
                 Some(n) => value::validate(&SETTINGS[i], Value::Int(n)),
                 None => Err(format!(
-                    "{} is not a positive integer",
-                    value::py_repr_str(wc)
+                    "{} is not {}",
+                    value::py_repr_str(text),
+                    if name == "workers" {
+                        "a positive integer"
+                    } else {
+                        "an integer"
+                    }
                 )),
             }
-            .map_err(|e| {
-                ConfigError(format!("invalid value for WEB_CONCURRENCY (workers): {e}"))
-            })?;
+            .map_err(|e| ConfigError(format!("invalid value for {var} ({name}): {e}")))?;
             cfg.values[i] = v;
             cfg.origins[i] = Origin::Environment;
         }
@@ -229,7 +266,8 @@ impl Config {
     }
 
     /// Loads the configuration from all of gunicorn's sources. `argv`
-    /// includes argv[0]. Reads `GUNICORN_CMD_ARGS`, `WEB_CONCURRENCY` and
+    /// includes argv[0]. Reads `GUNICORN_CMD_ARGS`, `WEB_CONCURRENCY`,
+    /// `GUNICORN_WORKERS`, `GUNICORN_TIMEOUT`, `GUNICORN_KEEPALIVE` and
     /// `PORT` from the process environment before the config file runs.
     /// Does not change directory (`python::prepare_paths` applies `chdir`
     /// afterwards); puts the current directory on `sys.path` as gunicorn

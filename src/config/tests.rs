@@ -247,6 +247,31 @@ fn worker_class_with_threads_is_gthread() {
 
 // -- precedence ----------------------------------------------------------------
 
+/// gunicorn-prometheus-exporter's GUNICORN_WORKERS / GUNICORN_TIMEOUT /
+/// GUNICORN_KEEPALIVE are environment-derived defaults: below the config
+/// file, and GUNICORN_WORKERS below WEB_CONCURRENCY.
+#[test]
+fn gunicorn_exporter_variables_are_env_defaults() {
+    let dir = tmpdir();
+    let conf = write(&dir, "gpe.py", "workers = 3\ntimeout = 7\n");
+    let conf = conf.to_str().unwrap();
+    let env = |wc: Option<&str>| Env {
+        web_concurrency: wc.map(str::to_owned),
+        gunicorn_workers: Some("5".into()),
+        gunicorn_timeout: Some("45".into()),
+        gunicorn_keepalive: Some("6".into()),
+        ..env_in(&dir)
+    };
+    let c = load(&[], env(None));
+    assert_eq!((c.workers(), c.timeout(), c.keepalive()), (5, 45, 6));
+    assert_eq!(c.origin("timeout"), Some(Origin::Environment));
+    assert_eq!(load(&[], env(Some("2"))).workers(), 2);
+    let c = load(&["-c", conf], env(None));
+    assert_eq!((c.workers(), c.timeout(), c.keepalive()), (3, 7, 6));
+    let c = load(&["-c", conf, "--keep-alive", "9", "-w", "4"], env(None));
+    assert_eq!((c.workers(), c.keepalive()), (4, 9));
+}
+
 #[test]
 fn precedence_default_env_file_cmdargs_cli() {
     let dir = tmpdir();
@@ -262,6 +287,7 @@ fn precedence_default_env_file_cmdargs_cli() {
         port: Some("9000".into()),
         forwarded_allow_ips: None,
         cwd: dir.clone(),
+        ..Env::default()
     };
 
     let c = load(&[], env(None));
@@ -558,6 +584,22 @@ fn bad_values_name_setting_value_and_what_is_allowed() {
     assert_eq!(
         load_err(&[], env),
         "invalid value for WEB_CONCURRENCY (workers): 'many' is not a positive integer"
+    );
+    let env = Env {
+        gunicorn_workers: Some("many".into()),
+        ..env_in(&dir)
+    };
+    assert_eq!(
+        load_err(&[], env),
+        "invalid value for GUNICORN_WORKERS (workers): 'many' is not a positive integer"
+    );
+    let env = Env {
+        gunicorn_timeout: Some("soon".into()),
+        ..env_in(&dir)
+    };
+    assert_eq!(
+        load_err(&[], env),
+        "invalid value for GUNICORN_TIMEOUT (timeout): 'soon' is not an integer"
     );
     let env = Env {
         cmd_args: Some("-w 'unterminated".into()),

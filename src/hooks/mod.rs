@@ -807,42 +807,14 @@ fn latin1(b: &[u8]) -> String {
     }
 }
 
+/// The hooks the configuration sets. gunicorn-prometheus-exporter's
+/// ready-made hooks (`default_when_ready`, ...) are called too: the module
+/// `gunicorn_prometheus_exporter` is always ferrocorn's compatibility
+/// package (gunicorn_compat/, found before the venv's copy), whose hooks do
+/// their work on ferrocorn's native parts and never duplicate it (no second
+/// metrics server, no process ferrocorn supervises is killed).
 fn hook_fns(py: Python<'_>, cfg: &Config) -> [Option<Py<PyAny>>; 15] {
-    ALL.map(|h| {
-        let f = cfg.hook(h.name())?;
-        if cfg.metrics() {
-            if let Some(name) = exporter_hook_name(f.bind(py)) {
-                crate::log_info!(
-                    "{} = {name} is not called: ferrocorn serves these metrics itself",
-                    h.name()
-                );
-                return None;
-            }
-        }
-        Some(f.clone_ref(py))
-    })
-}
-
-/// gunicorn-prometheus-exporter's ready-made hooks (`default_when_ready`,
-/// `redis_when_ready`, ...) set up the metrics that ferrocorn serves by
-/// itself. Under ferrocorn its `when_ready` would start a second metrics
-/// server on the same port and retry for about 8 s, and the others manage
-/// files, processes and workers ferrocorn already handles. Configs written
-/// for it wire them directly, so they are recognised by their module and not
-/// called while ferrocorn's metrics are on. A user's own hook that calls one
-/// of them is the user's and runs. Returns the hook's dotted name.
-fn exporter_hook_name(f: &Bound<'_, PyAny>) -> Option<String> {
-    let module: String = f.getattr("__module__").ok()?.extract().ok()?;
-    if module != "gunicorn_prometheus_exporter"
-        && !module.starts_with("gunicorn_prometheus_exporter.")
-    {
-        return None;
-    }
-    let name: String = f
-        .getattr("__qualname__")
-        .and_then(|n| n.extract())
-        .unwrap_or_else(|_| "<hook>".to_owned());
-    Some(format!("{module}.{name}"))
+    ALL.map(|h| cfg.hook(h.name()).map(|f| f.clone_ref(py)))
 }
 
 fn cfg_args<'py>(

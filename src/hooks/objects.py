@@ -612,6 +612,35 @@ class Worker:
 _stand_ins = {}
 
 
+def with_worker(cls):
+    """A worker class of ferrocorn's compatibility packages (marked
+    ``_ferrocorn_worker_mixin``, e.g. gunicorn_prometheus_exporter's
+    PrometheusWorker) combined with ``Worker``: the hook's worker object is
+    an instance of the configured class, with its methods."""
+    mixed = _stand_ins.get(cls)
+    if mixed is None:
+        mixed = type(cls.__name__, (cls, Worker),
+                     {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        _stand_ins[cls] = mixed
+    return mixed
+
+
+def _compat_class(module, name):
+    """The class `module.name` if ferrocorn's compatibility packages define
+    it as a worker mixin (their modules are built in: importing them runs
+    nothing of the venv's)."""
+    if module.partition(".")[0] != "gunicorn_prometheus_exporter":
+        return None
+    try:
+        import importlib
+        cls = getattr(importlib.import_module(module), name, None)
+    except Exception:
+        return None
+    if isinstance(cls, type) and getattr(cls, "_ferrocorn_worker_mixin", False):
+        return cls
+    return None
+
+
 def worker_stand_in(uri):
     """A subclass of ``Worker`` named as gunicorn's class for ``uri``
     (``sync`` -> ``gunicorn.workers.sync.SyncWorker``; a dotted path keeps
@@ -624,6 +653,10 @@ def worker_stand_in(uri):
         path = path.split("#", 1)[-1] if "#" in path else "sync"
     path = SUPPORTED_WORKERS.get(path, path)
     module, _, name = path.rpartition(".")
+    compat = _compat_class(module, name)
+    if compat is not None:
+        cls = _stand_ins[uri] = with_worker(compat)
+        return cls
     if not name.isidentifier():
         name = "Worker"
     cls = type(name, (Worker,), {"__module__": module or __name__,
@@ -716,11 +749,18 @@ class Response:
 
 # -- the runtime the Rust side drives -----------------------------------------
 
+# The Runtime of this process (the latest made), for ferrocorn's
+# compatibility packages: they read the server's configuration from it.
+RUNTIME = None
+
+
 class Runtime:
     """Holds cfg, log, server and the worker objects (by age) of one
     process; called by mod.rs."""
 
     def __init__(self, settings, computed):
+        global RUNTIME
+        RUNTIME = self
         self.cfg = Config(settings, computed)
         self.log = Logger(self.cfg)
         self.app = App(self.cfg)
@@ -751,6 +791,8 @@ class Runtime:
             cls = self.cfg.worker_class
             if not isinstance(cls, type):
                 cls = worker_stand_in(self.cfg.worker_class_str)
+            elif getattr(cls, "_ferrocorn_worker_mixin", False) and not issubclass(cls, Worker):
+                cls = with_worker(cls)
             elif not issubclass(cls, Worker):
                 # A class from the config file (e.g. a subclass of
                 # gunicorn's SyncWorker): a stand-in with its name.

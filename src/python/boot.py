@@ -80,6 +80,84 @@ def import_app(uri):
     return app
 
 
+# -- gunicorn_compat/: packages served from the binary ---------------------------
+#
+# The compatibility packages (gunicorn_prometheus_exporter, ...) are built
+# into ferrocorn (build.rs embeds every .py under gunicorn_compat/). A
+# meta-path finder placed first on sys.meta_path serves them, so they import
+# with nothing installed, and a copy of the original package in the venv is
+# never executed (its import-time patching of gunicorn never runs): finders
+# after this one, site-packages' included, are not asked for these names.
+
+COMPAT_ORIGIN = "ferrocorn:gunicorn_compat/"
+
+
+class CompatImporter:
+    """Finder and loader of the embedded compatibility packages. Modules get
+    ``__file__ = "ferrocorn:gunicorn_compat/<path>"`` and ``get_source``, so
+    tracebacks show their lines."""
+
+    def __init__(self, files):
+        self.modules = {}
+        for rel, text in files:
+            if not rel.endswith(".py"):
+                continue
+            parts = rel[:-3].split("/")
+            is_pkg = parts[-1] == "__init__"
+            if is_pkg:
+                parts = parts[:-1]
+            if parts:
+                self.modules[".".join(parts)] = (is_pkg, COMPAT_ORIGIN + rel, text)
+
+    def top_level(self):
+        return sorted({name.split(".", 1)[0] for name in self.modules})
+
+    def find_spec(self, fullname, path=None, target=None):
+        entry = self.modules.get(fullname)
+        if entry is None:
+            return None
+        import importlib.util
+        spec = importlib.util.spec_from_loader(
+            fullname, self, origin=entry[1], is_package=entry[0])
+        return spec
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        is_pkg, origin, text = self.modules[module.__name__]
+        module.__file__ = origin
+        exec(compile(text, origin, "exec", dont_inherit=True), module.__dict__)
+
+    def get_source(self, fullname):
+        entry = self.modules.get(fullname)
+        return entry[2] if entry else None
+
+    def is_package(self, fullname):
+        entry = self.modules.get(fullname)
+        if entry is None:
+            raise ImportError(fullname, name=fullname)
+        return entry[0]
+
+    def get_code(self, fullname):
+        entry = self.modules[fullname]
+        return compile(entry[2], entry[1], "exec", dont_inherit=True)
+
+
+def install_compat(files):
+    """Puts the importer of `files` ((path under gunicorn_compat/, source)
+    pairs) first on sys.meta_path; drops a copy of the same packages that
+    something imported before (none normally: this runs at interpreter
+    start)."""
+    importer = CompatImporter(files)
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, CompatImporter)]
+    sys.meta_path.insert(0, importer)
+    for top in importer.top_level():
+        for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+            del sys.modules[name]
+    return importer
+
+
 def prepare_paths(chdir, pythonpath):
     """gunicorn puts the working directory first on sys.path, then --pythonpath
     entries in front of it, so that the app's own modules win."""
@@ -209,7 +287,16 @@ def install_quit_handler(on_quit):
     exit, interrupting the app if it is running (SystemExit(0))."""
     import signal
 
+    quitting = []
+
     def handle_quit(sig, frame):
+        # A second SIGINT/SIGQUIT while worker_int runs (a hook that calls
+        # worker.handle_quit(), as gunicorn-prometheus-exporter's
+        # default_worker_int does) is the same quick exit: no second
+        # worker_int, the first one finishes, then the worker exits.
+        if quitting:
+            return
+        quitting.append(sig)
         on_quit(sig)
         sys.exit(0)
 

@@ -24,6 +24,9 @@ pub const BUILT_VERSION: &str = env!("FERROCORN_PYTHON_VERSION");
 
 const BOOT_SOURCE: &str = include_str!("boot.py");
 
+// `COMPAT_SOURCES`: gunicorn_compat/'s Python files, listed by build.rs.
+include!(concat!(env!("OUT_DIR"), "/compat_sources.rs"));
+
 /// The interpreter the user expects: the active virtualenv, else the
 /// `python3` found on PATH. `executable` is what CPython's path calculation
 /// starts from, so the venv's site-packages import as they would under
@@ -125,11 +128,21 @@ pub fn init(interp: &Interpreter) -> Result<(), String> {
 
 /// Prepares an interpreter that is already running (the wheel's extension
 /// module: the master is the Python process of the `ferrocorn` console
-/// script): loads the boot module.
+/// script): loads the boot module and puts the importer of the built-in
+/// compatibility packages (gunicorn_compat/, `COMPAT_SOURCES`) first on
+/// `sys.meta_path`, before anything imports them.
 pub fn init_running(py: Python<'_>) -> Result<(), String> {
-    embedded_module(py, c"_ferrocorn_boot", c"<ferrocorn boot>", BOOT_SOURCE)
+    let boot = embedded_module(py, c"_ferrocorn_boot", c"<ferrocorn boot>", BOOT_SOURCE)
+        .map_err(|e| format!("loading ferrocorn's boot module: {}", format_err(py, &e)))?;
+    boot.getattr("install_compat")
+        .and_then(|f| f.call1((COMPAT_SOURCES.to_vec(),)))
         .map(|_| ())
-        .map_err(|e| format!("loading ferrocorn's boot module: {}", format_err(py, &e)))
+        .map_err(|e| {
+            format!(
+                "installing the importer of gunicorn_compat/: {}",
+                format_err(py, &e)
+            )
+        })
 }
 
 /// What the running interpreter was started with, for the extension
