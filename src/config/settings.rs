@@ -462,8 +462,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Bool(false),
         env: None,
         help: "Restart workers when code changes.",
-        support: Support::NotYet,
-        note: "code reloading",
+        support: Support::Supported,
+        note: "",
     },
     Setting {
         name: "reload_engine",
@@ -474,8 +474,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Str("auto"),
         env: None,
         help: "The implementation that should be used to power reload.",
-        support: Support::NotYet,
-        note: "code reloading",
+        support: Support::Supported,
+        note: "",
     },
     Setting {
         name: "reload_extra_files",
@@ -486,8 +486,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::List(&[]),
         env: None,
         help: "Extends reload option to also watch and reload on additional files (e.g., templates, configurations, specifications, etc.).",
-        support: Support::NotYet,
-        note: "code reloading",
+        support: Support::Supported,
+        note: "",
     },
     Setting {
         name: "spew",

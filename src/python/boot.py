@@ -257,6 +257,99 @@ def _running_tasks():
 DUMP_SIGNAL_OFFSET = 1
 
 
+def make_fail_app(text, asgi):
+    """gunicorn's util.make_fail_app: every request gets 500 with `text`
+    (a SyntaxError's traceback, under --reload, until the file is fixed)."""
+    body = text.encode("utf-8")
+    headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+
+    def app(environ, start_response):
+        start_response("500 Internal Server Error", headers)
+        return [body]
+
+    async def asgi_app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 500,
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers]})
+        await send({"type": "http.response.body", "body": body})
+
+    return asgi_app if asgi else app
+
+
+def start_reloader(engine, extra_files, on_change, log_warning):
+    """gunicorn's reloader (--reload, --reload-engine, --reload-extra-file):
+    a daemon thread watches the files of every loaded module and the extra
+    files (glob patterns expanded at each look), by polling their mtimes
+    once a second or with inotify (the `inotify` package, as gunicorn);
+    `on_change(path)` is called once, at the first change. 'auto' is
+    inotify when that package is installed, else polling."""
+    import glob
+    import re
+    import threading
+    import time
+
+    compiled = re.compile(r"py[co]$")
+    files, patterns = set(), set()
+    for entry in extra_files or ():
+        (patterns if glob.has_magic(entry) else files).add(entry)
+
+    def current():
+        names = [compiled.sub("py", m.__file__) for m in tuple(sys.modules.values())
+                 if isinstance(getattr(m, "__file__", None), str)]
+        names.extend(files)
+        for p in patterns:
+            names.extend(sorted(glob.glob(p, recursive=True)))
+        return names
+
+    inotify = None
+    if engine in ("auto", "inotify"):
+        try:
+            import inotify.adapters
+            import inotify.constants
+        except ImportError:
+            if engine == "inotify":
+                raise ImportError("You must have the inotify module installed to use the inotify reloader")
+            inotify = None
+
+    def poll():
+        mtimes = {}
+        while True:
+            for name in current():
+                try:
+                    mtime = os.stat(name).st_mtime
+                except OSError:
+                    continue
+                old = mtimes.setdefault(name, mtime)
+                if mtime > old:
+                    on_change(name)
+                    return
+            time.sleep(1)
+
+    def watch():
+        mask = (inotify.constants.IN_CREATE | inotify.constants.IN_DELETE | inotify.constants.IN_DELETE_SELF
+                | inotify.constants.IN_MODIFY | inotify.constants.IN_MOVE_SELF | inotify.constants.IN_MOVED_FROM
+                | inotify.constants.IN_MOVED_TO)
+        watcher = inotify.adapters.Inotify()
+        dirs = set()
+        while True:
+            for d in {os.path.dirname(f) for f in current()} - dirs:
+                if os.path.isdir(d):
+                    watcher.add_watch(d, mask=mask)
+                    dirs.add(d)
+            watched = set(current())
+            for event in watcher.event_gen(timeout_s=1, yield_nones=False):
+                path = os.path.join(event[2], event[3])
+                if path in watched or any(glob.fnmatch.fnmatch(path, p) for p in patterns):
+                    on_change(path)
+                    return
+                break
+
+    log_warning("Reloader is on. Use in development only!")
+    t = threading.Thread(target=watch if inotify is not None else poll, name="ferrocorn-reloader", daemon=True)
+    t.start()
+
+
 def install_abort_handler(on_abort, log_error):
     """gunicorn's handle_abort: SIGABRT from the master (worker timeout) ends
     the worker with SystemExit(1), raised wherever Python code is running;

@@ -120,14 +120,32 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
                 return WORKER_BOOT_ERROR;
             }
         }
+        let reload = spawn.cfg.bool("reload");
+        let mut watch_also = None;
         let app = match spawn.app {
             Some(app) => app,
+            None if reload => match syntax_error_app(py, spawn.cfg, kind) {
+                Ok((app, file)) => {
+                    watch_also = file;
+                    app
+                }
+                Err(code) => return code,
+            },
             None => match load_app(py, spawn.cfg) {
                 Ok(app) => app,
                 Err(code) => return code,
             },
         };
         hooks.set_wsgi(py, app.bind(py));
+        if reload {
+            if let Err(e) = start_reloader(py, spawn.cfg, watch_also) {
+                crate::log_error!(
+                    "Exception in worker process: {}",
+                    crate::python::format_err(py, &e)
+                );
+                return WORKER_BOOT_ERROR;
+            }
+        }
         if let Err(e) = hooks.post_worker_init(py, &live_view(&base, slot, true, false)) {
             return e.system_exit.unwrap_or(WORKER_BOOT_ERROR);
         }
@@ -166,6 +184,83 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
 /// DUMP_SIGNAL_OFFSET): SIGRTMIN+1, which gunicorn gives no meaning.
 pub fn dump_signal() -> i32 {
     libc::SIGRTMIN() + 1
+}
+
+/// --reload: boot.py's reloader thread watches the app's modules and the
+/// extra files; at the first change the worker stops as gunicorn's does
+/// (SIGQUIT to itself: worker_int, then SystemExit(0)) and the master
+/// starts a new one, which imports the changed code.
+fn start_reloader(
+    py: Python<'_>,
+    cfg: &crate::config::Config,
+    watch_also: Option<String>,
+) -> PyResult<()> {
+    let on_change = pyo3::types::PyCFunction::new_closure(py, None, None, |args, _kwargs| {
+        let path: String = args.get_item(0)?.extract()?;
+        crate::log_info!("Worker reloading: {path} modified");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGQUIT);
+        Ok::<(), PyErr>(())
+    })?;
+    let log_warning = pyo3::types::PyCFunction::new_closure(py, None, None, |args, _kwargs| {
+        let text: String = args.get_item(0)?.extract()?;
+        crate::log_warning!("{text}");
+        Ok::<(), PyErr>(())
+    })?;
+    let engine = cfg.str("reload_engine").unwrap_or("auto").to_owned();
+    crate::python::boot(py)?.call_method1(
+        "start_reloader",
+        (
+            engine,
+            cfg.list("reload_extra_files")
+                .into_iter()
+                .chain(watch_also)
+                .collect::<Vec<_>>(),
+            on_change,
+            log_warning,
+        ),
+    )?;
+    Ok(())
+}
+
+/// With --reload, gunicorn's load_wsgi: an app whose import raises
+/// SyntaxError is logged and replaced by one that answers 500 with the
+/// traceback, and the file is watched, so that fixing it reloads the
+/// worker. Returns the app and the file to watch.
+fn syntax_error_app(
+    py: Python<'_>,
+    cfg: &crate::config::Config,
+    kind: Kind,
+) -> Result<(Py<PyAny>, Option<String>), i32> {
+    let Some(uri) = cfg.app_uri() else {
+        return load_app(py, cfg).map(|a| (a, None));
+    };
+    let loaded = match cfg.paste_global_conf() {
+        Some(_) => return load_app(py, cfg).map(|a| (a, None)),
+        None => crate::python::import_app(py, uri),
+    };
+    let err = match loaded {
+        Ok(app) => return Ok((app, None)),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PySyntaxError>(py) => e,
+        Err(_) => return load_app(py, cfg).map(|a| (a, None)),
+    };
+    let text = crate::python::format_err(py, &err);
+    crate::log_error!("{text}");
+    let file: Option<String> = err
+        .value(py)
+        .getattr("filename")
+        .and_then(|f| f.extract())
+        .ok();
+    let asgi = matches!(kind, Kind::Asgi | Kind::Tornado);
+    crate::python::boot(py)
+        .and_then(|b| b.call_method1("make_fail_app", (text, asgi)))
+        .map(|app| (app.unbind(), file))
+        .map_err(|e| {
+            crate::log_error!(
+                "Exception in worker process\n{}",
+                crate::python::format_err(py, &e)
+            );
+            WORKER_BOOT_ERROR
+        })
 }
 
 /// Logs every thread's Python stack and the request each serves (boot.py
