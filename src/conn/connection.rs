@@ -24,6 +24,10 @@ pub enum Phase {
     /// A request is being served away from the loop thread; nothing is
     /// read, and no deadline or eviction applies until it is handed back.
     Detached,
+    /// Accepted on a TLS listener, its handshake on the handshake thread
+    /// (which owns its deadline): the loop neither reads nor closes it
+    /// until the thread hands it back.
+    Handshake,
 }
 
 /// What may still come before the first HTTP request head on a
@@ -114,7 +118,7 @@ impl<S> Conn<S> {
         match self.phase {
             Phase::Fresh => Some((0, self.since)),
             Phase::Idle => Some((1, self.since)),
-            Phase::Head | Phase::Detached => None,
+            Phase::Head | Phase::Detached | Phase::Handshake => None,
         }
     }
 }
@@ -135,7 +139,7 @@ impl Deadlines {
             // even with a tiny --keep-alive.
             Phase::Fresh => self.keepalive.max(Duration::from_secs(1)),
             Phase::Idle => self.keepalive,
-            Phase::Head | Phase::Detached => self.head,
+            Phase::Head | Phase::Detached | Phase::Handshake => self.head,
         }
     }
 }
