@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ import time
 import pytest
 
 from conftest import KIND_ARGS
+from helpers import wait_until
 from test_metrics_prometheus import Pki
 
 pytestmark = pytest.mark.ferrocorn_only
@@ -310,3 +312,31 @@ def test_handshakes_run_on_the_worker_s_handshake_thread(server, pki):
     assert took < 1.0, took
     tls.close()
     assert busy.getresponse().status == 200
+
+
+def test_key_in_the_certificate_file_and_hup(server, pki, tmp_path):
+    # no keyfile: the key is read from certfile (Python's load_cert_chain)
+    both = tmp_path / "both.pem"
+    with open(pki.server_crt) as c, open(pki.server_key) as k:
+        both.write_text(c.read() + k.read())
+    conf = "certfile = %r\n" % str(both)
+    s = server(["-w", "1", "wsgiapp:app"], config_text=conf)
+    ctx = client_ctx(pki)
+    old = worker_pid(s, ctx)
+    # HUP rebuilds the TLS configuration: here a cipher list; the new
+    # worker serves with it
+    with open(s.config_path, "a") as f:
+        f.write("ciphers = 'ECDHE-ECDSA-CHACHA20-POLY1305'\n")
+    s.signal(signal.SIGHUP)
+    new = wait_until(lambda: s.children(), lambda pids: pids and old not in pids, timeout=15)
+    ctx12 = client_ctx(pki, ssl.TLSVersion.TLSv1_2)
+    _, _, _, cipher, c = https(s, "/", ctx12)
+    c.close()
+    assert cipher == "ECDHE-ECDSA-CHACHA20-POLY1305"
+    assert worker_pid(s, ctx) == new[0]
+    # a HUP whose TLS no longer builds keeps the previous configuration
+    with open(s.config_path, "a") as f:
+        f.write("ciphers = 'NOT-A-CIPHER'\n")
+    s.signal(signal.SIGHUP)
+    s.wait_log("keeping the previous TLS configuration")
+    assert https(s, "/", ctx12)[3] == "ECDHE-ECDSA-CHACHA20-POLY1305"

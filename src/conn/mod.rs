@@ -1042,7 +1042,13 @@ impl<H: Handler> Loop<H> {
                 s.app_wait,
                 tls::Session::new(session, ragged),
             ));
-            c.enter(Phase::Fresh, Instant::now(), &self.deadlines);
+            let now = Instant::now();
+            c.enter(Phase::Fresh, now, &self.deadlines);
+            if self.draining.is_some() {
+                // A stopping worker gives it the idle grace of the others.
+                let grace = self.settings.keepalive.min(DRAIN_IDLE_GRACE);
+                c.deadline = c.deadline.min(now + grace);
+            }
             if let Err(e) =
                 self.poll
                     .registry()

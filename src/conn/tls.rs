@@ -114,26 +114,24 @@ impl Session {
     /// drained.
     pub fn read_append(&self, fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
         let mut c = self.lock();
-        let mut got = 0usize;
-        let mut chunk = vec![0u8; max.clamp(1, 64 * 1024)];
+        let start = buf.len();
         let mut eof = false;
-        loop {
-            let want = (max - got).min(chunk.len());
-            match c.reader().read(&mut chunk[..want]) {
+        let res = loop {
+            let got = buf.len() - start;
+            // rustls reads into initialised bytes: grow, read, cut back.
+            let at = buf.len();
+            buf.resize(start + max, 0);
+            let r = c.reader().read(&mut buf[at..]);
+            buf.truncate(at + *r.as_ref().unwrap_or(&0));
+            match r {
                 // close_notify
-                Ok(0) => return Ok(got),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    got += n;
-                    if got >= max {
-                        return Ok(got);
-                    }
-                    continue;
-                }
+                Ok(0) => break Ok(got),
+                Ok(n) if got + n >= max => break Ok(got + n),
+                Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !eof => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(got),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(got),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return if got > 0 || self.suppress_ragged_eofs {
+                    break if got > 0 || self.suppress_ragged_eofs {
                         Ok(got)
                     } else {
                         Err(io::Error::new(
@@ -142,15 +140,19 @@ impl Session {
                         ))
                     };
                 }
-                Err(e) => return if got > 0 { Ok(got) } else { Err(e) },
+                Err(e) => break if got > 0 { Ok(got) } else { Err(e) },
             }
             match read_tls(fd, &mut c) {
                 Ok(true) => {}
                 // The reader tells a clean end from a ragged one.
                 Ok(false) => eof = true,
-                Err(e) => return if got > 0 { Ok(got) } else { Err(e) },
+                Err(e) => break if got > 0 { Ok(got) } else { Err(e) },
             }
+        };
+        if res.is_err() {
+            buf.truncate(start);
         }
+        res
     }
 
     /// Plaintext into `buf` with at most the reads `read_append` does.
