@@ -340,3 +340,26 @@ def test_key_in_the_certificate_file_and_hup(server, pki, tmp_path):
     s.signal(signal.SIGHUP)
     s.wait_log("keeping the previous TLS configuration")
     assert https(s, "/", ctx12)[3] == "ECDHE-ECDSA-CHACHA20-POLY1305"
+
+
+def test_clients_that_never_start_a_handshake_are_closed_for_room(server, pki):
+    # a full connection table: connections still in their handshake are the
+    # first closed for a new one, as fresh plain connections are
+    s = server(tls_args(pki, "-w", "1", "--worker-connections", "5", "wsgiapp:app"))
+    ctx = client_ctx(pki)
+    pid = worker_pid(s, ctx)
+    idle = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(12)]
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    for _ in range(3):
+        assert worker_pid(s, ctx) == pid
+    assert time.monotonic() - t0 < 3
+    closed = 0
+    for c in idle:
+        c.settimeout(0.5)
+        try:
+            closed += c.recv(1) == b""
+        except (ConnectionResetError, socket.timeout):
+            pass
+        c.close()
+    assert closed >= 7, closed

@@ -134,6 +134,12 @@ pub fn shutdown_write(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
 
+/// shutdown(2) both ways: the socket ends for every descriptor of it.
+pub fn shutdown_both(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor the caller keeps open.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
 /// pread(2) once from an open file at `offset`. Ok(0) at its end.
 pub fn pread(fd: RawFd, buf: &mut [u8], offset: i64) -> io::Result<usize> {
     // SAFETY: buf is a valid writable slice of buf.len() bytes.

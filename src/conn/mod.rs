@@ -378,6 +378,8 @@ pub struct Loop<H: Handler> {
     turn_at: Instant,
     /// The TLS handshake thread (TLS listeners only).
     handshakes: Option<tls::Handshakes>,
+    /// Connections handed to it so far.
+    handshake_seq: u64,
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
@@ -465,6 +467,7 @@ impl<H: Handler> Loop<H> {
             next_sweep: Instant::now() + Duration::from_secs(1),
             turn_at: Instant::now(),
             handshakes,
+            handshake_seq: 0,
         })
     }
 
@@ -692,6 +695,19 @@ impl<H: Handler> Loop<H> {
                 },
                 (None, _, None) => ProxyState::Pending { allowed: true },
             };
+            // The handshake thread gets a descriptor of its own, so that
+            // the loop may close the connection (for room, at exit) while
+            // the handshake runs.
+            let for_thread = match &self.handshakes {
+                None => None,
+                Some(_) => match fd.try_clone() {
+                    Ok(dup) => Some(dup),
+                    Err(e) => {
+                        crate::log_error!("duplicating a connection for its TLS handshake: {e}");
+                        continue;
+                    }
+                },
+            };
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             let raw = fd.as_raw_fd();
@@ -728,9 +744,11 @@ impl<H: Handler> Loop<H> {
                 state: None,
                 keep: None,
                 unread: Arc::new(AtomicBool::new(false)),
+                handshake: self.handshake_seq,
             });
-            if let Some(h) = &self.handshakes {
-                h.submit(key, raw);
+            if let (Some(h), Some(dup)) = (&self.handshakes, for_thread) {
+                h.submit(key, self.handshake_seq, dup);
+                self.handshake_seq += 1;
                 continue;
             }
             // The first request usually arrives with the connection: read it now.
@@ -815,6 +833,11 @@ impl<H: Handler> Loop<H> {
             let raw = c.fd.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
             c.io.close();
+            if c.phase == Phase::Handshake {
+                // The handshake thread's descriptor keeps the socket open:
+                // end it, so that the thread gives up at once.
+                io::shutdown_both(raw);
+            }
         }
     }
 
@@ -1018,12 +1041,12 @@ impl<H: Handler> Loop<H> {
         let Some(h) = &self.handshakes else {
             return;
         };
-        for (key, outcome) in h.take() {
+        for (key, seq, outcome) in h.take() {
             let Some(c) = self.conns.get_mut(key) else {
                 continue;
             };
-            if c.phase != Phase::Handshake {
-                continue;
+            if c.phase != Phase::Handshake || c.handshake != seq {
+                continue; // closed meanwhile, its key reused
             }
             let raw = c.fd.as_raw_fd();
             let session = match outcome {

@@ -18,7 +18,7 @@
 //! the descriptor work unchanged.
 
 use std::io::{self, Read, Write};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -243,11 +243,18 @@ impl Session {
 /// What the loop gets back for a connection it handed over.
 pub type Outcome = Result<ServerConnection, String>;
 
+/// A connection handed to the thread: slab key, hand-over number, the
+/// thread's own descriptor of the socket.
+type Job = (usize, u64, OwnedFd);
+
+/// A report: slab key, hand-over number, outcome.
+type Report = (usize, u64, Outcome);
+
 /// The loop's end of the handshake thread.
 pub struct Handshakes {
-    jobs: Arc<Mutex<Vec<(usize, RawFd)>>>,
+    jobs: Arc<Mutex<Vec<Job>>>,
     waker: Arc<Waker>,
-    done: Arc<Mutex<Vec<(usize, Outcome)>>>,
+    done: Arc<Mutex<Vec<Report>>>,
     /// Readable when `done` has entries (registered in the loop's poll).
     done_fd: Arc<EventFd>,
 }
@@ -297,19 +304,20 @@ impl Handshakes {
         self.done_fd.as_fd().as_raw_fd()
     }
 
-    /// Hands a fresh connection (slab key, socket) to the thread.
-    pub fn submit(&self, key: usize, fd: RawFd) {
+    /// Hands a fresh connection (slab key, hand-over number, a descriptor
+    /// of its socket for the thread) to the thread.
+    pub fn submit(&self, key: usize, seq: u64, fd: OwnedFd) {
         self.jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((key, fd));
+            .push((key, seq, fd));
         if let Err(e) = self.waker.wake() {
             crate::log_error!("waking the TLS handshake thread: {e}");
         }
     }
 
     /// The handshakes that ended since the last call.
-    pub fn take(&self) -> Vec<(usize, Outcome)> {
+    pub fn take(&self) -> Vec<Report> {
         let _ = self.done_fd.read();
         std::mem::take(&mut *self.done.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -317,6 +325,9 @@ impl Handshakes {
 
 struct Pending {
     key: usize,
+    seq: u64,
+    /// The thread's own descriptor (closed when it is done with it).
+    own: OwnedFd,
     fd: RawFd,
     conn: ServerConnection,
     deadline: Instant,
@@ -328,8 +339,8 @@ struct Thread {
     poll: Poll,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
-    jobs: Arc<Mutex<Vec<(usize, RawFd)>>>,
-    done: Arc<Mutex<Vec<(usize, Outcome)>>>,
+    jobs: Arc<Mutex<Vec<Job>>>,
+    done: Arc<Mutex<Vec<Report>>>,
     done_fd: Arc<EventFd>,
     live: Slab<Pending>,
 }
@@ -393,11 +404,12 @@ impl Thread {
 
     fn take_jobs(&mut self, ended: &mut Vec<(usize, Option<String>)>) {
         let jobs = std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|e| e.into_inner()));
-        for (key, fd) in jobs {
+        for (key, seq, own) in jobs {
+            let fd = own.as_raw_fd();
             let conn = match ServerConnection::new(Arc::clone(&self.config)) {
                 Ok(c) => c,
                 Err(e) => {
-                    self.report(vec![(key, Err(format!("TLS session: {e}")))]);
+                    self.report(vec![(key, seq, Err(format!("TLS session: {e}")))]);
                     continue;
                 }
             };
@@ -408,14 +420,14 @@ impl Thread {
                 Token(i),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
-                self.report(vec![(
-                    key,
-                    Err(format!("registering for the handshake: {e}")),
-                )]);
+                let e = format!("registering for the handshake: {e}");
+                self.report(vec![(key, seq, Err(e))]);
                 continue;
             }
             let p = entry.insert(Pending {
                 key,
+                seq,
+                own,
                 fd,
                 conn,
                 deadline: Instant::now() + self.timeout,
@@ -437,8 +449,10 @@ impl Thread {
                 continue;
             };
             let _ = self.poll.registry().deregister(&mut SourceFd(&p.fd));
+            drop(p.own);
             out.push((
                 p.key,
+                p.seq,
                 match err {
                     None => Ok(p.conn),
                     Some(e) => Err(e),
@@ -448,7 +462,7 @@ impl Thread {
         self.report(out);
     }
 
-    fn report(&self, out: Vec<(usize, Outcome)>) {
+    fn report(&self, out: Vec<Report>) {
         if out.is_empty() {
             return;
         }
