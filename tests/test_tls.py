@@ -199,6 +199,12 @@ def test_a_cipher_rustls_cannot_map_fails_at_start(run_cmd, pki, ciphers, named)
     assert named in r.output and "ciphers" in r.output, r.output
 
 
+def test_check_config_builds_the_tls_configuration(run_cmd, pki):
+    assert run_cmd(tls_args(pki, "--check-config", "wsgiapp:app")).returncode == 0
+    r = run_cmd(tls_args(pki, "--check-config", "--ciphers", "RC4-MD5", "wsgiapp:app"))
+    assert r.returncode == 1 and "RC4-MD5" in r.output, r.output
+
+
 def test_missing_certificate_fails_at_start(run_cmd, pki, tmp_path):
     r = run_cmd(["--certfile", str(tmp_path / "nope.pem"), "--keyfile", pki.server_key, "wsgiapp:app"])
     assert r.returncode != 0 and "nope.pem" in r.output, r.output
