@@ -133,6 +133,8 @@ def test_cert_reqs_without_ca_certs_fails_at_start(run_cmd, pki):
     r = run_cmd(tls_args(pki, "--cert-reqs", "2", "wsgiapp:app"))
     assert r.returncode != 0
     assert "ca_certs" in r.output, r.output
+    r = run_cmd(tls_args(pki, "--cert-reqs", "3", "--ca-certs", pki.ca_crt, "wsgiapp:app"))
+    assert r.returncode != 0 and "cert_reqs 3" in r.output, r.output
 
 
 # -- a client that is not TLS ------------------------------------------------------
@@ -215,14 +217,16 @@ def test_missing_certificate_fails_at_start(run_cmd, pki, tmp_path):
 def test_ssl_context_hook(server, pki):
     conf = (
         "import ssl\n"
-        "seen = []\n"
         "def ssl_context(conf, default_ssl_context_factory):\n"
         "    ctx = default_ssl_context_factory()\n"
         "    assert conf.certfile == %r, conf.certfile\n"
         "    ctx.minimum_version = ssl.TLSVersion.TLSv1_3\n"
         "    ctx.options |= ssl.OP_NO_TICKET\n"
         "    ctx.set_alpn_protocols(['http/1.1'])\n"
-        "    return ctx\n" % pki.server_crt)
+        "    ctx.load_cert_chain(%r, %r)\n"
+        "    ctx.load_cert_chain(%r, %r)\n"
+        "    return ctx\n" % (pki.server_crt, pki.rogue_client_crt, pki.rogue_client_key,
+                             pki.server_crt, pki.server_key))
     s = server(tls_args(pki, "-w", "1", "wsgiapp:app"), config_text=conf)
     assert https(s, "/", client_ctx(pki, ssl.TLSVersion.TLSv1_3))[2] == "TLSv1.3"
     with pytest.raises(ssl.SSLError):
@@ -230,6 +234,8 @@ def test_ssl_context_hook(server, pki):
     log = s.log()
     # what rustls is not given is named at start
     assert "not carried over" in log and "OP_NO_TICKET" in log and "set_alpn_protocols" in log, log
+    # the chain served is the last one loaded; the other one is named
+    assert "certificate chain of %s" % pki.rogue_client_crt in log, log
 
 
 def test_ssl_context_hook_returning_a_foreign_context_fails_at_start(run_cmd, pki):

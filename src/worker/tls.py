@@ -38,12 +38,12 @@ class RecordingContext(ssl.SSLContext):
     def _rec(self):
         r = self.__dict__.get("_ferrocorn")
         if r is None:
-            r = {"chain": None, "verify": [], "ciphers": None, "calls": []}
+            r = {"chains": [], "verify": [], "ciphers": None, "calls": []}
             self.__dict__["_ferrocorn"] = r
         return r
 
     def load_cert_chain(self, certfile, keyfile=None, password=None):
-        self._rec()["chain"] = (certfile, keyfile, password is not None)
+        self._rec()["chains"].append((certfile, keyfile, password is not None))
         return super().load_cert_chain(certfile, keyfile, password)
 
     def load_verify_locations(self, cafile=None, capath=None, cadata=None):
@@ -117,9 +117,14 @@ def read_back(ctx, ref):
     """(certfile, keyfile, cafiles, verify_mode, ciphers, min, max, uncarried)"""
     rec = ctx._rec()
     uncarried = list(rec["calls"])
-    if rec["chain"] is None:
+    if not rec["chains"]:
         raise ValueError("ssl_context: the returned context has no certificate chain")
-    certfile, keyfile, password = rec["chain"]
+    certfile, keyfile, password = rec["chains"][-1]
+    # OpenSSL keeps one chain per key type; rustls serves one.
+    others = sorted({str(c) for c, _, _ in rec["chains"][:-1]} - {str(certfile)})
+    if others:
+        uncarried.append("the certificate chain of %s (only the last one loaded, %s, is served)"
+                         % (", ".join(others), certfile))
     if password:
         raise ValueError(
             "ssl_context: load_cert_chain(password=...) (an encrypted key) is not "
