@@ -482,6 +482,9 @@ fn drive(p: &mut Pending) -> Step {
         match flush(p.fd, &mut p.conn) {
             Ok(true) => {}
             Ok(false) => return Step::Wait,
+            // Established, and the client no longer reads (it sent its
+            // request and shut the socket): the loop still reads it.
+            Err(_) if !p.conn.is_handshaking() => return Step::Done,
             Err(e) => return Step::Failed(format!("writing: {e}")),
         }
         if !p.conn.is_handshaking() {
@@ -520,5 +523,167 @@ fn drive(p: &mut Pending) -> Step {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
             Err(e) => return Step::Failed(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+    /// A server configuration for "localhost" and a client that trusts it.
+    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        let der = cert.der().clone();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Hands `server` to a handshake thread and waits for its outcome.
+    fn handshake(h: &Handshakes, server: &UnixStream) -> Outcome {
+        let own = server.as_fd().try_clone_to_owned().expect("dup");
+        h.submit(7, 1, own);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((key, seq, out)) = h.take().pop() {
+                assert_eq!((key, seq), (7, 1));
+                return out;
+            }
+            assert!(Instant::now() < deadline, "no handshake outcome");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn wait(fd: RawFd, out: bool) {
+        let flags = if out {
+            nix::poll::PollFlags::POLLOUT
+        } else {
+            nix::poll::PollFlags::POLLIN
+        };
+        sockio::wait(
+            sockio::POLL,
+            fd,
+            flags,
+            Instant::now() + Duration::from_secs(10),
+        )
+        .expect("socket ready");
+    }
+
+    #[test]
+    fn a_session_reads_writes_and_sees_the_peer_close() {
+        let (server_cfg, client_cfg) = configs();
+        let h = Handshakes::start(server_cfg, Duration::from_secs(5)).expect("thread");
+        let (server, client) = UnixStream::pair().expect("pair");
+        server.set_nonblocking(true).expect("nonblocking");
+        let name = ServerName::try_from("localhost").expect("name");
+        let peer = std::thread::spawn(move || {
+            let conn = rustls::ClientConnection::new(client_cfg, name).expect("client");
+            let mut tls = rustls::StreamOwned::new(conn, client);
+            tls.write_all(&vec![b'q'; 200_000]).expect("client write");
+            let mut got = vec![0u8; 1_000_000];
+            tls.read_exact(&mut got).expect("client read");
+            assert!(got.iter().all(|&b| b == b'r'));
+            tls.conn.send_close_notify();
+            tls.flush().expect("close_notify");
+            tls
+        });
+        let s = Session::new(handshake(&h, &server).expect("handshake"), true);
+        let fd = server.as_fd().as_raw_fd();
+        let mut buf = Vec::new();
+        while buf.len() < 200_000 {
+            match s.read_append(fd, &mut buf, 16 * 1024) {
+                Ok(0) => panic!("early end"),
+                Ok(n) => assert!(n <= 16 * 1024),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(fd, false),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(buf, vec![b'q'; 200_000]);
+        let data = vec![b'r'; 1_000_000];
+        let mut sent = 0;
+        while sent < data.len() {
+            match s.write_nb(fd, &data[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(fd, true),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        loop {
+            match s.flush_nb(fd) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(fd, true),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let _kept_open = peer.join().expect("client thread");
+        wait(fd, false);
+        assert!(s.peer_closed(fd));
+        let mut more = Vec::new();
+        assert_eq!(s.read_append(fd, &mut more, 100).expect("clean end"), 0);
+    }
+
+    #[test]
+    fn ragged_ends_and_plain_http() {
+        let (server_cfg, client_cfg) = configs();
+        let h = Handshakes::start(server_cfg, Duration::from_secs(5)).expect("thread");
+        for suppress in [true, false] {
+            let (server, client) = UnixStream::pair().expect("pair");
+            server.set_nonblocking(true).expect("nonblocking");
+            let cfg = Arc::clone(&client_cfg);
+            let peer = std::thread::spawn(move || {
+                let name = ServerName::try_from("localhost").expect("name");
+                let conn = rustls::ClientConnection::new(cfg, name).expect("client");
+                let mut tls = rustls::StreamOwned::new(conn, client);
+                tls.write_all(b"hi").expect("client write");
+                // gone without close_notify
+                tls.sock
+                    .shutdown(std::net::Shutdown::Both)
+                    .expect("shutdown");
+            });
+            let s = Session::new(handshake(&h, &server).expect("handshake"), suppress);
+            peer.join().expect("client thread");
+            let fd = server.as_fd().as_raw_fd();
+            let mut buf = Vec::new();
+            assert_eq!(s.read_append(fd, &mut buf, 100).expect("data"), 2);
+            let end = s.read_append(fd, &mut buf, 100);
+            if suppress {
+                assert_eq!(end.expect("quiet end"), 0);
+            } else {
+                let e = end.expect_err("ragged end");
+                assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+            }
+        }
+        // a plain HTTP client: answered in plain text, the handshake fails
+        let (server, mut client) = UnixStream::pair().expect("pair");
+        server.set_nonblocking(true).expect("nonblocking");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let e = handshake(&h, &server).expect_err("plain HTTP");
+        assert!(e.contains("plain HTTP"), "{e}");
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     }
 }
