@@ -341,7 +341,7 @@ impl Arbiter {
                 .listeners
                 .iter()
                 .filter(|l| matches!(l.kind, crate::sock::ListenKind::Tcp(_)))
-                .map(|l| (l.fd.as_raw_fd(), l.url()))
+                .map(|l| (l.fd.as_raw_fd(), shown_url(l)))
                 .collect(),
             multiproc_dir: self.app_dir.as_ref().map(|d| d.path.clone()),
             version: env!("CARGO_PKG_VERSION"),
@@ -1194,7 +1194,7 @@ impl Arbiter {
             .iter()
             .map(|(p, w)| self.worker_view(*p, w))
             .collect();
-        let urls: Vec<String> = self.listeners.iter().map(Listener::url).collect();
+        let urls: Vec<String> = self.listeners.iter().map(shown_url).collect();
         let listeners: Vec<ListenerView<'_>> = self
             .listeners
             .iter()
@@ -1256,7 +1256,8 @@ fn signal_name(sig: i32) -> &'static str {
         .unwrap_or("SIGUNKNOWN")
 }
 
-/// A listener as the log shows it: https:// when TLS is on (gunicorn).
+/// A listener as gunicorn shows it (the log, `server.LISTENERS`, the
+/// metrics' `listener` label): https:// when TLS is on.
 fn shown_url(l: &Listener) -> String {
     let url = l.url();
     match url.strip_prefix("http://") {

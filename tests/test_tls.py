@@ -74,6 +74,12 @@ def worker_pid(s, ctx):
 def test_curl_over_tls12_and_tls13(server, pki):
     s = server(tls_args(pki, "-w", "1", "wsgiapp:app"))
     assert "Listening at: https://127.0.0.1:%d" % s.port in s.log()
+    # the metrics name the listener as the log does
+    metrics = wait_until(
+        lambda: subprocess.run([CURL, "-s", "http://127.0.0.1:%d/metrics" % s.metrics_port],
+                               capture_output=True, text=True, timeout=10).stdout,
+        lambda text: "gunicorn_listen_backlog" in text, timeout=10)
+    assert 'listener="https://127.0.0.1:%d"' % s.port in metrics, metrics
     for flags, version in ((["--tlsv1.2", "--tls-max", "1.2"], "TLSv1.2"), (["--tlsv1.3"], "TLSv1.3")):
         r = curl(s, pki, "/environ", *flags)
         assert r.returncode == 0, r.stderr
