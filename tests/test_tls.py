@@ -1,7 +1,8 @@
 """TLS on the app listeners (rustls): certfile/keyfile, TLS 1.2 and 1.3 with
 curl and Python's ssl client, client certificates (cert_reqs, ca_certs),
 ciphers, the ssl_context hook, a plain-HTTP client on the TLS port, and
-every worker kind serving HTTPS (and wss under asgi).
+every worker kind serving HTTPS (and wss under asgi). The tests of
+behaviour gunicorn 27 shares pass against it too (TEST_SERVER=gunicorn).
 
 The certificates are made with the `openssl` CLI for each run (the Pki of
 test_metrics_prometheus.py: a CA, a server certificate for 127.0.0.1, a
@@ -24,7 +25,6 @@ from conftest import KIND_ARGS
 from helpers import wait_until
 from test_metrics_prometheus import Pki
 
-pytestmark = pytest.mark.ferrocorn_only
 
 OPENSSL = shutil.which("openssl")
 CURL = shutil.which("curl")
@@ -34,6 +34,21 @@ CURL = shutil.which("curl")
 def pki(tmp_path_factory):
     assert OPENSSL and CURL, "openssl and curl are installed by scripts/setup.sh"
     return Pki(str(tmp_path_factory.mktemp("tls-pki")))
+
+
+def tls_server(server, pki, *args, **kw):
+    """A server on TLS, ready once a TLS request is answered (gunicorn does
+    not answer the plain-HTTP readiness probe)."""
+    s = server(tls_args(pki, *args), ready="tcp", **kw)
+    ctx = client_ctx(pki, cert=(pki.client_crt, pki.client_key))
+
+    def answered():
+        try:
+            return https(s, "/", ctx)[4].close() or True
+        except (OSError, ssl.SSLError, http.client.HTTPException):
+            return False
+    wait_until(answered, bool, timeout=20)
+    return s
 
 
 def tls_args(pki, *extra):
@@ -53,9 +68,11 @@ def https(s, path, ctx, method="GET", body=None, conn=None):
     """(status, body bytes, the TLS version, the cipher name, the connection)"""
     c = conn or http.client.HTTPSConnection("127.0.0.1", s.port, context=ctx, timeout=10)
     c.request(method, path, body=body)
+    # (a response that closes the connection takes the socket away)
+    version, cipher = c.sock.version(), c.sock.cipher()[0]
     r = c.getresponse()
     data = r.read()
-    return r.status, data, c.sock.version(), c.sock.cipher()[0], c
+    return r.status, data, version, cipher, c
 
 
 def curl(s, pki, path, *flags):
@@ -72,14 +89,10 @@ def worker_pid(s, ctx):
 # -- protocols and clients ---------------------------------------------------------
 
 def test_curl_over_tls12_and_tls13(server, pki):
-    s = server(tls_args(pki, "-w", "1", "wsgiapp:app"))
+    # gthread: gunicorn's sync worker closes every connection (keep-alive
+    # is checked below)
+    s = tls_server(server, pki, "-w", "1", "-k", "gthread", "wsgiapp:app")
     assert "Listening at: https://127.0.0.1:%d" % s.port in s.log()
-    # the metrics name the listener as the log does
-    metrics = wait_until(
-        lambda: subprocess.run([CURL, "-s", "http://127.0.0.1:%d/metrics" % s.metrics_port],
-                               capture_output=True, text=True, timeout=10).stdout,
-        lambda text: "gunicorn_listen_backlog" in text, timeout=10)
-    assert 'listener="https://127.0.0.1:%d"' % s.port in metrics, metrics
     for flags, version in ((["--tlsv1.2", "--tls-max", "1.2"], "TLSv1.2"), (["--tlsv1.3"], "TLSv1.3")):
         r = curl(s, pki, "/environ", *flags)
         assert r.returncode == 0, r.stderr
@@ -93,9 +106,19 @@ def test_curl_over_tls12_and_tls13(server, pki):
         assert "Re-using existing connection" in r.stderr, r.stderr
 
 
+@pytest.mark.ferrocorn_only
+def test_metrics_name_the_listener_https(server, pki):
+    s = tls_server(server, pki, "-w", "1", "wsgiapp:app")
+    metrics = wait_until(
+        lambda: subprocess.run([CURL, "-s", "http://127.0.0.1:%d/metrics" % s.metrics_port],
+                               capture_output=True, text=True, timeout=10).stdout,
+        lambda text: "gunicorn_listen_backlog" in text, timeout=10)
+    assert 'listener="https://127.0.0.1:%d"' % s.port in metrics, metrics
+
+
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 def test_python_ssl_client(server, pki, version):
-    s = server(tls_args(pki, "-w", "1", "wsgiapp:app"))
+    s = tls_server(server, pki, "-w", "1", "wsgiapp:app")
     ctx = client_ctx(pki, version)
     status, body, got, _, c = https(s, "/", ctx)
     assert (status, body, got) == (200, b"Hello, World!", version.name.replace("_", "."))
@@ -113,7 +136,7 @@ def test_python_ssl_client(server, pki, version):
 # -- client certificates -----------------------------------------------------------
 
 def test_cert_reqs_required(server, pki):
-    s = server(tls_args(pki, "--cert-reqs", "2", "--ca-certs", pki.ca_crt, "-w", "1", "wsgiapp:app"))
+    s = tls_server(server, pki, "--cert-reqs", "2", "--ca-certs", pki.ca_crt, "-w", "1", "wsgiapp:app")
     good = (pki.client_crt, pki.client_key)
     rogue = (pki.rogue_client_crt, pki.rogue_client_key)
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
@@ -128,13 +151,14 @@ def test_cert_reqs_required(server, pki):
 
 
 def test_cert_reqs_optional(server, pki):
-    s = server(tls_args(pki, "--cert-reqs", "1", "--ca-certs", pki.ca_crt, "-w", "1", "wsgiapp:app"))
+    s = tls_server(server, pki, "--cert-reqs", "1", "--ca-certs", pki.ca_crt, "-w", "1", "wsgiapp:app")
     assert https(s, "/", client_ctx(pki))[0] == 200
     assert https(s, "/", client_ctx(pki, cert=(pki.client_crt, pki.client_key)))[0] == 200
     with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
         https(s, "/", client_ctx(pki, cert=(pki.rogue_client_crt, pki.rogue_client_key)))
 
 
+@pytest.mark.ferrocorn_only
 def test_cert_reqs_without_ca_certs_fails_at_start(run_cmd, pki):
     r = run_cmd(tls_args(pki, "--cert-reqs", "2", "wsgiapp:app"))
     assert r.returncode != 0
@@ -145,8 +169,9 @@ def test_cert_reqs_without_ca_certs_fails_at_start(run_cmd, pki):
 
 # -- a client that is not TLS ------------------------------------------------------
 
+@pytest.mark.ferrocorn_only
 def test_plain_http_on_the_tls_port_costs_one_connection(server, pki):
-    s = server(tls_args(pki, "-w", "1", "wsgiapp:app"))
+    s = tls_server(server, pki, "-w", "1", "wsgiapp:app")
     ctx = client_ctx(pki)
     pid = worker_pid(s, ctx)
     # plain HTTP: a plain-text 400, then the connection closes
@@ -183,8 +208,8 @@ def test_plain_http_on_the_tls_port_costs_one_connection(server, pki):
 
 def test_ciphers_select_the_suite(server, pki):
     # the test certificates are EC (P-256): ECDSA suites for TLS 1.2
-    s = server(tls_args(pki, "--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384:!aNULL", "-w", "1",
-                        "wsgiapp:app"))
+    s = tls_server(server, pki, "--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384:!aNULL", "-w", "1",
+                   "wsgiapp:app")
     _, _, version, cipher, c = https(s, "/", client_ctx(pki, ssl.TLSVersion.TLSv1_2))
     c.close()
     assert (version, cipher) == ("TLSv1.2", "ECDHE-ECDSA-AES256-GCM-SHA384")
@@ -201,18 +226,21 @@ def test_ciphers_select_the_suite(server, pki):
     ("AES128-SHA", "AES128-SHA"),
     ("DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-AES256-GCM-SHA384"),
 ])
+@pytest.mark.ferrocorn_only
 def test_a_cipher_rustls_cannot_map_fails_at_start(run_cmd, pki, ciphers, named):
     r = run_cmd(tls_args(pki, "--ciphers", ciphers, "wsgiapp:app"))
     assert r.returncode != 0
     assert named in r.output and "ciphers" in r.output, r.output
 
 
+@pytest.mark.ferrocorn_only
 def test_check_config_builds_the_tls_configuration(run_cmd, pki):
     assert run_cmd(tls_args(pki, "--check-config", "wsgiapp:app")).returncode == 0
     r = run_cmd(tls_args(pki, "--check-config", "--ciphers", "RC4-MD5", "wsgiapp:app"))
     assert r.returncode == 1 and "RC4-MD5" in r.output, r.output
 
 
+@pytest.mark.ferrocorn_only
 def test_missing_certificate_fails_at_start(run_cmd, pki, tmp_path):
     r = run_cmd(["--certfile", str(tmp_path / "nope.pem"), "--keyfile", pki.server_key, "wsgiapp:app"])
     assert r.returncode != 0 and "nope.pem" in r.output, r.output
@@ -220,6 +248,7 @@ def test_missing_certificate_fails_at_start(run_cmd, pki, tmp_path):
     assert r.returncode != 0 and "certfile" in r.output, r.output
 
 
+@pytest.mark.ferrocorn_only
 def test_ssl_context_hook(server, pki):
     conf = (
         "import ssl\n"
@@ -233,7 +262,7 @@ def test_ssl_context_hook(server, pki):
         "    ctx.load_cert_chain(%r, %r)\n"
         "    return ctx\n" % (pki.server_crt, pki.rogue_client_crt, pki.rogue_client_key,
                              pki.server_crt, pki.server_key))
-    s = server(tls_args(pki, "-w", "1", "wsgiapp:app"), config_text=conf)
+    s = tls_server(server, pki, "-w", "1", "wsgiapp:app", config_text=conf)
     assert https(s, "/", client_ctx(pki, ssl.TLSVersion.TLSv1_3))[2] == "TLSv1.3"
     with pytest.raises(ssl.SSLError):
         https(s, "/", client_ctx(pki, ssl.TLSVersion.TLSv1_2))
@@ -244,6 +273,7 @@ def test_ssl_context_hook(server, pki):
     assert "certificate chain of %s" % pki.rogue_client_crt in log, log
 
 
+@pytest.mark.ferrocorn_only
 def test_ssl_context_hook_returning_a_foreign_context_fails_at_start(run_cmd, pki):
     conf = (
         "import ssl\n"
@@ -255,9 +285,10 @@ def test_ssl_context_hook_returning_a_foreign_context_fails_at_start(run_cmd, pk
 
 # -- every worker kind ---------------------------------------------------------------
 
+@pytest.mark.ferrocorn_only
 @pytest.mark.parametrize("kind", list(KIND_ARGS))
 def test_wsgi_kinds_serve_https(server, pki, kind):
-    s = server(tls_args(pki, "-w", "1", *KIND_ARGS[kind], "wsgiapp:app"))
+    s = tls_server(server, pki, "-w", "1", *KIND_ARGS[kind], "wsgiapp:app")
     s.assert_kind(kind)
     ctx = client_ctx(pki)
     status, body, _, _, c = https(s, "/kind", ctx)
@@ -273,9 +304,10 @@ def test_wsgi_kinds_serve_https(server, pki, kind):
     c.close()
 
 
+@pytest.mark.ferrocorn_only
 def test_asgi_serves_https_and_wss(server, pki):
     from websockets.sync.client import connect
-    s = server(tls_args(pki, "-k", "asgi", "-w", "1", "asgiapp:app"))
+    s = tls_server(server, pki, "-k", "asgi", "-w", "1", "asgiapp:app")
     ctx = client_ctx(pki)
     status, body, _, _, c = https(s, "/kind", ctx)
     k = json.loads(body)
@@ -298,8 +330,9 @@ def test_asgi_serves_https_and_wss(server, pki):
         assert ws.recv() == b"\x00\x01"
 
 
+@pytest.mark.ferrocorn_only
 def test_tornado_serves_https(server, pki):
-    s = server(tls_args(pki, "-k", "tornado", "-w", "1", "tornadoapp:app"))
+    s = tls_server(server, pki, "-k", "tornado", "-w", "1", "tornadoapp:app")
     status, body, _, _, c = https(s, "/kind", client_ctx(pki))
     k = json.loads(body)
     assert status == 200 and k["ioloop_wraps_it"] is True and k["protocol"] == "https", k
@@ -308,11 +341,12 @@ def test_tornado_serves_https(server, pki):
     c.close()
 
 
+@pytest.mark.ferrocorn_only
 def test_handshakes_run_on_the_worker_s_handshake_thread(server, pki):
     # the handshake runs on the worker's own thread, never on one that runs
     # Python: with gthread's app threads busy (one sleeps, the other is
     # free), a TLS handshake still completes at once
-    s = server(tls_args(pki, "-w", "1", "-k", "gthread", "--threads", "2", "wsgiapp:app"))
+    s = tls_server(server, pki, "-w", "1", "-k", "gthread", "--threads", "2", "wsgiapp:app")
     pid = s.children()[0]
     names = []
     for tid in os.listdir("/proc/%d/task" % pid):
@@ -332,13 +366,14 @@ def test_handshakes_run_on_the_worker_s_handshake_thread(server, pki):
     assert busy.getresponse().status == 200
 
 
+@pytest.mark.ferrocorn_only
 def test_key_in_the_certificate_file_and_hup(server, pki, tmp_path):
     # no keyfile: the key is read from certfile (Python's load_cert_chain)
     both = tmp_path / "both.pem"
     with open(pki.server_crt) as c, open(pki.server_key) as k:
         both.write_text(c.read() + k.read())
     conf = "certfile = %r\n" % str(both)
-    s = server(["-w", "1", "wsgiapp:app"], config_text=conf)
+    s = server(["-w", "1", "wsgiapp:app"], config_text=conf, ready="tcp")
     ctx = client_ctx(pki)
     old = worker_pid(s, ctx)
     # HUP rebuilds the TLS configuration: here a cipher list; the new
@@ -360,10 +395,11 @@ def test_key_in_the_certificate_file_and_hup(server, pki, tmp_path):
     assert https(s, "/", ctx12)[3] == "ECDHE-ECDSA-CHACHA20-POLY1305"
 
 
+@pytest.mark.ferrocorn_only
 def test_clients_that_never_start_a_handshake_are_closed_for_room(server, pki):
     # a full connection table: connections still in their handshake are the
     # first closed for a new one, as fresh plain connections are
-    s = server(tls_args(pki, "-w", "1", "--worker-connections", "5", "wsgiapp:app"))
+    s = tls_server(server, pki, "-w", "1", "--worker-connections", "5", "wsgiapp:app")
     ctx = client_ctx(pki)
     pid = worker_pid(s, ctx)
     idle = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(12)]
