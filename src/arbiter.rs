@@ -213,6 +213,10 @@ impl Arbiter {
             Halt::with(1, None)
         })?;
         self.hook_result(|h, py, sv| h.nworkers_changed(py, sv, sv.num_workers, None))?;
+        self.setup_tls().map_err(|e| {
+            crate::log_error!("{e}");
+            Halt::with(1, None)
+        })?;
         if self.cfg.preload_app() {
             let app = Python::attach(|py| {
                 worker::load_app(py, &self.cfg).inspect(|app| self.hooks.set_wsgi(py, app.bind(py)))
@@ -251,7 +255,7 @@ impl Arbiter {
             Halt::with(1, None)
         })?;
         crate::log_debug!("Arbiter booted");
-        let urls: Vec<String> = self.listeners.iter().map(Listener::url).collect();
+        let urls: Vec<String> = self.listeners.iter().map(shown_url).collect();
         crate::log_info!("Listening at: {} ({})", urls.join(","), self.pid);
         crate::log_info!("Using worker: {}", self.cfg.worker_class());
         if crate::log::enabled(crate::log::Level::Debug) {
@@ -266,6 +270,14 @@ impl Arbiter {
         self.spawn_exporter();
         self.hook_result(|h, py, sv| h.when_ready(py, sv))?;
         Ok(())
+    }
+
+    /// TLS on the listeners (certfile, ssl_context): built now, so a bad
+    /// file, cipher or hook stops the start; the workers forked afterwards
+    /// serve with it.
+    fn setup_tls(&self) -> Result<(), String> {
+        let hooks = &self.hooks;
+        Python::attach(|py| worker::tls::setup(py, &self.cfg, || hooks.cfg_object(py)))
     }
 
     // -- metrics ----------------------------------------------------------------
@@ -331,7 +343,7 @@ impl Arbiter {
                 .listeners
                 .iter()
                 .filter(|l| matches!(l.kind, crate::sock::ListenKind::Tcp(_)))
-                .map(|l| (l.fd.as_raw_fd(), l.url()))
+                .map(|l| (l.fd.as_raw_fd(), shown_url(l)))
                 .collect(),
             multiproc_dir: self.app_dir.as_ref().map(|d| d.path.clone()),
             version: env!("CARGO_PKG_VERSION"),
@@ -686,11 +698,15 @@ impl Arbiter {
                 Ok(new) => {
                     crate::sock::unlink_owned(&self.listeners);
                     self.listeners = new;
-                    let urls: Vec<String> = self.listeners.iter().map(Listener::url).collect();
+                    let urls: Vec<String> = self.listeners.iter().map(shown_url).collect();
                     crate::log_info!("Listening at: {}", urls.join(","));
                 }
                 Err(e) => crate::log_error!("reload: keeping the old listeners: {e}"),
             }
+        }
+        // A TLS configuration that no longer builds keeps the last one.
+        if let Err(e) = self.setup_tls() {
+            crate::log_error!("reload: keeping the previous TLS configuration: {e}");
         }
         self.hook_result(|h, py, sv| h.on_reload(py, sv))?;
         if let Some(pf) = &self.pidfile {
@@ -1268,7 +1284,7 @@ impl Arbiter {
             .iter()
             .map(|(p, w)| self.worker_view(*p, w))
             .collect();
-        let urls: Vec<String> = self.listeners.iter().map(Listener::url).collect();
+        let urls: Vec<String> = self.listeners.iter().map(shown_url).collect();
         let listeners: Vec<ListenerView<'_>> = self
             .listeners
             .iter()
@@ -1328,4 +1344,14 @@ fn signal_name(sig: i32) -> &'static str {
     Signal::try_from(sig)
         .map(|s| s.as_str())
         .unwrap_or("SIGUNKNOWN")
+}
+
+/// A listener as gunicorn shows it (the log, `server.LISTENERS`, the
+/// metrics' `listener` label): https:// when TLS is on.
+fn shown_url(l: &Listener) -> String {
+    let url = l.url();
+    match url.strip_prefix("http://") {
+        Some(rest) if crate::tls::listener::current().is_some() => format!("https://{rest}"),
+        _ => url,
+    }
 }

@@ -240,6 +240,15 @@ fn prepare(py: Python<'_>, cfg: &mut Config) -> Result<(), i32> {
         eprintln!("{e}");
         return Err(1);
     }
+    // --check-config also builds the listeners' TLS (files, ciphers, the
+    // ssl_context hook), which the start would refuse.
+    if cfg.check_config() {
+        let conf = || hooks::Hooks::new(py, cfg)?.cfg_object(py);
+        if let Err(e) = worker::tls::setup(py, cfg, conf) {
+            eprintln!("Error: {e}");
+            return Err(1);
+        }
+    }
     // gunicorn loads the app for --print-config and --check-config too, so
     // that a broken app fails the check.
     if cfg.print_config_requested() || cfg.check_config() {

@@ -22,6 +22,7 @@ mod python;
 mod redis;
 mod shm;
 mod sock;
+mod tls;
 mod worker;
 mod wsgi;
 

@@ -137,31 +137,21 @@ pub struct FdStream {
     pub io: Arc<dyn Transport>,
 }
 
-impl FdStream {
-    fn fd(&self) -> io::Result<i32> {
-        match self.io.fd() {
-            fd if fd >= 0 => Ok(fd),
-            _ => Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the connection is closed",
-            )),
-        }
-    }
-}
-
 impl Read for FdStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::conn::io::read_nb(self.fd()?, buf)
+        self.io.read_nb(buf)
     }
 }
 
 impl Write for FdStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        crate::conn::io::write_nb(self.fd()?, buf)
+        self.io.write_nb(buf)
     }
 
+    /// What a TLS session still holds goes out (`WouldBlock` while the
+    /// socket is full; plain sockets hold nothing).
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.io.flush_nb()
     }
 }
 

@@ -24,6 +24,11 @@ pub enum Phase {
     /// A request is being served away from the loop thread; nothing is
     /// read, and no deadline or eviction applies until it is handed back.
     Detached,
+    /// Accepted on a TLS listener, its handshake on the handshake thread
+    /// (which owns its deadline, on a descriptor of its own): the loop
+    /// reads nothing until the thread hands it back; it may close it for
+    /// room, as a fresh connection.
+    Handshake,
 }
 
 /// What may still come before the first HTTP request head on a
@@ -97,6 +102,9 @@ pub struct Conn<S> {
     /// (edge-triggered epoll reports anything that arrives later). Shared
     /// with the connection's [`super::Resumer`], which then wakes the loop.
     pub unread: Arc<AtomicBool>,
+    /// Which hand-over to the TLS handshake thread this is (a key may be
+    /// reused before the thread reports on a connection closed meanwhile).
+    pub handshake: u64,
 }
 
 impl<S> Conn<S> {
@@ -112,7 +120,7 @@ impl<S> Conn<S> {
     /// Connections in the middle of a request are never evicted.
     pub fn eviction_rank(&self) -> Option<(u8, Instant)> {
         match self.phase {
-            Phase::Fresh => Some((0, self.since)),
+            Phase::Fresh | Phase::Handshake => Some((0, self.since)),
             Phase::Idle => Some((1, self.since)),
             Phase::Head | Phase::Detached => None,
         }
@@ -135,7 +143,7 @@ impl Deadlines {
             // even with a tiny --keep-alive.
             Phase::Fresh => self.keepalive.max(Duration::from_secs(1)),
             Phase::Idle => self.keepalive,
-            Phase::Head | Phase::Detached => self.head,
+            Phase::Head | Phase::Detached | Phase::Handshake => self.head,
         }
     }
 }

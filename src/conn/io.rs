@@ -40,7 +40,12 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 /// Waits until `fd` is readable (or writable) or `deadline` passes.
-fn wait(waiter: Waiter, fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()> {
+pub(super) fn wait(
+    waiter: Waiter,
+    fd: RawFd,
+    flags: PollFlags,
+    deadline: Instant,
+) -> io::Result<()> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -108,6 +113,37 @@ pub fn peer_closed(fd: RawFd) -> bool {
         Ok(n) => n == 0,
         Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     }
+}
+
+/// recv(2) with MSG_PEEK: the first bytes waiting, left in the socket.
+pub fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid writable slice of buf.len() bytes.
+    retry_eintr(|| unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// shutdown(2) the sending side: the peer reads the end of the stream.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor the caller keeps open.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+/// shutdown(2) both ways: the socket ends for every descriptor of it.
+pub fn shutdown_both(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor the caller keeps open.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// pread(2) once from an open file at `offset`. Ok(0) at its end.
+pub fn pread(fd: RawFd, buf: &mut [u8], offset: i64) -> io::Result<usize> {
+    // SAFETY: buf is a valid writable slice of buf.len() bytes.
+    retry_eintr(|| unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset) })
 }
 
 /// read(2) once into `buf`. Ok(0) means end of stream.

@@ -13,6 +13,7 @@ pub mod io;
 pub mod listen;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod transport;
 
 use std::os::fd::AsFd;
@@ -41,6 +42,9 @@ use transport::{Inline, Transport};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const WAKE_TOKEN: Token = Token(usize::MAX - 2);
+const HANDSHAKE_TOKEN: Token = Token(usize::MAX - 3);
+/// The longest a TLS handshake may take (at most --timeout).
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 const READ_SIZE: usize = 16 * 1024;
 /// `Completions::exit` when no request asked the worker to exit.
 const NO_EXIT: i64 = i64::MIN;
@@ -106,6 +110,15 @@ pub struct Settings {
     /// How a request's body I/O waits for the socket in the code serving
     /// it (the GIL released, or a greenlet hub).
     pub app_wait: Waiter,
+    /// TLS on every listener (certfile set).
+    pub tls: Option<TlsSettings>,
+}
+
+/// The listeners' TLS, as the connection layer uses it.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub config: Arc<rustls::ServerConfig>,
+    pub suppress_ragged_eofs: bool,
 }
 
 /// The worker's lifecycle: alive until TERM or its request budget is spent.
@@ -363,6 +376,10 @@ pub struct Loop<H: Handler> {
     /// When this turn's events arrived: the arrival time of the requests
     /// they begin (one clock read per turn, not per request).
     turn_at: Instant,
+    /// The TLS handshake thread (TLS listeners only).
+    handshakes: Option<tls::Handshakes>,
+    /// Connections handed to it so far.
+    handshake_seq: u64,
 }
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> String {
@@ -406,6 +423,23 @@ impl<H: Handler> Loop<H> {
             keepalive: settings.keepalive,
             head: settings.timeout,
         };
+        let handshakes = match &settings.tls {
+            None => None,
+            Some(t) => {
+                let h = tls::Handshakes::start(
+                    Arc::clone(&t.config),
+                    settings.timeout.min(HANDSHAKE_LIMIT),
+                )?;
+                poll.registry()
+                    .register(
+                        &mut SourceFd(&h.done_fd()),
+                        HANDSHAKE_TOKEN,
+                        Interest::READABLE,
+                    )
+                    .map_err(|e| setup_err("registering the TLS handshake eventfd", e))?;
+                Some(h)
+            }
+        };
         let life = Lifecycle {
             nr: 0,
             max_requests: settings.max_requests,
@@ -432,6 +466,8 @@ impl<H: Handler> Loop<H> {
             events: Events::with_capacity(256),
             next_sweep: Instant::now() + Duration::from_secs(1),
             turn_at: Instant::now(),
+            handshakes,
+            handshake_seq: 0,
         })
     }
 
@@ -510,6 +546,7 @@ impl<H: Handler> Loop<H> {
             match ev.token() {
                 SIGNAL_TOKEN => self.handle_signals(),
                 WAKE_TOKEN => self.resume_detached(),
+                HANDSHAKE_TOKEN => self.handshaken(),
                 Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                 Token(key) => {
                     if let Next::Close = self.on_readable(key) {
@@ -605,7 +642,7 @@ impl<H: Handler> Loop<H> {
             let arriving = self
                 .conns
                 .iter()
-                .filter(|(_, c)| c.nreq == 0 && c.phase == Phase::Head)
+                .filter(|(_, c)| c.nreq == 0 && matches!(c.phase, Phase::Head | Phase::Handshake))
                 .count();
             cap > arriving
         }
@@ -644,7 +681,7 @@ impl<H: Handler> Loop<H> {
                 // unix sockets: the peer is local, as gunicorn
                 trusted: addr.is_none_or(|a| s.forwarded_allow.contains(a.ip())),
                 proxy: None,
-                https: false,
+                https: self.handshakes.is_some(),
             };
             let proxy_state = match (&s.uwsgi_allow, s.proxy_mode, addr) {
                 // gunicorn's uwsgi requests take no PROXY header. Unix
@@ -658,16 +695,32 @@ impl<H: Handler> Loop<H> {
                 },
                 (None, _, None) => ProxyState::Pending { allowed: true },
             };
+            // The handshake thread gets a descriptor of its own, so that
+            // the loop may close the connection (for room, at exit) while
+            // the handshake runs.
+            let for_thread = match &self.handshakes {
+                None => None,
+                Some(_) => match fd.try_clone() {
+                    Ok(dup) => Some(dup),
+                    Err(e) => {
+                        crate::log_error!("duplicating a connection for its TLS handshake: {e}");
+                        continue;
+                    }
+                },
+            };
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             let raw = fd.as_raw_fd();
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(&mut SourceFd(&raw), Token(key), Interest::READABLE)
-            {
-                crate::log_error!("registering a connection: {e}");
-                continue;
+            // A TLS connection is registered once its handshake is done.
+            if self.handshakes.is_none() {
+                if let Err(e) = self.poll.registry().register(
+                    &mut SourceFd(&raw),
+                    Token(key),
+                    Interest::READABLE,
+                ) {
+                    crate::log_error!("registering a connection: {e}");
+                    continue;
+                }
             }
             let now = Instant::now();
             entry.insert(Conn {
@@ -679,7 +732,11 @@ impl<H: Handler> Loop<H> {
                 start: 0,
                 spare: Vec::new(),
                 head: HeadParser::new(),
-                phase: Phase::Fresh,
+                phase: if self.handshakes.is_some() {
+                    Phase::Handshake
+                } else {
+                    Phase::Fresh
+                },
                 since: now,
                 deadline: now + self.deadlines.of(Phase::Fresh),
                 proxy_state,
@@ -687,7 +744,13 @@ impl<H: Handler> Loop<H> {
                 state: None,
                 keep: None,
                 unread: Arc::new(AtomicBool::new(false)),
+                handshake: self.handshake_seq,
             });
+            if let (Some(h), Some(dup)) = (&self.handshakes, for_thread) {
+                h.submit(key, self.handshake_seq, dup);
+                self.handshake_seq += 1;
+                continue;
+            }
             // The first request usually arrives with the connection: read it now.
             if let Next::Close = self.on_readable(key) {
                 self.close(key);
@@ -770,6 +833,11 @@ impl<H: Handler> Loop<H> {
             let raw = c.fd.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
             c.io.close();
+            if c.phase == Phase::Handshake {
+                // The handshake thread's descriptor keeps the socket open:
+                // end it, so that the thread gives up at once.
+                io::shutdown_both(raw);
+            }
         }
     }
 
@@ -779,7 +847,9 @@ impl<H: Handler> Loop<H> {
         let expired: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.deadline <= now && c.phase != Phase::Detached)
+            .filter(|(_, c)| {
+                c.deadline <= now && !matches!(c.phase, Phase::Detached | Phase::Handshake)
+            })
             .map(|(k, _)| k)
             .collect();
         for k in expired {
@@ -808,11 +878,14 @@ impl<H: Handler> Loop<H> {
                 conn.unread.store(true, Ordering::SeqCst);
                 return Next::Wait;
             }
+            if conn.phase == Phase::Handshake {
+                return Next::Wait;
+            }
             if conn.start > 0 && conn.start == conn.buf.len() {
                 conn.buf.clear();
                 conn.start = 0;
             }
-            let res = io::read_append(conn.fd.as_raw_fd(), &mut conn.buf, READ_SIZE);
+            let res = conn.io.read_append(&mut conn.buf, READ_SIZE);
             let n = match res {
                 Ok(0) => return Next::Close,
                 Ok(n) => n,
@@ -960,6 +1033,63 @@ impl<H: Handler> Loop<H> {
         Next::Wait
     }
 
+    /// Connections whose TLS handshake ended on the handshake thread: an
+    /// established one is registered and read (the request usually came
+    /// with the handshake's last flight); a failed one is closed, which
+    /// costs the worker nothing else.
+    fn handshaken(&mut self) {
+        let Some(h) = &self.handshakes else {
+            return;
+        };
+        for (key, seq, outcome) in h.take() {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if c.phase != Phase::Handshake || c.handshake != seq {
+                continue; // closed meanwhile, its key reused
+            }
+            let raw = c.fd.as_raw_fd();
+            let session = match outcome {
+                Ok(s) => s,
+                Err(e) => {
+                    crate::log_debug!("TLS handshake with {} failed: {e}", c.peer.ip_string());
+                    self.close(key);
+                    continue;
+                }
+            };
+            let (s, tls) = (&self.settings, self.settings.tls.as_ref());
+            let ragged = tls.is_none_or(|t| t.suppress_ragged_eofs);
+            c.io = Arc::new(Inline::tls(
+                raw,
+                s.timeout,
+                s.app_wait,
+                tls::Session::new(session, ragged),
+            ));
+            let now = Instant::now();
+            c.enter(Phase::Fresh, now, &self.deadlines);
+            if self.draining.is_some() {
+                // A stopping worker gives it the idle grace of the others.
+                let grace = self.settings.keepalive.min(DRAIN_IDLE_GRACE);
+                c.deadline = c.deadline.min(now + grace);
+            }
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&raw), Token(key), Interest::READABLE)
+            {
+                crate::log_error!("registering a connection: {e}");
+                self.close(key);
+                continue;
+            }
+            if let Next::Close = self.on_readable(key) {
+                self.close(key);
+            }
+            if self.exiting() {
+                return;
+            }
+        }
+    }
+
     /// Connections whose requests were finished away from the loop thread:
     /// each goes on as an inline request would, then reads what arrived
     /// meanwhile (the socket's readiness edge may have passed unseen).
@@ -978,8 +1108,10 @@ impl<H: Handler> Loop<H> {
                     // keep-alive request: read only if bytes may be there.
                     Next::Wait => {
                         let unread = match self.conns.get_mut(key) {
+                            // A TLS session may hold plaintext read while
+                            // the request was served (no edge will come).
                             Some(c) if c.phase != Phase::Detached => {
-                                c.unread.swap(false, Ordering::SeqCst)
+                                c.unread.swap(false, Ordering::SeqCst) || c.io.is_tls()
                             }
                             _ => false,
                         };
@@ -1064,10 +1196,7 @@ fn reject<S>(conn: &Conn<S>, e: &HttpError) {
         conn.peer.ip_string(),
         e.detail
     );
-    let _ = io::write_all(
-        io::POLL,
-        conn.fd.as_raw_fd(),
-        &e.response_bytes(),
-        Duration::from_secs(5),
-    );
+    let _ = conn
+        .io
+        .write_all_with(io::POLL, &e.response_bytes(), Duration::from_secs(5));
 }

@@ -117,6 +117,7 @@ impl Server {
                 forwarded_allow: AllowList::default(),
                 release: no_release,
                 app_wait: super::io::POLL,
+                tls: None,
             };
             tune(&mut settings);
             let listeners = vec![WorkerListener {

@@ -14,11 +14,16 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::poll::PollFlags;
 
 use super::io::{self as sockio, Waiter};
+use super::tls::Session;
 
 /// The socket side of one request: read body bytes, write response bytes.
+/// On a TLS connection every call goes through the session (sendfile
+/// becomes reads of the file and writes).
 pub trait Transport: Send + Sync {
     /// Appends at least one byte read from the peer to `buf` (at most
     /// `max`), waiting up to the I/O timeout. `Ok(0)` is the end of stream.
@@ -27,8 +32,19 @@ pub trait Transport: Send + Sync {
     fn write_all(&self, data: &[u8]) -> io::Result<()>;
     /// Sends `count` bytes of an open file from `offset` (sendfile(2)).
     fn sendfile(&self, file: RawFd, offset: i64, count: u64) -> io::Result<()>;
-    /// The socket's descriptor, for `gunicorn.socket`; -1 once closed.
+    /// The socket's descriptor, for `gunicorn.socket` and for waiting on
+    /// readiness after a call failed with `WouldBlock`; -1 once closed.
     fn fd(&self) -> RawFd;
+    /// One non-blocking read (`WouldBlock`: wait for the descriptor).
+    fn read_nb(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// One non-blocking write; the bytes taken may wait in the TLS session
+    /// until [`Transport::flush_nb`] is Ok.
+    fn write_nb(&self, data: &[u8]) -> io::Result<usize>;
+    /// Ok once every byte taken is on the socket; `WouldBlock` while not.
+    fn flush_nb(&self) -> io::Result<()>;
+    /// Whether the peer closed (or reset) the connection; bytes it sent
+    /// stay for the next read.
+    fn peer_closed(&self) -> bool;
 }
 
 /// Blocking I/O on the connection's socket from the thread that serves the
@@ -40,6 +56,7 @@ pub struct Inline {
     timeout: Duration,
     waiter: Waiter,
     closed: AtomicBool,
+    tls: Option<Session>,
 }
 
 impl Inline {
@@ -49,12 +66,30 @@ impl Inline {
             timeout,
             waiter,
             closed: AtomicBool::new(false),
+            tls: None,
         }
     }
 
-    /// Called by the loop right before it closes the socket.
+    /// The same over an established TLS session.
+    pub fn tls(fd: RawFd, timeout: Duration, waiter: Waiter, session: Session) -> Inline {
+        Inline {
+            tls: Some(session),
+            ..Inline::new(fd, timeout, waiter)
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Called by the loop right before it closes the socket (a TLS session
+    /// sends close_notify).
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            if let Some(t) = &self.tls {
+                t.close(self.fd);
+            }
+        }
     }
 
     fn open_fd(&self) -> io::Result<RawFd> {
@@ -66,29 +101,111 @@ impl Inline {
         }
         Ok(self.fd)
     }
+
+    /// One non-blocking read appending up to `max` bytes (the loop's read).
+    pub fn read_append(&self, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        let fd = self.open_fd()?;
+        match &self.tls {
+            None => sockio::read_append(fd, buf, max),
+            Some(t) => t.read_append(fd, buf, max),
+        }
+    }
+
+    /// Writes all of `data`, waiting the given way (the loop's error pages
+    /// wait in poll(2) whatever the kind's waiter).
+    pub fn write_all_with(&self, waiter: Waiter, data: &[u8], timeout: Duration) -> io::Result<()> {
+        let fd = self.open_fd()?;
+        match &self.tls {
+            None => sockio::write_all(waiter, fd, data, timeout),
+            Some(t) => {
+                let deadline = Instant::now() + timeout;
+                t.write_all(fd, data, &mut || {
+                    sockio::wait(waiter, fd, PollFlags::POLLOUT, deadline)
+                })
+            }
+        }
+    }
 }
 
 impl Transport for Inline {
     fn read(&self, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-        sockio::read_blocking(self.waiter, self.open_fd()?, buf, max, self.timeout)
+        let fd = self.open_fd()?;
+        let Some(t) = &self.tls else {
+            return sockio::read_blocking(self.waiter, fd, buf, max, self.timeout);
+        };
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match t.read_append(fd, buf, max) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    sockio::wait(self.waiter, fd, PollFlags::POLLIN, deadline)?
+                }
+                other => return other,
+            }
+        }
     }
 
     fn write_all(&self, data: &[u8]) -> io::Result<()> {
-        sockio::write_all(self.waiter, self.open_fd()?, data, self.timeout)
+        self.write_all_with(self.waiter, data, self.timeout)
     }
 
-    fn sendfile(&self, file: RawFd, offset: i64, count: u64) -> io::Result<()> {
-        sockio::sendfile_all(
-            self.waiter,
-            self.open_fd()?,
-            file,
-            offset,
-            count,
-            self.timeout,
-        )
+    fn sendfile(&self, file: RawFd, mut offset: i64, mut count: u64) -> io::Result<()> {
+        let fd = self.open_fd()?;
+        if self.tls.is_none() {
+            return sockio::sendfile_all(self.waiter, fd, file, offset, count, self.timeout);
+        }
+        // No sendfile through userspace TLS: read the file and write it.
+        let mut buf = vec![0u8; 64 * 1024];
+        while count > 0 {
+            let want = usize::try_from(count).unwrap_or(usize::MAX).min(buf.len());
+            let n = sockio::pread(file, &mut buf[..want], offset)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than Content-Length",
+                ));
+            }
+            self.write_all(&buf[..n])?;
+            count -= n as u64;
+            offset = offset.saturating_add(n as i64);
+        }
+        Ok(())
     }
 
     fn fd(&self) -> RawFd {
         self.open_fd().unwrap_or(-1)
+    }
+
+    fn read_nb(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.open_fd()?;
+        match &self.tls {
+            None => sockio::read_nb(fd, buf),
+            Some(t) => t.read_nb(fd, buf),
+        }
+    }
+
+    fn write_nb(&self, data: &[u8]) -> io::Result<usize> {
+        let fd = self.open_fd()?;
+        match &self.tls {
+            None => sockio::write_nb(fd, data),
+            Some(t) => t.write_nb(fd, data),
+        }
+    }
+
+    fn flush_nb(&self) -> io::Result<()> {
+        let fd = self.open_fd()?;
+        match &self.tls {
+            None => Ok(()),
+            Some(t) => t.flush_nb(fd),
+        }
+    }
+
+    fn peer_closed(&self) -> bool {
+        let Ok(fd) = self.open_fd() else {
+            return true;
+        };
+        match &self.tls {
+            None => sockio::peer_closed(fd),
+            Some(t) => t.peer_closed(fd),
+        }
     }
 }

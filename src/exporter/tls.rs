@@ -1,14 +1,15 @@
 //! HTTPS for the exporter: a rustls server configuration (ring provider)
 //! from PROMETHEUS_SSL_* style settings, with optional client-certificate
-//! verification (mTLS).
+//! verification (mTLS). The PEM loading is [`crate::tls`]'s, shared with
+//! the app listeners.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
+
+use crate::tls::{add_ca_dir, load_certs, load_key};
 
 /// TLS settings of the metrics endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,76 +88,6 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Strin
         )
     })?;
     Ok(Arc::new(config))
-}
-
-/// The error text for a PEM file that could not be used: opening and
-/// reading problems say "cannot read", malformed PEM says "cannot parse".
-fn pem_error(what: &str, path: &Path, e: pem::Error) -> String {
-    match e {
-        pem::Error::Io(e) => format!("cannot read {what} file {}: {e}", path.display()),
-        e => format!("cannot parse {what} file {}: {e}", path.display()),
-    }
-}
-
-fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    // Sections of other kinds (a key next to the certificate) are skipped.
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_error(what, path, e))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "no PEM certificate (-----BEGIN CERTIFICATE-----) in {what} file {}",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    match PrivateKeyDer::from_pem_file(path) {
-        Ok(key) => Ok(key),
-        // Encrypted keys (-----BEGIN ENCRYPTED PRIVATE KEY-----) are
-        // sections of another kind, skipped like any other: none found.
-        Err(pem::Error::NoItemsFound) => Err(format!(
-            "no PEM private key (PKCS#8, PKCS#1 or SEC1; encrypted keys are not supported) \
-             in TLS key file {}",
-            path.display()
-        )),
-        Err(e) => Err(pem_error("TLS key", path, e)),
-    }
-}
-
-/// Adds every certificate of every readable regular file in `dir`; files
-/// that hold no valid certificate are skipped (as OpenSSL's CApath lookup
-/// never reads them), but the directory must yield at least one CA.
-fn add_ca_dir(roots: &mut RootCertStore, dir: &Path) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read client CA directory {}: {e}", dir.display()))?;
-    let mut added = 0usize;
-    for entry in entries {
-        let entry =
-            entry.map_err(|e| format!("cannot read client CA directory {}: {e}", dir.display()))?;
-        let path = entry.path();
-        // metadata() follows symlinks, as hashed CApath entries are links.
-        if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-            continue;
-        }
-        let Ok(certs) = CertificateDer::pem_file_iter(&path) else {
-            continue;
-        };
-        for cert in certs.map_while(Result::ok) {
-            if roots.add(cert).is_ok() {
-                added += 1;
-            }
-        }
-    }
-    if added == 0 {
-        return Err(format!(
-            "no PEM CA certificate found in client CA directory {}",
-            dir.display()
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -53,8 +53,8 @@
 //! `SystemExit` raised by a hook is not logged: [`HookError::system_exit`]
 //! carries the status (gunicorn re-raises it everywhere: the process exits
 //! with it, a non-integer code printed on stderr, see
-//! [`HookError::message`]). `ssl_context` is not here: TLS is not
-//! implemented yet.
+//! [`HookError::message`]). `ssl_context` is not here: the master calls it
+//! when it sets up TLS (`worker/tls.rs`), with [`Hooks::cfg_object`].
 
 use std::ffi::CString;
 use std::fmt;
@@ -325,6 +325,11 @@ impl Hooks {
             .call_method1("set_config", (settings, computed))?;
         self.fns = hook_fns(py, cfg);
         Ok(())
+    }
+
+    /// The `cfg` object hooks receive (the ssl_context hook's `conf`).
+    pub fn cfg_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.runtime.bind(py).getattr("cfg")?.unbind())
     }
 
     /// Whether the user set this hook (gunicorn's no-op defaults count as

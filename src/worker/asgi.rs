@@ -700,13 +700,8 @@ impl CycleState {
             self.written = 0;
             return true;
         }
-        let fd = self.io.fd();
         while self.written < self.pending.len() {
-            if fd < 0 {
-                self.gone = true;
-                break;
-            }
-            match crate::conn::io::write_nb(fd, &self.pending[self.written..]) {
+            match self.io.write_nb(&self.pending[self.written..]) {
                 Ok(0) => {
                     self.gone = true;
                     break;
@@ -717,6 +712,14 @@ impl CycleState {
                     self.gone = true;
                     break;
                 }
+            }
+        }
+        // A TLS session may still hold the last bytes.
+        if !self.gone {
+            match self.io.flush_nb() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => self.gone = true,
             }
         }
         self.pending.clear();
@@ -835,8 +838,9 @@ impl CycleState {
         if self.expect_continue {
             self.expect_continue = false;
             if let Some(b) = &self.body {
-                let _ =
-                    crate::conn::io::write_nb(b.transport().fd(), b"HTTP/1.1 100 Continue\r\n\r\n");
+                let t = b.transport();
+                let _ = t.write_nb(b"HTTP/1.1 100 Continue\r\n\r\n");
+                let _ = t.flush_nb();
             }
         }
         let Some(body) = self.body.as_mut() else {
@@ -985,12 +989,7 @@ impl Cycle {
     /// closed (or reset) the connection.
     fn peer_gone(&self, py: Python<'_>) -> bool {
         let mut st = lock(self);
-        let fd = st.io.fd();
-        if fd < 0 {
-            st.gone = true;
-            return true;
-        }
-        let gone = crate::conn::io::peer_closed(fd);
+        let gone = st.io.peer_closed();
         if gone {
             st.gone = true;
             st.watch_gone(py);

@@ -139,18 +139,22 @@ impl WsState {
     /// client is gone).
     fn write_pending(&mut self) -> bool {
         while self.written < self.pending.len() {
-            let fd = self.io.fd();
-            let res = if fd < 0 {
-                Err(std::io::Error::from(std::io::ErrorKind::NotConnected))
-            } else {
-                crate::conn::io::write_nb(fd, &self.pending[self.written..])
-            };
-            match res {
+            match self.io.write_nb(&self.pending[self.written..]) {
                 Ok(n) if n > 0 => self.written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 _ => {
                     self.close_code.get_or_insert(1006);
                     break;
+                }
+            }
+        }
+        // A TLS session may still hold the last bytes.
+        if self.close_code.is_none() {
+            match self.io.flush_nb() {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(_) => {
+                    self.close_code.get_or_insert(1006);
                 }
             }
         }

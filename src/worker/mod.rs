@@ -9,6 +9,7 @@ pub mod kind;
 mod request;
 mod serve;
 mod sync;
+pub mod tls;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -383,6 +384,11 @@ fn serve(
             Kind::Green(_) => green::WAITER,
             Kind::Asgi | Kind::Tornado => asgi::WAITER,
         },
+        // Built by the master (certfile set), inherited by the fork.
+        tls: crate::tls::listener::current().map(|b| crate::conn::TlsSettings {
+            config: Arc::clone(&b.config),
+            suppress_ragged_eofs: b.suppress_ragged_eofs,
+        }),
     };
     // With --log-syslog, access lines go to syslog even without a file.
     // A Python logging configuration takes every access record (the master
