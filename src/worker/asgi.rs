@@ -816,7 +816,7 @@ impl CycleState {
             // defer_last took the bytes only when the writer runs.
             match (self.deferred.take()).and_then(|d| Some((d, super::asgi_writer::get()?))) {
                 Some((data, writer)) => writer.push(super::asgi_writer::Job {
-                    fd: self.io.fd(),
+                    io: Arc::clone(&self.io),
                     data,
                     timeout: server.io_timeout,
                     back,

@@ -12,21 +12,23 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
-use std::sync::{Mutex, OnceLock};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::conn::transport::Transport;
 use crate::conn::{Resumer, Served};
 
 /// The largest final message handed to the writer.
 pub const MAX_DEFERRED: usize = 64 * 1024;
 
-/// One response's last bytes and what to do once they are out.
+/// One response's last bytes and what to do once they are out. The bytes
+/// go through the connection's transport (a TLS session encrypts them).
 pub struct Job {
-    pub fd: RawFd,
+    pub io: Arc<dyn Transport>,
     pub data: Vec<u8>,
     pub timeout: Duration,
     pub back: Resumer,
@@ -132,6 +134,17 @@ impl Writer {
     /// Sleeps until a job is pushed or a blocked socket takes bytes (or
     /// its deadline passes), then goes on with the blocked ones.
     fn wait(&self, blocked: &mut Vec<Blocked>) {
+        // A connection closed meanwhile (the worker's exit) has no socket.
+        let (open, closed): (Vec<_>, Vec<_>) = std::mem::take(blocked)
+            .into_iter()
+            .partition(|b| b.job.io.fd() >= 0);
+        *blocked = open;
+        for b in closed {
+            fail(
+                b.job,
+                &io::Error::new(io::ErrorKind::NotConnected, "connection closed"),
+            );
+        }
         let now = Instant::now();
         let next = blocked.iter().map(|b| b.deadline).min();
         let timeout = match next {
@@ -146,7 +159,7 @@ impl Writer {
         for b in blocked.iter() {
             // SAFETY: the socket stays open while its job is here: the
             // connection is detached from the loop until the job resumes it.
-            let fd = unsafe { BorrowedFd::borrow_raw(b.job.fd) };
+            let fd = unsafe { BorrowedFd::borrow_raw(b.job.io.fd()) };
             fds.push(PollFd::new(fd, PollFlags::POLLOUT));
         }
         let ready = nix::poll::poll(&mut fds, timeout).is_ok();
@@ -175,8 +188,12 @@ impl Writer {
 /// Writes what the socket takes now: all of it resumes the connection,
 /// less parks the job in `blocked`.
 fn write(mut b: Blocked, blocked: &mut Vec<Blocked>) {
+    if b.job.io.fd() < 0 {
+        let e = io::Error::new(io::ErrorKind::NotConnected, "connection closed");
+        return fail(b.job, &e);
+    }
     while b.written < b.job.data.len() {
-        match crate::conn::io::write_nb(b.job.fd, &b.job.data[b.written..]) {
+        match b.job.io.write_nb(&b.job.data[b.written..]) {
             Ok(0) => {
                 let e = io::Error::new(io::ErrorKind::WriteZero, "connection closed");
                 return fail(b.job, &e);
@@ -189,7 +206,12 @@ fn write(mut b: Blocked, blocked: &mut Vec<Blocked>) {
             Err(e) => return fail(b.job, &e),
         }
     }
-    b.job.back.resume(b.job.served);
+    // A TLS session may still hold the last bytes.
+    match b.job.io.flush_nb() {
+        Ok(()) => b.job.back.resume(b.job.served),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked.push(b),
+        Err(e) => fail(b.job, &e),
+    }
 }
 
 /// The bytes could not all be written: the loop closes the connection.
