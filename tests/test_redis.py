@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -324,6 +325,21 @@ def test_damaged_compressed_documents_are_skipped_and_logged(server, redis):
         assert total(smp, "gunicorn_requests_total", instance=inst) == want
         assert total(smp, "gunicorn_requests_total", instance="all") == want
         time.sleep(0.15)  # past the read side's reuse of a read
+    # Scrapes at once (more than the read side renders at a time) each get
+    # the whole body.
+    bodies = []
+
+    def one():
+        r = requests.get("http://127.0.0.1:%d/metrics" % rs.metrics_port, timeout=30)
+        bodies.append((r.status_code, r.text))
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [c for c, _ in bodies] == [200] * 6
+    for _, text in bodies:
+        assert total(parse(text), "gunicorn_requests_total", instance=inst) == want
     log = rs.log()
     for k in bad_keys:
         assert log.count("redis read: skipping %s: " % k) == 1, log

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -101,6 +101,7 @@ pub fn main(args: &[OsString]) -> i32 {
         reader: tokio::sync::Mutex::new(reader),
         cache: Mutex::new(Cache::default()),
         bad: Mutex::default(),
+        renders: (Mutex::new(0), Condvar::new()),
     });
     let for_refresh = state.clone();
     let refresh: Refresh = Arc::new(move || {
@@ -127,6 +128,40 @@ struct ReadState {
     cache: Mutex<Cache>,
     /// Keys whose document could not be read, so each is logged once.
     bad: Mutex<HashSet<String>>,
+    /// Renderings running, and a wake-up for those waiting for a slot.
+    renders: (Mutex<usize>, Condvar),
+}
+
+/// Renderings at once: each holds a body's worth of buffers while its
+/// client takes the chunks; further scrapes wait for a slot.
+const RENDERS_AT_ONCE: usize = 4;
+
+/// A rendering whose client takes no chunk for this long is given up
+/// (the response is cut short) and frees its slot.
+const STALL: Duration = Duration::from_secs(5);
+
+/// A rendering slot, given back when dropped.
+struct Slot<'a>(&'a (Mutex<usize>, Condvar));
+
+impl<'a> Slot<'a> {
+    fn take(renders: &'a (Mutex<usize>, Condvar)) -> Slot<'a> {
+        let (count, freed) = renders;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= RENDERS_AT_ONCE {
+            n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        Slot(renders)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        freed.notify_one();
+    }
 }
 
 /// The last read, and buffers kept across renderings.
@@ -164,6 +199,8 @@ const CHUNKS_AHEAD: usize = 4;
 struct Chunker {
     len: Option<tokio::sync::oneshot::Sender<u64>>,
     tx: tokio::sync::mpsc::Sender<Bytes>,
+    /// Times the wait for the client to take a chunk (`STALL`).
+    timer: Option<tokio::runtime::Runtime>,
     buf: String,
     /// Every chunk made (the ones hyper has sent and dropped are reused).
     made: Vec<Arc<String>>,
@@ -196,12 +233,24 @@ impl Chunker {
             self.made.remove(0);
         }
         self.made.push(full.clone());
-        if self
-            .tx
-            .blocking_send(Bytes::from_owner(Chunk(full)))
-            .is_err()
-        {
-            // The connection is gone: stop rendering.
+        let chunk = Bytes::from_owner(Chunk(full));
+        let sent = match &self.timer {
+            Some(rt) => match rt
+                .block_on(async { tokio::time::timeout(STALL, self.tx.send(chunk)).await })
+            {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    log_line(&format!(
+                        "redis read: a client took no data for {}s; its scrape is cut short",
+                        STALL.as_secs()
+                    ));
+                    false
+                }
+            },
+            None => self.tx.blocking_send(chunk).is_ok(),
+        };
+        if !sent {
+            // The connection is gone (or stalled): stop rendering.
             self.open = false;
         }
     }
@@ -271,6 +320,7 @@ impl ReadState {
         len: tokio::sync::oneshot::Sender<u64>,
         tx: tokio::sync::mpsc::Sender<Bytes>,
     ) {
+        let _slot = Slot::take(&self.renders);
         let (found, mut scratch, made) = {
             let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             (
@@ -282,6 +332,12 @@ impl ReadState {
         let mut out = Chunker {
             len: Some(len),
             tx,
+            // Without a timer (the system would not make one), a stalled
+            // client holds its slot until its connection is dropped.
+            timer: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .ok(),
             buf: String::new(),
             made,
             open: true,
