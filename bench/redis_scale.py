@@ -15,6 +15,8 @@
 
     .venv/bin/python bench/redis_scale.py        # prints a Markdown table
     BENCH_ONLY=push .venv/bin/python bench/redis_scale.py    # or read
+    BENCH_SHAPES=gauge-all,counters,small    # the read side's document sizes to run
+    FERROCORN_BIN=/path/to/ferrocorn    # another binary (before/after)
 
 Everything runs on 127.0.0.1 free ports; the processes it starts are
 stopped by PID at the end.
@@ -59,6 +61,8 @@ for i in range(250):
 for q in range(15):
     H.labels(queue="q%02d" % q).observe(0.01 * q)
 ''',
+    # ferrocorn's own families only (the third document size).
+    "none": "",
 }
 APP_TAIL = '''
 def app(environ, start_response):
@@ -144,6 +148,19 @@ def resp(*args):
     return b"".join(out)
 
 
+def header(doc):
+    """A format 3 document's header (src/redis/codec.rs: "FCP" 3, host,
+    instance, time) and the rest (the compressed families) as they are."""
+    assert doc[:4] == b"FCP\x03", doc[:4]
+    pos = 4
+    fields = []
+    for _ in range(2):
+        n = struct.unpack("<I", doc[pos:pos + 4])[0]
+        fields.append(doc[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    return fields[0], fields[1], doc[pos:pos + 8], doc[pos + 8:]
+
+
 def parse2(doc):
     """A format 2 document (src/redis/codec.rs: "FCP" 2, then
     length-prefixed fields): host, instance, the time's bytes, and per
@@ -199,19 +216,12 @@ def renamed(doc, host, instance):
         return json.dumps(d).encode()
     # The lines leave the host's and the instance's values to the read
     # side (their places are listed): only the header names them.
+    if doc[:4] == b"FCP\x03":
+        _, _, time_, rest = header(doc)
+        put = lambda b: struct.pack("<I", len(b)) + b
+        return b"".join([b"FCP\x03", put(host.encode()), put(instance.encode()), time_, rest])
     _, _, time_, fams = parse2(doc)
     return build2(host.encode(), instance.encode(), time_, fams)
-
-
-def without_app(doc):
-    """`doc` without the application's families (ferrocorn's own only)."""
-    if doc[:1] == b"{":
-        d = json.loads(doc)
-        d["families"] = [f for f in d["families"] if not f["n"].startswith(APP_FAMILIES)]
-        return json.dumps(d).encode()
-    host, instance, time_, fams = parse2(doc)
-    keep = [f for f in fams if not f[0].decode().startswith(APP_FAMILIES)]
-    return build2(host, instance, time_, keep)
 
 
 def fill(port, prefix, doc, n):
@@ -278,8 +288,8 @@ def push_case(tmp, rport, shape):
     def ready():
         t = get(murl)
         f = families(t)
-        return t if f.get('gunicorn_workers{state="idle"}') == 8 and any(
-            l.startswith(APP_FAMILIES) for l in t.splitlines()) else None
+        return t if f.get('gunicorn_workers{state="idle"}') == 8 and (shape == "none" or any(
+            l.startswith(APP_FAMILIES) for l in t.splitlines())) else None
     local = wait(ready, 60, "8 workers and the app's series")
     time.sleep(2)  # the last worker's series in the next push
     series = sum(1 for line in get(murl).splitlines() if line and not line.startswith("#"))
@@ -308,7 +318,8 @@ def push_case(tmp, rport, shape):
               statistics.median(scrapes)))
     key = "bench-%s:ferrocorn:{bench-%s}:state:%s:127.0.0.1:%d" % (shape, shape, HOST, app_port)
     doc = subprocess.run(["redis-cli", "-p", str(rport), "--raw", "GET", key], capture_output=True,
-                         timeout=30).stdout.rstrip(b"\n")
+                         timeout=30).stdout
+    doc = doc[:-1] if doc.endswith(b"\n") else doc  # redis-cli's newline, not the document's bytes
     p.send_signal(signal.SIGTERM)
     p.wait(30)
     return row, doc
@@ -323,16 +334,25 @@ def main():
     try:
         rport = redis(tmp)
         docs = {}
-        for shape in ("gauge-all", "counters"):
+        shapes = os.environ.get("BENCH_SHAPES")
+        for shape in ("gauge-all", "counters", "none"):
+            if shape == "none" and "read" not in only:
+                continue
+            # Only the documents the read side's runs need, unless pushes are measured.
+            wanted = {"none": "small"}.get(shape, shape)
+            if shapes and "push" not in only and wanted not in shapes.split(","):
+                docs[shape] = None
+                continue
             row, docs[shape] = push_case(tmp, rport, shape)
-            if "push" in only:
+            if "push" in only and shape != "none":
                 rows.append(row)
                 print(row, file=sys.stderr)
-        # ferrocorn's own families of 8 workers only.
-        small = without_app(docs["counters"])
         sizes = [("gauge-all", docs["gauge-all"], "8 workers, gauge-all app: 4,000 app series"),
                  ("counters", docs["counters"], "8 workers, counters/histogram app: ~505 app series"),
-                 ("small", small, "8 workers, ferrocorn's families only")]
+                 # ferrocorn's own families of 8 workers only.
+                 ("small", docs["none"], "8 workers, ferrocorn's families only")]
+        if shapes:
+            sizes = [s for s in sizes if s[0] in shapes.split(",")]
         if "read" not in only:
             sizes = []
         nodes = []

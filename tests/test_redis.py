@@ -8,8 +8,10 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -258,6 +260,94 @@ def test_two_instances_share_one_redis_and_the_read_side_sums_them(server, redis
     assert total(local, "gunicorn_requests_total") == want["127.0.0.1:%d" % a.port]
     assert not any("instance" in dict(l) for (n, l) in local if n == "gunicorn_requests_total")
     assert total(local, "ferrocorn_redis_up") == 1
+
+
+def get_doc(r, key):
+    """A state key's document, as bytes."""
+    out = subprocess.run([REDIS_CLI, "-p", str(r.port), "--raw", "GET", key], capture_output=True,
+                         timeout=10).stdout
+    assert out.endswith(b"\n"), out[-20:]
+    return out[:-1]  # redis-cli's newline
+
+
+def set_doc(r, key, doc, index):
+    """`doc` under `key`, listed in the index as a push would."""
+    out = subprocess.run([REDIS_CLI, "-p", str(r.port), "-x", "SET", key], input=doc, capture_output=True,
+                         timeout=10)
+    assert out.stdout.strip() == b"OK", out
+    assert r.cli("SADD", index, key) == "1"
+
+
+def test_damaged_compressed_documents_are_skipped_and_logged(server, redis):
+    """Push format 3 compresses each document's families (LZ4): a truncated
+    or damaged one in Redis is left out with one log line, and the other
+    instances are served."""
+    r = redis()
+    prefix = "tdamaged"
+    a = server(["-w", "1", "wsgiapp:app"], env=redis_env(r, prefix))
+    for _ in range(5):
+        assert requests.get(a.url + "/").status_code == 200
+    key = state_key(prefix, "127.0.0.1:%d" % a.port)
+    wait_for(lambda: r.cli("EXISTS", key) == "1", 10, msg=key)
+    doc = get_doc(r, key)
+    assert doc[:4] == b"FCP\x03", doc[:4]
+    # The header: magic and version, host, instance, time, then the
+    # families' size decompressed and the LZ4 block.
+    pos = 4
+    for _ in range(2):
+        pos += 4 + struct.unpack("<I", doc[pos:pos + 4])[0]
+    pos += 8
+    raw = struct.unpack("<I", doc[pos:pos + 4])[0]
+    block = doc[pos + 4:]
+    assert raw > 3 * len(block), (raw, len(block))  # compressed
+    head = doc[:pos]
+    damaged = {
+        "truncated": head + doc[pos:pos + 4] + block[:len(block) // 2],
+        "garbled": head + doc[pos:pos + 4] + block[:40] + b"\xff" * (len(block) - 40),
+        "toolong": head + struct.pack("<I", raw + 1) + block,
+        "absurd": head + struct.pack("<I", 0xffffffff) + block,
+    }
+    index = index_key(prefix)
+    bad_keys = []
+    for name, bad in damaged.items():
+        k = "%s:ferrocorn:{%s}:state:%s:%s" % (prefix, prefix, HOST, name)
+        set_doc(r, k, bad, index)
+        bad_keys.append(k)
+    want = served(a)
+
+    rs = read_side(server, r, prefix)
+    inst = "127.0.0.1:%d" % a.port
+    wait_for(lambda: total(scrape(rs.metrics_port), "gunicorn_requests_total", instance=inst) == want, 10,
+             msg="the read side to show %s's %d requests" % (inst, want))
+    for _ in range(3):
+        smp = scrape(rs.metrics_port)
+        assert total(smp, "ferrocorn_redis_instances") == 1
+        assert total(smp, "gunicorn_requests_total", instance=inst) == want
+        assert total(smp, "gunicorn_requests_total", instance="all") == want
+        time.sleep(0.15)  # past the read side's reuse of a read
+    # Scrapes at once (more than the read side renders at a time) each get
+    # the whole body.
+    bodies = []
+
+    def one():
+        r = requests.get("http://127.0.0.1:%d/metrics" % rs.metrics_port, timeout=30)
+        bodies.append((r.status_code, r.text))
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [c for c, _ in bodies] == [200] * 6
+    for _, text in bodies:
+        assert total(parse(text), "gunicorn_requests_total", instance=inst) == want
+    log = rs.log()
+    for k in bad_keys:
+        assert log.count("redis read: skipping %s: " % k) == 1, log
+    assert any("redis read: skipping %s: %s" % (bad_keys[0], why) in log
+               for why in ("cannot decompress", "decompressed to")), log
+    assert "redis read: skipping %s: claims 4294967295 bytes" % bad_keys[3] in log, log
+    assert "panic" not in log, log
+    assert rs.proc.poll() is None
 
 
 def test_a_gunicorn_prometheus_exporter_redis_config_pushes(server, redis):

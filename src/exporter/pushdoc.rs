@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use super::expose::{escape_name, write_lines, Names};
 use crate::metrics::model::{Family, Kind, SampleValue};
 use crate::redis::codec::{
-    self, put_f64, put_len, put_str, put_u32, put_u64, Snapshot, MAGIC, SHAPE_HIST, SHAPE_RAW,
-    SHAPE_SCALAR, VERSION,
+    self, put_compressed, put_f64, put_len, put_str, put_u32, put_u64, Snapshot, MAGIC, SHAPE_HIST,
+    SHAPE_RAW, SHAPE_SCALAR, VERSION, VERSION_PLAIN,
 };
 use crate::redis::read::{summable, PER_PRODUCER};
 
@@ -25,12 +25,19 @@ pub fn base_name(kind: Kind, name: &str) -> &str {
 /// An instance's document for `snap` into `out` (cleared first): its lines
 /// carry `host` and `instance` labels (a series' own labels of those names
 /// become `exported_host` / `exported_instance`, as Prometheus does on a
-/// clash).
+/// clash). The families are compressed (format version 3).
 pub fn encode_into(snap: &Snapshot, out: &mut Vec<u8>) {
-    encode_with(snap, Some((&snap.host, &snap.instance)), out);
+    encode_with(snap, Some((&snap.host, &snap.instance)), true, out);
 }
 
-/// The read side's own families as a document: no labels added.
+/// `snap` in format version 2 (uncompressed), as older instances pushed it.
+#[cfg(test)]
+pub fn encode_plain_into(snap: &Snapshot, out: &mut Vec<u8>) {
+    encode_with(snap, Some((&snap.host, &snap.instance)), false, out);
+}
+
+/// The read side's own families as a document: no labels added, not
+/// compressed (it never leaves the process).
 pub fn encode_own(families: &[Family]) -> Vec<u8> {
     let snap = Snapshot {
         host: String::new(),
@@ -39,7 +46,7 @@ pub fn encode_own(families: &[Family]) -> Vec<u8> {
         families: families.to_vec(),
     };
     let mut out = Vec::new();
-    encode_with(&snap, None, &mut out);
+    encode_with(&snap, None, false, &mut out);
     out
 }
 
@@ -58,17 +65,27 @@ struct Scratch<'s> {
     le_cache: Vec<(u64, String)>,
 }
 
-fn encode_with<'s>(snap: &'s Snapshot, who: Option<(&'s str, &'s str)>, out: &mut Vec<u8>) {
+fn encode_with<'s>(
+    snap: &'s Snapshot,
+    who: Option<(&'s str, &'s str)>,
+    compress: bool,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    out.push(if compress { VERSION } else { VERSION_PLAIN });
     put_str(out, snap.host.as_bytes());
     put_str(out, snap.instance.as_bytes());
     put_f64(out, snap.time);
-    put_len(out, snap.families.len());
     let mut sc = Scratch::default();
+    let mut raw = Vec::new();
+    let families = if compress { &mut raw } else { &mut *out };
+    put_len(families, snap.families.len());
     for f in &snap.families {
-        family(out, f, who, &mut sc);
+        family(families, f, who, &mut sc);
+    }
+    if compress {
+        put_compressed(out, &raw);
     }
 }
 

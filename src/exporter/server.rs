@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -56,8 +55,83 @@ pub type Companion = Box<dyn FnOnce(watch::Receiver<Option<StopReason>>) -> BoxF
 
 /// Renders the `/metrics` body itself (the Redis read side, whose
 /// exposition is too large to go through the families model); when set,
-/// it replaces the collect and the render.
-pub type Render = Box<dyn FnMut(Format) -> Bytes + Send>;
+/// it replaces the collect and the render. It starts the rendering and
+/// returns at once: the body comes through the [`Streamed`].
+pub type Render = Box<dyn FnMut(Format) -> Streamed + Send>;
+
+/// A body being rendered elsewhere: its exact length first (so that the
+/// response has a Content-Length), then its bytes in chunks, sent on while
+/// the rest is rendered. A renderer that fails drops its ends: the length
+/// never comes (a 500) or the chunks stop short (the connection is cut,
+/// so the client sees an incomplete body, not a wrong one).
+pub struct Streamed {
+    pub len: tokio::sync::oneshot::Receiver<u64>,
+    pub chunks: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+/// A response body: one piece, or a [`Streamed`] one.
+pub enum Body {
+    Whole(Option<Bytes>),
+    Chunks {
+        chunks: tokio::sync::mpsc::Receiver<Bytes>,
+        left: u64,
+    },
+}
+
+impl Body {
+    fn whole(b: Bytes) -> Body {
+        Body::Whole(Some(b))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        match self.get_mut() {
+            Body::Whole(b) => Poll::Ready(b.take().map(|b| Ok(hyper::body::Frame::data(b)))),
+            Body::Chunks { chunks, left } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                match chunks.poll_recv(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Some(b)) => match left.checked_sub(b.len() as u64) {
+                        Some(l) => {
+                            *left = l;
+                            Poll::Ready(Some(Ok(hyper::body::Frame::data(b))))
+                        }
+                        None => Poll::Ready(Some(Err(std::io::Error::other(
+                            "the rendered body is longer than announced",
+                        )))),
+                    },
+                    Poll::Ready(None) => Poll::Ready(Some(Err(std::io::Error::other(
+                        "the rendering stopped before the end of the body",
+                    )))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Whole(b) => b.is_none(),
+            Body::Chunks { left, .. } => *left == 0,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(match self {
+            Body::Whole(b) => b.as_ref().map_or(0, |b| b.len() as u64),
+            Body::Chunks { left, .. } => *left,
+        })
+    }
+}
 
 /// What the server does besides serving; `Default`: nothing.
 #[derive(Default)]
@@ -354,6 +428,9 @@ where
                 if let Some(refresh) = &shared.refresh {
                     refresh().await;
                 }
+                if shared.render.is_some() {
+                    return Ok::<_, Infallible>(rendered(&shared, &req).await);
+                }
             }
             Ok::<_, Infallible>(handle(&shared, &req))
         }
@@ -373,8 +450,8 @@ where
     let _ = tokio::time::timeout(tun.conn_grace, conn).await;
 }
 
-fn text_response(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text_response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::whole(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -387,7 +464,7 @@ fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<&s
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     if path != "/metrics" && path != "/health" {
         return text_response(StatusCode::NOT_FOUND, "Not Found\n");
@@ -410,19 +487,6 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 
     let format = Format::from_accept(header(req, hyper::header::ACCEPT));
-    if let Some(render) = &shared.render {
-        let mut render = render.lock().unwrap_or_else(|p| p.into_inner());
-        return match std::panic::catch_unwind(AssertUnwindSafe(|| (*render)(format))) {
-            Ok(body) => metrics_response(req, format, body),
-            Err(_) => {
-                (shared.log)("metrics exporter: rendering metrics panicked; answered 500");
-                text_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "collecting metrics failed\n",
-                )
-            }
-        };
-    }
     let families = {
         let mut collect = shared
             .collect
@@ -441,8 +505,47 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     metrics_response(req, format, body)
 }
 
+/// The `/metrics` response of a [`Render`]: streamed as it is rendered,
+/// or gathered and gzipped when the client accepts gzip.
+async fn rendered(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let format = Format::from_accept(header(req, hyper::header::ACCEPT));
+    let started = shared.render.as_ref().map(|render| {
+        let mut render = render.lock().unwrap_or_else(|p| p.into_inner());
+        std::panic::catch_unwind(AssertUnwindSafe(|| (*render)(format)))
+    });
+    let failed = |what: &str| {
+        (shared.log)(&format!("metrics exporter: {what}; answered 500"));
+        text_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "collecting metrics failed\n",
+        )
+    };
+    let Some(Ok(Streamed { len, mut chunks })) = started else {
+        return failed("rendering metrics panicked");
+    };
+    let Ok(len) = len.await else {
+        return failed("rendering metrics failed");
+    };
+    if !expose::gzip_accepted(header(req, hyper::header::ACCEPT_ENCODING)) {
+        let mut resp = Response::new(Body::Chunks { chunks, left: len });
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
+        return resp;
+    }
+    let mut all = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    while let Some(chunk) = chunks.recv().await {
+        all.extend_from_slice(&chunk);
+    }
+    if all.len() as u64 != len {
+        return failed("rendering metrics stopped before the end");
+    }
+    metrics_response(req, format, Bytes::from(all))
+}
+
 /// The `/metrics` response for a rendered body: gzipped when accepted.
-fn metrics_response(req: &Request<Incoming>, format: Format, body: Bytes) -> Response<Full<Bytes>> {
+fn metrics_response(req: &Request<Incoming>, format: Format, body: Bytes) -> Response<Body> {
     let (body, gzipped) = if expose::gzip_accepted(header(req, hyper::header::ACCEPT_ENCODING)) {
         match expose::gzip(&body) {
             Ok(z) => (Bytes::from(z), true),
@@ -451,7 +554,7 @@ fn metrics_response(req: &Request<Incoming>, format: Format, body: Bytes) -> Res
     } else {
         (body, false)
     };
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Body::whole(body));
     let h = resp.headers_mut();
     h.insert(
         CONTENT_TYPE,

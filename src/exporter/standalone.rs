@@ -6,15 +6,16 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::config::config_from_vars;
 use super::expose::Format;
-use super::server::{self, Extras, Refresh, Render};
-use super::view::render_found;
+use super::server::{self, Extras, Refresh, Render, Streamed};
+use super::view::{render_found, Out, Scratch};
 use crate::redis::read::{Found, Reader};
 
 const USAGE: &str = "\
@@ -99,6 +100,8 @@ pub fn main(args: &[OsString]) -> i32 {
     let state = Arc::new(ReadState {
         reader: tokio::sync::Mutex::new(reader),
         cache: Mutex::new(Cache::default()),
+        bad: Mutex::default(),
+        renders: (Mutex::new(0), Condvar::new()),
     });
     let for_refresh = state.clone();
     let refresh: Refresh = Arc::new(move || {
@@ -106,7 +109,7 @@ pub fn main(args: &[OsString]) -> i32 {
         Box::pin(async move { st.refresh().await })
     });
     let for_render = state;
-    let render: Render = Box::new(move |format| for_render.render(format));
+    let render: Render = Box::new(move |format| ReadState::render(&for_render, format));
     server::run(
         // No master: /health is 200 while this process serves.
         cfg.into_server_config(None, log_line),
@@ -123,19 +126,154 @@ pub fn main(args: &[OsString]) -> i32 {
 struct ReadState {
     reader: tokio::sync::Mutex<Reader>,
     cache: Mutex<Cache>,
+    /// Keys whose document could not be read, so each is logged once.
+    bad: Mutex<HashSet<String>>,
+    /// Renderings running, and a wake-up for those waiting for a slot.
+    renders: (Mutex<usize>, Condvar),
 }
 
-/// The last read and its renderings (made at the first scrape that asks
-/// for each format).
+/// Renderings at once: each holds a body's worth of buffers while its
+/// client takes the chunks; further scrapes wait for a slot.
+const RENDERS_AT_ONCE: usize = 4;
+
+/// A rendering whose client takes no chunk for this long is given up
+/// (the response is cut short) and frees its slot.
+const STALL: Duration = Duration::from_secs(5);
+
+/// A rendering slot, given back when dropped.
+struct Slot<'a>(&'a (Mutex<usize>, Condvar));
+
+impl<'a> Slot<'a> {
+    fn take(renders: &'a (Mutex<usize>, Condvar)) -> Slot<'a> {
+        let (count, freed) = renders;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= RENDERS_AT_ONCE {
+            n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        Slot(renders)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        freed.notify_one();
+    }
+}
+
+/// The last read, and buffers kept across renderings.
 #[derive(Default)]
 struct Cache {
     /// `None` (after a read): Redis could not be read.
     found: Option<Arc<Found>>,
     at: Option<Instant>,
-    text: Option<Bytes>,
-    openmetrics: Option<Bytes>,
-    /// Keys whose document could not be read, so each is logged once.
-    bad: HashSet<String>,
+    /// Buffers kept across renderings (a scrape of 200 large instances
+    /// decompresses tens of megabytes: fresh pages for all of it cost more
+    /// than the decompression). A rendering takes them and gives them
+    /// back; one that runs beside it makes its own.
+    scratch: Scratch,
+    /// The chunks' buffers, likewise.
+    chunks: Vec<Arc<String>>,
+}
+
+/// A chunk of a body, until hyper has sent it (the renderer keeps the
+/// other reference, to take the buffer back for a later chunk).
+struct Chunk(Arc<String>);
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// A body is sent on in chunks of about this size.
+const CHUNK: usize = 1 << 20;
+
+/// Chunks rendered ahead of what the connection has taken.
+const CHUNKS_AHEAD: usize = 4;
+
+/// A rendering's output: chunks handed to the response as they fill.
+struct Chunker {
+    len: Option<tokio::sync::oneshot::Sender<u64>>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    /// Times the wait for the client to take a chunk (`STALL`).
+    timer: Option<tokio::runtime::Runtime>,
+    buf: String,
+    /// Every chunk made (the ones hyper has sent and dropped are reused).
+    made: Vec<Arc<String>>,
+    open: bool,
+}
+
+impl Chunker {
+    /// An emptied buffer of a chunk that has been sent, or a new one.
+    fn spare(&mut self) -> String {
+        let free = self.made.iter().position(|b| Arc::strong_count(b) == 1);
+        let spare = free.and_then(|i| Arc::try_unwrap(self.made.swap_remove(i)).ok());
+        match spare {
+            Some(mut s) => {
+                s.clear();
+                s
+            }
+            None => String::with_capacity(CHUNK * 2),
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.buf.is_empty() || !self.open {
+            return;
+        }
+        let next = self.spare();
+        let full = Arc::new(std::mem::replace(&mut self.buf, next));
+        // The chunks not sent yet are at most CHUNKS_AHEAD and hyper's;
+        // beyond a few more, older ones are left to be freed when sent.
+        if self.made.len() >= CHUNKS_AHEAD * 3 {
+            self.made.remove(0);
+        }
+        self.made.push(full.clone());
+        let chunk = Bytes::from_owner(Chunk(full));
+        let sent = match &self.timer {
+            Some(rt) => match rt
+                .block_on(async { tokio::time::timeout(STALL, self.tx.send(chunk)).await })
+            {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    log_line(&format!(
+                        "redis read: a client took no data for {}s; its scrape is cut short",
+                        STALL.as_secs()
+                    ));
+                    false
+                }
+            },
+            None => self.tx.blocking_send(chunk).is_ok(),
+        };
+        if !sent {
+            // The connection is gone (or stalled): stop rendering.
+            self.open = false;
+        }
+    }
+}
+
+impl Out for Chunker {
+    fn start(&mut self, len: usize) {
+        let sent = self.len.take().map(|tx| tx.send(len as u64));
+        if sent != Some(Ok(())) {
+            self.open = false;
+        }
+    }
+
+    fn buf(&mut self) -> &mut String {
+        &mut self.buf
+    }
+
+    fn piece_done(&mut self) -> bool {
+        if self.buf.len() >= CHUNK {
+            self.flush();
+        }
+        self.open
+    }
 }
 
 impl ReadState {
@@ -157,28 +295,74 @@ impl ReadState {
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         c.found = found;
         c.at = Some(Instant::now());
-        c.text = None;
-        c.openmetrics = None;
     }
 
-    /// The body of a scrape in `format`, rendered from the last read.
-    fn render(&self, format: Format) -> Bytes {
-        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let done = match format {
-            Format::Text004 => &c.text,
-            Format::OpenMetrics100 => &c.openmetrics,
+    /// Starts rendering the body of a scrape in `format` from the last
+    /// read, on a thread of its own: the response sends the first chunks
+    /// while the next are rendered (200 large instances are 90 MB).
+    fn render(self: &Arc<Self>, format: Format) -> Streamed {
+        let (len_tx, len) = tokio::sync::oneshot::channel();
+        let (tx, chunks) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+        let st = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("redis-render".into())
+            .spawn(move || st.render_to(format, len_tx, tx));
+        if let Err(e) = spawned {
+            // The Streamed's ends went with the closure: a 500.
+            log_line(&format!("redis read: cannot start a rendering thread: {e}"));
+        }
+        Streamed { len, chunks }
+    }
+
+    fn render_to(
+        &self,
+        format: Format,
+        len: tokio::sync::oneshot::Sender<u64>,
+        tx: tokio::sync::mpsc::Sender<Bytes>,
+    ) {
+        let _slot = Slot::take(&self.renders);
+        let (found, mut scratch, made) = {
+            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                c.found.clone(),
+                std::mem::take(&mut c.scratch),
+                std::mem::take(&mut c.chunks),
+            )
         };
-        if let Some(b) = done {
-            return b.clone();
+        let mut out = Chunker {
+            len: Some(len),
+            tx,
+            // Without a timer (the system would not make one), a stalled
+            // client holds its slot until its connection is dropped.
+            timer: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .ok(),
+            buf: String::new(),
+            made,
+            open: true,
+        };
+        out.buf = out.spare();
+        let done = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            render_found(
+                found.as_deref(),
+                &self.bad,
+                log_line,
+                format,
+                &mut scratch,
+                &mut out,
+            );
+            out.flush();
+        }));
+        if done.is_err() {
+            // The response gets a 500, or an incomplete body.
+            log_line("redis read: rendering metrics panicked");
+            return;
         }
-        let found = c.found.clone();
-        let body =
-            Bytes::from(render_found(found.as_deref(), &mut c.bad, log_line, format).into_bytes());
-        match format {
-            Format::Text004 => c.text = Some(body.clone()),
-            Format::OpenMetrics100 => c.openmetrics = Some(body.clone()),
-        }
-        body
+        drop(found);
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.scratch = scratch;
+        c.chunks = std::mem::take(&mut out.made);
     }
 }
 

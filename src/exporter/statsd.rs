@@ -29,14 +29,14 @@
 //! leaves its counts to the next flush; the outage is logged once.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::collect::{live_workers, read_consistent, Source};
 use crate::config::{Statsd, StatsdAddr};
 use crate::metrics::store::{duration_bounds, MAX_DURATION_BUCKETS, STATUSES, STATUS_MIN};
-use crate::redis::push::Stop;
+use crate::redis::push::{Beat, Stop, Ticker};
 use crate::shm::{Shm, StatsdSent};
 
 /// How often the changes are sent.
@@ -366,7 +366,7 @@ impl Sender {
     /// included; `drained` says so), at most `drain_limit` later.
     pub async fn run(
         mut self,
-        mut stop: watch::Receiver<Option<Stop>>,
+        stop: watch::Receiver<Option<Stop>>,
         drained: impl Fn() -> bool,
         drain_limit: Duration,
     ) {
@@ -375,27 +375,14 @@ impl Sender {
             self.target(),
             FLUSH_EVERY.as_secs_f64()
         );
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = Ticker::new(FLUSH_EVERY, stop);
         let why = loop {
-            if let Some(why) = *stop.borrow() {
-                break why;
-            }
-            tokio::select! {
-                _ = tick.tick() => self.flush().await,
-                changed = stop.changed() => {
-                    if changed.is_err() {
-                        break Stop::Restart;
-                    }
-                }
+            match ticker.next().await {
+                Beat::Tick => self.flush().await,
+                Beat::Stop(why) => break why,
             }
         };
-        if why == Stop::Shutdown {
-            let limit = Instant::now() + drain_limit;
-            while !drained() && Instant::now() < limit {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        why.wait_drained(drained, drain_limit).await;
         self.flush().await;
     }
 

@@ -29,6 +29,65 @@ pub enum Stop {
     Restart,
 }
 
+/// What a [`Ticker`] says next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Time for the periodic work (a push, a flush).
+    Tick,
+    /// Stop ticking, for this reason.
+    Stop(Stop),
+}
+
+/// The loop of the exporter's periodic tasks (the Redis push, the statsd
+/// flush): a tick every interval, the first at once (a late tick is
+/// delayed, not bunched up with the next), until the server says why it
+/// stops (then [`Stop::wait_drained`] before the last push or flush).
+pub struct Ticker {
+    tick: tokio::time::Interval,
+    stop: watch::Receiver<Option<Stop>>,
+}
+
+impl Ticker {
+    pub fn new(every: Duration, stop: watch::Receiver<Option<Stop>>) -> Ticker {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker { tick, stop }
+    }
+
+    /// The next tick, or why to stop (a server gone without saying why
+    /// counts as a restart).
+    pub async fn next(&mut self) -> Beat {
+        loop {
+            if let Some(why) = *self.stop.borrow() {
+                return Beat::Stop(why);
+            }
+            tokio::select! {
+                _ = self.tick.tick() => return Beat::Tick,
+                changed = self.stop.changed() => {
+                    if changed.is_err() {
+                        return Beat::Stop(Stop::Restart);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Stop {
+    /// At a shutdown, waits until `drained()` (the workers are gone) or
+    /// `limit` has passed, so that a last push or flush has the workers'
+    /// final counts; at a restart, returns at once.
+    pub async fn wait_drained(self, drained: impl Fn() -> bool, limit: Duration) {
+        if self != Stop::Shutdown {
+            return;
+        }
+        let until = Instant::now() + limit;
+        while !drained() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// What the local /metrics shows about the pushes.
 #[derive(Debug, Default, Clone)]
 pub struct PushStats {
@@ -151,7 +210,7 @@ impl Pusher {
     /// it, up to `drain_limit`, so that it has their final counts).
     pub async fn run(
         mut self,
-        mut stop: watch::Receiver<Option<Stop>>,
+        stop: watch::Receiver<Option<Stop>>,
         drained: impl Fn() -> bool,
         drain_limit: Duration,
     ) {
@@ -162,28 +221,14 @@ impl Pusher {
             self.instance,
             self.key
         );
-        let mut tick = tokio::time::interval(self.settings.push_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = Ticker::new(self.settings.push_interval, stop);
         let why = loop {
-            if let Some(why) = *stop.borrow() {
-                break why;
-            }
-            tokio::select! {
-                _ = tick.tick() => self.push().await,
-                changed = stop.changed() => {
-                    if changed.is_err() {
-                        // The server is gone without saying why: treat as a restart.
-                        break Stop::Restart;
-                    }
-                }
+            match ticker.next().await {
+                Beat::Tick => self.push().await,
+                Beat::Stop(why) => break why,
             }
         };
-        if why == Stop::Shutdown {
-            let limit = Instant::now() + drain_limit;
-            while !drained() && Instant::now() < limit {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        why.wait_drained(drained, drain_limit).await;
         match (why, self.settings.ttl_seconds) {
             (Stop::Shutdown, None) => self.remove().await,
             _ => self.push().await,
@@ -243,5 +288,73 @@ impl Pusher {
         if self.link.query::<()>(&pipe).await.is_some() {
             crate::log_info!("redis push: removed {} at shutdown", self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn ticker_ticks_until_told_why_to_stop() {
+        block_on(async {
+            let (tx, rx) = watch::channel(None);
+            let mut t = Ticker::new(Duration::from_secs(3600), rx);
+            let t0 = Instant::now();
+            // The first tick at once; a stop without waiting for the next.
+            assert_eq!(t.next().await, Beat::Tick);
+            tx.send(Some(Stop::Shutdown)).expect("send");
+            assert_eq!(t.next().await, Beat::Stop(Stop::Shutdown));
+            assert_eq!(t.next().await, Beat::Stop(Stop::Shutdown));
+            assert!(t0.elapsed() < Duration::from_secs(60));
+
+            // Ticks keep coming at the interval.
+            let (tx, rx) = watch::channel(None);
+            let mut t = Ticker::new(Duration::from_millis(20), rx);
+            let t0 = Instant::now();
+            for _ in 0..4 {
+                assert_eq!(t.next().await, Beat::Tick);
+            }
+            assert!(t0.elapsed() >= Duration::from_millis(60));
+            // The server gone without saying why: a restart.
+            drop(tx);
+            assert_eq!(t.next().await, Beat::Stop(Stop::Restart));
+        });
+    }
+
+    #[test]
+    fn a_shutdown_waits_for_the_drain_a_restart_does_not() {
+        block_on(async {
+            let t0 = Instant::now();
+            Stop::Restart
+                .wait_drained(|| false, Duration::from_secs(30))
+                .await;
+            assert!(t0.elapsed() < Duration::from_secs(20));
+            Stop::Shutdown
+                .wait_drained(|| false, Duration::from_millis(100))
+                .await;
+            assert!(t0.elapsed() >= Duration::from_millis(100));
+            let calls = std::cell::Cell::new(0);
+            let t1 = Instant::now();
+            Stop::Shutdown
+                .wait_drained(
+                    || {
+                        calls.set(calls.get() + 1);
+                        calls.get() >= 3
+                    },
+                    Duration::from_secs(30),
+                )
+                .await;
+            assert_eq!(calls.get(), 3);
+            assert!(t1.elapsed() < Duration::from_secs(20));
+        });
     }
 }

@@ -3,7 +3,9 @@
 //! of the fetched bytes, checked once here. `exporter::view` copies the
 //! lines into the exposition and adds up the sums.
 
-use super::codec::{self, Cursor, MAGIC, SHAPE_HIST, SHAPE_RAW, SHAPE_SCALAR, VERSION};
+use super::codec::{
+    self, Cursor, MAGIC, SHAPE_HIST, SHAPE_RAW, SHAPE_SCALAR, VERSION, VERSION_PLAIN,
+};
 use crate::metrics::model::Kind;
 
 /// One pushed document, borrowing from its bytes.
@@ -83,12 +85,27 @@ impl Val<'_> {
     }
 }
 
-/// Reads and checks a document: a malformed family or sample drops the
-/// whole document (rather than serving half of an instance).
-pub fn decode(bytes: &[u8]) -> Result<Doc<'_>, String> {
+/// A document's header, and its families' bytes as they came.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    pub host: &'a str,
+    pub instance: &'a str,
+    body: Body<'a>,
+}
+
+#[derive(Debug)]
+enum Body<'a> {
+    /// Version 2: the families as they are.
+    Plain(&'a [u8]),
+    /// Version 3: an LZ4 block and the size it decompresses to.
+    Lz4 { raw: usize, data: &'a [u8] },
+}
+
+/// Reads a document's header (no decompression yet).
+pub fn open(bytes: &[u8]) -> Result<Envelope<'_>, String> {
     if bytes.first() == Some(&b'{') {
         return Err(format!(
-            "format version 1 (JSON), this ferrocorn reads {VERSION}"
+            "format version 1 (JSON), this ferrocorn reads {VERSION_PLAIN} and {VERSION}"
         ));
     }
     let mut c = Cursor::new(bytes);
@@ -96,29 +113,86 @@ pub fn decode(bytes: &[u8]) -> Result<Doc<'_>, String> {
         return Err("not a ferrocorn document".to_owned());
     }
     let v = c.u8()?;
-    if v != VERSION {
+    if v != VERSION && v != VERSION_PLAIN {
         return Err(format!(
-            "format version {v}, this ferrocorn reads {VERSION}"
+            "format version {v}, this ferrocorn reads {VERSION_PLAIN} and {VERSION}"
         ));
     }
     let host = c.str()?;
     let instance = c.str()?;
     let _time = c.f64()?;
+    let body = if v == VERSION {
+        let raw = c.length()?;
+        Body::Lz4 {
+            raw,
+            data: c.take(c.left())?,
+        }
+    } else {
+        Body::Plain(c.take(c.left())?)
+    };
+    Ok(Envelope {
+        host,
+        instance,
+        body,
+    })
+}
+
+impl<'a> Envelope<'a> {
+    /// The families' bytes of an uncompressed document.
+    pub fn plain(&self) -> Option<&'a [u8]> {
+        match self.body {
+            Body::Plain(b) => Some(b),
+            Body::Lz4 { .. } => None,
+        }
+    }
+
+    /// The size of the families once decompressed (0: not compressed).
+    pub fn raw_len(&self) -> usize {
+        match self.body {
+            Body::Plain(_) => 0,
+            Body::Lz4 { raw, .. } => raw,
+        }
+    }
+
+    /// A compressed document's families, decompressed into `buf`; an
+    /// uncompressed one leaves `buf` alone.
+    pub fn inflate(&self, buf: &mut Vec<u8>) -> Result<(), String> {
+        match self.body {
+            Body::Plain(_) => Ok(()),
+            Body::Lz4 { raw, data } => codec::inflate(data, raw, buf),
+        }
+    }
+}
+
+/// Reads and checks a document, decompressing it into `buf` if it is
+/// compressed: a malformed family or sample drops the whole document
+/// (rather than serving half of an instance).
+pub fn decode<'a>(bytes: &'a [u8], buf: &'a mut Vec<u8>) -> Result<Doc<'a>, String> {
+    let env = open(bytes)?;
+    env.inflate(buf)?;
+    let body = env.plain().unwrap_or(&buf[..]);
+    Ok(Doc {
+        host: env.host,
+        instance: env.instance,
+        families: families(body)?,
+    })
+}
+
+/// Reads and checks a document's families (`families` in `codec`),
+/// decompressed.
+pub fn families(body: &[u8]) -> Result<Vec<Fam<'_>>, String> {
+    let mut c = Cursor::new(body);
     let n = c.length()?;
     // Each family takes at least 21 bytes: no allocation beyond what the
     // document could hold.
-    let mut families = Vec::with_capacity(n.min(bytes.len() / 21));
+    let mut families = Vec::with_capacity(n.min(body.len() / 21));
     for _ in 0..n {
         families.push(family(&mut c)?);
     }
     if !c.at_end() {
         return Err("trailing bytes after the last family".to_owned());
     }
-    Ok(Doc {
-        host,
-        instance,
-        families,
-    })
+    Ok(families)
 }
 
 /// A block of lines: empty, or ending in a newline (so that a block can be
