@@ -933,6 +933,10 @@ def test_a_client_that_does_not_read_holds_up_no_one(server, writer):
     s = server(ASGI + ["-w", "1", "asgiapp:app"], env={"FERROCORN_ASGI_WRITER": writer})
     assert_asgi(s)
     (worker,) = s.children()
+    # a response that took the app a millisecond goes to the writer (one
+    # that took it a few microseconds is written at once)
+    r = requests.get(s.url + "/big?n=100&s=0.001", timeout=10)
+    assert r.status_code == 200 and len(r.content) == 100
     names = _thread_names(worker)
     assert ("ferrocorn-write" in names) == (writer == "thread"), names
     n = 60000
@@ -943,7 +947,7 @@ def test_a_client_that_does_not_read_holds_up_no_one(server, writer):
         c = socket.socket()
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
         c.connect(("127.0.0.1", s.port))
-        c.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: h\r\n\r\n" % n * pipelined)
+        c.sendall(b"GET /big?n=%d&s=0.0001 HTTP/1.1\r\nHost: h\r\n\r\n" % n * pipelined)
         stuck.append(c)
     time.sleep(0.3)
     t0 = time.monotonic()

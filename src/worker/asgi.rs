@@ -739,6 +739,11 @@ impl CycleState {
         {
             return false;
         }
+        // A request that took the app little time costs less to write
+        // here than to hand over (measured: docs/architecture.md).
+        if self.rec.t0.elapsed() < super::asgi_writer::MIN_APP_TIME {
+            return false;
+        }
         let out = self.enc.out();
         if out.is_empty() || out.len() > super::asgi_writer::MAX_DEFERRED {
             return false;

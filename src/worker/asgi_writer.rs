@@ -25,6 +25,11 @@ use crate::conn::{Resumer, Served};
 /// The largest final message handed to the writer.
 pub const MAX_DEFERRED: usize = 64 * 1024;
 
+/// Requests that ran for less (from their head to their last message) are
+/// written on the Python thread: for a hello-world handler the hand-off
+/// costs more than the write it saves (docs/architecture.md).
+pub const MIN_APP_TIME: Duration = Duration::from_micros(20);
+
 /// One response's last bytes and what to do once they are out. The bytes
 /// go through the connection's transport (a TLS session encrypts them).
 pub struct Job {

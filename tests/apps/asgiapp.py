@@ -144,6 +144,8 @@ async def app(scope, receive, send):
         return
     if path == "/big":
         n = int(q.get("n", "60000"))
+        if "s" in q:
+            await asyncio.sleep(float(q["s"]))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": bytes(range(256)) * (n // 256) + b"x" * (n % 256)})
         return
