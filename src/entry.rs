@@ -190,6 +190,7 @@ fn serve(argv: Vec<OsString>, mut ctx: StartCtx) -> i32 {
     for w in cfg.warnings() {
         log_warning!("{w}");
     }
+    process::raise_open_files_limit();
     let hooks = match Python::attach(|py| {
         hooks::Hooks::new(py, &cfg).map_err(|e| python::format_err(py, &e))
     }) {

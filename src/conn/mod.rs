@@ -51,6 +51,8 @@ const NO_EXIT: i64 = i64::MIN;
 /// How long a stopping worker keeps an idle connection open for a request
 /// the client may already have sent (at most --keep-alive).
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// How long accepting pauses when the worker is out of file descriptors.
+const FD_PAUSE: Duration = Duration::from_millis(100);
 /// Connections accepted per listener before the loop looks at the others.
 const ACCEPT_BATCH: usize = 16;
 
@@ -358,6 +360,10 @@ pub struct Loop<H: Handler> {
     listeners: Listeners,
     /// Listeners whose accept batch was cut short (see `accept`).
     accept_pending: Vec<usize>,
+    /// Out of file descriptors (EMFILE/ENFILE at accept): accepting is
+    /// paused until then, and the episode was logged once.
+    fd_pause: Option<Instant>,
+    fd_episode: bool,
     conns: Slab<Conn<H::ConnState>>,
     handler: H,
     settings: Settings,
@@ -453,6 +459,8 @@ impl<H: Handler> Loop<H> {
             signals,
             listeners,
             accept_pending: Vec::new(),
+            fd_pause: None,
+            fd_episode: false,
             conns: Slab::with_capacity(64),
             handler,
             settings,
@@ -499,6 +507,8 @@ impl<H: Handler> Loop<H> {
             // Listeners with connections left over from the last batch:
             // just collect ready events, then accept more.
             Duration::ZERO
+        } else if let Some(until) = self.fd_pause {
+            until.saturating_duration_since(Instant::now())
         } else if self.draining.is_some() {
             // Wake often enough to close idle connections at their
             // (short) drain deadlines.
@@ -670,11 +680,18 @@ impl<H: Handler> Loop<H> {
             let (fd, addr) = match listen::accept(l) {
                 Ok(Some(c)) => c,
                 Ok(None) => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.out_of_descriptors(&e);
+                    return;
+                }
                 Err(e) => {
                     crate::log_error!("accept() failed: {e}");
                     return;
                 }
             };
+            if std::mem::take(&mut self.fd_episode) {
+                crate::log_info!("accepting again: file descriptors are free");
+            }
             let s = &self.settings;
             let peer = Peer {
                 addr,
@@ -790,11 +807,32 @@ impl<H: Handler> Loop<H> {
         true
     }
 
+    /// accept() found no free descriptor: the connection stays queued, and
+    /// accepting pauses for FD_PAUSE (retrying at once would spin: the
+    /// listener stays readable). One log line per episode.
+    fn out_of_descriptors(&mut self, e: &std::io::Error) {
+        if !self.fd_episode {
+            self.fd_episode = true;
+            crate::log_error!(
+                "accept() failed: {e}; accepting pauses {} ms at a time until descriptors are free (raise the open files limit, or lower --worker-connections)",
+                FD_PAUSE.as_millis()
+            );
+        }
+        self.listeners.pause(self.poll.registry());
+        self.fd_pause = Some(Instant::now() + FD_PAUSE);
+    }
+
     /// Accepting was paused at the connection limit: resume once there is
     /// room, or an idle connection that could make room.
     fn maybe_resume(&mut self) {
         if self.listeners.accepting() || !self.life.alive || self.exiting() {
             return;
+        }
+        if let Some(until) = self.fd_pause {
+            if Instant::now() < until {
+                return;
+            }
+            self.fd_pause = None;
         }
         let room = self.conns.len() < self.conn_limit()
             || (self.conns.len() >= self.settings.max_conns

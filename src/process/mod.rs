@@ -49,6 +49,22 @@ pub fn die_with_master(master_pid: u32) -> bool {
     nix::unistd::getppid().as_raw() as u32 == master_pid
 }
 
+/// Raises the soft limit of open files to the hard limit, for the master
+/// and the workers it forks (each connection is a descriptor; systemd and
+/// shells often start services at 1024). Logged at debug; a failure is
+/// only logged: the server runs with the limit it has.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => crate::log_debug!("open files limit raised from {soft} to {hard}"),
+            Err(e) => crate::log_debug!("raising the open files limit from {soft} to {hard}: {e}"),
+        },
+        Ok((soft, _)) => crate::log_debug!("open files limit: {soft} (already the hard limit)"),
+        Err(e) => crate::log_debug!("reading the open files limit: {e}"),
+    }
+}
+
 /// Resident memory of process `pid` in bytes (`/proc/PID/statm`'s second
 /// field, in pages); None when it cannot be read (the process is gone).
 pub fn rss_bytes(pid: i32) -> Option<u64> {
