@@ -34,7 +34,7 @@ impl Parsed {
 }
 
 /// The help's `[default]`, as gunicorn's `"%s [%s]" % (short, default)`.
-fn default_text(s: &Setting) -> String {
+pub(super) fn default_text(s: &Setting) -> String {
     match s.default {
         DefaultValue::None => "None".to_owned(),
         // `--no-metrics`: the flag turns off something that is on.

@@ -32,7 +32,8 @@ prometheus_ssl_certfile prometheus_ssl_keyfile prometheus_ssl_client_cafile \
 prometheus_ssl_client_capath prometheus_ssl_client_auth_required prometheus_multiproc_dir \
 cleanup_db_files metrics_duration_buckets keep_dead_worker_gauges redis_enabled redis_url redis_cluster_nodes redis_sentinel_nodes redis_sentinel_service redis_host redis_port \
 redis_db redis_password redis_key_prefix redis_ttl_seconds redis_ttl_disabled \
-redis_push_interval redis_instance";
+redis_push_interval redis_instance max_worker_memory max_worker_lifetime \
+max_worker_lifetime_jitter access_log_json";
 
 /// A fresh, empty directory for one test.
 fn tmpdir() -> PathBuf {
@@ -855,6 +856,27 @@ fn compatibility_doc_is_in_sync() {
             "{} missing",
             s.name
         );
+    }
+}
+
+#[test]
+fn man_page_is_in_sync() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man/ferrocorn.1");
+    let want = super::man::man_page(env!("CARGO_PKG_VERSION"));
+    if std::env::var_os("UPDATE_COMPAT_DOC").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &want).unwrap();
+        return;
+    }
+    let page = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        page == want,
+        "man/ferrocorn.1 is out of date: run UPDATE_COMPAT_DOC=1 cargo test"
+    );
+    for s in SETTINGS {
+        for f in s.cli {
+            assert!(page.contains(&f.replace('-', "\\-")), "{f} missing");
+        }
     }
 }
 
