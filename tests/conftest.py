@@ -96,9 +96,9 @@ def _worker_kind_proof(pid):
             pass
     with open("/proc/%d/maps" % pid) as f:
         maps = f.read()
-    # The TLS handshake thread (TLS listeners) runs no Python: not a sign
-    # of the kind.
-    names = [n for n in names if n != "tls-handshake"]
+    # The TLS handshake thread (TLS listeners) runs no Python, and the
+    # --reload watcher runs in every kind: neither is a sign of the kind.
+    names = [n for n in names if n not in ("tls-handshake", "fc-reloader")]
     return {
         "threads": len(names),
         "gthreads": sum(1 for n in names if n.startswith("gthread-")),

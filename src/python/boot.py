@@ -345,9 +345,17 @@ def start_reloader(engine, extra_files, on_change, log_warning):
                     return
                 break
 
+    def run():
+        # The thread's name in ps/top (and for the tests' worker-kind proof).
+        try:
+            with open("/proc/self/task/%d/comm" % threading.get_native_id(), "w") as f:
+                f.write("fc-reloader")
+        except OSError:
+            pass
+        (watch if inotify is not None else poll)()
+
     log_warning("Reloader is on. Use in development only!")
-    t = threading.Thread(target=watch if inotify is not None else poll, name="ferrocorn-reloader", daemon=True)
-    t.start()
+    threading.Thread(target=run, name="fc-reloader", daemon=True).start()
 
 
 def install_abort_handler(on_abort, log_error):
