@@ -182,7 +182,7 @@ def test_app_errors(asgi_srv):
     r = requests.get(asgi_srv.url + "/raise", timeout=10)
     assert r.status_code == 500
     asgi_srv.wait_log("ValueError: boom")
-    assert "Exception in ASGI application" in asgi_srv.log()
+    assert "Error in ASGI application" in asgi_srv.log()
     r = requests.get(asgi_srv.url + "/noresponse", timeout=10)
     assert r.status_code == 500
     asgi_srv.wait_log("ASGI callable returned without starting response")
@@ -860,7 +860,7 @@ def test_disconnect_grace_period_cancels_the_task(server):
     # cancelled after the grace period, not before
     assert 0.8 < took < 4, took
     assert st["tasks"] <= base["tasks"], (base, st)
-    assert "Exception in ASGI application" not in s.log()
+    assert "Error in ASGI application" not in s.log()
 
 
 def test_connection_burst(server):

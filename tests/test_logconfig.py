@@ -299,3 +299,58 @@ def test_access_log_json_under_a_logging_configuration(server, tmp_path):
     rec = json.loads(msg)
     assert name == "gunicorn.access"
     assert rec["r"] == "GET /pid?a=%22b HTTP/1.1" and rec["{x-test}i"] == 'say "100%"', rec
+
+
+EXC_CONFIG = '''
+import logging, json
+
+class ExcInfo(logging.Handler):
+    """Writes, for each gunicorn.error record at ERROR, what its exc_info
+    holds: the exception object itself, as Sentry's handler takes it."""
+    def emit(self, record):
+        if record.levelno < logging.ERROR:
+            return
+        e = record.exc_info
+        with open(%r, "a") as f:
+            f.write(json.dumps({
+                "message": record.getMessage(),
+                "exc_type": e[0].__name__ if e else None,
+                "exc_str": str(e[1]) if e else None,
+                "tb_frames": len(__import__("traceback").extract_tb(e[2])) if e else 0,
+            }) + "\\n")
+
+logconfig_dict = {
+    "root": {"level": "INFO", "handlers": []},
+    "handlers": {"exc": {"()": ExcInfo}},
+    "loggers": {"gunicorn.error": {"handlers": ["exc"], "level": "INFO", "propagate": False}},
+}
+
+def pre_request(worker, req):
+    if req.path == "/hook-raises":
+        raise KeyError("from pre_request")
+'''
+
+
+@pytest.mark.parametrize("kind,path,message,exc", [
+    (["wsgiapp:app"], "/error", "Error handling request GET /error",
+     ("RuntimeError", "intentional error from /error")),
+    (["wsgiapp:app"], "/hook-raises", "Error handling request GET /hook-raises",
+     ("KeyError", "'from pre_request'")),
+    (["-k", "gthread", "wsgiapp:app"], "/error", "Error handling request GET /error",
+     ("RuntimeError", "intentional error from /error")),
+    (["-k", "asgi", "asgiapp:app"], "/raise", "Error in ASGI application", ("ValueError", "boom")),
+], ids=["sync-app", "sync-hook", "gthread-app", "asgi-app"])
+def test_exception_records_carry_exc_info(server, tmp_path, kind, path, message, exc):
+    """An app's or a hook's exception reaches the configured handlers with
+    exc_info set to the exception (type, value, traceback), as gunicorn's
+    log.exception gives it, not only as text in the message."""
+    out = str(tmp_path / "exc.jsonl")
+    s = server(["-w", "1"] + kind, config_text=EXC_CONFIG % out)
+    assert requests.get(s.url + path, timeout=10).status_code == 500
+    recs = wait_until(lambda: [json.loads(x) for x in read_lines(out)],
+                      lambda rs: any(r["message"].startswith(message) for r in rs), 10)
+    [r] = [r for r in recs if r["message"].startswith(message)]
+    assert (r["exc_type"], r["exc_str"]) == exc, r
+    assert r["tb_frames"] >= 1, r
+    # the message is the message: the traceback is in exc_info, not appended
+    assert "Traceback" not in r["message"], r

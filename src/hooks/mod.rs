@@ -708,9 +708,11 @@ impl Hooks {
         let traceback = format_exc(py, &e);
         let message = e.value(py).str().map(|s| s.to_string()).unwrap_or_default();
         match report {
-            Report::MainLoop => log_exception("Unhandled exception in main loop", &traceback),
+            Report::MainLoop => {
+                log_py_exception(py, "Unhandled exception in main loop", &e, &traceback)
+            }
             Report::WorkerProcess => {
-                log_exception("Exception in worker process", &traceback);
+                log_py_exception(py, "Exception in worker process", &e, &traceback);
                 to_stderr(&format!("{message}\n"));
             }
             Report::Uncaught => {
@@ -720,8 +722,10 @@ impl Hooks {
                     to_stderr(&format!("{traceback}\n"));
                 }
             }
-            Report::Request(what) => log_exception(&what, &traceback),
-            Report::PostRequest => log_exception("Exception in post_request hook", &traceback),
+            Report::Request(what) => log_py_exception(py, &what, &e, &traceback),
+            Report::PostRequest => {
+                log_py_exception(py, "Exception in post_request hook", &e, &traceback)
+            }
             Report::WorkerExit => log_write(
                 Level::Warning,
                 &format!("Exception during worker exit:\n{traceback}\n"),
@@ -910,6 +914,16 @@ fn log_exception(msg: &str, traceback: &str) {
         return;
     }
     crate::log::exception(msg, traceback);
+}
+
+/// An exception a hook raised, as gunicorn's `log.exception` (with
+/// `exc_info` under a logging configuration).
+fn log_py_exception(py: Python<'_>, msg: &str, e: &PyErr, traceback: &str) {
+    #[cfg(test)]
+    if tests::capture(Some(Level::Error), &format!("{msg}\n{traceback}")) {
+        return;
+    }
+    crate::python::log_exception_as(py, msg, e, || traceback.to_owned());
 }
 
 fn log_write(level: Level, msg: &str) {

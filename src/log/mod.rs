@@ -410,6 +410,11 @@ pub fn exception(msg: &str, traceback: &str) {
     if !enabled(Level::Error) {
         return;
     }
+    emit_exception(msg, traceback);
+}
+
+/// The ERROR line of an exception: `msg`, a newline, the traceback text.
+fn emit_exception(msg: &str, traceback: &str) {
     emit(Level::Error, |b| {
         b.extend_from_slice(msg.as_bytes());
         let tb = traceback.strip_suffix('\n').unwrap_or(traceback);
@@ -420,6 +425,32 @@ pub fn exception(msg: &str, traceback: &str) {
             b.extend_from_slice(tb.as_bytes());
         }
     });
+}
+
+/// gunicorn's `log.exception(msg)` for an exception Python still holds.
+/// Under a logging configuration, `to_python` hands the record to
+/// `gunicorn.error` with the exception as its `exc_info`, so the user's
+/// handlers (Sentry's, a JSON formatter's `exc_info` field) get the
+/// exception itself rather than its text; it returns whether it could.
+/// Otherwise (or when it could not) the line is `msg` and `traceback()`,
+/// as [`exception`] writes it.
+pub fn exception_with(
+    msg: &str,
+    to_python: impl FnOnce() -> bool,
+    traceback: impl FnOnce() -> String,
+) {
+    count(3);
+    if !enabled(Level::Error) {
+        return;
+    }
+    if py_sink().is_some() && to_python() {
+        if syslog::configured() {
+            syslog::error(Level::Error, format!("{msg}\n{}", traceback()).as_bytes());
+        }
+        return;
+    }
+    let tb = traceback();
+    emit_exception(msg, &tb);
 }
 
 /// Builds `[stamp] [pid] [LEVEL] <body>\n` and writes it with one write(2).

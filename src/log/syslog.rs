@@ -240,6 +240,12 @@ fn severity(level: Level) -> u8 {
     }
 }
 
+/// Whether records go to syslog (so a caller knows whether the text of a
+/// record that took another way is still needed).
+pub(super) fn configured() -> bool {
+    current().is_some()
+}
+
 /// Sends an error-log record (its message, without the stamp).
 pub(super) fn error(level: Level, msg: &[u8]) {
     if let Some(t) = current() {

@@ -606,6 +606,13 @@ def log_error(levelno, msg):
     _loggers[0].log(levelno, msg)
 
 
+def log_exception(msg, etype, value, tb):
+    """gunicorn's log.exception(msg) from ferrocorn: the record carries the
+    exception as exc_info, for handlers that want it (Sentry's, JSON
+    formatters)."""
+    _loggers[0].error(msg, exc_info=(etype, value, tb))
+
+
 def log_access(atoms, environ):
     """One access record, as glogging.Logger.access logs it: the message is
     access_log_format, `args` the SafeAtoms (with `{key}e` environ atoms when

@@ -252,6 +252,45 @@ pub fn format_err(py: Python<'_>, err: &PyErr) -> String {
     formatted.unwrap_or_else(|_| err.to_string())
 }
 
+/// gunicorn's `log.exception(msg)` for `err`: under a logging
+/// configuration the `gunicorn.error` record carries the exception as its
+/// `exc_info` ([`crate::log::exception_with`]); otherwise the line is
+/// `msg` and the traceback.
+pub fn log_exception(py: Python<'_>, msg: &str, err: &PyErr) {
+    log_exception_as(py, msg, err, || format_err(py, err));
+}
+
+/// [`log_exception`] with the traceback text already made (or made
+/// another way) by the caller.
+pub fn log_exception_as(
+    py: Python<'_>,
+    msg: &str,
+    err: &PyErr,
+    traceback: impl FnOnce() -> String,
+) {
+    let to_python = || {
+        let r = boot(py).and_then(|b| {
+            // The traceback is passed explicitly: on Python < 3.12 a
+            // fetched exception's value does not carry `__traceback__`.
+            b.call_method1(
+                "log_exception",
+                (msg, err.get_type(py), err.value(py), err.traceback(py)),
+            )
+        });
+        match r {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!(
+                    "ferrocorn: logging an exception through Python failed: {}",
+                    format_err(py, &e)
+                );
+                false
+            }
+        }
+    };
+    crate::log::exception_with(msg, to_python, traceback);
+}
+
 /// True when `err` is boot.AppImportError (gunicorn's APP_LOAD_ERROR case).
 pub fn is_app_import_error(py: Python<'_>, err: &PyErr) -> bool {
     boot(py)

@@ -328,10 +328,8 @@ fn app_failure(
     let err = PyErr::from_value(e);
     let exit = crate::python::system_exit_code(py, &err);
     if exit.is_none() && log {
-        crate::log_error!(
-            "Exception in ASGI application\n{}",
-            crate::python::format_err(py, &err)
-        );
+        // gunicorn 27's asgi worker: log.exception("Error in ASGI application").
+        crate::python::log_exception(py, "Error in ASGI application", &err);
     }
     let error = AppError {
         error_type: err

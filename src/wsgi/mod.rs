@@ -711,13 +711,14 @@ impl Wsgi {
                 // a SystemExit (the timeout abort) is answered the same way.
                 // (gunicorn's log.exception: statsd counts it as
                 // gunicorn.log.exception, not as an error line.)
-                crate::log::exception(
+                crate::python::log_exception(
+                    py,
                     &format!(
                         "Error handling request {} {}",
                         item("REQUEST_METHOD"),
                         raw_uri
                     ),
-                    &crate::python::format_err(py, &e),
+                    &e,
                 );
                 if !resp.enc.headers_sent() {
                     // Nothing was sent yet: answer 500 like gunicorn's handle_error.
