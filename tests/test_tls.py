@@ -221,6 +221,33 @@ def test_ciphers_select_the_suite(server, pki):
     assert https(s, "/", client_ctx(pki, ssl.TLSVersion.TLSv1_3))[2] == "TLSv1.3"
 
 
+def test_the_ciphers_lists_order_decides(server, pki):
+    """As Python's server contexts (OP_CIPHER_SERVER_PREFERENCE), the
+    server's order wins over the client's."""
+    s = tls_server(server, pki, "--ciphers",
+                   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256", "-w", "1",
+                   "wsgiapp:app")
+    ctx = client_ctx(pki, ssl.TLSVersion.TLSv1_2)
+    # the client prefers AES-128; the list puts ChaCha20 first
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305")
+    _, _, _, cipher, c = https(s, "/", ctx)
+    c.close()
+    assert cipher == "ECDHE-ECDSA-CHACHA20-POLY1305"
+
+
+@pytest.mark.ferrocorn_only
+def test_without_ciphers_aes128_comes_first(server, pki):
+    """ferrocorn's own order without `ciphers`: AES-128-GCM first (a
+    cheaper handshake; gunicorn's OpenSSL default puts AES-256 first)."""
+    s = tls_server(server, pki, "-w", "1", "wsgiapp:app")
+    # Python's client offers TLS_AES_256_GCM_SHA384 first
+    for version, want in [(ssl.TLSVersion.TLSv1_3, ("TLSv1.3", "TLS_AES_128_GCM_SHA256")),
+                          (ssl.TLSVersion.TLSv1_2, ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"))]:
+        _, _, v, cipher, c = https(s, "/", client_ctx(pki, version))
+        c.close()
+        assert (v, cipher) == want
+
+
 @pytest.mark.parametrize("ciphers,named", [
     ("ECDHE-ECDSA-AES128-GCM-SHA256:NOT-A-CIPHER", "NOT-A-CIPHER"),
     ("AES128-SHA", "AES128-SHA"),

@@ -295,6 +295,25 @@ pub fn select(list: &str) -> Result<Selection, String> {
     })
 }
 
+/// The suites served when `ciphers` is not set, in the server's order of
+/// preference: every suite, with AES-128-GCM before AES-256-GCM in each
+/// group (as Go's crypto/tls). A TLS 1.3 handshake with a SHA-256 suite
+/// costs the server about a quarter less than with the SHA-384 one
+/// (HKDF over SHA-256 has the CPU's SHA instructions; SHA-384 has none),
+/// and AES-128 is as safe a choice for the life of a connection.
+pub fn default_order() -> Vec<SupportedCipherSuite> {
+    let all = suites();
+    let rank = |s: &Suite| {
+        let tls12 = !s.tags.contains(&"TLSv1.3");
+        let aes128 = s.iana.contains("AES_128");
+        (tls12, s.tags.contains(&"RSA"), !aes128)
+    };
+    let mut order: Vec<&Suite> = all.iter().collect();
+    // A stable sort: the table's order stays within equal ranks.
+    order.sort_by_key(|s| rank(s));
+    order.into_iter().map(|s| s.suite).collect()
+}
+
 /// The OpenSSL name of a rustls suite (for messages).
 pub fn openssl_name(s: SupportedCipherSuite) -> String {
     suites()
@@ -315,6 +334,25 @@ mod tests {
             .into_iter()
             .map(openssl_name)
             .collect()
+    }
+
+    #[test]
+    fn default_order_puts_aes128_first() {
+        let v: Vec<String> = default_order().into_iter().map(openssl_name).collect();
+        assert_eq!(
+            v,
+            [
+                "TLS_AES_128_GCM_SHA256",
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_CHACHA20_POLY1305_SHA256",
+                "ECDHE-ECDSA-AES128-GCM-SHA256",
+                "ECDHE-ECDSA-AES256-GCM-SHA384",
+                "ECDHE-ECDSA-CHACHA20-POLY1305",
+                "ECDHE-RSA-AES128-GCM-SHA256",
+                "ECDHE-RSA-AES256-GCM-SHA384",
+                "ECDHE-RSA-CHACHA20-POLY1305"
+            ]
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub struct Built {
 /// at fault.
 pub fn build(t: &ListenerTls) -> Result<Built, String> {
     let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = super::ciphers::default_order();
     let mut chosen = String::new();
     if let Some(list) = &t.ciphers {
         provider.cipher_suites = super::ciphers::select(list)?.suites;
@@ -138,13 +139,17 @@ pub fn build(t: &ListenerTls) -> Result<Built, String> {
         }
     };
     let keyname = t.keyfile.as_ref().unwrap_or(&t.certfile);
-    let config = builder.with_single_cert(certs, key).map_err(|e| {
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
         format!(
             "TLS certificate {} and key {} do not make a usable pair: {e}",
             t.certfile.display(),
             keyname.display()
         )
     })?;
+    // The server's order decides, as in Python's SSLContext
+    // (OP_CIPHER_SERVER_PREFERENCE): the `ciphers` list's order, or
+    // `default_order`.
+    config.ignore_client_order = true;
     let summary = format!(
         "TLS on the listeners: {}{}, client certificates {}",
         match (t.tls12, t.tls13) {
