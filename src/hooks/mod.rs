@@ -68,6 +68,7 @@ use pyo3::types::{PyDict, PyModule, PyTuple};
 
 use crate::config::settings::SETTINGS;
 use crate::config::Config;
+use crate::http::latin1_to_string;
 use crate::log::Level;
 
 #[cfg(test)]
@@ -655,9 +656,9 @@ impl Hooks {
             .headers
             .iter()
             .map(|(n, v)| {
-                let mut name = latin1(n);
+                let mut name = latin1_to_string(n);
                 name.make_ascii_uppercase();
-                (name, latin1(v))
+                (name, latin1_to_string(v))
             })
             .collect();
         let peer: Bound<'_, PyAny> = match req.peer {
@@ -669,10 +670,10 @@ impl Hooks {
         };
         let args = (
             req.method,
-            latin1(req.uri),
-            latin1(req.path),
-            latin1(req.query),
-            latin1(req.fragment),
+            latin1_to_string(req.uri),
+            latin1_to_string(req.path),
+            latin1_to_string(req.query),
+            latin1_to_string(req.fragment),
             (req.version.0, req.version.1),
             headers,
             req.scheme,
@@ -809,13 +810,6 @@ fn response_args<'py>(py: Python<'py>, r: &ResponseView<'_>) -> PyResult<Bound<'
 
 /// Latin-1 decoding, as gunicorn's `bytes_to_str` for the request line and
 /// headers.
-fn latin1(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s) if b.is_ascii() => s.to_owned(),
-        _ => b.iter().map(|&c| c as char).collect(),
-    }
-}
-
 /// The hooks the configuration sets. gunicorn-prometheus-exporter's
 /// ready-made hooks (`default_when_ready`, ...) are called too: the module
 /// `gunicorn_prometheus_exporter` is always ferrocorn's compatibility

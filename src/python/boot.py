@@ -284,6 +284,7 @@ def start_reloader(engine, extra_files, on_change, log_warning):
     once a second or with inotify (the `inotify` package, as gunicorn);
     `on_change(path)` is called once, at the first change. 'auto' is
     inotify when that package is installed, else polling."""
+    import fnmatch
     import glob
     import re
     import threading
@@ -340,7 +341,7 @@ def start_reloader(engine, extra_files, on_change, log_warning):
             watched = set(current())
             for event in watcher.event_gen(timeout_s=1, yield_nones=False):
                 path = os.path.join(event[2], event[3])
-                if path in watched or any(glob.fnmatch.fnmatch(path, p) for p in patterns):
+                if path in watched or any(fnmatch.fnmatch(path, p) for p in patterns):
                     on_change(path)
                     return
                 break
@@ -358,26 +359,21 @@ def start_reloader(engine, extra_files, on_change, log_warning):
     threading.Thread(target=run, name="fc-reloader", daemon=True).start()
 
 
-def install_abort_handler(on_abort, log_error):
+def install_abort_handler(on_abort, log_stacks):
     """gunicorn's handle_abort: SIGABRT from the master (worker timeout) ends
     the worker with SystemExit(1), raised wherever Python code is running;
-    first the error log gets every thread's stack and the request in flight.
-    SIGRTMIN+1 logs the same for a live worker, which goes on."""
+    first the error log gets every thread's stack and the request in flight
+    (log_stacks(why, frame, is_error): dump_stacks's text to the error
+    log). SIGRTMIN+1 logs the same for a live worker, which goes on."""
     import signal
 
     def handle_abort(sig, frame):
-        try:
-            log_error(dump_stacks("WORKER TIMEOUT", frame), True)
-        except Exception:  # noqa: BLE001
-            log_error(traceback.format_exc(), True)
+        log_stacks("WORKER TIMEOUT", frame, True)
         on_abort()
         sys.exit(1)
 
     def handle_dump(sig, frame):
-        try:
-            log_error(dump_stacks("Stack dump (SIGRTMIN+%d)" % DUMP_SIGNAL_OFFSET, frame), False)
-        except Exception:  # noqa: BLE001
-            log_error(traceback.format_exc(), True)
+        log_stacks("Stack dump (SIGRTMIN+%d)" % DUMP_SIGNAL_OFFSET, frame, False)
 
     signal.signal(signal.SIGABRT, handle_abort)
     signal.signal(signal.SIGRTMIN + DUMP_SIGNAL_OFFSET, handle_dump)

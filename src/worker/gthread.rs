@@ -245,7 +245,9 @@ impl ThreadHandler {
                     "a request has run for {:.1} s, past --timeout; gthread workers are not replaced for it (as gunicorn's), the Python stacks follow",
                     now.saturating_sub(at) as f64 / 1000.0
                 );
-                Python::attach(|py| super::log_stacks(py, "Request past --timeout"));
+                Python::attach(|py| {
+                    super::log_stacks(py, "Request past --timeout", None, crate::log::Level::Error)
+                });
             }
         }
     }

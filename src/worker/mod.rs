@@ -25,6 +25,7 @@ use crate::http::allowlist::AllowList;
 use crate::http::proxy::ProxyMode;
 use crate::http::{HeaderMap, ParserConfig};
 use crate::log::access::AccessLog;
+use crate::log::Level;
 use crate::metrics::store::WorkerMetrics;
 use crate::shm::ErrorTable;
 use crate::shm::{ExitReason, Slot, State};
@@ -265,13 +266,15 @@ fn syntax_error_app(
 }
 
 /// Logs every thread's Python stack and the request each serves (boot.py
-/// dump_stacks), as an error.
-pub fn log_stacks(py: Python<'_>, why: &str) {
+/// dump_stacks) at `level`: the one way every stack dump takes (a request
+/// past --timeout in gthread, and the SIGABRT and SIGRTMIN+1 handlers,
+/// which pass the frame they interrupted as `here`).
+pub fn log_stacks(py: Python<'_>, why: &str, here: Option<&Bound<'_, PyAny>>, level: Level) {
     let text = crate::python::boot(py)
-        .and_then(|b| b.call_method1("dump_stacks", (why, py.None())))
+        .and_then(|b| b.call_method1("dump_stacks", (why, here)))
         .and_then(|t| t.extract::<String>());
     match text {
-        Ok(t) => crate::log_error!("{t}"),
+        Ok(t) => crate::log::write(level, &t),
         Err(e) => crate::log_error!(
             "{why}: no stack dump: {}",
             crate::python::format_err(py, &e)
@@ -304,19 +307,16 @@ fn install_signal_handlers(
         slot.set_state(State::Quitting);
         let _ = h.worker_int(args.py(), &live_view(&base, slot, false, true));
     })?;
-    // The stack dumps of boot.py's handlers go to the error log.
-    let log_error = pyo3::types::PyCFunction::new_closure(py, None, None, |args, _kwargs| {
-        let (text, error): (String, bool) = args.extract()?;
-        if error {
-            crate::log_error!("{text}");
-        } else {
-            crate::log_warning!("{text}");
-        }
+    // boot.py's handlers log their stack dumps through log_stacks.
+    let stacks = pyo3::types::PyCFunction::new_closure(py, None, None, |args, _kwargs| {
+        let (why, here, error): (String, Bound<'_, PyAny>, bool) = args.extract()?;
+        let level = if error { Level::Error } else { Level::Warning };
+        log_stacks(args.py(), &why, Some(&here), level);
         Ok::<(), PyErr>(())
     })?;
     let boot = crate::python::boot(py)?;
     boot.getattr("install_abort_handler")?
-        .call1((on_abort, log_error))?;
+        .call1((on_abort, stacks))?;
     boot.getattr("install_quit_handler")?.call1((on_quit,))?;
     Ok(())
 }
