@@ -226,22 +226,7 @@ impl Arbiter {
             Halt::with(1, None)
         })?;
         if self.cfg.preload_app() {
-            let app = Python::attach(|py| {
-                if self.cfg.preload_freeze() {
-                    match crate::python::gc::pause(py) {
-                        Ok(p) => self.gc_paused = Some(p),
-                        Err(e) => crate::log_warning!(
-                            "preload_freeze: cannot pause the garbage collector: {}",
-                            crate::python::format_err(py, &e)
-                        ),
-                    }
-                }
-                worker::load_app(py, &self.cfg).inspect(|app| self.hooks.set_wsgi(py, app.bind(py)))
-            });
-            match app {
-                Ok(app) => self.app = Some(app),
-                Err(code) => return Err(Halt::with(code, None)),
-            }
+            self.preload().map_err(|code| Halt::with(code, None))?;
         }
         crate::log_info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
         if let Some(path) = self.cfg.pidfile() {
@@ -286,6 +271,26 @@ impl Arbiter {
         self.set_title();
         self.spawn_exporter();
         self.hook_result(|h, py, sv| h.when_ready(py, sv))?;
+        Ok(())
+    }
+
+    /// --preload: imports the app in the master (with automatic gc paused
+    /// until the next fork under preload_freeze, see
+    /// [`Arbiter::freeze_before_fork`]); Err is the exit code.
+    fn preload(&mut self) -> Result<(), i32> {
+        let app = Python::attach(|py| {
+            if self.cfg.preload_freeze() && self.gc_paused.is_none() {
+                match crate::python::gc::pause(py) {
+                    Ok(p) => self.gc_paused = Some(p),
+                    Err(e) => crate::log_warning!(
+                        "preload_freeze: cannot pause the garbage collector: {}",
+                        crate::python::format_err(py, &e)
+                    ),
+                }
+            }
+            worker::load_app(py, &self.cfg).inspect(|app| self.hooks.set_wsgi(py, app.bind(py)))
+        })?;
+        self.app = Some(app);
         Ok(())
     }
 
