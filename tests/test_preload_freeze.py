@@ -40,8 +40,19 @@ def every_worker(s, n, path="/"):
     return seen
 
 
-def test_preload_freezes_the_app_and_gc_runs_in_workers(server):
-    s = server(["-w", "2", "--preload", "gcapp:app"])
+KINDS = {
+    "sync": ["-k", "sync", "gcapp:app"],
+    "gthread": ["-k", "gthread", "--threads", "4", "gcapp:app"],
+    "gevent": ["-k", "gevent", "gcapp:app"],
+    "eventlet": ["-k", "eventlet", "gcapp:app"],
+    "asgi": ["-k", "asgi", "gcapp:asgi_app"],
+    "tornado": ["-k", "tornado", "gcapp:app"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_preload_freezes_the_app_and_gc_runs_in_workers(server, kind):
+    s = server(["-w", "2", "--preload"] + KINDS[kind])
     workers = every_worker(s, 2, "/cycle")
     assert set(workers) == set(s.children())
     for i in workers.values():

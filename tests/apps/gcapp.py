@@ -2,7 +2,8 @@
 gc.get_freeze_count(), gc.isenabled(), gc.get_threshold() (now and while
 the app was imported), and on /cycle
 whether a reference cycle made by this request was collected automatically
-(no gc.collect() call) once enough objects were allocated after it.
+(no gc.collect() call) once enough objects were allocated after it. `app`
+is WSGI, `asgi_app` ASGI.
 
 GCAPP_IMPORT=disable makes the app call gc.disable() at import,
 GCAPP_IMPORT=threshold gc.set_threshold(1000, 20, 30): the server must keep
@@ -43,7 +44,7 @@ def cycle_collected():
     return ref() is None
 
 
-def app(environ, start_response):
+def report(path):
     info = {
         "pid": os.getpid(),
         "freeze_count": gc.get_freeze_count(),
@@ -51,9 +52,22 @@ def app(environ, start_response):
         "threshold": list(gc.get_threshold()),
         "threshold_at_import": AT_IMPORT,
     }
-    if environ["PATH_INFO"] == "/cycle":
+    if path == "/cycle":
         info["collected"] = cycle_collected()
-    body = json.dumps(info).encode()
+    return json.dumps(info).encode()
+
+
+def app(environ, start_response):
+    body = report(environ["PATH_INFO"])
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
     return [body]
+
+
+async def asgi_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = report(scope["path"])
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
