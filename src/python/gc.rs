@@ -45,3 +45,36 @@ pub fn freeze(py: Python<'_>) -> PyResult<u64> {
     gc.call_method0("freeze")?;
     gc.call_method0("get_freeze_count")?.extract()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threshold(py: Python<'_>) -> (u64, u64, u64) {
+        let gc = py.import("gc").expect("gc");
+        let t = gc.call_method0("get_threshold").expect("get_threshold");
+        t.extract().expect("3 ints")
+    }
+
+    /// One test (the threshold is the process's): the pause sets
+    /// threshold0 to 0 and resume puts it back; an app that set its own
+    /// threshold meanwhile keeps it.
+    #[test]
+    fn pause_and_resume_keep_the_apps_choice() {
+        Python::initialize();
+        Python::attach(|py| {
+            let gc = py.import("gc").expect("gc");
+            let before = threshold(py);
+            let p = pause(py).expect("pause");
+            assert_eq!(threshold(py), (0, before.1, before.2));
+            p.resume(py).expect("resume");
+            assert_eq!(threshold(py), before);
+
+            let p = pause(py).expect("pause");
+            gc.call_method1("set_threshold", (1234, 5, 6)).expect("set");
+            p.resume(py).expect("resume");
+            assert_eq!(threshold(py), (1234, 5, 6));
+            gc.call_method1("set_threshold", before).expect("restore");
+        });
+    }
+}
