@@ -89,6 +89,12 @@ pub struct Arbiter {
     /// The listeners came from systemd socket activation.
     systemd: bool,
     app: Option<Py<PyAny>>,
+    /// Automatic gc paused while --preload imported the app
+    /// (preload_freeze), until the first worker's fork.
+    gc_paused: Option<crate::python::gc::Paused>,
+    /// The number of objects frozen by the last gc.freeze() (logged when it
+    /// changes).
+    frozen: u64,
     workers: BTreeMap<Pid, WorkerProc>,
     num_workers: usize,
     age: u64,
@@ -176,6 +182,8 @@ impl Arbiter {
             listeners: Vec::new(),
             systemd: false,
             app: None,
+            gc_paused: None,
+            frozen: 0,
             workers: BTreeMap::new(),
             age: 0,
             pid: std::process::id(),
@@ -218,13 +226,7 @@ impl Arbiter {
             Halt::with(1, None)
         })?;
         if self.cfg.preload_app() {
-            let app = Python::attach(|py| {
-                worker::load_app(py, &self.cfg).inspect(|app| self.hooks.set_wsgi(py, app.bind(py)))
-            });
-            match app {
-                Ok(app) => self.app = Some(app),
-                Err(code) => return Err(Halt::with(code, None)),
-            }
+            self.preload().map_err(|code| Halt::with(code, None))?;
         }
         crate::log_info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
         if let Some(path) = self.cfg.pidfile() {
@@ -269,6 +271,26 @@ impl Arbiter {
         self.set_title();
         self.spawn_exporter();
         self.hook_result(|h, py, sv| h.when_ready(py, sv))?;
+        Ok(())
+    }
+
+    /// --preload: imports the app in the master (with automatic gc paused
+    /// until the next fork under preload_freeze, see
+    /// [`Arbiter::freeze_before_fork`]); Err is the exit code.
+    fn preload(&mut self) -> Result<(), i32> {
+        let app = Python::attach(|py| {
+            if self.cfg.preload_freeze() && self.gc_paused.is_none() {
+                match crate::python::gc::pause(py) {
+                    Ok(p) => self.gc_paused = Some(p),
+                    Err(e) => crate::log_warning!(
+                        "preload_freeze: cannot pause the garbage collector: {}",
+                        crate::python::format_err(py, &e)
+                    ),
+                }
+            }
+            worker::load_app(py, &self.cfg).inspect(|app| self.hooks.set_wsgi(py, app.bind(py)))
+        })?;
+        self.app = Some(app);
         Ok(())
     }
 
@@ -1090,6 +1112,7 @@ impl Arbiter {
             return Err(h);
         }
         let forked = Python::attach(|py| {
+            self.freeze_before_fork(py);
             let title = format!("ferrocorn: worker [{}]", self.proc_name);
             let res = crate::python::fork(py, &|| {
                 title::set_title(&title);
@@ -1129,6 +1152,47 @@ impl Arbiter {
                 self.shm.release(slot_idx);
                 crate::log_error!("fork failed: {e}");
                 Err(Halt::with(1, Some(format!("fork failed: {e}"))))
+            }
+        }
+    }
+
+    /// preload_freeze: gc.freeze() right before forking a worker (the
+    /// objects the master made since the last fork join the frozen ones),
+    /// then automatic collection back on if the import paused it: the
+    /// worker inherits it on. See src/python/gc.rs.
+    fn freeze_before_fork(&mut self, py: Python<'_>) {
+        if self.app.is_none() || !self.cfg.preload_freeze() {
+            if let Some(p) = self.gc_paused.take() {
+                if let Err(e) = p.resume(py) {
+                    crate::log_warning!("gc: {}", crate::python::format_err(py, &e));
+                }
+            }
+            return;
+        }
+        match crate::python::gc::freeze(py) {
+            Ok(n) if n != self.frozen => {
+                if self.frozen == 0 {
+                    crate::log_info!(
+                        "Preloaded app frozen for copy-on-write: gc.freeze() moved {n} objects \
+                         out of the collector's reach (--no-preload-freeze turns this off)"
+                    );
+                } else {
+                    crate::log_debug!("gc.freeze(): {n} objects frozen");
+                }
+                self.frozen = n;
+            }
+            Ok(_) => {}
+            Err(e) => crate::log_warning!(
+                "preload_freeze: gc.freeze() failed: {}",
+                crate::python::format_err(py, &e)
+            ),
+        }
+        if let Some(p) = self.gc_paused.take() {
+            if let Err(e) = p.resume(py) {
+                crate::log_warning!(
+                    "preload_freeze: cannot restore the garbage collector: {}",
+                    crate::python::format_err(py, &e)
+                );
             }
         }
     }

@@ -795,6 +795,11 @@ impl Config {
         self.bool("preload_app")
     }
 
+    /// gc.freeze() before forking, with preload_app (src/python/gc.rs).
+    pub fn preload_freeze(&self) -> bool {
+        self.preload_app() && self.bool("preload_freeze")
+    }
+
     pub fn daemon(&self) -> bool {
         self.bool("daemon")
     }

@@ -2028,4 +2028,16 @@ pub static SETTINGS: &[Setting] = &[
         support: Support::Extension,
         note: "",
     },
+    Setting {
+        name: "preload_freeze",
+        section: "Server Mechanics",
+        cli: &["--no-preload-freeze"],
+        meta: None,
+        kind: Kind::NoFlag,
+        default: DefaultValue::Bool(true),
+        env: Some("FERROCORN_PRELOAD_FREEZE"),
+        help: "With preload_app: no automatic garbage collection in the master while it imports the app, and gc.freeze() before each fork, so that the workers share the app's memory copy-on-write (gc stays on in the workers). --no-preload-freeze turns this off; no effect without preload_app.",
+        support: Support::Extension,
+        note: "",
+    },
 ];

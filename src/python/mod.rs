@@ -9,6 +9,7 @@
 
 pub mod coro;
 mod ffi_init;
+pub mod gc;
 pub mod pylog;
 pub mod refs;
 pub mod text;
