@@ -163,6 +163,15 @@ def test_once_by_metrics_address_and_master_pid(server):
         rows, _ = parse_once(r.stdout)
         assert sorted(int(x["PID"]) for x in rows) == pids, r.stdout
         assert r.stdout.startswith("ferrocorn top: master %d, 4 workers (sync)" % s.proc.pid), r.stdout
+    # by process title: this master, or (other servers running on the host)
+    # an error that names every master, this one among them
+    r = top("--once", "--interval", "0.1")
+    if r.returncode == 0:
+        assert r.stdout.startswith("ferrocorn top: master %d," % s.proc.pid), r.stdout
+    else:
+        assert "ferrocorn servers are running" in r.stderr, r.stderr
+        assert re.search(r"\b%d\b" % s.proc.pid, r.stderr), r.stderr
+        assert "--pid FILE, --master PID or --metrics ADDRESS" in r.stderr
     # the live view needs a terminal
     r = top("--master", str(s.proc.pid))
     assert r.returncode == 1 and "use --once" in r.stderr, r.stderr

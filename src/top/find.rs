@@ -70,9 +70,13 @@ pub fn check_master(pid: u32) -> Result<u32, String> {
 
 /// The only running ferrocorn master on this host.
 pub fn only_master() -> Result<u32, String> {
+    let is_master = |p: u32| cmdline(p).starts_with(MASTER_TITLE);
+    // A child of a master still titled as one is a worker or the exporter
+    // just forked, before it set its own title (or a USR2 re-exec, until
+    // the old master leaves): not another server.
     let mut masters: Vec<u32> = pids()
         .into_iter()
-        .filter(|&p| cmdline(p).starts_with(MASTER_TITLE))
+        .filter(|&p| is_master(p) && !parent(p).is_some_and(is_master))
         .collect();
     masters.sort_unstable();
     match masters.as_slice() {
