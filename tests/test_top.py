@@ -22,6 +22,7 @@ KINDS = {
     "sync": ["-k", "sync", "stuckapp:app"],
     "gthread": ["-k", "gthread", "--threads", "2", "stuckapp:app"],
     "asgi": ["-k", "asgi", "stuckapp:asgi_app"],
+    "gevent": ["-k", "gevent", "stuckapp:app"],
 }
 
 
