@@ -25,8 +25,9 @@ pub fn man_page(version: &str) -> String {
         esc(version)
     ));
     out.push_str(".SH NAME\nferrocorn \\- a pre\\-fork application server for Python web apps, a drop\\-in replacement for gunicorn, with Prometheus metrics built in\n");
-    out.push_str(".SH SYNOPSIS\n.B ferrocorn\n[\\fIOPTIONS\\fR] [\\fIAPP_MODULE\\fR]\n.br\n.B ferrocorn exporter\n[\\fIOPTIONS\\fR]\n");
+    out.push_str(".SH SYNOPSIS\n.B ferrocorn\n[\\fIOPTIONS\\fR] [\\fIAPP_MODULE\\fR]\n.br\n.B ferrocorn exporter\n[\\fIOPTIONS\\fR]\n.br\n.B ferrocorn top\n[\\fB\\-\\-pid\\fR \\fIFILE\\fR | \\fB\\-\\-master\\fR \\fIPID\\fR | \\fB\\-\\-metrics\\fR \\fIADDRESS\\fR] [\\fB\\-\\-once\\fR] [\\fB\\-\\-interval\\fR \\fISECONDS\\fR]\n");
     out.push_str(".SH DESCRIPTION\nferrocorn serves the WSGI or ASGI application \\fIAPP_MODULE\\fR (\\fIMODULE\\fR:\\fIVARIABLE\\fR) with a Rust master process that forks workers embedding CPython. It reads gunicorn's command line, \\fBGUNICORN_CMD_ARGS\\fR and \\fBgunicorn.conf.py\\fR files, runs gunicorn's server hooks and answers gunicorn's signals. Metrics are served on \\fBPROMETHEUS_METRICS_PORT\\fR (9090) unless \\fB\\-\\-no\\-metrics\\fR is given.\n.PP\nSettings come, from lowest to highest precedence, from their defaults, the environment variables named below, the config file, \\fBGUNICORN_CMD_ARGS\\fR and the command line. docs/compatibility.md says which of gunicorn 27's settings are supported.\n");
+    out.push_str(".PP\n\\fBferrocorn top\\fR shows a running server live: one row per worker with its pid, kind, state, requests served, requests per second, resident memory, CPU and the request in flight (method, path, running time), and the master's worker restarts by reason; it finds the server by its pid file, its master's pid, its metrics address or, by default, the only process titled \\fBferrocorn: master\\fR, and reads the exporter's /workers. \\fB\\-\\-once\\fR prints the same as a plain table.\n");
     out.push_str(".SH OPTIONS\n");
     let mut section = "";
     for s in SETTINGS.iter().filter(|s| !s.cli.is_empty()) {
