@@ -1279,7 +1279,7 @@ where
             crate::log_error!("the connection loop was entered twice");
             return Ok::<_, PyErr>(0.05f64.into_pyobject(py)?.into_any().unbind());
         };
-        Ok(match lp.turn(Duration::ZERO) {
+        Ok(match super::asgi_writer::held(|| lp.turn(Duration::ZERO)) {
             Some(code) => code.into_pyobject(py)?.into_any().unbind(),
             None => lp
                 .next_wait()

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,15 @@ struct Queue {
 pub struct Writer {
     q: Mutex<Queue>,
     wake: EventFd,
+    /// The Python thread is in a turn of the connection loop: a push finds
+    /// the thread asleep and leaves the wake to the turn's end ([`held`]),
+    /// so a turn that finishes many responses wakes it once, not once per
+    /// response (each wake is a write(2) and, in a VM, an inter-processor
+    /// interrupt: the cost the thread is there to take off the Python
+    /// thread).
+    held: AtomicBool,
+    /// A push was left asleep while held.
+    owed: AtomicBool,
 }
 
 /// FERROCORN_ASGI_WRITER=inline turns the thread off (for measurements:
@@ -65,9 +75,25 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("FERROCORN_ASGI_WRITER").as_deref() != Ok("inline"))
 }
 
+static W: OnceLock<Option<&'static Writer>> = OnceLock::new();
+
+/// Runs `turn` (one turn of the connection loop, on the Python thread)
+/// with the writer's wakes held until it ends (see [`Writer::held`]).
+pub fn held<T>(turn: impl FnOnce() -> T) -> T {
+    let Some(Some(w)) = W.get() else {
+        return turn();
+    };
+    w.held.store(true, Ordering::Relaxed);
+    let out = turn();
+    w.held.store(false, Ordering::Relaxed);
+    if w.owed.swap(false, Ordering::Relaxed) {
+        w.wake_if_asleep();
+    }
+    out
+}
+
 /// The worker's writer, started on first use; None if it could not be.
 pub fn get() -> Option<&'static Writer> {
-    static W: OnceLock<Option<&'static Writer>> = OnceLock::new();
     *W.get_or_init(|| {
         let wake = match EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK) {
             Ok(fd) => fd,
@@ -82,6 +108,8 @@ pub fn get() -> Option<&'static Writer> {
                 sleeping: false,
             }),
             wake,
+            held: AtomicBool::new(false),
+            owed: AtomicBool::new(false),
         }));
         match std::thread::Builder::new()
             .name("ferrocorn-write".into())
@@ -97,15 +125,34 @@ pub fn get() -> Option<&'static Writer> {
 }
 
 impl Writer {
+    /// Queues `job`. Called on the Python thread only (so `held` is that
+    /// thread's own flag).
     pub fn push(&self, job: Job) {
         let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
         q.jobs.push_back(job);
         if q.sleeping {
+            if self.held.load(Ordering::Relaxed) {
+                self.owed.store(true, Ordering::Relaxed);
+                return;
+            }
             q.sleeping = false;
             drop(q);
-            if let Err(e) = self.wake.write(1) {
-                crate::log_error!("waking the response writer: {e}");
-            }
+            self.wake();
+        }
+    }
+
+    fn wake_if_asleep(&self) {
+        let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
+        if q.sleeping && !q.jobs.is_empty() {
+            q.sleeping = false;
+            drop(q);
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Err(e) = self.wake.write(1) {
+            crate::log_error!("waking the response writer: {e}");
         }
     }
 
