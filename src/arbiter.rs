@@ -31,6 +31,10 @@ use crate::shm::{ExitReason, Shm, State};
 use crate::sock::Listener;
 use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
+mod rollout;
+
+use rollout::{Member, Rollout};
+
 const SIGNAL_TOKEN: Token = Token(0);
 
 /// Slots in the shared region: far above any worker count ferrocorn is run
@@ -50,6 +54,12 @@ struct WorkerProc {
     retired: Option<&'static str>,
     /// When max_worker_lifetime (plus this worker's jitter) is up.
     expires: Option<Instant>,
+    /// The reload generation it was spawned in (a rolling reload tells the
+    /// new workers from the old ones by it).
+    generation: u64,
+    /// The master saw it ready (idle or busy) during a rolling reload. (At
+    /// its exit the slot reads `quitting` whether it booted or not.)
+    seen_ready: bool,
 }
 
 /// Everything the master needs from `main`.
@@ -120,7 +130,26 @@ pub struct Arbiter {
     app_dir: Option<AppDir>,
     /// `3.11.7`: the `python` label of ferrocorn_build_info.
     python_version: String,
+    /// Bumped by each reload: the generation of the workers spawned now.
+    generation: u64,
+    /// The rolling reload in progress.
+    rollout: Option<Rollout>,
+    /// The last rolling reload failed (the old workers kept serving) and no
+    /// reload has succeeded since: a worker that fails to boot now does not
+    /// stop the server; its replacement is tried again after a pause.
+    reload_failed: bool,
+    /// No worker is spawned before this (a worker failed to boot after a
+    /// failed reload).
+    spawn_not_before: Option<Instant>,
 }
+
+/// How often the master looks at the new workers' readiness while a
+/// rolling reload runs (they do not signal it).
+const ROLLOUT_TICK: Duration = Duration::from_millis(50);
+
+/// The pause before a worker is spawned again after one failed to boot
+/// following a failed reload.
+const BOOT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a stopping master waits for the exporter once the workers are
 /// gone (its last Redis push), before SIGKILL.
@@ -194,6 +223,10 @@ impl Arbiter {
             exporter_restart: false,
             app_dir: None,
             python_version: String::new(),
+            generation: 0,
+            rollout: None,
+            reload_failed: false,
+            spawn_not_before: None,
         })
     }
 
@@ -628,6 +661,9 @@ impl Arbiter {
     /// if the addresses changed, on_reload, new pidfile, then new workers;
     /// the old ones are retired gracefully once the new ones are spawned.
     fn reload(&mut self) -> Result<(), Halt> {
+        if let Some(m) = self.shm.master() {
+            m.count_reload();
+        }
         let loaded = Python::attach(|py| {
             // Undo the previous -e/raw_env so removed variables disappear.
             for (k, _) in self.cfg.raw_env() {
@@ -648,6 +684,9 @@ impl Arbiter {
             Ok(Loaded::Exit(_)) => return Ok(()),
             Err(e) => {
                 crate::log_error!("reload failed, keeping the current configuration: {e}");
+                if let Some(m) = self.shm.master() {
+                    m.count_reload_failure();
+                }
                 return Ok(());
             }
         };
@@ -723,7 +762,14 @@ impl Arbiter {
         self.proc_name = self.cfg.proc_name();
         self.set_title();
         self.reload_exporter();
-        // Retire every current worker once replacements are forked.
+        self.generation += 1;
+        if self.cfg.rolling_reload() {
+            self.start_rollout();
+            return Ok(());
+        }
+        self.rollout = None;
+        // gunicorn's way: retire every current worker once replacements are
+        // forked.
         let old: Vec<Pid> = self.workers.keys().copied().collect();
         for _ in 0..self.num_workers {
             self.spawn_worker()?;
@@ -737,6 +783,31 @@ impl Arbiter {
             }
         }
         Ok(())
+    }
+
+    /// Begins a rolling reload (the main loop's turns carry it on). Workers
+    /// still booting give no capacity and would serve the previous code:
+    /// they are stopped now.
+    fn start_rollout(&mut self) {
+        for (pid, w) in self.workers.iter_mut() {
+            let booting = self
+                .shm
+                .slot(w.slot)
+                .is_none_or(|s| !matches!(s.state(), State::Idle | State::Busy));
+            if w.retired.is_none() && booting {
+                w.retired = Some("reload");
+                let _ = kill(*pid, Signal::SIGTERM);
+            }
+        }
+        let r = Rollout::new(self.generation, self.num_workers);
+        crate::log_info!(
+            "Rolling reload: {} workers, {} at a time; each old one stops once a new one is ready",
+            self.num_workers,
+            r.batch()
+        );
+        self.rollout = Some(r);
+        // A boot failure after a failed reload waits no longer.
+        self.spawn_not_before = None;
     }
 
     /// gunicorn's reexec(): fork a child that runs pre_exec and execs this
@@ -854,6 +925,14 @@ impl Arbiter {
             };
             let cause = self.exit_cause(pid, &w, status);
             let view = self.worker_view(pid, &w);
+            // A new worker of a rolling reload that never got ready stops
+            // the rollout, not the server.
+            let rollout_failure = !stopping
+                && !w.seen_ready
+                && self
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| w.generation == r.generation && w.retired.is_none());
             self.shm.release(w.slot);
             if let Some(dir) = &self.app_dir {
                 dir.compact(pid.as_raw() as u32);
@@ -871,6 +950,16 @@ impl Arbiter {
             }
             match status {
                 _ if stopping => {}
+                _ if rollout_failure => self.abort_rollout(pid, status),
+                Ok(WORKER_BOOT_ERROR | APP_LOAD_ERROR) if self.reload_failed => {
+                    crate::log_error!(
+                        "Worker (pid:{pid}) failed to boot after a failed reload: the server \
+                         keeps running with the workers it has and tries again in {} s; fix \
+                         the cause and send HUP",
+                        BOOT_RETRY_DELAY.as_secs()
+                    );
+                    self.spawn_not_before = Some(Instant::now() + BOOT_RETRY_DELAY);
+                }
                 Ok(WORKER_BOOT_ERROR) => {
                     return Err(Halt {
                         reason: Some("Worker failed to boot.".into()),
@@ -989,10 +1078,16 @@ impl Arbiter {
     /// worker's lifetime ends first.
     fn next_wait(&self) -> Duration {
         let now = Instant::now();
-        let tick = if self.cfg.max_worker_memory() > 0 {
+        let tick = if self.rollout.is_some() {
+            ROLLOUT_TICK
+        } else if self.cfg.max_worker_memory() > 0 {
             Duration::from_millis(100)
         } else {
             Duration::from_secs(1)
+        };
+        let tick = match self.spawn_not_before {
+            Some(t) => tick.min(t.saturating_duration_since(now)),
+            None => tick,
         };
         self.workers
             .values()
@@ -1044,8 +1139,16 @@ impl Arbiter {
         }
     }
 
-    /// Spawns or retires workers until their number is `num_workers`.
+    /// Spawns or retires workers until their number is `num_workers`; while
+    /// a rolling reload runs, its plan decides instead.
     fn manage_workers(&mut self) -> Result<(), Halt> {
+        if self.spawn_not_before.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        self.spawn_not_before = None;
+        if self.rollout.is_some() {
+            return self.step_rollout();
+        }
         while self.active_workers() < self.num_workers {
             self.spawn_worker()?;
         }
@@ -1053,6 +1156,92 @@ impl Arbiter {
             self.retire_oldest("ttou");
         }
         Ok(())
+    }
+
+    /// One turn of the rolling reload: retire the old workers whose places
+    /// ready new ones took, spawn the next new ones; end it when done.
+    fn step_rollout(&mut self) -> Result<(), Halt> {
+        let Some(r) = &self.rollout else {
+            return Ok(());
+        };
+        let shm = self.shm;
+        let members: Vec<Member> = self
+            .workers
+            .iter_mut()
+            .filter(|(_, w)| w.retired.is_none())
+            .map(|(pid, w)| {
+                let ready = shm
+                    .slot(w.slot)
+                    .is_some_and(|s| matches!(s.state(), State::Idle | State::Busy));
+                w.seen_ready |= ready;
+                Member {
+                    pid: *pid,
+                    age: w.age,
+                    generation: w.generation,
+                    ready,
+                }
+            })
+            .collect();
+        let plan = r.plan(self.num_workers, &members);
+        for pid in plan.retire {
+            if let Some(w) = self.workers.get_mut(&pid) {
+                w.retired = Some("reload");
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+        }
+        for _ in 0..plan.spawn {
+            self.spawn_worker()?;
+        }
+        if plan.done {
+            crate::log_info!(
+                "Rolling reload done: {} workers of the new generation serving",
+                self.num_workers
+            );
+            self.rollout = None;
+            self.reload_failed = false;
+        }
+        Ok(())
+    }
+
+    /// A new worker of the rolling reload exited before it was ready: stop
+    /// the rollout. Its booting siblings are stopped; the workers serving
+    /// (old ones, and new ones already ready) keep serving.
+    fn abort_rollout(&mut self, pid: Pid, status: Result<i32, Signal>) {
+        let Some(r) = self.rollout.take() else {
+            return;
+        };
+        let why = match status {
+            Ok(WORKER_BOOT_ERROR) => "failed to boot".to_owned(),
+            Ok(APP_LOAD_ERROR) => "failed to load the app".to_owned(),
+            Ok(code) => format!("exited with code {code} before it was ready"),
+            Err(sig) => format!("was killed by {} before it was ready", sig.as_str()),
+        };
+        let mut stopped = 0;
+        for (p, w) in self.workers.iter_mut() {
+            let ready = self
+                .shm
+                .slot(w.slot)
+                .is_some_and(|s| matches!(s.state(), State::Idle | State::Busy));
+            if w.retired.is_none() && w.generation == r.generation && !ready {
+                w.retired = Some("reload");
+                let _ = kill(*p, Signal::SIGTERM);
+                stopped += 1;
+            }
+        }
+        let serving = self.active_workers();
+        crate::log_error!(
+            "Reload failed: new worker (pid:{pid}) {why} (its error is logged above); the rolling \
+             reload stops{}, the {serving} workers serving keep serving. Fix the cause and send HUP again.",
+            if stopped > 0 {
+                format!(" ({stopped} other new workers still booting are stopped)")
+            } else {
+                String::new()
+            }
+        );
+        if let Some(m) = self.shm.master() {
+            m.count_reload_failure();
+        }
+        self.reload_failed = true;
     }
 
     /// Workers not already told to leave.
@@ -1120,6 +1309,8 @@ impl Arbiter {
                         aborted: false,
                         retired: None,
                         expires: self.lifetime_deadline(child),
+                        generation: self.generation,
+                        seen_ready: false,
                     },
                 );
                 Ok(())

@@ -2028,4 +2028,16 @@ pub static SETTINGS: &[Setting] = &[
         support: Support::Extension,
         note: "",
     },
+    Setting {
+        name: "reload_strategy",
+        section: "Server Mechanics",
+        cli: &["--reload-strategy"],
+        meta: Some("STRATEGY"),
+        kind: Kind::Choice { values: &["rolling", "all"], fold: true, none: NoneRule::To("rolling") },
+        default: DefaultValue::Str("rolling"),
+        env: Some("FERROCORN_RELOAD_STRATEGY"),
+        help: "How HUP replaces the workers. rolling: a few at a time, each old worker stopped only once a new one is ready (app imported, post_worker_init done), so serving capacity never drops below the number of workers; a new worker that fails to boot stops the reload and the old workers keep serving. all: gunicorn's way, every worker replaced at once.",
+        support: Support::Extension,
+        note: "",
+    },
 ];

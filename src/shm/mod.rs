@@ -371,6 +371,11 @@ pub struct MasterStats {
     /// accumulator: a reader that sees it change (or odd) reads again, so a
     /// worker is never counted twice or not at all (totals stay monotonic).
     fold_epoch: AtomicU64,
+    /// HUP reloads begun (the new configuration read), and those that
+    /// failed: a configuration that does not load, or a rolling reload
+    /// stopped because a new worker did not boot.
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
 }
 
 impl MasterStats {
@@ -403,6 +408,27 @@ impl MasterStats {
         if let Some(c) = usize::try_from(sig).ok().and_then(|i| self.signals.get(i)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A reload begins (HUP, configuration read).
+    pub fn count_reload(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A reload failed (see [`MasterStats::reload_failures`]).
+    pub fn count_reload_failure(&self) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads begun.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Reloads that failed: the configuration did not load, or a new worker
+    /// of a rolling reload did not boot.
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
     }
 
     /// (reason, count) for the named reasons.
