@@ -28,15 +28,31 @@ import os
 import time
 
 time.sleep(0.3)
-{extra}
-MARK = "{mark}"
+@EXTRA@
+MARK = "@MARK@"
 
 
 def app(environ, start_response):
     body = ("%d %s" % (os.getpid(), MARK)).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+async def asgi_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = ("%d %s" % (os.getpid(), MARK)).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 '''
+
+KINDS = {
+    "sync": (["-k", "sync"], "rollapp:app"),
+    "gthread": (["-k", "gthread", "--threads", "4"], "rollapp:app"),
+    "gevent": (["-k", "gevent"], "rollapp:app"),
+    "asgi": (["-k", "asgi"], "rollapp:asgi_app"),
+}
 
 BROKEN = 'raise RuntimeError("rollapp cannot start: broken at import")'
 
@@ -50,7 +66,7 @@ def app_dir(mark):
 def write_app(d, mark, extra=""):
     path = os.path.join(d, "rollapp.py")
     with open(path + ".tmp", "w") as f:
-        f.write(APP.format(mark=mark, extra=extra))
+        f.write(APP.replace("@EXTRA@", extra).replace("@MARK@", mark))
     os.replace(path + ".tmp", path)
 
 
@@ -96,9 +112,11 @@ def bodies_after(load, mark):
         return [b for (_, st, b) in load.ok[mark:]]
 
 
-def test_rolling_hup_under_load_keeps_four_workers_ready(server):
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_rolling_hup_under_load_keeps_four_workers_ready(server, kind):
+    args, app = KINDS[kind]
     d = app_dir("one")
-    s = server(["-w", "4", "--graceful-timeout", "10", "rollapp:app"], cwd=d)
+    s = server(["-w", "4", "--graceful-timeout", "10"] + args + [app], cwd=d)
     wait_ready_workers(s, 4)
     before = set(s.children())
     assert len(before) == 4
@@ -214,3 +232,111 @@ def test_reload_strategy_is_checked_at_start():
     assert "sometimes" in r.output, r
     ok = run_server_cmd(["--reload-strategy", "ALL", "--check-config", "wsgiapp:app"])
     assert ok.returncode == 0, ok
+
+
+def test_changed_worker_count_is_the_new_target(server):
+    """workers in the config file: 3, then 5 (old ones serve until the new
+    ones are ready), then 2 (the extra old ones stop at once)."""
+    d = app_dir("one")
+    s = server(["--graceful-timeout", "10", "rollapp:app"], cwd=d, config_text="workers = 3\n")
+    wait_ready_workers(s, 3)
+    sampler = Sampler(s)
+    try:
+        for n, mark in ((5, "two"), (2, "three")):
+            before = set(s.children())
+            write_app(d, mark)
+            with open(s.config_path, "w") as f:
+                f.write("workers = %d\n" % n)
+            start = time.monotonic()
+            s.signal(signal.SIGHUP)
+            wait_for(lambda: (lambda c: c if len(c) == n and not c & before else None)(
+                set(s.children())), 20, msg="%d new workers\n%s" % (n, s.log()[-2000:]))
+            wait_ready_workers(s, n)
+            during = [x for x in sampler.seen if x[0] > start]
+            assert during and min(x[1] for x in during) >= min(n, len(before)), during
+            for _ in range(5):
+                assert requests.get(s.url + "/", timeout=10).text.split()[1] == mark
+    finally:
+        sampler.stop()
+    assert s.log().count("Rolling reload done") == 2
+    assert "Rolling reload: 5 workers, 2 at a time" in s.log()
+
+
+def test_hup_during_a_rollout_rolls_out_the_latest(server):
+    d = app_dir("one")
+    s = server(["-w", "4", "--graceful-timeout", "10", "rollapp:app"], cwd=d)
+    wait_ready_workers(s, 4)
+    before = set(s.children())
+    sampler = Sampler(s)
+    load = Load(s.url, "/", threads=2, keepalive=(False, True), max_seconds=60)
+    try:
+        load.wait_count(20)
+        write_app(d, "two")
+        s.signal(signal.SIGHUP)
+        s.wait_log("Booting worker", 5)
+        time.sleep(0.5)  # the first new worker is ready, the second booting
+        write_app(d, "three")
+        s.signal(signal.SIGHUP)
+        wait_for(lambda: s.log().count("Rolling reload done") == 1, 30, msg="the second rollout done")
+        after = wait_for(lambda: (lambda c: c if len(c) == 4 and not c & before else None)(
+            set(s.children())), 15, msg="4 new workers")
+        mark = load.count()
+        load.wait_count(mark + 40)
+    finally:
+        sampler.stop()
+        load.stop()
+    assert load.failures() == [], (load.failures()[:10], s.log()[-3000:])
+    low = [x for x in sampler.seen if x[1] < 4]
+    assert low == [], low
+    tail = [b.split() for b in bodies_after(load, mark)]
+    assert tail and all(m == "three" and int(p) in after for p, m in tail), tail[:10]
+    log = s.log()
+    assert "Reload failed" not in log
+    # the first rollout was still running at the second HUP: only one ended
+    assert log.count("Rolling reload: 4 workers") == 2 and log.count("Rolling reload done") == 1, log
+
+
+def test_preload_keeps_the_app_and_rolls_out(server):
+    """With --preload the master imported the app at start and keeps it on
+    HUP (gunicorn's Application.wsgi() caches it): the new workers, forked
+    from the master, serve the same code, rolled out one at a time."""
+    d = app_dir("one")
+    s = server(["-w", "2", "--preload", "rollapp:app"], cwd=d)
+    wait_ready_workers(s, 2)
+    before = set(s.children())
+    write_app(d, "two", extra=BROKEN)
+    s.signal(signal.SIGHUP)
+    s.wait_log("Rolling reload done", 20)
+    after = wait_for(lambda: (lambda c: c if len(c) == 2 and not c & before else None)(
+        set(s.children())), 15, msg="2 new workers")
+    for _ in range(10):
+        pid, mark = requests.get(s.url + "/", timeout=10).text.split()
+        assert mark == "one" and int(pid) in after
+    assert "broken at import" not in s.log()
+
+
+def test_a_worker_lost_after_a_failed_reload_does_not_stop_the_server(server):
+    """After a failed reload the app on disk does not import: a worker that
+    dies then cannot be replaced. The master keeps the others serving and
+    tries again every second (gunicorn would stop), until the code is fixed."""
+    d = app_dir("one")
+    s = server(["-w", "2", "rollapp:app"], cwd=d)
+    wait_ready_workers(s, 2)
+    before = sorted(s.children())
+    write_app(d, "two", extra=BROKEN)
+    s.signal(signal.SIGHUP)
+    s.wait_log("Reload failed", 20)
+    wait_for(lambda: sorted(s.children()) == before, 10, msg="only the old workers left")
+    os.kill(before[0], signal.SIGKILL)
+    wait_for(lambda: s.log().count("failed to boot after a failed reload") >= 2, 20,
+             msg="two tries\n" + s.log()[-2000:])
+    assert s.proc.poll() is None
+    for _ in range(10):
+        pid, mark = requests.get(s.url + "/", timeout=10).text.split()
+        assert (int(pid), mark) == (before[1], "one")
+    write_app(d, "three")
+    wait_ready_workers(s, 2)
+    workers = set(s.children())
+    assert before[1] in workers and before[0] not in workers and len(workers) == 2
+    marks = {requests.get(s.url + "/", timeout=10).text.split()[1] for _ in range(20)}
+    assert marks <= {"one", "three"} and "three" in marks, marks
