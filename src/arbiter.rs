@@ -27,13 +27,13 @@ use crate::mpfiles::appdir::AppDir;
 use crate::process::pidfile::Pidfile;
 use crate::process::reexec::{self, StartCtx};
 use crate::process::{systemd, title};
-use crate::shm::{ExitReason, Shm, State};
+use crate::shm::{ExitReason, Shm, Slot, State};
 use crate::sock::Listener;
 use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
 mod rollout;
 
-use rollout::{Member, Rollout};
+use rollout::Rollout;
 
 const SIGNAL_TOKEN: Token = Token(0);
 
@@ -785,31 +785,6 @@ impl Arbiter {
         Ok(())
     }
 
-    /// Begins a rolling reload (the main loop's turns carry it on). Workers
-    /// still booting give no capacity and would serve the previous code:
-    /// they are stopped now.
-    fn start_rollout(&mut self) {
-        for (pid, w) in self.workers.iter_mut() {
-            let booting = self
-                .shm
-                .slot(w.slot)
-                .is_none_or(|s| !matches!(s.state(), State::Idle | State::Busy));
-            if w.retired.is_none() && booting {
-                w.retired = Some("reload");
-                let _ = kill(*pid, Signal::SIGTERM);
-            }
-        }
-        let r = Rollout::new(self.generation, self.num_workers);
-        crate::log_info!(
-            "Rolling reload: {} workers, {} at a time; each old one stops once a new one is ready",
-            self.num_workers,
-            r.batch()
-        );
-        self.rollout = Some(r);
-        // A boot failure after a failed reload waits no longer.
-        self.spawn_not_before = None;
-    }
-
     /// gunicorn's reexec(): fork a child that runs pre_exec and execs this
     /// binary with the listening sockets inherited (GUNICORN_FD).
     fn reexec(&mut self) {
@@ -1118,10 +1093,7 @@ impl Arbiter {
             if mem_limit_mb == 0 {
                 continue;
             }
-            let booted = self
-                .shm
-                .slot(w.slot)
-                .is_some_and(|s| matches!(s.state(), State::Idle | State::Busy));
+            let booted = self.shm.slot(w.slot).is_some_and(Slot::ready);
             if !booted {
                 continue;
             }
@@ -1156,92 +1128,6 @@ impl Arbiter {
             self.retire_oldest("ttou");
         }
         Ok(())
-    }
-
-    /// One turn of the rolling reload: retire the old workers whose places
-    /// ready new ones took, spawn the next new ones; end it when done.
-    fn step_rollout(&mut self) -> Result<(), Halt> {
-        let Some(r) = &self.rollout else {
-            return Ok(());
-        };
-        let shm = self.shm;
-        let members: Vec<Member> = self
-            .workers
-            .iter_mut()
-            .filter(|(_, w)| w.retired.is_none())
-            .map(|(pid, w)| {
-                let ready = shm
-                    .slot(w.slot)
-                    .is_some_and(|s| matches!(s.state(), State::Idle | State::Busy));
-                w.seen_ready |= ready;
-                Member {
-                    pid: *pid,
-                    age: w.age,
-                    generation: w.generation,
-                    ready,
-                }
-            })
-            .collect();
-        let plan = r.plan(self.num_workers, &members);
-        for pid in plan.retire {
-            if let Some(w) = self.workers.get_mut(&pid) {
-                w.retired = Some("reload");
-                let _ = kill(pid, Signal::SIGTERM);
-            }
-        }
-        for _ in 0..plan.spawn {
-            self.spawn_worker()?;
-        }
-        if plan.done {
-            crate::log_info!(
-                "Rolling reload done: {} workers of the new generation serving",
-                self.num_workers
-            );
-            self.rollout = None;
-            self.reload_failed = false;
-        }
-        Ok(())
-    }
-
-    /// A new worker of the rolling reload exited before it was ready: stop
-    /// the rollout. Its booting siblings are stopped; the workers serving
-    /// (old ones, and new ones already ready) keep serving.
-    fn abort_rollout(&mut self, pid: Pid, status: Result<i32, Signal>) {
-        let Some(r) = self.rollout.take() else {
-            return;
-        };
-        let why = match status {
-            Ok(WORKER_BOOT_ERROR) => "failed to boot".to_owned(),
-            Ok(APP_LOAD_ERROR) => "failed to load the app".to_owned(),
-            Ok(code) => format!("exited with code {code} before it was ready"),
-            Err(sig) => format!("was killed by {} before it was ready", sig.as_str()),
-        };
-        let mut stopped = 0;
-        for (p, w) in self.workers.iter_mut() {
-            let ready = self
-                .shm
-                .slot(w.slot)
-                .is_some_and(|s| matches!(s.state(), State::Idle | State::Busy));
-            if w.retired.is_none() && w.generation == r.generation && !ready {
-                w.retired = Some("reload");
-                let _ = kill(*p, Signal::SIGTERM);
-                stopped += 1;
-            }
-        }
-        let serving = self.active_workers();
-        crate::log_error!(
-            "Reload failed: new worker (pid:{pid}) {why} (its error is logged above); the rolling \
-             reload stops{}, the {serving} workers serving keep serving. Fix the cause and send HUP again.",
-            if stopped > 0 {
-                format!(" ({stopped} other new workers still booting are stopped)")
-            } else {
-                String::new()
-            }
-        );
-        if let Some(m) = self.shm.master() {
-            m.count_reload_failure();
-        }
-        self.reload_failed = true;
     }
 
     /// Workers not already told to leave.

@@ -3,13 +3,19 @@
 //! shared-memory slot left `booting`: app imported, post_worker_init done,
 //! listeners polled); an old worker is told to stop only when a ready new
 //! one takes its place, so the ready workers never number fewer than the
-//! configured count. The arbiter stops the rollout when a new worker exits
-//! before it is ready (see `Arbiter::abort_rollout`).
+//! configured count. A new worker that exits before it is ready stops the
+//! rollout, not the server ([`Arbiter::abort_rollout`]).
 //!
-//! This module is the decision alone, over a snapshot of the workers: what
-//! to spawn and whom to retire at each turn of the master's loop.
+//! [`Rollout::plan`] is the decision, over a snapshot of the workers: what to
+//! spawn and whom to retire at each turn of the master's loop (every 50 ms
+//! while a rollout runs). The `impl Arbiter` below acts on it.
 
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+use super::{Arbiter, Halt};
+use crate::shm::Slot;
+use crate::worker::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
 /// One live worker (not already told to stop), as the rollout sees it.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +98,112 @@ impl Rollout {
             retire,
             done: old_left == 0 && new_booting == 0 && spawn == 0,
         }
+    }
+}
+
+/// The master's side: start, step and stop a rollout.
+impl Arbiter {
+    /// Begins a rolling reload (the main loop's turns carry it on). Workers
+    /// still booting give no capacity and would serve the previous code:
+    /// they are stopped now.
+    pub(super) fn start_rollout(&mut self) {
+        for (pid, w) in self.workers.iter_mut() {
+            let booting = self.shm.slot(w.slot).is_none_or(|s| !s.ready());
+            if w.retired.is_none() && booting {
+                w.retired = Some("reload");
+                let _ = kill(*pid, Signal::SIGTERM);
+            }
+        }
+        let r = Rollout::new(self.generation, self.num_workers);
+        crate::log_info!(
+            "Rolling reload: {} workers, {} at a time; each old one stops once a new one is ready",
+            self.num_workers,
+            r.batch()
+        );
+        self.rollout = Some(r);
+        // A boot failure after a failed reload waits no longer.
+        self.spawn_not_before = None;
+    }
+
+    /// One turn of the rolling reload: retire the old workers whose places
+    /// ready new ones took, spawn the next new ones; end it when done.
+    pub(super) fn step_rollout(&mut self) -> Result<(), Halt> {
+        let Some(r) = &self.rollout else {
+            return Ok(());
+        };
+        let shm = self.shm;
+        let members: Vec<Member> = self
+            .workers
+            .iter_mut()
+            .filter(|(_, w)| w.retired.is_none())
+            .map(|(pid, w)| {
+                let ready = shm.slot(w.slot).is_some_and(Slot::ready);
+                w.seen_ready |= ready;
+                Member {
+                    pid: *pid,
+                    age: w.age,
+                    generation: w.generation,
+                    ready,
+                }
+            })
+            .collect();
+        let plan = r.plan(self.num_workers, &members);
+        for pid in plan.retire {
+            if let Some(w) = self.workers.get_mut(&pid) {
+                w.retired = Some("reload");
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+        }
+        for _ in 0..plan.spawn {
+            self.spawn_worker()?;
+        }
+        if plan.done {
+            crate::log_info!(
+                "Rolling reload done: {} workers of the new generation serving",
+                self.num_workers
+            );
+            self.rollout = None;
+            self.reload_failed = false;
+        }
+        Ok(())
+    }
+
+    /// A new worker of the rolling reload exited before it was ready: stop
+    /// the rollout. Its booting siblings are stopped; the workers serving
+    /// (old ones, and new ones already ready) keep serving.
+    pub(super) fn abort_rollout(&mut self, pid: Pid, status: Result<i32, Signal>) {
+        let Some(r) = self.rollout.take() else {
+            return;
+        };
+        let why = match status {
+            Ok(WORKER_BOOT_ERROR) => "failed to boot".to_owned(),
+            Ok(APP_LOAD_ERROR) => "failed to load the app".to_owned(),
+            Ok(code) => format!("exited with code {code} before it was ready"),
+            Err(sig) => format!("was killed by {} before it was ready", sig.as_str()),
+        };
+        let mut stopped = 0;
+        for (p, w) in self.workers.iter_mut() {
+            let ready = self.shm.slot(w.slot).is_some_and(Slot::ready);
+            if w.retired.is_none() && w.generation == r.generation && !ready {
+                w.retired = Some("reload");
+                let _ = kill(*p, Signal::SIGTERM);
+                stopped += 1;
+            }
+        }
+        let serving = self.active_workers();
+        crate::log_error!(
+            "Reload failed: new worker (pid:{pid}) {why} (its error is logged above); the rolling \
+             reload stops{}, the {serving} workers serving keep serving. Fix the cause and send HUP again.",
+            if stopped > 0 {
+                format!(" ({stopped} other new workers still booting are stopped)")
+            } else {
+                String::new()
+            }
+        );
+        if let Some(m) = self.shm.master() {
+            m.count_reload_failure();
+        }
+        self.reload_failed = true;
     }
 }
 

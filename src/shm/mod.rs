@@ -95,6 +95,12 @@ impl Slot {
         }
     }
 
+    /// Booted and serving (idle or busy): the app is imported,
+    /// post_worker_init has run and the listeners are polled.
+    pub fn ready(&self) -> bool {
+        matches!(self.state(), State::Idle | State::Busy)
+    }
+
     /// A request starts (any thread of the worker): a heartbeat, and the
     /// worker reads as busy until every request begun has ended. It leaves the state's entry time alone (requests
     /// come and go constantly; the exporter shows time in the
