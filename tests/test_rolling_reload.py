@@ -273,7 +273,7 @@ def test_hup_during_a_rollout_rolls_out_the_latest(server):
         load.wait_count(20)
         write_app(d, "two")
         s.signal(signal.SIGHUP)
-        s.wait_log("Booting worker", 5)
+        s.wait_log("Rolling reload: 4 workers", 5)
         time.sleep(0.5)  # the first new worker is ready, the second booting
         write_app(d, "three")
         s.signal(signal.SIGHUP)
@@ -340,3 +340,46 @@ def test_a_worker_lost_after_a_failed_reload_does_not_stop_the_server(server):
     assert before[1] in workers and before[0] not in workers and len(workers) == 2
     marks = {requests.get(s.url + "/", timeout=10).text.split()[1] for _ in range(20)}
     assert marks <= {"one", "three"} and "three" in marks, marks
+
+
+def test_ready_means_post_worker_init_done(server):
+    """A new worker is ready only once post_worker_init has returned: one
+    that takes 1 s keeps the old worker serving that long; one that raises
+    stops the reload."""
+    d = app_dir("one")
+    flag = os.path.join(d, "hook-mode")
+    conf = '''import os, time
+def post_worker_init(worker):
+    mode = open(%r).read() if os.path.exists(%r) else ""
+    if mode == "slow":
+        time.sleep(1.0)
+    elif mode == "fail":
+        raise RuntimeError("post_worker_init refuses this worker")
+''' % (flag, flag)
+    s = server(["-w", "1", "rollapp:app"], cwd=d, config_text=conf)
+    wait_ready_workers(s, 1)
+    first = s.children()
+    with open(flag, "w") as f:
+        f.write("slow")
+    start = time.monotonic()
+    s.signal(signal.SIGHUP)
+    s.wait_log("Rolling reload: 1 workers", 5)
+    time.sleep(0.6)
+    # the new worker is in post_worker_init: the old one still serves
+    assert first[0] in s.children()
+    assert requests.get(s.url + "/", timeout=10).text.split()[0] == str(first[0])
+    s.wait_log("Rolling reload done", 20)
+    took = time.monotonic() - start
+    assert took >= 1.0, took
+    wait_for(lambda: (lambda c: c if len(c) == 1 and c != first else None)(s.children()), 10,
+             msg="the new worker alone")
+    second = s.children()
+    with open(flag, "w") as f:
+        f.write("fail")
+    s.signal(signal.SIGHUP)
+    log = s.wait_log("Reload failed", 20)
+    assert "post_worker_init refuses this worker" in log
+    wait_for(lambda: s.children() == second, 10, msg="the serving worker alone")
+    assert requests.get(s.url + "/", timeout=10).text.split()[0] == str(second[0])
+    m = wait_metrics(s)
+    assert total(m, "gunicorn_master_reload_failures_total") == 1

@@ -2036,7 +2036,7 @@ pub static SETTINGS: &[Setting] = &[
         kind: Kind::Choice { values: &["rolling", "all"], fold: true, none: NoneRule::To("rolling") },
         default: DefaultValue::Str("rolling"),
         env: Some("FERROCORN_RELOAD_STRATEGY"),
-        help: "How HUP replaces the workers. rolling: a few at a time, each old worker stopped only once a new one is ready (app imported, post_worker_init done), so serving capacity never drops below the number of workers; a new worker that fails to boot stops the reload and the old workers keep serving. all: gunicorn's way, every worker replaced at once.",
+        help: "How HUP replaces the workers. rolling: new workers start a quarter at a time (rounded up), and an old worker is stopped only once a new one is ready (app imported, post_worker_init done), so the ready workers never number fewer than workers; a new worker that fails to boot stops the reload, the old workers keep serving and gunicorn_master_reload_failures_total counts it. all: gunicorn's way, every worker replaced at once (a new worker that fails to boot stops the server).",
         support: Support::Extension,
         note: "",
     },
