@@ -116,8 +116,9 @@ impl Arbiter {
         }
         let r = Rollout::new(self.generation, self.num_workers);
         crate::log_info!(
-            "Rolling reload: {} workers, {} at a time; each old one stops once a new one is ready",
+            "Rolling reload: {} worker{}, {} at a time; each old one stops once a new one is ready",
             self.num_workers,
+            if self.num_workers == 1 { "" } else { "s" },
             r.batch()
         );
         self.rollout = Some(r);
