@@ -658,8 +658,10 @@ impl Arbiter {
     }
 
     /// gunicorn's reload(): re-read the configuration, reopen logs, rebind
-    /// if the addresses changed, on_reload, new pidfile, then new workers;
-    /// the old ones are retired gracefully once the new ones are spawned.
+    /// if the addresses changed, on_reload, new pidfile, then new workers:
+    /// a rolling reload (`reload_strategy = rolling`, src/arbiter/rollout.rs)
+    /// or, with `all`, every old worker retired once the new ones are
+    /// spawned. The one entry point of a reload (HUP, or any other trigger).
     fn reload(&mut self) -> Result<(), Halt> {
         if let Some(m) = self.shm.master() {
             m.count_reload();
