@@ -27,9 +27,13 @@ use crate::mpfiles::appdir::AppDir;
 use crate::process::pidfile::Pidfile;
 use crate::process::reexec::{self, StartCtx};
 use crate::process::{systemd, title};
-use crate::shm::{ExitReason, Shm, State};
+use crate::shm::{ExitReason, Shm, Slot, State};
 use crate::sock::Listener;
 use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
+
+mod rollout;
+
+use rollout::Rollout;
 
 const SIGNAL_TOKEN: Token = Token(0);
 
@@ -50,6 +54,12 @@ struct WorkerProc {
     retired: Option<&'static str>,
     /// When max_worker_lifetime (plus this worker's jitter) is up.
     expires: Option<Instant>,
+    /// The reload generation it was spawned in (a rolling reload tells the
+    /// new workers from the old ones by it).
+    generation: u64,
+    /// The master saw it ready (idle or busy) during a rolling reload. (At
+    /// its exit the slot reads `quitting` whether it booted or not.)
+    seen_ready: bool,
 }
 
 /// Everything the master needs from `main`.
@@ -126,7 +136,26 @@ pub struct Arbiter {
     app_dir: Option<AppDir>,
     /// `3.11.7`: the `python` label of ferrocorn_build_info.
     python_version: String,
+    /// Bumped by each reload: the generation of the workers spawned now.
+    generation: u64,
+    /// The rolling reload in progress.
+    rollout: Option<Rollout>,
+    /// The last rolling reload failed (the old workers kept serving) and no
+    /// reload has succeeded since: a worker that fails to boot now does not
+    /// stop the server; its replacement is tried again after a pause.
+    reload_failed: bool,
+    /// No worker is spawned before this (a worker failed to boot after a
+    /// failed reload).
+    spawn_not_before: Option<Instant>,
 }
+
+/// How often the master looks at the new workers' readiness while a
+/// rolling reload runs (they do not signal it).
+const ROLLOUT_TICK: Duration = Duration::from_millis(50);
+
+/// The pause before a worker is spawned again after one failed to boot
+/// following a failed reload.
+const BOOT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a stopping master waits for the exporter once the workers are
 /// gone (its last Redis push), before SIGKILL.
@@ -202,6 +231,10 @@ impl Arbiter {
             exporter_restart: false,
             app_dir: None,
             python_version: String::new(),
+            generation: 0,
+            rollout: None,
+            reload_failed: false,
+            spawn_not_before: None,
         })
     }
 
@@ -649,9 +682,14 @@ impl Arbiter {
     }
 
     /// gunicorn's reload(): re-read the configuration, reopen logs, rebind
-    /// if the addresses changed, on_reload, new pidfile, then new workers;
-    /// the old ones are retired gracefully once the new ones are spawned.
+    /// if the addresses changed, on_reload, new pidfile, then new workers:
+    /// a rolling reload (`reload_strategy = rolling`, src/arbiter/rollout.rs)
+    /// or, with `all`, every old worker retired once the new ones are
+    /// spawned. The one entry point of a reload (HUP, or any other trigger).
     fn reload(&mut self) -> Result<(), Halt> {
+        if let Some(m) = self.shm.master() {
+            m.count_reload();
+        }
         let loaded = Python::attach(|py| {
             // Undo the previous -e/raw_env so removed variables disappear.
             for (k, _) in self.cfg.raw_env() {
@@ -672,6 +710,9 @@ impl Arbiter {
             Ok(Loaded::Exit(_)) => return Ok(()),
             Err(e) => {
                 crate::log_error!("reload failed, keeping the current configuration: {e}");
+                if let Some(m) = self.shm.master() {
+                    m.count_reload_failure();
+                }
                 return Ok(());
             }
         };
@@ -747,7 +788,14 @@ impl Arbiter {
         self.proc_name = self.cfg.proc_name();
         self.set_title();
         self.reload_exporter();
-        // Retire every current worker once replacements are forked.
+        self.generation += 1;
+        if self.cfg.rolling_reload() {
+            self.start_rollout();
+            return Ok(());
+        }
+        self.rollout = None;
+        // gunicorn's way: retire every current worker once replacements are
+        // forked.
         let old: Vec<Pid> = self.workers.keys().copied().collect();
         for _ in 0..self.num_workers {
             self.spawn_worker()?;
@@ -878,6 +926,14 @@ impl Arbiter {
             };
             let cause = self.exit_cause(pid, &w, status);
             let view = self.worker_view(pid, &w);
+            // A new worker of a rolling reload that never got ready stops
+            // the rollout, not the server.
+            let rollout_failure = !stopping
+                && !w.seen_ready
+                && self
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| w.generation == r.generation && w.retired.is_none());
             self.shm.release(w.slot);
             if let Some(dir) = &self.app_dir {
                 dir.compact(pid.as_raw() as u32);
@@ -895,6 +951,16 @@ impl Arbiter {
             }
             match status {
                 _ if stopping => {}
+                _ if rollout_failure => self.abort_rollout(pid, status),
+                Ok(WORKER_BOOT_ERROR | APP_LOAD_ERROR) if self.reload_failed => {
+                    crate::log_error!(
+                        "Worker (pid:{pid}) failed to boot after a failed reload: the server \
+                         keeps running with the workers it has and tries again in {} s; fix \
+                         the cause and send HUP",
+                        BOOT_RETRY_DELAY.as_secs()
+                    );
+                    self.spawn_not_before = Some(Instant::now() + BOOT_RETRY_DELAY);
+                }
                 Ok(WORKER_BOOT_ERROR) => {
                     return Err(Halt {
                         reason: Some("Worker failed to boot.".into()),
@@ -1013,10 +1079,16 @@ impl Arbiter {
     /// worker's lifetime ends first.
     fn next_wait(&self) -> Duration {
         let now = Instant::now();
-        let tick = if self.cfg.max_worker_memory() > 0 {
+        let tick = if self.rollout.is_some() {
+            ROLLOUT_TICK
+        } else if self.cfg.max_worker_memory() > 0 {
             Duration::from_millis(100)
         } else {
             Duration::from_secs(1)
+        };
+        let tick = match self.spawn_not_before {
+            Some(t) => tick.min(t.saturating_duration_since(now)),
+            None => tick,
         };
         self.workers
             .values()
@@ -1047,10 +1119,7 @@ impl Arbiter {
             if mem_limit_mb == 0 {
                 continue;
             }
-            let booted = self
-                .shm
-                .slot(w.slot)
-                .is_some_and(|s| matches!(s.state(), State::Idle | State::Busy));
+            let booted = self.shm.slot(w.slot).is_some_and(Slot::ready);
             if !booted {
                 continue;
             }
@@ -1068,8 +1137,16 @@ impl Arbiter {
         }
     }
 
-    /// Spawns or retires workers until their number is `num_workers`.
+    /// Spawns or retires workers until their number is `num_workers`; while
+    /// a rolling reload runs, its plan decides instead.
     fn manage_workers(&mut self) -> Result<(), Halt> {
+        if self.spawn_not_before.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        self.spawn_not_before = None;
+        if self.rollout.is_some() {
+            return self.step_rollout();
+        }
         while self.active_workers() < self.num_workers {
             self.spawn_worker()?;
         }
@@ -1145,6 +1222,8 @@ impl Arbiter {
                         aborted: false,
                         retired: None,
                         expires: self.lifetime_deadline(child),
+                        generation: self.generation,
+                        seen_ready: false,
                     },
                 );
                 Ok(())

@@ -768,6 +768,13 @@ impl Config {
         )
     }
 
+    /// reload_strategy: whether HUP replaces the workers a few at a time,
+    /// each new one ready before an old one stops (`rolling`), or all at
+    /// once (`all`, gunicorn's way).
+    pub fn rolling_reload(&self) -> bool {
+        self.str("reload_strategy").unwrap_or("rolling") != "all"
+    }
+
     /// The absolute directory to change to (default: the start directory).
     pub fn chdir(&self) -> Option<String> {
         self.str("chdir").map(str::to_owned)

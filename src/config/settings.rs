@@ -2040,4 +2040,16 @@ pub static SETTINGS: &[Setting] = &[
         support: Support::Extension,
         note: "",
     },
+    Setting {
+        name: "reload_strategy",
+        section: "Server Mechanics",
+        cli: &["--reload-strategy"],
+        meta: Some("STRATEGY"),
+        kind: Kind::Choice { values: &["rolling", "all"], fold: true, none: NoneRule::To("rolling") },
+        default: DefaultValue::Str("rolling"),
+        env: Some("FERROCORN_RELOAD_STRATEGY"),
+        help: "How HUP replaces the workers. rolling: new workers start a quarter at a time (rounded up), and an old worker is stopped only once a new one is ready (app imported, post_worker_init done), so the ready workers never number fewer than workers; a new worker that fails to boot stops the reload, the old workers keep serving and gunicorn_master_reload_failures_total counts it. all: gunicorn's way, every worker replaced at once (a new worker that fails to boot stops the server).",
+        support: Support::Extension,
+        note: "",
+    },
 ];

@@ -33,7 +33,7 @@ prometheus_ssl_client_capath prometheus_ssl_client_auth_required prometheus_mult
 cleanup_db_files metrics_duration_buckets keep_dead_worker_gauges redis_enabled redis_url redis_cluster_nodes redis_sentinel_nodes redis_sentinel_service redis_host redis_port \
 redis_db redis_password redis_key_prefix redis_ttl_seconds redis_ttl_disabled \
 redis_push_interval redis_instance max_worker_memory max_worker_lifetime \
-max_worker_lifetime_jitter access_log_json preload_freeze";
+max_worker_lifetime_jitter access_log_json preload_freeze reload_strategy";
 
 /// A fresh, empty directory for one test.
 fn tmpdir() -> PathBuf {

@@ -540,6 +540,18 @@ impl Collector {
             Kind::Counter,
             signals,
         ));
+        out.push(family(
+            "gunicorn_master_reloads",
+            "Reloads (HUP) the master began",
+            Kind::Counter,
+            vec![scalar(vec![], m.reloads() as f64)],
+        ));
+        out.push(family(
+            "gunicorn_master_reload_failures",
+            "Reloads that failed: the new configuration did not load, or a new worker of a rolling reload did not boot",
+            Kind::Counter,
+            vec![scalar(vec![], m.reload_failures() as f64)],
+        ));
     }
 
     fn listener_families(&self, out: &mut Vec<Family>) {

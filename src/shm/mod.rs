@@ -97,6 +97,12 @@ impl Slot {
         }
     }
 
+    /// Booted and serving (idle or busy): the app is imported,
+    /// post_worker_init has run and the listeners are polled.
+    pub fn ready(&self) -> bool {
+        matches!(self.state(), State::Idle | State::Busy)
+    }
+
     /// A request starts (any thread of the worker): a heartbeat, and the
     /// worker reads as busy until every request begun has ended. It leaves the state's entry time alone (requests
     /// come and go constantly; the exporter shows time in the
@@ -384,6 +390,11 @@ pub struct MasterStats {
     /// accumulator: a reader that sees it change (or odd) reads again, so a
     /// worker is never counted twice or not at all (totals stay monotonic).
     fold_epoch: AtomicU64,
+    /// HUP reloads begun (the new configuration read), and those that
+    /// failed: a configuration that does not load, or a rolling reload
+    /// stopped because a new worker did not boot.
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
 }
 
 impl MasterStats {
@@ -416,6 +427,27 @@ impl MasterStats {
         if let Some(c) = usize::try_from(sig).ok().and_then(|i| self.signals.get(i)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A reload begins (HUP, configuration read).
+    pub fn count_reload(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A reload failed (see [`MasterStats::reload_failures`]).
+    pub fn count_reload_failure(&self) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads begun.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Reloads that failed: the configuration did not load, or a new worker
+    /// of a rolling reload did not boot.
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
     }
 
     /// (reason, count) for the named reasons.
