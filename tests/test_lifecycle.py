@@ -266,3 +266,32 @@ def test_unix_and_tcp_bind(server):
     with RawConn(unix_path=path) as c:
         c.send(get("/"))
         assert c.read_response().status == 200
+
+
+@pytest.mark.ferrocorn_only
+@pytest.mark.parametrize("kind,args", [
+    ("gthread", ["-k", "gthread", "--threads", "2", "wsgiapp:app"]),
+    ("gevent", ["-k", "gevent", "wsgiapp:app"]),
+    ("asgi", ["-k", "asgi", "asgiapp:app"]),
+])
+def test_a_keep_alive_response_during_the_drain_leaves_the_connection_open(server, kind, args):
+    """A response that said keep-alive, finished after TERM began the
+    graceful stop: the connection stays open for the drain's idle grace, so
+    the client's next request on it is answered (with Connection: close),
+    not reset by a close racing it."""
+    s = server(["-w", "1", "--graceful-timeout", "15", "--keep-alive", "5"] + args)
+    if kind != "asgi":
+        s.assert_kind(kind)  # (the asgi app answers only under the asgi kind)
+    with RawConn(s.port) as c:
+        c.send(get("/sleep?s=1", close=False))
+        time.sleep(0.3)
+        s.signal(signal.SIGTERM)
+        first = c.read_response()
+        assert first.status == 200
+        # the client sends its next request as soon as it has the answer
+        c.send(get("/", close=False))
+        second = c.read_response()
+        assert second.status == 200
+        assert (second.header("connection") or "").lower() == "close", second
+        assert c.is_closed()
+    assert s.wait(15) == 0

@@ -47,17 +47,13 @@ async def asgi_app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 '''
 
-# kind: (arguments, app, keep-alive per load thread). gthread and asgi
-# workers that stop gracefully (HUP with either strategy, TERM) sometimes
-# reset a keep-alive connection whose next request arrives as they drain
-# (reproduced with --reload-strategy all too: a drain issue of the
-# connection layer, not of the rollout); their load opens a connection per
-# request until that is fixed.
+# kind: (arguments, app, keep-alive per load thread: new connections and
+# kept-alive ones).
 KINDS = {
     "sync": (["-k", "sync"], "rollapp:app", (False, True)),
-    "gthread": (["-k", "gthread", "--threads", "4"], "rollapp:app", (False,)),
+    "gthread": (["-k", "gthread", "--threads", "4"], "rollapp:app", (False, True)),
     "gevent": (["-k", "gevent"], "rollapp:app", (False, True)),
-    "asgi": (["-k", "asgi"], "rollapp:asgi_app", (False,)),
+    "asgi": (["-k", "asgi"], "rollapp:asgi_app", (False, True)),
 }
 
 BROKEN = 'raise RuntimeError("rollapp cannot start: broken at import")'

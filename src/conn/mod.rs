@@ -1052,9 +1052,13 @@ impl<H: Handler> Loop<H> {
             self.exit = Some(code);
             return Next::Close;
         }
-        let alive = self.life.alive;
+        // A response that told the client the connection stays open keeps
+        // it open also when the worker began to stop meanwhile: closing at
+        // once would race the client's next request (a reset). It waits
+        // the drain's idle grace as the connections idle when the drain
+        // began, and its next request is answered with Connection: close.
         let keep = keep
-            .is_some_and(|k| k.after_response(served.reusable, served.leftover.is_some(), alive));
+            .is_some_and(|k| k.after_response(served.reusable, served.leftover.is_some(), true));
         let (Some((raw, pos)), Some(conn)) =
             (served.leftover.filter(|_| keep), self.conns.get_mut(key))
         else {
@@ -1068,6 +1072,10 @@ impl<H: Handler> Loop<H> {
         // the clock there already).
         let ended = served.ended.unwrap_or_else(Instant::now);
         conn.enter(Phase::Idle, ended, &self.deadlines);
+        if self.draining.is_some() || !self.life.alive {
+            let grace = self.settings.keepalive.min(DRAIN_IDLE_GRACE);
+            conn.deadline = conn.deadline.min(ended + grace);
+        }
         Next::Wait
     }
 
