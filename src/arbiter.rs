@@ -31,6 +31,8 @@ use crate::shm::{ExitReason, Shm, State};
 use crate::sock::Listener;
 use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
+mod ctl;
+
 const SIGNAL_TOKEN: Token = Token(0);
 
 /// Slots in the shared region: far above any worker count ferrocorn is run
@@ -126,6 +128,8 @@ pub struct Arbiter {
     app_dir: Option<AppDir>,
     /// `3.11.7`: the `python` label of ferrocorn_build_info.
     python_version: String,
+    /// The control socket (gunicornc), while it is served.
+    ctl: Option<crate::ctl::Server>,
 }
 
 /// How long a stopping master waits for the exporter once the workers are
@@ -202,6 +206,7 @@ impl Arbiter {
             exporter_restart: false,
             app_dir: None,
             python_version: String::new(),
+            ctl: None,
         })
     }
 
@@ -392,8 +397,9 @@ impl Arbiter {
             });
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 drop(self.signals.take());
-                // The exporter's threads never take the GIL (this thread
-                // keeps it): its log lines are written by Rust.
+                drop(self.ctl.take()); // closes its fds; the file stays
+                                       // The exporter's threads never take the GIL (this thread
+                                       // keeps it): its log lines are written by Rust.
                 crate::log::set_python(None);
                 let code = crate::exporter::child::run(cfg, statsd, master_pid, source);
                 std::process::exit(code);
@@ -537,6 +543,7 @@ impl Arbiter {
         if let Err(h) = self.manage_workers() {
             return h;
         }
+        self.start_ctl();
         loop {
             if let Err(e) = self.poll.poll(&mut events, Some(self.next_wait())) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -545,6 +552,9 @@ impl Arbiter {
                 }
             }
             self.maybe_promote();
+            if let Some(h) = self.serve_ctl(&events) {
+                return h;
+            }
             let pending: Vec<i32> = match self.signals.as_mut() {
                 Some(s) => s.pending().collect(),
                 None => Vec::new(),
@@ -776,6 +786,7 @@ impl Arbiter {
             let res = crate::python::fork(py, &|| {});
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 drop(self.signals.take());
+                drop(self.ctl.take()); // closes its fds; the file stays
                 let code = self.exec_new_master(py);
                 std::process::exit(code);
             }
@@ -1121,6 +1132,7 @@ impl Arbiter {
                 // The child must not see the master's signals: dropping them
                 // unregisters signal-hook's actions and the self-pipe.
                 drop(self.signals.take());
+                drop(self.ctl.take()); // closes its fds; the file stays
                 let code = self.run_worker(py, slot_idx, age);
                 flush_python_stdio(py);
                 std::process::exit(code);
@@ -1246,6 +1258,7 @@ impl Arbiter {
 
     /// Stops everything and returns the exit status (gunicorn's halt()).
     fn halt(&mut self, halt: Halt) -> i32 {
+        self.stop_ctl();
         self.stop(halt.graceful);
         crate::log_debug!("worker exits by cause: {:?}", self.restarts);
         if let Some(retired) = self.shm.retired() {

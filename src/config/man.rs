@@ -25,7 +25,7 @@ pub fn man_page(version: &str) -> String {
         esc(version)
     ));
     out.push_str(".SH NAME\nferrocorn \\- a pre\\-fork application server for Python web apps, a drop\\-in replacement for gunicorn, with Prometheus metrics built in\n");
-    out.push_str(".SH SYNOPSIS\n.B ferrocorn\n[\\fIOPTIONS\\fR] [\\fIAPP_MODULE\\fR]\n.br\n.B ferrocorn exporter\n[\\fIOPTIONS\\fR]\n");
+    out.push_str(".SH SYNOPSIS\n.B ferrocorn\n[\\fIOPTIONS\\fR] [\\fIAPP_MODULE\\fR]\n.br\n.B ferrocorn exporter\n[\\fIOPTIONS\\fR]\n.br\n.B ferrocorn ctl\n[\\fB\\-s\\fR \\fISOCKET\\fR] [\\fB\\-c\\fR \\fICOMMAND\\fR] [\\fB\\-j\\fR]\n");
     out.push_str(".SH DESCRIPTION\nferrocorn serves the WSGI or ASGI application \\fIAPP_MODULE\\fR (\\fIMODULE\\fR:\\fIVARIABLE\\fR) with a Rust master process that forks workers embedding CPython. It reads gunicorn's command line, \\fBGUNICORN_CMD_ARGS\\fR and \\fBgunicorn.conf.py\\fR files, runs gunicorn's server hooks and answers gunicorn's signals. Metrics are served on \\fBPROMETHEUS_METRICS_PORT\\fR (9090) unless \\fB\\-\\-no\\-metrics\\fR is given.\n.PP\nSettings come, from lowest to highest precedence, from their defaults, the environment variables named below, the config file, \\fBGUNICORN_CMD_ARGS\\fR and the command line. docs/compatibility.md says which of gunicorn 27's settings are supported.\n");
     out.push_str(".SH OPTIONS\n");
     let mut section = "";
