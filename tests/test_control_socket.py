@@ -307,6 +307,10 @@ def test_bad_clients_never_block_the_master(server):
     flood.setblocking(True)
     flood.settimeout(5)
     assert read_frame(flood)["status"] == "ok"
+    # clients holding connections open cannot lock the operator out
+    for _ in range(70):
+        client()
+    assert run_json("ferrocorn", path, "show stats")["workers_target"] == 2
     for c in opened:
         c.close()
     assert run_json("gunicornc", path, "show stats")["workers_target"] == 2

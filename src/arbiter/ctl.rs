@@ -199,10 +199,12 @@ impl Arbiter {
             .iter()
             .map(|(pid, w)| {
                 let view = self.worker_view(*pid, w);
-                let beat = self
-                    .shm
-                    .slot(w.slot)
-                    .map(|s| (s.silent_for_ms() as f64 / 10.0).round() / 100.0);
+                let beat = self.shm.slot(w.slot).map(|s| {
+                    // A worker that has not beaten yet: since its spawn
+                    // (gunicorn's heartbeat file is made at the fork).
+                    let born = crate::shm::monotonic_ms().saturating_sub(s.born_ms());
+                    (s.silent_for_ms().min(born) as f64 / 10.0).round() / 100.0
+                });
                 let mut e = Map::new();
                 e.insert("pid".into(), json!(pid.as_raw()));
                 if let Some(k) = kind {

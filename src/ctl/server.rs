@@ -22,7 +22,8 @@ use super::{decode, encode, error_reply, ok_reply, parse_request, Command, Comma
 const LISTENER: Token = Token(1 << 30);
 const FIRST_CONN: usize = (1 << 30) + 1;
 
-/// Connections served at once; more are closed as they are accepted.
+/// Connections served at once; a new one beyond closes the least recently
+/// active.
 const MAX_CONNS: usize = 64;
 
 /// gunicorn closes a client idle this long (its `_handle_client` timeout).
@@ -180,10 +181,19 @@ impl Server {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     if self.conns.len() >= MAX_CONNS {
-                        crate::log_warning!(
-                            "control socket: {MAX_CONNS} clients connected already; closing a new one"
-                        );
-                        continue;
+                        // Clients that hold connections open must not lock
+                        // the operator out: the least recently active goes.
+                        let oldest = self
+                            .conns
+                            .iter()
+                            .min_by_key(|(_, c)| c.last)
+                            .map(|(k, _)| k);
+                        if let Some(k) = oldest {
+                            crate::log_warning!(
+                                "control socket: {MAX_CONNS} clients connected; closing the least recently active"
+                            );
+                            self.close(k);
+                        }
                     }
                     let entry = self.conns.vacant_entry();
                     let Some(token) = entry.key().checked_add(FIRST_CONN).map(Token) else {
