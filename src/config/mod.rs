@@ -151,20 +151,25 @@ fn default_value(s: &Setting, cwd: &Path) -> Value {
         DefaultValue::Euid => Value::Int(i64::from(nix::unistd::geteuid().as_raw())),
         DefaultValue::Egid => Value::Int(i64::from(nix::unistd::getegid().as_raw())),
         DefaultValue::ControlSocket => {
-            let xdg = std::env::var_os("XDG_RUNTIME_DIR")
-                .map(PathBuf::from)
-                .filter(|p| !p.as_os_str().is_empty() && p.is_dir());
-            let path = match xdg {
-                Some(dir) => dir.join("gunicorn.ctl"),
-                None => {
-                    let home = std::env::var_os("HOME")
-                        .map(PathBuf::from)
-                        .unwrap_or_default();
-                    home.join(".gunicorn").join("gunicorn.ctl")
-                }
-            };
-            Value::Str(path.to_string_lossy().into_owned())
+            Value::Str(default_control_socket().to_string_lossy().into_owned())
         }
+    }
+}
+
+/// gunicorn's `_get_default_control_socket()`: `$XDG_RUNTIME_DIR/gunicorn.ctl`
+/// when that directory exists, else `~/.gunicorn/gunicorn.ctl` (also the
+/// default of `ferrocorn ctl -s`, as of gunicornc's).
+pub fn default_control_socket() -> PathBuf {
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| !p.as_os_str().is_empty() && p.is_dir());
+    match xdg {
+        Some(dir) => dir.join("gunicorn.ctl"),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".gunicorn")
+            .join("gunicorn.ctl"),
     }
 }
 

@@ -13,21 +13,6 @@ use serde_json::{json, Value};
 /// gunicornc's client timeout.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// gunicorn's `_get_default_control_socket()` (the setting's default).
-fn default_socket() -> PathBuf {
-    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| !p.as_os_str().is_empty() && p.is_dir());
-    match xdg {
-        Some(dir) => dir.join("gunicorn.ctl"),
-        None => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(".gunicorn")
-            .join("gunicorn.ctl"),
-    }
-}
-
 struct Client {
     path: PathBuf,
     sock: Option<UnixStream>,
@@ -448,7 +433,7 @@ pub fn main(args: &[OsString]) -> i32 {
     let path = m
         .get_one::<PathBuf>("socket")
         .cloned()
-        .unwrap_or_else(default_socket);
+        .unwrap_or_else(crate::config::default_control_socket);
     let path = if path.is_absolute() {
         path
     } else {
