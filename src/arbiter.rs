@@ -397,9 +397,10 @@ impl Arbiter {
             });
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 drop(self.signals.take());
-                drop(self.ctl.take()); // closes its fds; the file stays
-                                       // The exporter's threads never take the GIL (this thread
-                                       // keeps it): its log lines are written by Rust.
+                // Closes the control socket's fds (its file stays).
+                drop(self.ctl.take());
+                // The exporter's threads never take the GIL (this thread
+                // keeps it): its log lines are written by Rust.
                 crate::log::set_python(None);
                 let code = crate::exporter::child::run(cfg, statsd, master_pid, source);
                 std::process::exit(code);
@@ -786,7 +787,8 @@ impl Arbiter {
             let res = crate::python::fork(py, &|| {});
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 drop(self.signals.take());
-                drop(self.ctl.take()); // closes its fds; the file stays
+                // Closes the control socket's fds (its file stays).
+                drop(self.ctl.take());
                 let code = self.exec_new_master(py);
                 std::process::exit(code);
             }
@@ -1132,7 +1134,8 @@ impl Arbiter {
                 // The child must not see the master's signals: dropping them
                 // unregisters signal-hook's actions and the self-pipe.
                 drop(self.signals.take());
-                drop(self.ctl.take()); // closes its fds; the file stays
+                // Closes the control socket's fds (its file stays).
+                drop(self.ctl.take());
                 let code = self.run_worker(py, slot_idx, age);
                 flush_python_stdio(py);
                 std::process::exit(code);
