@@ -16,10 +16,11 @@ die() { printf '==> setup: ERROR: %s\n' "$*" >&2; exit 1; }
 # tests/test_metrics_*.py; redis-server and redis-cli are the real Redis that
 # tests/test_redis.py starts, standalone, as a cluster and with TLS; openssl
 # makes that test's certificates; nginx is the uwsgi_pass front end of
-# tests/test_uwsgi.py)
+# tests/test_uwsgi.py; tmux is the terminal tests/test_top.py runs
+# `ferrocorn top` in)
 declare -A NEED=([curl]=curl [wrk]=wrk [prometheus]=prometheus [promtool]=prometheus
                  [redis-server]=redis-server [redis-cli]=redis-tools [openssl]=openssl
-                 [systemd-socket-activate]=systemd [nginx]=nginx-light)
+                 [systemd-socket-activate]=systemd [nginx]=nginx-light [tmux]=tmux)
 missing=()
 for cmd in "${!NEED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
@@ -36,7 +37,7 @@ if ((${#missing[@]})); then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
         || die "apt-get install ${missing[*]} failed"
 else
-    say "system packages present (curl, wrk, prometheus, redis-server, redis-cli, openssl, systemd-socket-activate, nginx)"
+    say "system packages present (curl, wrk, prometheus, redis-server, redis-cli, openssl, systemd-socket-activate, nginx, tmux)"
 fi
 
 # --- Python virtualenv ------------------------------------------------------

@@ -375,6 +375,8 @@ impl Arbiter {
             multiproc_dir: self.app_dir.as_ref().map(|d| d.path.clone()),
             version: env!("CARGO_PKG_VERSION"),
             python: self.python_version.clone(),
+            worker_kind: crate::worker::kind::resolve(&self.cfg.worker_class())
+                .map_or("?", |k| k.name()),
         };
         let what = match &cfg {
             Some(cfg) => {
@@ -1215,10 +1217,11 @@ impl Arbiter {
     /// The worker side of a fork (titled by then): user switch, post_fork, then the
     /// worker proper. Returns the exit code.
     fn run_worker(&self, py: Python<'_>, slot_idx: usize, age: u64) -> i32 {
-        let (Some(slot), Some(metrics), Some(errors)) = (
+        let (Some(slot), Some(metrics), Some(errors), Some(in_flight)) = (
             self.shm.slot(slot_idx),
             self.shm.metrics(slot_idx),
             self.shm.errors(slot_idx),
+            self.shm.in_flight(slot_idx),
         ) else {
             return WORKER_BOOT_ERROR;
         };
@@ -1242,6 +1245,7 @@ impl Arbiter {
             slot,
             metrics,
             errors,
+            in_flight,
             hooks: Arc::clone(&self.hooks),
             view: me,
         });

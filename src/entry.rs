@@ -18,7 +18,9 @@ use pyo3::prelude::*;
 
 use crate::config::{Config, Loaded};
 use crate::process::reexec::{self, StartCtx};
-use crate::{arbiter, ctl, exporter, hooks, log, log_error, log_warning, process, python, worker};
+use crate::{
+    arbiter, ctl, exporter, hooks, log, log_error, log_warning, process, python, top, worker,
+};
 
 /// The standalone binary's main: the process's exit code.
 pub fn binary_main() -> i32 {
@@ -31,6 +33,11 @@ pub fn binary_main() -> i32 {
     // application module named `exporter` is given as `exporter:app`.)
     if argv.get(1).is_some_and(|a| a == "exporter") {
         return exporter::standalone::main(&argv[2..]);
+    }
+    // `ferrocorn top`: the live view of a running server (an application
+    // module named `top` is given as `top:app`).
+    if argv.get(1).is_some_and(|a| a == "top") {
+        return top::main(&argv[2..]);
     }
     // `ferrocorn ctl`: gunicornc's client for the control socket.
     if argv.get(1).is_some_and(|a| a == "ctl") {
@@ -111,6 +118,10 @@ fn extension_main(py: Python<'_>, prog: Option<OsString>) -> i32 {
     if argv.get(1).is_some_and(|a| a == "exporter") {
         let rest = argv[2..].to_vec();
         return py.detach(move || exporter::standalone::main(&rest));
+    }
+    if argv.get(1).is_some_and(|a| a == "top") {
+        let rest = argv[2..].to_vec();
+        return py.detach(move || top::main(&rest));
     }
     if argv.get(1).is_some_and(|a| a == "ctl") {
         let rest = argv[2..].to_vec();

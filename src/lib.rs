@@ -24,6 +24,7 @@ mod redis;
 mod shm;
 mod sock;
 mod tls;
+mod top;
 mod worker;
 mod wsgi;
 

@@ -73,8 +73,12 @@ pub fn run(
             Err(e) => log_line(&format!("redis push: {e}; not pushing")),
         }
     }
+    let workers_source = source.clone();
     let extras = Extras {
         companion: join(companions),
+        workers: Some(Box::new(move || {
+            super::collect::workers_json(&workers_source, master_pid)
+        })),
         ..Extras::default()
     };
     let mut collector = Collector::new(source);

@@ -26,6 +26,8 @@ pub struct Source {
     pub multiproc_dir: Option<PathBuf>,
     pub version: &'static str,
     pub python: String,
+    /// The workers' kind (`sync`, `gthread`, ...), for `/workers`.
+    pub worker_kind: &'static str,
 }
 
 /// The exporter's collector: keeps what must survive between scrapes (the
@@ -557,6 +559,81 @@ impl Collector {
             backlog,
         ));
     }
+}
+
+/// The `/workers` document, for `ferrocorn top`: each live worker with its
+/// state, requests served, memory, CPU time and requests in flight, and the
+/// master's restarts by reason. Read from shared memory and /proc like a
+/// scrape (atomic loads only: it never waits for a worker); CPU is the
+/// total so far, so that every reader computes its own rate.
+pub fn workers_json(src: &Source, master_pid: u32) -> String {
+    let shm = src.shm;
+    let now_ms = monotonic_ms();
+    let mut workers = Vec::new();
+    for i in 0..shm.len() {
+        let Some(s) = shm.slot(i) else { continue };
+        let gen = s.generation.load(std::sync::atomic::Ordering::Acquire);
+        let state = s.state();
+        let pid = s.pid.load(std::sync::atomic::Ordering::Relaxed);
+        if state == State::Free || pid == 0 {
+            continue;
+        }
+        let (requests, in_progress) = shm.metrics(i).map_or((0, 0), |m| {
+            (
+                m.requests(),
+                m.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        });
+        let running: Vec<serde_json::Value> = shm
+            .in_flight(i)
+            .map(|f| f.read())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({
+                    "method": r.method,
+                    "path": r.path,
+                    "running_seconds": now_ms.saturating_sub(r.started_ms) as f64 / 1000.0,
+                })
+            })
+            .collect();
+        let state_name = STATES
+            .iter()
+            .find(|(st, _)| *st == state)
+            .map_or("unknown", |(_, n)| n);
+        let w = serde_json::json!({
+            "pid": pid,
+            "age": s.age.load(std::sync::atomic::Ordering::Relaxed),
+            "state": state_name,
+            "requests": requests,
+            "requests_in_progress": in_progress,
+            "rss_bytes": crate::process::rss_bytes(pid as i32),
+            "cpu_seconds": crate::process::cpu_seconds(pid as i32),
+            "uptime_seconds": now_ms.saturating_sub(s.born_ms()) as f64 / 1000.0,
+            "in_flight": running,
+        });
+        // Recycled while we read: the new worker shows next time.
+        if s.generation.load(std::sync::atomic::Ordering::Acquire) == gen {
+            workers.push(w);
+        }
+    }
+    let mut restarts = serde_json::Map::new();
+    if let Some(m) = shm.master() {
+        for (r, n) in m.restarts() {
+            restarts.insert(r.to_owned(), n.into());
+        }
+        for (sig, n) in m.killed_by() {
+            restarts.insert(signal_label(sig), n.into());
+        }
+    }
+    serde_json::json!({
+        "master_pid": master_pid,
+        "worker_kind": src.worker_kind,
+        "version": src.version,
+        "workers": workers,
+        "restarts": restarts,
+    })
+    .to_string()
 }
 
 fn percent(part_ms: f64, whole_ms: f64) -> f64 {

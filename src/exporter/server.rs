@@ -43,6 +43,9 @@ pub struct ServerConfig {
 /// Produces the families to expose; called once per `/metrics` request.
 pub type Collect = Box<dyn FnMut() -> Vec<Family> + Send>;
 
+/// Produces the `/workers` JSON document (`ferrocorn top`).
+pub type Workers = Box<dyn Fn() -> String + Send + Sync>;
+
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Awaited before each `/metrics` collect (the read side fetches from Redis
@@ -139,6 +142,8 @@ pub struct Extras {
     pub refresh: Option<Refresh>,
     pub companion: Option<Companion>,
     pub render: Option<Render>,
+    /// Serves `/workers` when set.
+    pub workers: Option<Workers>,
 }
 
 /// Timing and limits. `Default` is what [`run`] uses.
@@ -185,9 +190,18 @@ pub fn run(cfg: ServerConfig, collect: Collect, extras: Extras) -> i32 {
         refresh,
         companion,
         render,
+        workers,
     } = extras;
     until_signal(log, companion, move |stop| {
-        serve(cfg, collect, refresh, render, Tunables::default(), stop)
+        serve(
+            cfg,
+            collect,
+            refresh,
+            render,
+            workers,
+            Tunables::default(),
+            stop,
+        )
     })
 }
 
@@ -265,6 +279,7 @@ pub(crate) async fn serve(
     collect: Collect,
     refresh: Option<Refresh>,
     render: Option<Render>,
+    workers: Option<Workers>,
     tun: Tunables,
     mut stop: Stop,
 ) -> i32 {
@@ -339,6 +354,7 @@ pub(crate) async fn serve(
         collect: Mutex::new(collect),
         render: render.map(Mutex::new),
         refresh,
+        workers,
         master_pid: cfg.master_pid,
         log,
     });
@@ -412,6 +428,7 @@ struct Shared {
     collect: Mutex<Collect>,
     render: Option<Mutex<Render>>,
     refresh: Option<Refresh>,
+    workers: Option<Workers>,
     master_pid: Option<u32>,
     log: fn(&str),
 }
@@ -466,13 +483,28 @@ fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<&s
 
 fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if path != "/metrics" && path != "/health" {
+    let workers = shared.workers.as_ref().filter(|_| path == "/workers");
+    if path != "/metrics" && path != "/health" && workers.is_none() {
         return text_response(StatusCode::NOT_FOUND, "Not Found\n");
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
         resp.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    if let Some(workers) = workers {
+        let doc = std::panic::catch_unwind(AssertUnwindSafe(workers));
+        let Ok(doc) = doc else {
+            (shared.log)("metrics exporter: reading the workers panicked; answered 500");
+            return text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "reading the workers failed\n",
+            );
+        };
+        let mut resp = Response::new(Body::whole(Bytes::from(doc.into_bytes())));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         return resp;
     }
     if path == "/health" {
@@ -715,7 +747,7 @@ mod tests {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 });
-                serve(cfg, Box::new(families), None, None, tun, stop).await
+                serve(cfg, Box::new(families), None, None, None, tun, stop).await
             })
         });
         Running {

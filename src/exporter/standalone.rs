@@ -119,6 +119,7 @@ pub fn main(args: &[OsString]) -> i32 {
             refresh: Some(refresh),
             companion: None,
             render: Some(render),
+            workers: None,
         },
     )
 }

@@ -78,8 +78,40 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     pages.checked_mul(page)
 }
 
+/// CPU time process `pid` has used so far, user and system, in seconds
+/// (`/proc/PID/stat`'s utime and stime, in clock ticks); None when it
+/// cannot be read.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .unwrap_or(100);
+    Some(utime.saturating_add(stime) as f64 / ticks as f64)
+}
+
 #[cfg(test)]
 mod rss_tests {
+    #[test]
+    fn own_cpu_time_grows() {
+        let before = super::cpu_seconds(std::process::id() as i32).unwrap();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = super::cpu_seconds(std::process::id() as i32).unwrap();
+        assert!(after - before >= 0.1, "{before} -> {after}");
+        assert_eq!(super::cpu_seconds(-5), None);
+    }
+
     #[test]
     fn own_rss_is_plausible() {
         let rss = super::rss_bytes(std::process::id() as i32).unwrap();

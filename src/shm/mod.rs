@@ -15,9 +15,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::metrics::store::WorkerMetrics;
 
 mod errors;
+mod inflight;
 mod statsd;
 
 pub use errors::ErrorTable;
+pub use inflight::{InFlight, Ticket};
 pub use statsd::{LogCounts, StatsdSent};
 
 /// Worker states, as exported later by `gunicorn_worker_state`.
@@ -230,6 +232,8 @@ pub struct Shm {
     metrics: Mapping<WorkerMetrics>,
     /// One per slot: the worker's failed requests by label set.
     errors: Mapping<ErrorTable>,
+    /// One per slot: the requests the worker is serving now.
+    in_flight: Mapping<InFlight>,
     /// The master's own counters (written by the master only).
     master: Mapping<MasterStats>,
     /// Error-log lines at WARNING and above, by every process.
@@ -244,6 +248,7 @@ impl Shm {
             slots: Mapping::new(slots)?,
             metrics: Mapping::new(slots + 1)?,
             errors: Mapping::new(slots)?,
+            in_flight: Mapping::new(slots)?,
             master: Mapping::new(1)?,
             log: Mapping::new(1)?,
             statsd: Mapping::new(1)?,
@@ -268,6 +273,11 @@ impl Shm {
     /// The failed-request table of slot `i`.
     pub fn errors(&self, i: usize) -> Option<&ErrorTable> {
         self.errors.get(i)
+    }
+
+    /// The requests in flight of slot `i`.
+    pub fn in_flight(&self, i: usize) -> Option<&InFlight> {
+        self.in_flight.get(i)
     }
 
     /// The master's counters.
@@ -330,6 +340,9 @@ impl Shm {
         }
         if let Some(e) = self.errors(i) {
             e.clear();
+        }
+        if let Some(f) = self.in_flight(i) {
+            f.clear();
         }
         if let Some(e) = epoch {
             e.fetch_add(1, Ordering::SeqCst);

@@ -36,7 +36,7 @@ use crate::http::response::Encoder;
 use crate::log::access::AccessLog;
 use crate::metrics::store::{method_index, Observation, WorkerMetrics, METHODS};
 use crate::python::coro::{send_none, Context, Step};
-use crate::shm::{ErrorTable, Slot};
+use crate::shm::{ErrorTable, InFlight, Slot, Ticket};
 use crate::sock::ListenKind;
 use crate::wsgi::{AppError, Outcome};
 
@@ -89,6 +89,8 @@ struct AsgiServer {
     slot: &'static Slot,
     metrics: &'static WorkerMetrics,
     errors: &'static ErrorTable,
+    /// The requests in flight, as `ferrocorn top` shows them.
+    in_flight: &'static InFlight,
     /// The set of asgi.py's Tasks (requests that wait), and the waiting
     /// coroutines.
     tasks: Py<PyAny>,
@@ -257,6 +259,17 @@ struct Rec {
     wall: Option<SystemTime>,
     log_info: Option<RequestLog>,
     peer: Peer,
+    /// Its entry in the worker's in-flight table, until it ends.
+    shown: Option<(Ticket, &'static InFlight)>,
+}
+
+impl Drop for Rec {
+    /// A request dropped without [`Rec::end`] leaves no entry behind.
+    fn drop(&mut self) {
+        if let Some((t, table)) = self.shown.take() {
+            table.end(t);
+        }
+    }
 }
 
 impl Rec {
@@ -273,6 +286,14 @@ impl Rec {
             wall: server.access.as_ref().map(|_| SystemTime::now()),
             log_info: server.access.as_ref().map(|_| RequestLog::capture(head)),
             peer: peer.clone(),
+            shown: server
+                .in_flight
+                .begin(
+                    head.method.as_bytes(),
+                    head.path,
+                    crate::shm::monotonic_ms(),
+                )
+                .map(|t| (t, server.in_flight)),
         }
     }
 
@@ -311,6 +332,9 @@ impl Rec {
             server
                 .errors
                 .record_failure(METHODS[self.method], &e.endpoint, &e.error_type);
+        }
+        if let Some((t, table)) = self.shown.take() {
+            table.end(t);
         }
         server.slot.end_request();
         ended
@@ -394,6 +418,7 @@ impl AsgiHandler {
             slot: ctx.slot,
             metrics: ctx.metrics,
             errors: ctx.errors,
+            in_flight: ctx.in_flight,
             tasks,
             receive_body,
             receive_disconnect,

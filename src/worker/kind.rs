@@ -19,6 +19,20 @@ pub enum Kind {
     Tornado,
 }
 
+impl Kind {
+    /// The kind's short name (`sync`, `gthread`, `gevent`, `eventlet`,
+    /// `asgi`, `tornado`), as `ferrocorn top` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sync => "sync",
+            Kind::Gthread => "gthread",
+            Kind::Green(lib) => lib.name(),
+            Kind::Asgi => "asgi",
+            Kind::Tornado => "tornado",
+        }
+    }
+}
+
 /// The names `--worker-class` accepts, for messages.
 const SUPPORTED: &str =
     "sync, gthread, gevent, gevent_wsgi, gevent_pywsgi, eventlet, asgi, tornado, \

@@ -27,7 +27,7 @@ use crate::http::{HeaderMap, ParserConfig};
 use crate::log::access::AccessLog;
 use crate::log::Level;
 use crate::metrics::store::WorkerMetrics;
-use crate::shm::ErrorTable;
+use crate::shm::{ErrorTable, InFlight};
 use crate::shm::{ExitReason, Slot, State};
 use crate::sock::Listener;
 use crate::wsgi::{Wsgi, WsgiSettings};
@@ -48,6 +48,8 @@ pub struct Spawn<'a> {
     pub metrics: &'static WorkerMetrics,
     /// The slot's failed-request table.
     pub errors: &'static ErrorTable,
+    /// The slot's requests in flight (for `ferrocorn top`).
+    pub in_flight: &'static InFlight,
     pub hooks: Arc<Hooks>,
     /// The worker as hooks see it at boot (pid, age, ...).
     pub view: WorkerView,
@@ -59,6 +61,8 @@ pub struct Context {
     /// The slot's request metrics in shared memory.
     pub metrics: &'static WorkerMetrics,
     pub errors: &'static ErrorTable,
+    /// The slot's requests in flight (method, path, start).
+    pub in_flight: &'static InFlight,
     pub hooks: Arc<Hooks>,
     pub view: WorkerView,
 }
@@ -163,6 +167,7 @@ pub fn run(spawn: Spawn<'_>) -> i32 {
             slot,
             metrics: spawn.metrics,
             errors: spawn.errors,
+            in_flight: spawn.in_flight,
             hooks: Arc::clone(&hooks),
             view: base,
         };

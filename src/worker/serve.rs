@@ -21,7 +21,7 @@ use crate::http::response::Encoder;
 use crate::http::RequestHead;
 use crate::log::access::AccessLog;
 use crate::metrics::store::{method_index, Observation, WorkerMetrics, METHODS};
-use crate::shm::{ErrorTable, Slot};
+use crate::shm::{ErrorTable, InFlight, Slot};
 use crate::sock::ListenKind;
 use crate::wsgi::{Outcome, PeerValues, ServerAddr, ThreadCache, Wsgi};
 
@@ -86,6 +86,8 @@ pub struct WsgiServer {
     metrics: &'static WorkerMetrics,
     /// Failed requests by label set.
     errors: &'static ErrorTable,
+    /// The requests in flight, as `ferrocorn top` shows them.
+    in_flight: &'static InFlight,
     hooks: std::sync::Arc<Hooks>,
     /// pre_request or post_request is set: build `req` objects.
     request_hooks: bool,
@@ -120,6 +122,7 @@ impl WsgiServer {
             slot: ctx.slot,
             metrics: ctx.metrics,
             errors: ctx.errors,
+            in_flight: ctx.in_flight,
             request_hooks: ctx.hooks.has("pre_request") || ctx.hooks.has("post_request"),
             hooks: ctx.hooks,
             view: ctx.view,
@@ -173,6 +176,11 @@ impl WsgiServer {
         };
         let keep_alive = budget.count();
         self.slot.begin_request();
+        let shown = self.in_flight.begin(
+            head.method.as_bytes(),
+            head.path,
+            crate::shm::monotonic_ms(),
+        );
         self.slot.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         crate::conn::send_continue(head, &body);
@@ -280,6 +288,9 @@ impl WsgiServer {
         if let Some(e) = &out.app_error {
             self.errors
                 .record_failure(METHODS[method], &e.endpoint, &e.error_type);
+        }
+        if let Some(t) = shown {
+            self.in_flight.end(t);
         }
         self.slot.end_request();
         Served {
