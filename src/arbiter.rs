@@ -31,6 +31,7 @@ use crate::shm::{ExitReason, Shm, Slot, State};
 use crate::sock::Listener;
 use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
+mod ctl;
 mod rollout;
 
 use rollout::Rollout;
@@ -147,6 +148,8 @@ pub struct Arbiter {
     /// No worker is spawned before this (a worker failed to boot after a
     /// failed reload).
     spawn_not_before: Option<Instant>,
+    /// The control socket (gunicornc), while it is served.
+    ctl: Option<crate::ctl::Server>,
 }
 
 /// How often the master looks at the new workers' readiness while a
@@ -235,6 +238,7 @@ impl Arbiter {
             rollout: None,
             reload_failed: false,
             spawn_not_before: None,
+            ctl: None,
         })
     }
 
@@ -427,6 +431,8 @@ impl Arbiter {
             });
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 drop(self.signals.take());
+                // Closes the control socket's fds (its file stays).
+                drop(self.ctl.take());
                 // The exporter's threads never take the GIL (this thread
                 // keeps it): its log lines are written by Rust.
                 crate::log::set_python(None);
@@ -572,6 +578,7 @@ impl Arbiter {
         if let Err(h) = self.manage_workers() {
             return h;
         }
+        self.start_ctl();
         loop {
             if let Err(e) = self.poll.poll(&mut events, Some(self.next_wait())) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -580,6 +587,9 @@ impl Arbiter {
                 }
             }
             self.maybe_promote();
+            if let Some(h) = self.serve_ctl(&events) {
+                return h;
+            }
             let pending: Vec<i32> = match self.signals.as_mut() {
                 Some(s) => s.pending().collect(),
                 None => Vec::new(),
@@ -826,6 +836,8 @@ impl Arbiter {
             let res = crate::python::fork(py, &|| {});
             if let Ok(nix::unistd::ForkResult::Child) = res {
                 drop(self.signals.take());
+                // Closes the control socket's fds (its file stays).
+                drop(self.ctl.take());
                 let code = self.exec_new_master(py);
                 std::process::exit(code);
             }
@@ -1200,6 +1212,8 @@ impl Arbiter {
                 // The child must not see the master's signals: dropping them
                 // unregisters signal-hook's actions and the self-pipe.
                 drop(self.signals.take());
+                // Closes the control socket's fds (its file stays).
+                drop(self.ctl.take());
                 let code = self.run_worker(py, slot_idx, age);
                 flush_python_stdio(py);
                 std::process::exit(code);
@@ -1329,6 +1343,7 @@ impl Arbiter {
 
     /// Stops everything and returns the exit status (gunicorn's halt()).
     fn halt(&mut self, halt: Halt) -> i32 {
+        self.stop_ctl();
         self.stop(halt.graceful);
         crate::log_debug!("worker exits by cause: {:?}", self.restarts);
         if let Some(retired) = self.shm.retired() {

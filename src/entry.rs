@@ -18,7 +18,9 @@ use pyo3::prelude::*;
 
 use crate::config::{Config, Loaded};
 use crate::process::reexec::{self, StartCtx};
-use crate::{arbiter, exporter, hooks, log, log_error, log_warning, process, python, top, worker};
+use crate::{
+    arbiter, ctl, exporter, hooks, log, log_error, log_warning, process, python, top, worker,
+};
 
 /// The standalone binary's main: the process's exit code.
 pub fn binary_main() -> i32 {
@@ -36,6 +38,10 @@ pub fn binary_main() -> i32 {
     // module named `top` is given as `top:app`).
     if argv.get(1).is_some_and(|a| a == "top") {
         return top::main(&argv[2..]);
+    }
+    // `ferrocorn ctl`: gunicornc's client for the control socket.
+    if argv.get(1).is_some_and(|a| a == "ctl") {
+        return ctl::client::main(&argv[2..]);
     }
     // First, before anything changes the environment: USR2 re-exec needs
     // the original argv, environment and executable.
@@ -116,6 +122,10 @@ fn extension_main(py: Python<'_>, prog: Option<OsString>) -> i32 {
     if argv.get(1).is_some_and(|a| a == "top") {
         let rest = argv[2..].to_vec();
         return py.detach(move || top::main(&rest));
+    }
+    if argv.get(1).is_some_and(|a| a == "ctl") {
+        let rest = argv[2..].to_vec();
+        return py.detach(move || ctl::client::main(&rest));
     }
     let ctx = match StartCtx::capture_interpreter(
         host.executable,

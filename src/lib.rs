@@ -10,6 +10,7 @@ mod arbiter;
 mod asgi;
 mod config;
 mod conn;
+mod ctl;
 mod entry;
 mod exporter;
 mod hooks;

@@ -53,7 +53,9 @@ pub(super) fn default_text(s: &Setting) -> String {
         DefaultValue::Cwd => "current directory".to_owned(),
         DefaultValue::Euid => "current user".to_owned(),
         DefaultValue::Egid => "current group".to_owned(),
-        DefaultValue::ControlSocket => "$XDG_RUNTIME_DIR/ferrocorn.ctl".to_owned(),
+        DefaultValue::ControlSocket => {
+            "$XDG_RUNTIME_DIR/gunicorn.ctl or $HOME/.gunicorn/gunicorn.ctl".to_owned()
+        }
     }
 }
 

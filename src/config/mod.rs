@@ -151,20 +151,25 @@ fn default_value(s: &Setting, cwd: &Path) -> Value {
         DefaultValue::Euid => Value::Int(i64::from(nix::unistd::geteuid().as_raw())),
         DefaultValue::Egid => Value::Int(i64::from(nix::unistd::getegid().as_raw())),
         DefaultValue::ControlSocket => {
-            let xdg = std::env::var_os("XDG_RUNTIME_DIR")
-                .map(PathBuf::from)
-                .filter(|p| !p.as_os_str().is_empty() && p.is_dir());
-            let path = match xdg {
-                Some(dir) => dir.join("ferrocorn.ctl"),
-                None => {
-                    let home = std::env::var_os("HOME")
-                        .map(PathBuf::from)
-                        .unwrap_or_default();
-                    home.join(".ferrocorn").join("ferrocorn.ctl")
-                }
-            };
-            Value::Str(path.to_string_lossy().into_owned())
+            Value::Str(default_control_socket().to_string_lossy().into_owned())
         }
+    }
+}
+
+/// gunicorn's `_get_default_control_socket()`: `$XDG_RUNTIME_DIR/gunicorn.ctl`
+/// when that directory exists, else `~/.gunicorn/gunicorn.ctl` (also the
+/// default of `ferrocorn ctl -s`, as of gunicornc's).
+pub fn default_control_socket() -> PathBuf {
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| !p.as_os_str().is_empty() && p.is_dir());
+    match xdg {
+        Some(dir) => dir.join("gunicorn.ctl"),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".gunicorn")
+            .join("gunicorn.ctl"),
     }
 }
 
@@ -670,6 +675,23 @@ impl Config {
 
     pub fn bind(&self) -> Vec<String> {
         self.list("bind")
+    }
+
+    /// The control socket's path (absolute: a relative one is taken from
+    /// the current directory, as gunicorn's `_get_control_socket_path`)
+    /// and mode; `None` with --no-control-socket.
+    pub fn control_socket(&self) -> Option<(PathBuf, u32)> {
+        if self.bool("control_socket_disable") {
+            return None;
+        }
+        let path = PathBuf::from(self.str("control_socket").unwrap_or("gunicorn.ctl"));
+        let path = if path.is_absolute() {
+            path
+        } else {
+            value::getcwd().join(path)
+        };
+        let mode = u32::try_from(self.int("control_socket_mode")).unwrap_or(0o600);
+        Some((path, mode))
     }
 
     pub fn workers(&self) -> usize {

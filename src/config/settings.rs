@@ -172,7 +172,8 @@ pub enum DefaultValue {
     Euid,
     /// `os.getegid()`.
     Egid,
-    /// `$XDG_RUNTIME_DIR/ferrocorn.ctl`, else `~/.ferrocorn/ferrocorn.ctl`.
+    /// `$XDG_RUNTIME_DIR/gunicorn.ctl`, else `~/.gunicorn/gunicorn.ctl`
+    /// (gunicorn's, so that `gunicornc` finds it without `-s`).
     ControlSocket,
 }
 
@@ -1641,8 +1642,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::ControlSocket,
         env: None,
         help: "Unix socket path for control interface.",
-        support: Support::NotYet,
-        note: "control socket (gunicornc)",
+        support: Support::Supported,
+        note: "control socket: gunicornc or `ferrocorn ctl`",
     },
     Setting {
         name: "control_socket_mode",
@@ -1653,8 +1654,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Int(384),
         env: None,
         help: "Permission mode for control socket.",
-        support: Support::NotYet,
-        note: "control socket (gunicornc)",
+        support: Support::Supported,
+        note: "control socket: gunicornc or `ferrocorn ctl`",
     },
     Setting {
         name: "control_socket_disable",
@@ -1665,8 +1666,8 @@ pub static SETTINGS: &[Setting] = &[
         default: DefaultValue::Bool(false),
         env: None,
         help: "Disable control socket.",
-        support: Support::NotYet,
-        note: "control socket (gunicornc)",
+        support: Support::Supported,
+        note: "control socket: gunicornc or `ferrocorn ctl`",
     },
     Setting {
         name: "metrics",
