@@ -169,10 +169,12 @@ impl KeepAlive {
     }
 
     /// `response`: the response framing allows reuse and nothing failed;
-    /// `body_clean`: the request body was consumed to its end; `alive`:
-    /// the worker still serves (a hook may have stopped it meanwhile).
-    pub fn after_response(self, response: bool, body_clean: bool, alive: bool) -> bool {
-        self.before && response && body_clean && alive
+    /// `body_clean`: the request body was consumed to its end. A worker
+    /// that began to stop meanwhile still keeps a connection whose
+    /// response said keep-alive, for the drain's idle grace (the loop's
+    /// `finished`): closing it at once would race the client's next request.
+    pub fn after_response(self, response: bool, body_clean: bool) -> bool {
+        self.before && response && body_clean
     }
 }
 
@@ -183,10 +185,9 @@ mod tests {
     #[test]
     fn keep_alive_needs_every_party() {
         let k = KeepAlive::before_response(true, true, true, false);
-        assert!(k.after_response(true, true, true));
-        assert!(!k.after_response(false, true, true));
-        assert!(!k.after_response(true, false, true));
-        assert!(!k.after_response(true, true, false));
+        assert!(k.after_response(true, true));
+        assert!(!k.after_response(false, true));
+        assert!(!k.after_response(true, false));
         for (c, e, a, o) in [
             (false, true, true, false),
             (true, false, true, false),
@@ -195,7 +196,7 @@ mod tests {
         ] {
             let k = KeepAlive::before_response(c, e, a, o);
             assert!(!k.before);
-            assert!(!k.after_response(true, true, true));
+            assert!(!k.after_response(true, true));
         }
     }
 

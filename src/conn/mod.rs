@@ -116,6 +116,14 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
 }
 
+impl Settings {
+    /// How long a stopping worker keeps an idle kept-alive connection open
+    /// for a request already on its way.
+    fn drain_grace(&self) -> Duration {
+        self.keepalive.min(DRAIN_IDLE_GRACE)
+    }
+}
+
 /// The listeners' TLS, as the connection layer uses it.
 #[derive(Clone)]
 pub struct TlsSettings {
@@ -858,7 +866,7 @@ impl<H: Handler> Loop<H> {
         let now = Instant::now();
         self.draining = Some(now + self.settings.graceful_timeout);
         self.listeners.pause(self.poll.registry());
-        let grace = now + self.settings.keepalive.min(DRAIN_IDLE_GRACE);
+        let grace = now + self.settings.drain_grace();
         for (_, c) in self.conns.iter_mut() {
             if c.phase != Phase::Head {
                 c.deadline = c.deadline.min(grace);
@@ -1057,8 +1065,9 @@ impl<H: Handler> Loop<H> {
         // once would race the client's next request (a reset). It waits
         // the drain's idle grace as the connections idle when the drain
         // began, and its next request is answered with Connection: close.
-        let keep = keep
-            .is_some_and(|k| k.after_response(served.reusable, served.leftover.is_some(), true));
+        let keep =
+            keep.is_some_and(|k| k.after_response(served.reusable, served.leftover.is_some()));
+        let grace = self.settings.drain_grace();
         let (Some((raw, pos)), Some(conn)) =
             (served.leftover.filter(|_| keep), self.conns.get_mut(key))
         else {
@@ -1073,7 +1082,6 @@ impl<H: Handler> Loop<H> {
         let ended = served.ended.unwrap_or_else(Instant::now);
         conn.enter(Phase::Idle, ended, &self.deadlines);
         if self.draining.is_some() || !self.life.alive {
-            let grace = self.settings.keepalive.min(DRAIN_IDLE_GRACE);
             conn.deadline = conn.deadline.min(ended + grace);
         }
         Next::Wait
@@ -1115,8 +1123,7 @@ impl<H: Handler> Loop<H> {
             c.enter(Phase::Fresh, now, &self.deadlines);
             if self.draining.is_some() {
                 // A stopping worker gives it the idle grace of the others.
-                let grace = self.settings.keepalive.min(DRAIN_IDLE_GRACE);
-                c.deadline = c.deadline.min(now + grace);
+                c.deadline = c.deadline.min(now + self.settings.drain_grace());
             }
             if let Err(e) =
                 self.poll

@@ -108,10 +108,14 @@ impl Slot {
     /// come and go constantly; the exporter shows time in the
     /// booting/quitting states, not per request). The state itself stays
     /// what [`Slot::set_state`] made it, so two threads starting and ending
-    /// requests at once cannot leave a wrong state behind.
-    pub fn begin_request(&self) {
+    /// requests at once cannot leave a wrong state behind. Returns the
+    /// heartbeat's time (CLOCK_MONOTONIC ms), the request's start for the
+    /// in-flight table: one clock read per request.
+    pub fn begin_request(&self) -> u64 {
         self.in_progress.fetch_add(1, Ordering::Relaxed);
-        self.beat();
+        let now = monotonic_ms();
+        self.heartbeat_ms.store(now, Ordering::Relaxed);
+        now
     }
 
     /// A request begun with [`Slot::begin_request`] ended.

@@ -278,6 +278,7 @@ impl Rec {
         head: &crate::http::RequestHead<'_>,
         peer: &Peer,
         t0: Instant,
+        began_ms: u64,
     ) -> Rec {
         Rec {
             method: method_index(&head.method),
@@ -288,11 +289,7 @@ impl Rec {
             peer: peer.clone(),
             shown: server
                 .in_flight
-                .begin(
-                    head.method.as_bytes(),
-                    head.path,
-                    crate::shm::monotonic_ms(),
-                )
+                .begin(head.method.as_bytes(), head.path, began_ms)
                 .map(|t| (t, server.in_flight)),
         }
     }
@@ -459,7 +456,7 @@ impl AsgiHandler {
         let server = &self.server;
         let head = &req.head;
         let t0 = Instant::now();
-        server.slot.begin_request();
+        let began_ms = server.slot.begin_request();
         server.slot.requests.fetch_add(1, Ordering::Relaxed);
         let client = match client {
             Some(c) => c.bind(py).clone(),
@@ -486,7 +483,7 @@ impl AsgiHandler {
         if websocket::is_upgrade(head) {
             let scope = websocket::scope(py, &server.keys, &mut self.names, head, &parts)?;
             let id = server.next_ws.fetch_add(1, Ordering::Relaxed);
-            let rec = Rec::new(server, head, req.peer, t0);
+            let rec = Rec::new(server, head, req.peer, t0, began_ms);
             let cycle = Bound::new(
                 py,
                 ws::WsCycle::new(id, Arc::clone(server), head, body, back, rec),
@@ -523,7 +520,7 @@ impl AsgiHandler {
                 keep,
                 back: Some(back),
                 ending: Ending::default(),
-                rec: Rec::new(server, head, req.peer, t0),
+                rec: Rec::new(server, head, req.peer, t0, began_ms),
                 hook,
                 task: None,
             }),

@@ -175,12 +175,10 @@ impl WsgiServer {
             None
         };
         let keep_alive = budget.count();
-        self.slot.begin_request();
-        let shown = self.in_flight.begin(
-            head.method.as_bytes(),
-            head.path,
-            crate::shm::monotonic_ms(),
-        );
+        let began_ms = self.slot.begin_request();
+        let shown = self
+            .in_flight
+            .begin(head.method.as_bytes(), head.path, began_ms);
         self.slot.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         crate::conn::send_continue(head, &body);
