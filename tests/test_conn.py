@@ -100,6 +100,47 @@ def test_a_request_head_must_be_complete_within_timeout_of_its_first_byte(server
     assert requests.get(s.url + "/", timeout=5).status_code == 200
 
 
+def test_a_partial_head_and_end_of_stream_in_one_event_close_at_once(server):
+    """Bytes and the client's FIN that arrive together bring one readiness
+    edge. A short read was taken as a drained socket, so the end of stream
+    went unseen and the connection stayed open until its head deadline
+    (a CI failure of test_uwsgi's truncated packet). The sync worker is
+    busy with another request while both arrive, which makes them one
+    event every time."""
+    s = server(["-w", "1", "-k", "sync", "-t", "30", "wsgiapp:app"])
+    with RawConn(s.port, timeout=20) as late, RawConn(s.port, timeout=20) as busy:
+        late.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert late.read_response().status == 200  # accepted, now idle
+        busy.send(b"GET /sleep?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)  # the worker is in the app
+        late.send(b"GET / HTTP/1.1\r\nHo")
+        late.sock.shutdown(socket.SHUT_WR)
+        t0 = time.monotonic()
+        assert late.read_until_close() == b""
+        took = time.monotonic() - t0
+        assert busy.read_response().status == 200
+    assert took < 5, f"closed after {took:.1f} s, at the head deadline"
+
+
+def test_a_partial_head_and_end_of_stream_while_detached_close_at_once(server):
+    """The same with gthread: both arrive while the connection's request
+    runs on a thread; the loop reads them when it is handed back."""
+    s = server(["-w", "1", "-k", "gthread", "--threads", "2", "-t", "30", "wsgiapp:app"])
+    with RawConn(s.port, timeout=20) as c:
+        c.send(b"GET /kind?sleep=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)  # the request is on a thread
+        c.send(b"GET / HTTP/1.1\r\nHo")
+        c.sock.shutdown(socket.SHUT_WR)
+        t0 = time.monotonic()
+        r = c.read_response()
+        kind = json.loads(r.body)
+        # gthread: a pool thread, not the loop's main thread
+        assert r.status == 200 and kind["multithread"] and not kind["main_thread"], r
+        assert c.read_until_close() == b""
+        took = time.monotonic() - t0
+    assert took < 5, f"closed after {took:.1f} s, at the head deadline"
+
+
 def test_a_full_table_of_idle_connections_does_not_delay_new_clients(server):
     """With 3,000 idle connections (connected, never sending a byte) a
     1-worker server made a new client wait ~6 s: accepting paused at

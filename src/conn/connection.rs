@@ -102,6 +102,11 @@ pub struct Conn<S> {
     /// (edge-triggered epoll reports anything that arrives later). Shared
     /// with the connection's [`super::Resumer`], which then wakes the loop.
     pub unread: Arc<AtomicBool>,
+    /// A readiness event reported the peer's end of stream. It comes with
+    /// the last bytes and brings no edge of its own, so from then on a
+    /// short read does not mean the socket is drained: reads go on until
+    /// one returns end of stream.
+    pub read_closed: bool,
     /// Which hand-over to the TLS handshake thread this is (a key may be
     /// reused before the thread reports on a connection closed meanwhile).
     pub handshake: u64,

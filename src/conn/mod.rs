@@ -567,6 +567,11 @@ impl<H: Handler> Loop<H> {
                 HANDSHAKE_TOKEN => self.handshaken(),
                 Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                 Token(key) => {
+                    if ev.is_read_closed() {
+                        if let Some(c) = self.conns.get_mut(key) {
+                            c.read_closed = true;
+                        }
+                    }
                     if let Next::Close = self.on_readable(key) {
                         self.close(key);
                     }
@@ -769,6 +774,7 @@ impl<H: Handler> Loop<H> {
                 state: None,
                 keep: None,
                 unread: Arc::new(AtomicBool::new(false)),
+                read_closed: false,
                 handshake: self.handshake_seq,
             });
             if let (Some(h), Some(dup)) = (&self.handshakes, for_thread) {
@@ -942,8 +948,9 @@ impl<H: Handler> Loop<H> {
                 return Next::Close;
             }
             // A short read drained the socket; edge-triggered epoll reports
-            // the next arrival.
-            if n < READ_SIZE {
+            // the next arrival (but not an end of stream that came with
+            // these bytes).
+            if n < READ_SIZE && !self.conns.get(key).is_some_and(|c| c.read_closed) {
                 return Next::Wait;
             }
         }
