@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from conftest import SERVER_BIN, free_port
+from test_metrics_prometheus import https_metrics, pki, tls_env  # noqa: F401 (pki: a fixture)
 
 pytestmark = pytest.mark.ferrocorn_only
 
@@ -180,6 +181,34 @@ def test_once_by_metrics_address_and_master_pid(server):
     doc = requests.get("http://127.0.0.1:%d/workers" % s.metrics_port, timeout=5).json()
     assert doc["master_pid"] == s.proc.pid
     assert sorted(w["pid"] for w in doc["workers"]) == pids
+
+
+def test_once_against_an_https_exporter_that_requires_client_certificates(server, pki):
+    s = server(["-w", "2"] + KINDS["sync"], env=tls_env(pki))
+    pids = wait_workers(s, 2)
+    https_metrics(s, pki)
+    port = s.metrics_port
+    tls = ["--cacert", pki.ca_crt, "--cert", pki.client_crt, "--key", pki.client_key]
+    for how in (["--metrics", "https://127.0.0.1:%d/metrics" % port],
+                ["--metrics", "https://localhost:%d" % port],
+                ["--master", str(s.proc.pid)]):
+        r = top(*how, *tls, "--once", "--interval", "0.2")
+        assert r.returncode == 0, (how, r.stderr)
+        rows, _ = parse_once(r.stdout)
+        assert sorted(int(x["PID"]) for x in rows) == pids, r.stdout
+        assert "metrics https://" in r.stdout.splitlines()[0], r.stdout
+    # plain HTTP to it: told what to give
+    r = top("--master", str(s.proc.pid), "--once")
+    assert r.returncode == 1 and "an HTTPS exporter? give --cacert FILE" in r.stderr, r.stderr
+    r = top("--metrics", "https://127.0.0.1:%d" % port, "--once")
+    assert r.returncode == 1 and "needs --cacert FILE" in r.stderr, r.stderr
+    # no client certificate: the exporter refuses the handshake
+    r = top("--metrics", "https://127.0.0.1:%d" % port, "--cacert", pki.ca_crt, "--once")
+    assert r.returncode == 1 and "cannot read https://127.0.0.1:%d/workers" % port in r.stderr, r.stderr
+    # a CA that did not sign the exporter's certificate
+    r = top("--metrics", "https://127.0.0.1:%d" % port, "--cacert", pki.rogue_crt,
+            "--cert", pki.client_crt, "--key", pki.client_key, "--once")
+    assert r.returncode == 1 and "UnknownIssuer" in r.stderr, r.stderr
 
 
 def test_not_running_is_a_clear_error(tmp_path):

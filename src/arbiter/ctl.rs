@@ -75,7 +75,7 @@ impl Arbiter {
                 self.ctl_command(cmd, started, &mut halt)
             });
         }
-        server.sweep();
+        server.sweep(std::time::Instant::now());
         self.ctl = Some(server);
         halt
     }

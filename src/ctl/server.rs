@@ -146,9 +146,8 @@ impl Server {
         }
     }
 
-    /// Closes the connections idle for gunicorn's five minutes.
-    pub fn sweep(&mut self) {
-        let now = Instant::now();
+    /// Closes the connections idle for gunicorn's five minutes at `now`.
+    pub fn sweep(&mut self, now: Instant) {
         let idle: Vec<usize> = self
             .conns
             .iter()
@@ -292,5 +291,41 @@ fn dispatch(msg: &Value, exec: &mut Exec<'_>) -> Value {
     match result {
         Ok(data) => ok_reply(&id, data),
         Err(e) => error_reply(&id, &e.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_idle_for_five_minutes_is_closed() {
+        let dir = std::env::temp_dir().join(format!("fc-ctl-idle-{}", std::process::id()));
+        let path = dir.join("ctl.sock");
+        let mut poll = mio::Poll::new().expect("poll");
+        let mut server = Server::start(&path, 0o600, poll.registry()).expect("start");
+        let mut client = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut events = mio::Events::with_capacity(8);
+        while server.conns.is_empty() {
+            poll.poll(&mut events, Some(Duration::from_secs(5)))
+                .expect("poll");
+            assert!(!events.is_empty(), "the connection was never reported");
+            for ev in events.iter() {
+                server.handle(ev.token(), &mut |_| panic!("no command was sent"));
+            }
+        }
+        let accepted = Instant::now();
+        server.sweep(accepted + IDLE_TIMEOUT - Duration::from_secs(1));
+        assert_eq!(server.conns.len(), 1, "closed before five minutes");
+        server.sweep(accepted + IDLE_TIMEOUT);
+        assert!(server.conns.is_empty(), "kept past five minutes");
+        let mut byte = [0u8; 1];
+        assert_eq!(client.read(&mut byte).expect("end of stream"), 0);
+        server.stop();
+        assert!(!path.exists(), "the socket file was left");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

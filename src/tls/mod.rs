@@ -83,3 +83,37 @@ pub fn add_ca_dir(roots: &mut RootCertStore, dir: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A rustls client configuration that trusts the CA certificates of
+/// `cafile` and, given `client` (certificate file, key file), presents
+/// that certificate to servers that ask for one. Used by the tools that
+/// read a server's HTTPS exporter (`ferrocorn top`).
+pub fn client_config(
+    cafile: &Path,
+    client: Option<(&Path, &Path)>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(cafile, "CA")? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("invalid CA certificate in {}: {e}", cafile.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert, "client certificate")?, load_key(key)?)
+            .map_err(|e| {
+                format!(
+                    "the client certificate {} and key {} do not go together: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?,
+    };
+    Ok(std::sync::Arc::new(config))
+}

@@ -11,16 +11,17 @@
 //! - `tui`: the terminal view (ratatui on crossterm).
 
 mod find;
+mod http;
 mod tui;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+
+use http::{Endpoint, TlsArgs};
 
 const USAGE: &str = "\
 usage: ferrocorn top [--pid FILE | --master PID | --metrics ADDRESS] [--once] [--interval SECONDS]
@@ -33,19 +34,18 @@ worker restarts by reason. Press q (or Esc, Ctrl-C) to quit.
 Finding the server (by default: the only process titled \"ferrocorn: master\"):
   -p, --pid FILE         the server's pid file (its --pid)
   --master PID           the master's process id
-  --metrics ADDRESS      the metrics exporter's HOST:PORT (http://HOST:PORT);
-                         ferrocorn top reads its /workers
+  --metrics ADDRESS      the metrics exporter's HOST:PORT (http://HOST:PORT,
+                         https://HOST:PORT); ferrocorn top reads its /workers
+An HTTPS exporter (PROMETHEUS_SSL_CERTFILE):
+  --cacert FILE          the CA certificate(s) that signed the exporter's
+                         certificate, which must name the host (or address)
+  --cert FILE --key FILE a client certificate, for an exporter that requires
+                         one (PROMETHEUS_SSL_CLIENT_AUTH_REQUIRED)
 Output:
   --once                 print one plain table (two samples an interval
                          apart, for the rates) and exit
   -n, --interval SECONDS between refreshes (default 1)
 ";
-
-/// Bounds connecting to the exporter and each read.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The largest `/workers` document read.
-const MAX_DOC: u64 = 16 << 20;
 
 /// Where the server is, as given on the command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,12 +59,14 @@ enum Target {
 #[derive(Debug, Clone, PartialEq)]
 struct Args {
     target: Target,
+    tls: TlsArgs,
     once: bool,
     interval: Duration,
 }
 
 fn parse_args(args: &[OsString]) -> Result<Option<Args>, String> {
     let mut target = Target::Any;
+    let mut tls = TlsArgs::default();
     let mut once = false;
     let mut interval = Duration::from_secs(1);
     let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
@@ -98,6 +100,9 @@ fn parse_args(args: &[OsString]) -> Result<Option<Args>, String> {
                 set(Target::Master(pid), &mut target)?;
             }
             "--metrics" => set(Target::Metrics(value("--metrics")?), &mut target)?,
+            "--cacert" => tls.cacert = Some(value("--cacert")?.into()),
+            "--cert" => tls.cert = Some(value("--cert")?.into()),
+            "--key" => tls.key = Some(value("--key")?.into()),
             "-n" | "--interval" => {
                 let v = value("--interval")?;
                 let secs: f64 = v
@@ -114,6 +119,7 @@ fn parse_args(args: &[OsString]) -> Result<Option<Args>, String> {
     }
     Ok(Some(Args {
         target,
+        tls,
         once,
         interval,
     }))
@@ -132,7 +138,7 @@ pub fn main(args: &[OsString]) -> i32 {
             return 2;
         }
     };
-    let source = match Source::find(&args.target) {
+    let source = match Source::find(&args.target, &args.tls) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("Error: ferrocorn top: {e}");
@@ -162,19 +168,19 @@ pub fn main(args: &[OsString]) -> i32 {
 
 /// The exporter serving `/workers`, and how it was found.
 pub(crate) struct Source {
-    addr: SocketAddr,
+    exporter: Endpoint,
     /// "found by pid file x.pid (master 1234), metrics ADDR", for the title.
     found: String,
 }
 
 impl Source {
-    fn find(target: &Target) -> Result<Source, String> {
+    fn find(target: &Target, tls: &TlsArgs) -> Result<Source, String> {
         let (master, how) = match target {
             Target::Metrics(a) => {
-                let addr = metrics_addr(a)?;
+                let exporter = Endpoint::given(a, tls)?;
                 return Ok(Source {
-                    addr,
-                    found: format!("metrics {addr}"),
+                    found: format!("metrics {}", exporter.url()),
+                    exporter,
                 });
             }
             Target::Pidfile(p) => (
@@ -184,87 +190,29 @@ impl Source {
             Target::Master(pid) => (find::check_master(*pid)?, "--master".to_owned()),
             Target::Any => (find::only_master()?, "process title".to_owned()),
         };
-        let addr = find::exporter_of(master)?;
+        let exporter = Endpoint::found(find::exporter_of(master)?, tls)?;
         Ok(Source {
-            addr,
-            found: format!("found by {how} (master {master}), metrics {addr}"),
+            found: format!(
+                "found by {how} (master {master}), metrics {}",
+                exporter.url()
+            ),
+            exporter,
         })
     }
 
     fn fetch(&self) -> Result<Sample, String> {
-        let body = http_get(self.addr, "/workers")?;
-        let doc: Doc = serde_json::from_slice(&body)
-            .map_err(|e| format!("the /workers document of {} is not valid: {e}", self.addr))?;
+        let body = self.exporter.get("/workers")?;
+        let doc: Doc = serde_json::from_slice(&body).map_err(|e| {
+            format!(
+                "the /workers document of {} is not valid: {e}",
+                self.exporter.url()
+            )
+        })?;
         Ok(Sample {
             at: Instant::now(),
             doc,
         })
     }
-}
-
-/// `HOST:PORT` or `http://HOST:PORT[/...]` to one address.
-fn metrics_addr(given: &str) -> Result<SocketAddr, String> {
-    if given.starts_with("https://") {
-        return Err(format!(
-            "--metrics {given}: ferrocorn top does not speak HTTPS (not implemented); give \
-             the plain-HTTP address of the exporter"
-        ));
-    }
-    let rest = given.strip_prefix("http://").unwrap_or(given);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("--metrics {given}: {e} (give HOST:PORT)"))?
-        .next()
-        .ok_or_else(|| format!("--metrics {given}: the name has no address"))
-}
-
-/// One GET over plain HTTP/1.1; the body of a 200.
-fn http_get(addr: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
-    let fail = |e: std::io::Error| format!("cannot read http://{addr}{path}: {e}");
-    let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).map_err(|e| {
-        format!("cannot connect to the metrics exporter at {addr}: {e} (is the server running?)")
-    })?;
-    s.set_read_timeout(Some(HTTP_TIMEOUT)).map_err(fail)?;
-    s.set_write_timeout(Some(HTTP_TIMEOUT)).map_err(fail)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(fail)?;
-    let mut raw = Vec::new();
-    s.take(MAX_DOC).read_to_end(&mut raw).map_err(fail)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            format!(
-                "no HTTP answer from {addr} (an HTTPS exporter? ferrocorn top speaks plain HTTP)"
-            )
-        })?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("no HTTP status from {addr}"))?;
-    if status == 404 {
-        return Err(format!(
-            "http://{addr}{path}: not found (is it a ferrocorn exporter of this version?)"
-        ));
-    }
-    if status != 200 {
-        return Err(format!("http://{addr}{path}: HTTP status {status}"));
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Err(format!(
-            "http://{addr}{path}: a chunked answer (not a ferrocorn exporter?)"
-        ));
-    }
-    Ok(raw[split + 4..].to_vec())
 }
 
 /// The exporter's `/workers` document (src/exporter/collect.rs).
@@ -486,6 +434,18 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(a.target, Target::Metrics("127.0.0.1:9".into()));
+        let a = parse_args(&os(&[
+            "--cacert",
+            "ca.pem",
+            "--cert=c.pem",
+            "--key",
+            "k.pem",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.tls.cacert, Some("ca.pem".into()));
+        assert_eq!(a.tls.cert, Some("c.pem".into()));
+        assert_eq!(a.tls.key, Some("k.pem".into()));
         assert_eq!(parse_args(&os(&["-h"])).unwrap(), None);
         for bad in [
             &["--pid"][..],
@@ -497,22 +457,6 @@ mod tests {
         ] {
             assert!(parse_args(&os(bad)).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn metrics_addresses() {
-        assert_eq!(
-            metrics_addr("http://127.0.0.1:9090/metrics").unwrap(),
-            "127.0.0.1:9090".parse().unwrap()
-        );
-        assert_eq!(
-            metrics_addr("[::1]:80").unwrap(),
-            "[::1]:80".parse().unwrap()
-        );
-        assert!(metrics_addr("https://x:1")
-            .unwrap_err()
-            .contains("not implemented"));
-        assert!(metrics_addr("nonsense").is_err());
     }
 
     fn doc(requests: u64, cpu: f64) -> Doc {
@@ -557,7 +501,7 @@ mod tests {
         // No previous sample: no rates.
         assert_eq!(rows(None, &b)[1].per_second, None);
         let src = Source {
-            addr: "127.0.0.1:1".parse().unwrap(),
+            exporter: Endpoint::given("127.0.0.1:1", &TlsArgs::default()).unwrap(),
             found: "test".into(),
         };
         let text = table(&src, Some(&a), &b);
