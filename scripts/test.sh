@@ -22,11 +22,15 @@ python3 scripts/module-cycles.py
 step "cargo clippy --release -- -D warnings"
 cargo clippy --release -- -D warnings
 
+# Some unit tests fork (log writers, shared memory). nextest runs each test
+# in its own process; plain `cargo test` runs them as threads of one, where
+# a fork while another test thread holds a lock (the log's) can leave the
+# child waiting forever: without nextest, one test at a time.
 step "cargo nextest run --release"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --no-tests=pass
 else
-    cargo test --release
+    cargo test --release -- --test-threads=1
 fi
 
 # The integration suite runs against what users install: a release wheel
