@@ -938,6 +938,7 @@ impl<H: Handler> Loop<H> {
                 conn.start = 0;
             }
             let res = conn.io.read_append(&mut conn.buf, READ_SIZE);
+            let read_closed = conn.read_closed;
             let n = match res {
                 Ok(0) => return Next::Close,
                 Ok(n) => n,
@@ -950,7 +951,7 @@ impl<H: Handler> Loop<H> {
             // A short read drained the socket; edge-triggered epoll reports
             // the next arrival (but not an end of stream that came with
             // these bytes).
-            if n < READ_SIZE && !self.conns.get(key).is_some_and(|c| c.read_closed) {
+            if n < READ_SIZE && !read_closed {
                 return Next::Wait;
             }
         }
