@@ -74,7 +74,9 @@ impl Endpoint {
             .next()
             .ok_or_else(|| format!("--metrics {given}: the name has no address"))?;
         let config = tls.config()?;
-        let tls = match (https || config.is_some(), config) {
+        // No scheme: HTTPS when a CA is given.
+        let https = https || (!given.starts_with("http://") && config.is_some());
+        let tls = match (https, config) {
             (false, _) => None,
             (true, None) => {
                 return Err(format!(
@@ -130,13 +132,7 @@ impl Endpoint {
                 exchange(rustls::StreamOwned::new(conn, tcp), &request)
             }
         }
-        .map_err(|e| {
-            if self.tls.is_some() {
-                format!("cannot read {url}: {e}")
-            } else {
-                fail(e)
-            }
-        })?;
+        .map_err(fail)?;
         body_of(&raw, &url, self.tls.is_some())
     }
 }
@@ -194,11 +190,10 @@ fn body_of(raw: &[u8], url: &str, https: bool) -> Result<Vec<u8>, String> {
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n != body.len()) {
+    if let Some(n) = declared.filter(|&n| n != body.len()) {
         return Err(format!(
-            "{url}: the answer was cut short ({} of {} bytes)",
-            body.len(),
-            declared.unwrap_or_default()
+            "{url}: the answer was cut short ({} of {n} bytes)",
+            body.len()
         ));
     }
     Ok(body.to_vec())
@@ -221,6 +216,17 @@ mod tests {
             .unwrap()
             .contains("needs --cacert"));
         assert!(Endpoint::given("nonsense", &none).is_err());
+        // --cacert makes a bare HOST:PORT HTTPS, never an explicit http://.
+        let dir = std::env::temp_dir().join(format!("fc-top-http-{}", std::process::id()));
+        let pki = crate::exporter::tls::testpki::make(&dir);
+        let ca = TlsArgs {
+            cacert: Some(pki.ca_file.clone()),
+            ..TlsArgs::default()
+        };
+        let url = |given: &str| Endpoint::given(given, &ca).map(|e| e.url());
+        assert_eq!(url("127.0.0.1:9").unwrap(), "https://127.0.0.1:9");
+        assert_eq!(url("http://127.0.0.1:9").unwrap(), "http://127.0.0.1:9");
+        let _ = std::fs::remove_dir_all(&dir);
         let half = TlsArgs {
             cert: Some("c.pem".into()),
             ..TlsArgs::default()
